@@ -1,0 +1,1 @@
+"""Model components: one file per part, composed in :mod:`ovseg.modeling.fcclip`."""

@@ -1,0 +1,133 @@
+"""The frozen open_clip ConvNeXt CLIP: multi-scale image features, dense CLIP features, the
+CLIP image head for mask-pooled features, and the text tower."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+
+def build_open_clip_model(
+    model_name: str, *, pretrained: str | None = None, model_config_file: str | None = None
+) -> nn.Module:
+    """Build an open_clip CLIP model, from a name open_clip knows or from a config JSON."""
+    import open_clip
+
+    if model_config_file is not None:
+        with open(model_config_file, encoding="utf-8") as f:
+            model_cfg = json.load(f)
+        model_cfg = model_cfg.get("model_cfg", model_cfg)
+        if pretrained:
+            raise ValueError("a CLIP built from a config file cannot take a pretrained tag")
+        return open_clip.model.CLIP(**model_cfg)
+    if model_name not in open_clip.list_models():
+        raise ValueError(
+            f"open_clip does not know the model '{model_name}': set clip.model_config_file "
+            "to its open_clip JSON config"
+        )
+    return open_clip.create_model(model_name, pretrained=pretrained or None)
+
+
+class CLIPBackbone(nn.Module):
+    """Frozen open_clip ConvNeXt CLIP. Always in eval mode, never trained.
+
+    Attributes derived from the built model: ``feature_channels`` (res2..res5),
+    ``dense_channels`` (the stride-32 map that is mask-pooled), ``embed_dim`` (CLIP space).
+    """
+
+    strides = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+    def __init__(self, clip_model: nn.Module, *, model_name: str = "custom") -> None:
+        super().__init__()
+        trunk = getattr(getattr(clip_model, "visual", None), "trunk", None)
+        if trunk is None or not hasattr(trunk, "stages") or not hasattr(trunk, "stem"):
+            raise ValueError(f"'{model_name}' is not an open_clip timm ConvNeXt CLIP model")
+        self.clip = clip_model
+        self.model_name = model_name
+        channels = [stage.blocks[-1].mlp.fc2.out_features for stage in trunk.stages]
+        self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels))
+        self.dense_channels = channels[-1]
+        self.embed_dim = int(clip_model.text_projection.shape[-1])
+        self.text_context_length = int(clip_model.positional_embedding.shape[0])
+        for parameter in self.clip.parameters():
+            parameter.requires_grad_(False)
+        self.clip.eval()
+        self._text_fingerprint: str | None = None
+
+    def train(self, mode: bool = True) -> CLIPBackbone:
+        # The CLIP stays in eval mode whatever the rest of the model does.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W) normalised -> res2..res5 (B, C_l, H/s, W/s) and clip_vis_dense."""
+        trunk = self.clip.visual.trunk
+        x = trunk.stem(images)
+        features = {}
+        for name, stage in zip(("res2", "res3", "res4", "res5"), trunk.stages):
+            x = stage(x)
+            features[name] = x
+        features["clip_vis_dense"] = trunk.norm_pre(x)
+        return features
+
+    @torch.no_grad()
+    def project_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Mask-pooled dense features (B, Q, C) -> CLIP image embeddings (B, Q, embed_dim).
+
+        Runs the trunk head (pool over 1x1, LayerNorm2d) and CLIP's projection head, i.e. the
+        CLIP image head applied after pooling.
+        """
+        batch, queries, channels = pooled.shape
+        x = pooled.reshape(batch * queries, channels, 1, 1)
+        x = self.clip.visual.trunk.head(x)
+        x = self.clip.visual.head(x)
+        return x.reshape(batch, queries, -1)
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (N, context) -> text embeddings (N, embed_dim), not normalised.
+
+        The text tower is causal, so positions after the last end-of-text token cannot change
+        the pooled token: the sequence is cut there (same values, much less work).
+        """
+        clip = self.clip
+        eot_positions = tokens.argmax(dim=-1)
+        length = int(eot_positions.max().item()) + 1
+        x = clip.token_embedding(tokens[:, :length])
+        x = x + clip.positional_embedding[:length]
+        attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.transformer(x, attn_mask=attn_mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_positions]
+        projection = clip.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer(self.model_name) if self.model_name in (
+            open_clip.list_models()
+        ) else open_clip.tokenize
+        return tokenizer(texts)
+
+    def text_fingerprint(self) -> str:
+        """A short hash of the text tower's weights, so cached text embeddings follow weights."""
+        if self._text_fingerprint is None:
+            digest = hashlib.sha256(self.model_name.encode())
+            for name, tensor in self.clip.state_dict().items():
+                if name.startswith("visual."):
+                    continue
+                flat = tensor.detach().reshape(-1).float().cpu()
+                sample = torch.cat([flat[:2048], flat[-2048:], flat[:: max(1, flat.numel() // 2048)]])
+                digest.update(name.encode())
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(sample.numpy().tobytes())
+            self._text_fingerprint = digest.hexdigest()[:16]
+        return self._text_fingerprint
+
+    def reset_fingerprint(self) -> None:
+        """Call after loading new weights."""
+        self._text_fingerprint = None

@@ -1,0 +1,102 @@
+"""The FC-CLIP meta-architecture: frozen CLIP backbone -> pixel decoder -> transformer decoder,
+classified against CLIP text embeddings and ensembled with mask-pooled CLIP features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ovseg.config import ModelConfig
+from ovseg.modeling.backbone import CLIPBackbone, build_open_clip_model
+from ovseg.modeling.ensemble import geometric_ensemble
+from ovseg.modeling.pixel_decoder import PixelDecoder
+from ovseg.modeling.text_classifier import TextClassifier, classification_logits
+from ovseg.modeling.transformer_decoder import TransformerDecoder, mask_pooling
+
+
+class FCCLIP(nn.Module):
+    """Tensors in, tensors out. Image work (:meth:`encode_image`) is independent of the
+    vocabulary; :meth:`classify` is the only vocabulary-dependent step, so a new vocabulary on
+    the same image reuses the image features."""
+
+    def __init__(
+        self,
+        backbone: CLIPBackbone,
+        pixel_decoder: PixelDecoder,
+        transformer_decoder: TransformerDecoder,
+        *,
+        alpha: float = 0.4,
+        beta: float = 0.8,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.transformer_decoder = transformer_decoder
+        self.void_embedding = nn.Embedding(1, backbone.embed_dim)
+        self.alpha = alpha
+        self.beta = beta
+
+    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor | list]:
+        """images (B, 3, H, W), normalised and padded to a multiple of 32 ->
+        pred_embeds (B, Q, D) in-vocabulary class embeddings, pred_masks (B, Q, H/4, W/4),
+        clip_embeds (B, Q, D) mask-pooled frozen-CLIP embeddings, aux_outputs, and the
+        intermediate maps (features, mask_features, multi_scale_features)."""
+        features = self.backbone(images)
+        mask_features, multi_scale = self.pixel_decoder(features)
+        outputs = self.transformer_decoder(multi_scale, mask_features)
+        pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"])
+        outputs["clip_embeds"] = self.backbone.project_pooled(pooled)
+        outputs["features"] = features
+        outputs["mask_features"] = mask_features
+        outputs["multi_scale_features"] = multi_scale
+        return outputs
+
+    def in_vocab_logits(self, embeds: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
+        """(B, Q, D) -> (B, Q, K+1) with the trainable decoder temperature."""
+        return classification_logits(embeds, classifier, self.void_embedding.weight,
+                                     self.transformer_decoder.logit_scale)
+
+    def out_vocab_logits(self, embeds: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
+        """(B, Q, D) -> (B, Q, K+1) with the frozen CLIP temperature."""
+        return classification_logits(embeds, classifier, self.void_embedding.weight,
+                                     self.backbone.clip.logit_scale)
+
+    def classify(self, image_outputs: dict, classifier: TextClassifier,
+                 seen: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class logits of every query: in_vocab, out_vocab and their ensemble, (B, Q, K+1)."""
+        in_vocab = self.in_vocab_logits(image_outputs["pred_embeds"], classifier)
+        out_vocab = self.out_vocab_logits(image_outputs["clip_embeds"], classifier)
+        ensemble = geometric_ensemble(in_vocab, out_vocab, seen, alpha=self.alpha, beta=self.beta)
+        return {"in_vocab": in_vocab, "out_vocab": out_vocab, "ensemble": ensemble}
+
+    def forward(self, images: torch.Tensor, classifier: TextClassifier,
+                seen: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inference: ensemble class logits (B, Q, K+1) and mask logits (B, Q, H/4, W/4)."""
+        outputs = self.encode_image(images)
+        logits = self.classify(outputs, classifier, seen)
+        return {"pred_logits": logits["ensemble"], "pred_masks": outputs["pred_masks"]}
+
+
+def build_model(cfg: ModelConfig, *, load_clip_weights: bool = False) -> FCCLIP:
+    """Wire the parts from a config. CLIP weights come from open_clip's pretrained tag only
+    when ``load_clip_weights`` (otherwise from an ovseg weights file loaded afterwards)."""
+    clip_model = build_open_clip_model(
+        cfg.clip.model_name,
+        pretrained=cfg.clip.pretrained if load_clip_weights else None,
+        model_config_file=cfg.clip.model_config_file,
+    )
+    backbone = CLIPBackbone(clip_model, model_name=cfg.clip.model_name)
+    pd, td = cfg.pixel_decoder, cfg.transformer_decoder
+    pixel_decoder = PixelDecoder(
+        backbone.feature_channels, conv_dim=pd.conv_dim, mask_dim=pd.mask_dim,
+        num_encoder_layers=pd.num_encoder_layers, num_heads=pd.num_heads,
+        num_points=pd.num_points, encoder_ffn_dim=pd.encoder_ffn_dim, num_groups=pd.num_groups,
+    )
+    transformer_decoder = TransformerDecoder(
+        in_channels=pd.conv_dim, mask_dim=pd.mask_dim, hidden_dim=td.hidden_dim,
+        num_queries=td.num_queries, num_heads=td.num_heads, ffn_dim=td.ffn_dim,
+        num_layers=td.num_layers, embed_dim=backbone.embed_dim,
+    )
+    return FCCLIP(backbone, pixel_decoder, transformer_decoder,
+                  alpha=cfg.inference.out_vocab_weight_seen,
+                  beta=cfg.inference.out_vocab_weight_unseen)

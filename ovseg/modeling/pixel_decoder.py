@@ -1,0 +1,165 @@
+"""Mask2Former's multi-scale deformable-attention pixel decoder (MSDeformAttnPixelDecoder)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovseg.modeling.deformable_attention import MultiScaleDeformableAttention
+from ovseg.modeling.position_encoding import sine_position_encoding
+
+
+class ConvNorm(nn.Conv2d):
+    """Conv2d followed by a norm and an optional ReLU (keys ``weight`` and ``norm.*``)."""
+
+    def __init__(self, *args, norm: nn.Module, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(super().forward(x))
+        return F.relu(x) if self.relu else x
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm layer: deformable self-attention, then a ReLU feed-forward network."""
+
+    def __init__(self, d_model: int, ffn_dim: int, num_levels: int, num_heads: int,
+                 num_points: int) -> None:
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(d_model, num_levels, num_heads, num_points)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
+                spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, num_layers: int, num_levels: int,
+                 num_heads: int, num_points: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(d_model, ffn_dim, num_levels, num_heads, num_points)
+            for _ in range(num_layers)
+        )
+
+
+class DeformableTransformer(nn.Module):
+    """Holds the level embedding and the encoder (keys ``transformer.*``)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, num_layers: int, num_levels: int,
+                 num_heads: int, num_points: int) -> None:
+        super().__init__()
+        self.level_embed = nn.Parameter(torch.empty(num_levels, d_model))
+        self.encoder = DeformableEncoder(d_model, ffn_dim, num_layers, num_levels, num_heads,
+                                         num_points)
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+
+def reference_points(spatial_shapes: list[tuple[int, int]], batch: int,
+                     device: torch.device) -> torch.Tensor:
+    """Normalised (x, y) pixel centres of every token, shared by all levels: (B, N, L, 2)."""
+    points = []
+    for height, width in spatial_shapes:
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
+            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+            indexing="ij",
+        )
+        points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
+    ref = torch.cat(points, 0)[None, :, None, :]
+    return ref.expand(batch, -1, len(spatial_shapes), -1)
+
+
+class PixelDecoder(nn.Module):
+    """Backbone pyramid -> per-pixel mask features (stride 4) and three multi-scale maps.
+
+    Encoder levels run low to high resolution: res5, res4, res3; one FPN step adds res2.
+    """
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        *,
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        num_encoder_layers: int = 6,
+        num_heads: int = 8,
+        num_points: int = 4,
+        encoder_ffn_dim: int = 1024,
+        num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.encoder_features = ["res5", "res4", "res3"]
+        self.conv_dim = conv_dim
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels[name], conv_dim, kernel_size=1),
+                          nn.GroupNorm(num_groups, conv_dim))
+            for name in self.encoder_features
+        )
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+        self.transformer = DeformableTransformer(
+            conv_dim, encoder_ffn_dim, num_encoder_layers, len(self.encoder_features),
+            num_heads, num_points,
+        )
+        self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
+        nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+        nn.init.constant_(self.mask_features.bias, 0)
+        # One FPN level (stride 8 -> 4): lateral 1x1 on res2, output 3x3.
+        self.adapter_1 = ConvNorm(in_channels["res2"], conv_dim, kernel_size=1, bias=False,
+                                  norm=nn.GroupNorm(num_groups, conv_dim))
+        self.layer_1 = ConvNorm(conv_dim, conv_dim, kernel_size=3, padding=1, bias=False,
+                                norm=nn.GroupNorm(num_groups, conv_dim), relu=True)
+        for conv in (self.adapter_1, self.layer_1):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+
+    def forward(
+        self, features: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """features res2..res5 -> mask_features (B, mask_dim, H/4, W/4) and
+        [maps at strides 32, 16, 8] each (B, conv_dim, H/s, W/s). Runs in fp32."""
+        with torch.autocast(device_type=features["res2"].device.type, enabled=False):
+            return self._forward(features)
+
+    def _forward(self, features):
+        tokens, positions, spatial_shapes = [], [], []
+        for level, name in enumerate(self.encoder_features):
+            x = features[name].float()
+            src = self.input_proj[level](x)
+            pos = sine_position_encoding(x, self.conv_dim // 2)
+            spatial_shapes.append((src.shape[-2], src.shape[-1]))
+            tokens.append(src.flatten(2).transpose(1, 2))
+            positions.append(
+                pos.flatten(2).transpose(1, 2) + self.transformer.level_embed[level].view(1, 1, -1)
+            )
+        src = torch.cat(tokens, 1)
+        pos = torch.cat(positions, 1)
+        batch = src.shape[0]
+        refs = reference_points(spatial_shapes, batch, src.device)
+        for layer in self.transformer.encoder.layers:
+            src = layer(src, pos, refs, spatial_shapes)
+        maps = [
+            z.transpose(1, 2).reshape(batch, -1, h, w)
+            for z, (h, w) in zip(src.split([h * w for h, w in spatial_shapes], dim=1),
+                                 spatial_shapes)
+        ]
+        lateral = self.adapter_1(features["res2"].float())
+        top_down = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+        finest = self.layer_1(lateral + top_down)
+        return self.mask_features(finest), maps

@@ -1,0 +1,154 @@
+"""The text classifier: one CLIP text embedding per synonym, averaged over prompt templates,
+and class logits that take the max over each class's synonyms."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.modeling.backbone import CLIPBackbone
+from ovseg.vocabulary import Vocabulary
+
+
+@dataclass
+class TextClassifier:
+    """Text embeddings of a vocabulary.
+
+    embeddings: (S, D) L2-normalised, one row per synonym, class-major.
+    num_synonyms: synonyms per class, length K.
+    """
+
+    embeddings: torch.Tensor
+    num_synonyms: list[int]
+
+    def __post_init__(self) -> None:
+        if sum(self.num_synonyms) != self.embeddings.shape[0]:
+            raise ValueError("num_synonyms does not add up to the number of embedding rows")
+        # (K, max synonyms) column index into [embeddings; void; -inf pad], padded with the pad.
+        num_rows = self.embeddings.shape[0]
+        width = max(self.num_synonyms)
+        index = torch.full((len(self.num_synonyms), width), num_rows + 1, dtype=torch.long)
+        start = 0
+        for k, count in enumerate(self.num_synonyms):
+            index[k, :count] = torch.arange(start, start + count)
+            start += count
+        self.synonym_index = index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.num_synonyms)
+
+    def to(self, device: torch.device | str) -> TextClassifier:
+        return TextClassifier(self.embeddings.to(device), list(self.num_synonyms))
+
+
+def classification_logits(
+    embeddings: torch.Tensor,
+    classifier: TextClassifier,
+    void_embedding: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Cosine-similarity class logits, max over synonyms, void last.
+
+    Args:
+        embeddings: (B, Q, D) query embeddings (not normalised).
+        classifier: text embeddings of K classes with S synonyms in all.
+        void_embedding: (1, D) learned void embedding (not normalised).
+        logit_scale: scalar log temperature; exp() is clamped at 100.
+    Returns:
+        (B, Q, K+1) logits, the last column is void.
+    """
+    text = torch.cat([classifier.embeddings, F.normalize(void_embedding, dim=-1)], dim=0)
+    x = F.normalize(embeddings, dim=-1)
+    scale = torch.clamp(logit_scale.exp(), max=100)
+    raw = scale * x @ text.T  # (B, Q, S+1)
+    pad = raw.new_full(raw.shape[:-1] + (1,), float("-inf"))
+    padded = torch.cat([raw, pad], dim=-1)
+    index = classifier.synonym_index.to(raw.device)
+    per_class = padded[..., index].amax(dim=-1)  # (B, Q, K)
+    return torch.cat([per_class, raw[..., -1:]], dim=-1)
+
+
+def _atomic_save(tensor: torch.Tensor, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"embeddings": tensor.contiguous().cpu()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def default_text_cache_dir() -> Path:
+    root = os.environ.get("OVSEG_CACHE") or Path.home() / ".cache" / "ovseg"
+    return Path(root) / "text"
+
+
+class TextEncoder:
+    """Builds :class:`TextClassifier` s with a CLIP backbone, cached in memory and on disk.
+
+    The cache key is a hash of the text tower's weights, the templates and the synonyms, so a
+    repeated vocabulary costs a file read and never a text-tower pass.
+    """
+
+    def __init__(
+        self,
+        backbone: CLIPBackbone,
+        templates: list[str],
+        *,
+        batch_size: int = 128,
+        cache_dir: str | Path | None = None,
+        use_disk_cache: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.templates = list(templates)
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_text_cache_dir()
+        self.use_disk_cache = use_disk_cache
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def _key(self, synonyms: list[str]) -> str:
+        digest = hashlib.sha256(self.backbone.text_fingerprint().encode())
+        digest.update("\x1e".join(self.templates).encode())
+        digest.update(b"\x1d")
+        digest.update("\x1e".join(synonyms).encode())
+        return digest.hexdigest()[:32]
+
+    @torch.no_grad()
+    def encode_synonyms(self, synonyms: list[str]) -> torch.Tensor:
+        """Synonyms -> (S, D): normalise each prompt, mean over templates, normalise again."""
+        prompts = [template.format(s) for s in synonyms for template in self.templates]
+        device = next(self.backbone.parameters()).device
+        chunks = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.backbone.tokenize(prompts[start : start + self.batch_size])
+            chunks.append(self.backbone.encode_text(tokens.to(device)).float())
+        per_prompt = F.normalize(torch.cat(chunks), dim=-1)
+        per_synonym = per_prompt.reshape(len(synonyms), len(self.templates), -1).mean(dim=1)
+        return F.normalize(per_synonym, dim=-1)
+
+    def __call__(self, vocab: Vocabulary) -> TextClassifier:
+        synonyms = vocab.synonyms
+        key = self._key(synonyms)
+        embeddings = self._memory.get(key)
+        path = self.cache_dir / f"{key}.safetensors"
+        if embeddings is None and self.use_disk_cache and path.is_file():
+            from safetensors.torch import load_file
+
+            embeddings = load_file(str(path))["embeddings"]
+        if embeddings is None:
+            embeddings = self.encode_synonyms(synonyms).cpu()
+            if self.use_disk_cache:
+                _atomic_save(embeddings, path)
+        self._memory[key] = embeddings
+        return TextClassifier(embeddings, vocab.num_synonyms)

@@ -1,0 +1,189 @@
+"""FC-CLIP's masked-attention transformer decoder (Mask2Former with a CLIP-space class head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovseg.modeling.position_encoding import sine_position_encoding
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:] + [output_dim])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+def mask_pooling(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Average features inside each binarised mask.
+
+    Args:
+        features: (B, C, H, W).
+        mask_logits: (B, Q, h, w); resized bilinearly to (H, W) first when sizes differ, then
+            binarised at > 0.
+    Returns:
+        (B, Q, C); an empty mask gives a zero vector.
+    """
+    if mask_logits.shape[-2:] != features.shape[-2:]:
+        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear",
+                                    align_corners=False)
+    with torch.no_grad():
+        mask = (mask_logits > 0).to(features.dtype)
+        area = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
+    return torch.einsum("bchw,bqhw->bqc", features, mask / area)
+
+
+def _init_xavier(module: nn.Module) -> None:
+    for parameter in module.parameters():
+        if parameter.dim() > 1:
+            nn.init.xavier_uniform_(parameter)
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, num_heads)
+        self.norm = nn.LayerNorm(d_model)
+        _init_xavier(self)
+
+    def forward(self, queries, memory, *, attn_mask, memory_pos, query_pos):
+        attended = self.multihead_attn(
+            query=queries + query_pos, key=memory + memory_pos, value=memory, attn_mask=attn_mask,
+            need_weights=False,
+        )[0]
+        return self.norm(queries + attended)
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads)
+        self.norm = nn.LayerNorm(d_model)
+        _init_xavier(self)
+
+    def forward(self, queries, *, query_pos):
+        q = k = queries + query_pos
+        return self.norm(queries + self.self_attn(q, k, value=queries, need_weights=False)[0])
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        _init_xavier(self)
+
+    def forward(self, x):
+        return self.norm(x + self.linear2(F.relu(self.linear1(x))))
+
+
+class TransformerDecoder(nn.Module):
+    """Queries attend, layer by layer, to the pyramid levels (strides 32, 16, 8 in turn) inside
+    the masks predicted by the previous layer; every prediction head gives masks and a
+    CLIP-space class embedding per query. Nothing here depends on the vocabulary: class logits
+    are the embeddings compared with a text classifier (``classification_logits``)."""
+
+    num_levels = 3
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 256,
+        mask_dim: int = 256,
+        hidden_dim: int = 256,
+        num_queries: int = 250,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        num_layers: int = 9,
+        embed_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        if in_channels != hidden_dim:
+            raise ValueError("the pixel decoder's conv_dim must equal the decoder's hidden_dim")
+        if mask_dim != hidden_dim:
+            raise ValueError("mask_dim must equal hidden_dim (mask pooling adds them)")
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, ffn_dim) for _ in range(num_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(self.num_levels, hidden_dim)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_pooling_proj = nn.Sequential(nn.LayerNorm(mask_dim),
+                                               nn.Linear(mask_dim, mask_dim))
+        self.class_embed = MLP(hidden_dim, hidden_dim, embed_dim, 3)
+        # In-vocabulary temperature (trainable), exp() clamped at 100 when used.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def prediction_heads(self, queries, mask_features, target_size):
+        """queries (Q, B, C) -> class embeddings (B, Q, D), mask logits (B, Q, H/4, W/4) and the
+        boolean attention mask (B*heads, Q, h*w) for a level of ``target_size``."""
+        decoded = self.decoder_norm(queries).transpose(0, 1)
+        mask_embed = self.mask_embed(decoded)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        pooled = self.mask_pooling_proj(mask_pooling(mask_features, mask_logits))
+        class_embed = self.class_embed(pooled + decoded)
+        attn_mask = F.interpolate(mask_logits, size=target_size, mode="bilinear",
+                                  align_corners=False)
+        attn_mask = (attn_mask.sigmoid().flatten(2).unsqueeze(1)
+                     .repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5).detach()
+        return class_embed, mask_logits, attn_mask
+
+    def forward(
+        self,
+        multi_scale_features: list[torch.Tensor],
+        mask_features: torch.Tensor,
+    ) -> dict[str, torch.Tensor | list]:
+        """multi_scale_features: maps at strides 32, 16, 8 (B, C, h, w); mask_features
+        (B, C, H/4, W/4). Returns pred_embeds (B, Q, D) and pred_masks (B, Q, H/4, W/4) of the
+        last layer and aux_outputs: the earlier predictions (initial queries + all layers but
+        the last), each a dict with the same keys."""
+        sources, positions, sizes = [], [], []
+        for level, feature in enumerate(multi_scale_features):
+            sizes.append(feature.shape[-2:])
+            positions.append(sine_position_encoding(feature, feature.shape[1] // 2)
+                             .flatten(2).permute(2, 0, 1))
+            sources.append((feature.flatten(2) + self.level_embed.weight[level][None, :, None])
+                           .permute(2, 0, 1))
+        batch = sources[0].shape[1]
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        queries = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+
+        predictions = [self.prediction_heads(queries, mask_features, sizes[0])]
+        for i in range(self.num_layers):
+            level = i % self.num_levels
+            attn_mask = predictions[-1][2]
+            # A query whose mask blocks everything attends everywhere instead.
+            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            queries = self.transformer_cross_attention_layers[i](
+                queries, sources[level], attn_mask=attn_mask, memory_pos=positions[level],
+                query_pos=query_pos)
+            queries = self.transformer_self_attention_layers[i](queries, query_pos=query_pos)
+            queries = self.transformer_ffn_layers[i](queries)
+            predictions.append(self.prediction_heads(queries, mask_features,
+                                                     sizes[(i + 1) % self.num_levels]))
+        return {
+            "pred_embeds": predictions[-1][0],
+            "pred_masks": predictions[-1][1],
+            "aux_outputs": [{"pred_embeds": e, "pred_masks": m} for e, m, _ in predictions[:-1]],
+        }

@@ -1,0 +1,120 @@
+"""Image loading and the official test-time preprocessing: resize the short side (PIL bilinear
+on uint8), normalise on the 0..255 scale, zero-pad to a multiple of 32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Refuse absurd files before decoding them (PIL's own bomb check is a warning below 2x this).
+MAX_IMAGE_PIXELS = 40_000 * 40_000
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit
+    images are converted. Missing, non-image, truncated and empty files raise ImageError.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb_uint8(image)
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{path} is not an image file PIL can read") from error
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path} is too large to decode safely ({error})") from error
+    except (OSError, SyntaxError) as error:
+        raise ImageError(f"{path} is truncated or corrupt ({error})") from error
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """A PIL image of any mode -> (H, W, 3) uint8 RGB."""
+    if image.width == 0 or image.height == 0:
+        raise ImageError("the image has 0 pixels")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max()
+        scale = 255.0 / (65535.0 if high > 255 else 255.0)
+        array = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """A path, PIL image or array (H, W), (H, W, 3|4) uint8/uint16/float in 0..1 -> RGB uint8."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if not isinstance(image, np.ndarray):
+        return to_rgb_uint8(image)
+    array = image
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected an (H, W, 3) image array, got shape {image.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError("the image has 0 pixels")
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageError(f"unsupported image dtype {array.dtype}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge output (h, w): short side -> ``short``, long side capped."""
+    scale = short / min(height, width)
+    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """PIL bilinear resize of an (H, W, 3) uint8 array to ``size_hw``."""
+    from PIL import Image
+
+    if tuple(image.shape[:2]) == tuple(size_hw):
+        return image
+    resized = Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    return np.asarray(resized)
+
+
+def normalize_and_pad(images: list[np.ndarray], mean, std, size_divisibility: int = 32,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) arrays -> (B, 3, Hp, Wp) float32: (x - mean) / std, then zero padding at
+    the bottom/right to a common size divisible by ``size_divisibility``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+    tensors = [
+        (torch.from_numpy(np.array(im, dtype=np.uint8)).to(device).permute(2, 0, 1).float() - mean_t)
+        / std_t
+        for im in images
+    ]
+    height = max(t.shape[1] for t in tensors)
+    width = max(t.shape[2] for t in tensors)
+    if size_divisibility > 1:
+        height = -(-height // size_divisibility) * size_divisibility
+        width = -(-width // size_divisibility) * size_divisibility
+    return torch.stack([F.pad(t, (0, width - t.shape[2], 0, height - t.shape[1])) for t in tensors])

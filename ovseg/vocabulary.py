@@ -1,0 +1,172 @@
+"""Vocabularies (class lists with synonyms) and prompt templates, read from data files.
+
+A vocabulary file has one class per line, ``KIND<TAB>syn1, syn2, ...`` with KIND ``thing`` or
+``stuff`` (optional: without it the kind is guessed, see :func:`guess_is_thing`); ``#`` starts a
+comment line. On the command line, classes are separated by commas and synonyms by ``/``:
+``"person/child, zebra, traffic cone/pylon"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
+TEMPLATE_DIR = VOCAB_DIR / "templates"
+
+# Short names accepted by the CLI and the demo for the shipped vocabularies.
+ALIASES = {
+    "coco": "coco_panoptic",
+    "ade150": "ade20k_150",
+    "ade847": "ade20k_847",
+    "pc59": "pascal_context_59",
+    "pc459": "pascal_context_459",
+    "voc21": "pascal_voc_21",
+    "voc": "pascal_voc_21",
+}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Classes in index order; each class is a tuple of synonyms (the first is its name)."""
+
+    classes: tuple[tuple[str, ...], ...]
+    is_thing: tuple[bool, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if len(self.classes) == 0:
+            raise ValueError("the class list is empty: give at least one class name")
+        if len(self.classes) != len(self.is_thing):
+            raise ValueError("classes and is_thing must have the same length")
+        for index, synonyms in enumerate(self.classes):
+            if not synonyms or any(not s for s in synonyms):
+                raise ValueError(f"class {index} has an empty name: remove the empty entry")
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [synonyms[0] for synonyms in self.classes]
+
+    @property
+    def num_synonyms(self) -> list[int]:
+        return [len(synonyms) for synonyms in self.classes]
+
+    @property
+    def synonyms(self) -> list[str]:
+        """All synonyms, class-major (the order of the text-classifier rows)."""
+        return [s for synonyms in self.classes for s in synonyms]
+
+
+def split_synonyms(text: str, separator: str = ",") -> tuple[str, ...]:
+    """Split one class entry into synonyms the way the official code does (", " -> ",")."""
+    if separator == ",":
+        text = text.replace(", ", ",")
+    return tuple(s.strip() for s in text.split(separator) if s.strip())
+
+
+def parse_vocabulary_text(text: str, *, name: str = "custom") -> Vocabulary:
+    classes, kinds = [], []
+    for line_number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        kind, _, entry = line.partition("\t") if "\t" in line else ("", "", line)
+        kind = kind.strip().lower()
+        if kind not in ("", "thing", "stuff"):
+            raise ValueError(
+                f"{name}: line {line_number} starts with '{kind}': use 'thing<TAB>', "
+                "'stuff<TAB>' or no kind"
+            )
+        synonyms = split_synonyms(entry)
+        if not synonyms:
+            raise ValueError(f"{name}: line {line_number} has no class name")
+        classes.append(synonyms)
+        kinds.append(kind == "thing" if kind else guess_is_thing(synonyms))
+    if not classes:
+        raise ValueError(f"{name}: the vocabulary has no classes")
+    return Vocabulary(tuple(classes), tuple(kinds), name=name)
+
+
+def parse_class_list(text: str) -> Vocabulary:
+    """Parse a command-line class list: commas between classes, '/' between synonyms."""
+    classes = [split_synonyms(entry, "/") for entry in text.split(",")]
+    classes = [c for c in classes if c]
+    if not classes:
+        raise ValueError("the class list is empty: give names like --classes \"cat, dog\"")
+    seen: dict[str, int] = {}
+    for index, synonyms in enumerate(classes):
+        for synonym in synonyms:
+            key = synonym.casefold()
+            if key in seen:
+                raise ValueError(
+                    f"class name '{synonym}' is given twice (classes {seen[key] + 1} and "
+                    f"{index + 1}): remove the duplicate"
+                )
+            seen[key] = index
+    kinds = tuple(guess_is_thing(c) for c in classes)
+    return Vocabulary(tuple(classes), kinds, name="custom")
+
+
+def builtin_vocabularies() -> list[str]:
+    return sorted(p.stem for p in VOCAB_DIR.glob("*.txt"))
+
+
+def load_vocabulary(name_or_path: str | Path) -> Vocabulary:
+    """A shipped vocabulary by name (``coco``, ``ade20k_150`` ...) or a vocabulary file."""
+    key = str(name_or_path)
+    key = ALIASES.get(key, key)
+    builtin = VOCAB_DIR / f"{key}.txt"
+    path = builtin if builtin.exists() else Path(name_or_path)
+    if not path.is_file():
+        names = ", ".join(builtin_vocabularies() + sorted(ALIASES))
+        raise FileNotFoundError(
+            f"no vocabulary '{name_or_path}': give a vocabulary file or one of: {names}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"vocabulary file {path} is not UTF-8 text ({error})") from error
+    return parse_vocabulary_text(text, name=path.stem)
+
+
+@functools.lru_cache(maxsize=1)
+def _known_stuff_synonyms() -> frozenset[str]:
+    stuff = set()
+    for name in ("coco_panoptic", "ade20k_150"):
+        path = VOCAB_DIR / f"{name}.txt"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            kind, _, entry = line.partition("\t")
+            if kind == "stuff":
+                stuff.update(s.casefold() for s in split_synonyms(entry))
+    return frozenset(stuff)
+
+
+def guess_is_thing(synonyms: tuple[str, ...]) -> bool:
+    """A class is stuff when one of its names is a stuff class of COCO or ADE20K, else a thing."""
+    known_stuff = _known_stuff_synonyms()
+    return not any(s.casefold() in known_stuff for s in synonyms)
+
+
+def seen_class_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> list[bool]:
+    """A test class is seen when one of its synonyms equals a synonym of any training class."""
+    train_synonyms = set(train_vocab.synonyms)
+    return [any(s in train_synonyms for s in synonyms) for synonyms in vocab.classes]
+
+
+def load_templates(name_or_path: str | Path) -> list[str]:
+    """Prompt templates, one per line, each with one ``{}`` for the class name."""
+    builtin = TEMPLATE_DIR / f"{name_or_path}.txt"
+    path = builtin if builtin.exists() else Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no prompt-template file '{name_or_path}'")
+    templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ValueError(f"{path}: every template needs exactly one '{{}}' (bad: {bad[:3]})")
+    return templates
