@@ -24,10 +24,11 @@ setup(
         "tqdm",
         "ftfy",
         "regex",
+        "pycocotools",
     ],
     extras_require={
         "dev": ["pytest", "ruff"],
         "demo": ["gradio"],
-        "eval": ["pycocotools", "scipy"],
+        "eval": ["scipy"],
     },
 )

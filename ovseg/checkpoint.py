@@ -154,12 +154,21 @@ def load_weights(model: nn.Module, path: str | Path, *, clip_loaded: bool = Fals
         model.backbone.reset_fingerprint()
 
 
+def temp_path_beside(path: Path) -> str:
+    """A new empty temp file next to ``path`` with the permissions a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: never a partial file at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path_beside(path)
     try:
         write(tmp)
         os.replace(tmp, path)

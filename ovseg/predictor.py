@@ -212,8 +212,7 @@ class OVSegPredictor:
             result["panoptic_seg"], result["segments_info"] = panoptic, segments
         if "instance" in tasks:
             result["instances"] = postprocess.instance_inference(
-                class_logits, masks, is_thing, detections_per_image=inf.detections_per_image,
-                things_only="panoptic" in tasks)
+                class_logits, masks, is_thing, detections_per_image=inf.detections_per_image)
         return result
 
     def predict_batch(self, images, **kwargs) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,15 +77,24 @@ def classification_logits(
 def _atomic_save(tensor: torch.Tensor, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    from ovseg.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: save_file({"embeddings": tensor.contiguous().cpu()}, tmp))
+
+
+def _load_cached(path: Path, rows: int) -> torch.Tensor | None:
+    """A cached embedding file, or None when it is unreadable or of the wrong size (the
+    embeddings are then recomputed and the file rewritten)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        save_file({"embeddings": tensor.contiguous().cpu()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        embeddings = load_file(str(path)).get("embeddings")
+    except (SafetensorError, OSError):
+        return None
+    if embeddings is None or embeddings.dim() != 2 or embeddings.shape[0] != rows:
+        return None
+    return embeddings
 
 
 def default_text_cache_dir() -> Path:
@@ -143,9 +151,7 @@ class TextEncoder:
         embeddings = self._memory.get(key)
         path = self.cache_dir / f"{key}.safetensors"
         if embeddings is None and self.use_disk_cache and path.is_file():
-            from safetensors.torch import load_file
-
-            embeddings = load_file(str(path))["embeddings"]
+            embeddings = _load_cached(path, len(synonyms))
         if embeddings is None:
             embeddings = self.encode_synonyms(synonyms).cpu()
             if self.use_disk_cache:

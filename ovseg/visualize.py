@@ -1,0 +1,170 @@
+"""Drawing results: colour overlays with a legend, label-map PNGs, and JSON segment lists."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def palette(count: int) -> np.ndarray:
+    """``count`` distinct, deterministic RGB colours (uint8, (count, 3))."""
+    colours = []
+    for i in range(count):
+        hue = (i * 0.618033988749895) % 1.0
+        saturation = 0.65 + 0.35 * ((i // 7) % 2)
+        value = 0.95 - 0.25 * ((i // 3) % 2)
+        colours.append([int(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)])
+    return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed size
+        return ImageFont.load_default()
+
+
+def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> Image.Image:
+    """Blend each segment's colour over the image, outline it, and add a legend panel.
+
+    Args:
+        image: (H, W, 3) uint8 at the segments' resolution.
+        segments: dicts with ``mask`` (H, W) bool, ``label`` str, ``color`` (3,) uint8,
+            optional ``box`` [x0, y0, x1, y1] drawn as a rectangle, drawn in list order.
+    """
+    canvas = image.astype(np.float32).copy()
+    for segment in segments:
+        mask = segment["mask"]
+        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * segment["color"]
+    # Outline: pixels of a mask with a neighbour outside it.
+    for segment in segments:
+        mask = segment["mask"]
+        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1)
+                        & np.roll(mask, -1, 1))
+        canvas[edge] = 255
+    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for segment in segments:
+        if segment.get("box") is not None and segment["box"][2] > segment["box"][0]:
+            draw.rectangle(list(segment["box"]), outline=tuple(int(c) for c in segment["color"]),
+                           width=2)
+    return _with_legend(picture, segments)
+
+
+def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
+    entries: dict[str, np.ndarray] = {}
+    for segment in segments:
+        entries.setdefault(segment["label"], segment["color"])
+    font_size = max(11, min(22, picture.height // 28))
+    font = _font(font_size)
+    row = font_size + 8
+    measure = ImageDraw.Draw(picture)
+    text_width = max([measure.textlength(name, font=font) for name in entries] + [60])
+    width = int(text_width) + row + 24
+    height = max(picture.height, row * (len(entries) + 1) + 8)
+    board = Image.new("RGB", (picture.width + width, height), (255, 255, 255))
+    board.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(board)
+    x = picture.width + 10
+    draw.text((x, 6), "classes" if entries else "no segments", fill=(0, 0, 0), font=font)
+    for i, (name, colour) in enumerate(entries.items(), start=1):
+        y = 6 + i * row
+        draw.rectangle([x, y + 2, x + row - 8, y + row - 6], fill=tuple(int(c) for c in colour),
+                       outline=(0, 0, 0))
+        draw.text((x + row, y), name, fill=(0, 0, 0), font=font)
+    return board
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of an (H, W) bool mask, JSON-ready."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """[x0, y0, x1, y1] (exclusive end) of a bool mask; zeros when empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def id_map_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG encoding: id = R + 256 G + 256^2 B."""
+    ids = ids.astype(np.uint32)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+
+
+def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
+    """Turn a predictor result into (label map, segments) for one task.
+
+    Label maps: ``semantic`` class index per pixel (uint8, or uint16 above 254 classes; the
+    value 255 / 65535 is never a class); ``panoptic`` segment ids (int32, 0 = none, saved as
+    COCO panoptic RGB); ``instance`` 1-based instance index (0 = none, higher score on top).
+    Segments: id, class, class_id, isthing, score, area, box, mask (bool array).
+    """
+    vocab = result["vocabulary"]
+    names = vocab.names
+    segments = []
+    if task == "semantic":
+        scores = result["sem_seg"]
+        labels = scores.argmax(0)
+        best = scores.max(0).values
+        label_np = labels.cpu().numpy()
+        for class_id in np.unique(label_np).tolist():
+            mask = label_np == class_id
+            segments.append({"id": class_id + 1, "class_id": class_id, "class": names[class_id],
+                             "isthing": bool(vocab.is_thing[class_id]),
+                             "score": float(best[torch.from_numpy(mask)].mean()), "mask": mask})
+        dtype = np.uint8 if len(names) < 255 else np.uint16
+        label_map = label_np.astype(dtype)
+    elif task == "panoptic":
+        label_map = result["panoptic_seg"].cpu().numpy().astype(np.int32)
+        for info in result["segments_info"]:
+            mask = label_map == info["id"]
+            segments.append({"id": info["id"], "class_id": info["category_id"],
+                             "class": names[info["category_id"]], "isthing": info["isthing"],
+                             "score": info["score"], "mask": mask})
+    elif task == "instance":
+        instances = result["instances"]
+        masks = instances["masks"].cpu().numpy()
+        label_map = np.zeros(masks.shape[1:] if masks.ndim == 3 else result["output_size"],
+                             dtype=np.uint16)
+        for index in range(masks.shape[0] - 1, -1, -1):  # lowest score first, best on top
+            label_map[masks[index]] = index + 1
+        for index in range(masks.shape[0]):
+            class_id = int(instances["labels"][index])
+            segments.append({"id": index + 1, "class_id": class_id, "class": names[class_id],
+                             "isthing": bool(vocab.is_thing[class_id]),
+                             "score": float(instances["scores"][index]), "mask": masks[index]})
+    else:
+        raise ValueError(f"unknown task '{task}'")
+    for segment in segments:
+        segment["area"] = int(segment["mask"].sum())
+        segment["box"] = mask_box(segment["mask"])
+    return label_map, segments
+
+
+def label_map_image(label_map: np.ndarray, task: str) -> Image.Image:
+    if task == "panoptic":
+        return Image.fromarray(id_map_to_rgb(label_map))
+    return Image.fromarray(label_map)
+
+
+def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Image:
+    """Overlay of ``describe``'s segments on an image already at the output size, coloured by
+    class (so the legend holds); instances are told apart by their outlines and boxes."""
+    colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
+    drawable = [
+        {"mask": s["mask"], "label": s["class"], "color": colours[s["class_id"]],
+         "box": s["box"] if task == "instance" else None}
+        for s in segments
+    ]
+    if task == "instance":
+        drawable = drawable[::-1]  # best on top
+    return overlay(image, drawable)
