@@ -188,13 +188,21 @@ class OVSegPredictor:
         resized_hw = shortest_edge_size(height, width, short_side or inf.min_size_test,
                                         inf.max_size_test)
         features = self._encode(array, resized_hw)
+        return self.postprocess(features, (height, width), resized_hw, tasks)
+
+    @torch.no_grad()
+    def postprocess(self, features: dict, image_size: tuple[int, int],
+                    resized_hw: tuple[int, int], tasks: tuple[str, ...]) -> dict:
+        """Classify cached image features with the current vocabulary and turn them into the
+        results of :meth:`predict` (the only work a vocabulary switch costs)."""
+        inf = self.cfg.inference
         logits = self.model.classify(features, self._classifier, self._seen)
         class_logits = logits["ensemble"][0]
         masks = F.interpolate(features["pred_masks"], size=features["padded_hw"],
                               mode="bilinear", align_corners=False)[0]
-        out_hw = self.output_size(height, width)
+        out_hw = self.output_size(*image_size)
         is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
-        result = {"image_size": (height, width), "output_size": out_hw,
+        result = {"image_size": tuple(image_size), "output_size": out_hw,
                   "vocabulary": self.vocabulary, "class_logits": class_logits,
                   "mask_logits": features["pred_masks"][0]}
         if tasks == ("semantic",):

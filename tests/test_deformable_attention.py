@@ -182,7 +182,8 @@ def test_module_default_init_shapes_finite_and_gradients():
         grad = getattr(module, name).weight.grad
         assert grad is not None and torch.isfinite(grad).all(), name
         assert grad.abs().sum() > 0, f"no gradient reaches {name}"
-    assert query.grad is not None and query.grad.abs().sum() > 0
+    # offset and attention weights start at zero, so the output does not depend on the query yet
+    assert query.grad is not None and (query.grad == 0).all()
 
 
 def test_module_rejects_indivisible_heads():
@@ -202,7 +203,7 @@ def test_sampling_offsets_init_follows_spec():
             for p in range(points):
                 o = ((head * levels + lvl) * points + p) * 2
                 expected[o], expected[o + 1] = dx * (p + 1), dy * (p + 1)
-    torch.testing.assert_close(module.sampling_offsets.bias.detach(), expected, atol=1e-6,
+    torch.testing.assert_close(module.sampling_offsets.bias.detach(), expected, atol=1e-5,
                                rtol=0)
     assert (module.sampling_offsets.weight == 0).all()
     assert (module.attention_weights.weight == 0).all()

@@ -3,15 +3,21 @@ CLIP image head for mask-pooled features, and the text tower."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 
 import torch
 from torch import nn
 
 
 def build_open_clip_model(
-    model_name: str, *, pretrained: str | None = None, model_config_file: str | None = None
+    model_name: str,
+    *,
+    pretrained: str | None = None,
+    model_config_file: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Build an open_clip CLIP model, from a name open_clip knows or from a config JSON."""
     import open_clip
@@ -22,13 +28,29 @@ def build_open_clip_model(
         model_cfg = model_cfg.get("model_cfg", model_cfg)
         if pretrained:
             raise ValueError("a CLIP built from a config file cannot take a pretrained tag")
-        return open_clip.model.CLIP(**model_cfg)
+        with torch.device(device):
+            return open_clip.model.CLIP(**model_cfg)
     if model_name not in open_clip.list_models():
         raise ValueError(
             f"open_clip does not know the model '{model_name}': set clip.model_config_file "
             "to its open_clip JSON config"
         )
-    return open_clip.create_model(model_name, pretrained=pretrained or None)
+    # Without a tag open_clip warns that it initialised randomly; ovseg loads its own weights
+    # file right after building, so that warning would only mislead.
+    with _without_root_warnings(enabled=not pretrained):
+        return open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
+
+
+@contextlib.contextmanager
+def _without_root_warnings(enabled: bool):
+    logger = logging.getLogger()
+    level = logger.level
+    if enabled:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class CLIPBackbone(nn.Module):

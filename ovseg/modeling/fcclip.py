@@ -77,14 +77,22 @@ class FCCLIP(nn.Module):
         return {"pred_logits": logits["ensemble"], "pred_masks": outputs["pred_masks"]}
 
 
-def build_model(cfg: ModelConfig, *, load_clip_weights: bool = False) -> FCCLIP:
+def build_model(cfg: ModelConfig, *, load_clip_weights: bool = False,
+                device: str | torch.device = "cpu") -> FCCLIP:
     """Wire the parts from a config. CLIP weights come from open_clip's pretrained tag only
-    when ``load_clip_weights`` (otherwise from an ovseg weights file loaded afterwards)."""
+    when ``load_clip_weights`` (otherwise from an ovseg weights file loaded afterwards).
+    ``device="meta"`` builds a full-size model without memory (key and shape checks)."""
     clip_model = build_open_clip_model(
         cfg.clip.model_name,
         pretrained=cfg.clip.pretrained if load_clip_weights else None,
         model_config_file=cfg.clip.model_config_file,
+        device=device,
     )
+    with torch.device(device):
+        return _assemble(cfg, clip_model)
+
+
+def _assemble(cfg: ModelConfig, clip_model: nn.Module) -> FCCLIP:
     backbone = CLIPBackbone(clip_model, model_name=cfg.clip.model_name)
     pd, td = cfg.pixel_decoder, cfg.transformer_decoder
     pixel_decoder = PixelDecoder(
