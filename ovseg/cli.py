@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--short-side", type=int, default=None,
                         help="test-time short side in pixels (default: the model's, 800)")
+    parser.add_argument("--max-output-pixels", type=int, default=2048 * 1024,
+                        help="larger images get outputs at a downscaled size with this many "
+                        "pixels, to bound memory (default: 2048x1024)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo images whose outputs already exist")
     return parser
@@ -160,7 +163,8 @@ def run(args) -> int:
     if not todo:
         return 0
     predictor = load_predictor(args.model, weights=args.weights, config=args.config,
-                               device=args.device, log=print)
+                               device=args.device, log=print,
+                               max_output_pixels=args.max_output_pixels)
     predictor.set_vocabulary(vocabulary)
     model_label = args.weights or args.model
     if args.model == "auto" and args.weights is None:

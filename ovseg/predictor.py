@@ -64,7 +64,7 @@ class OVSegPredictor:
         dtype: torch.dtype = torch.float32,
         text_cache_dir: str | Path | None = None,
         feature_cache_size: int = 4,
-        max_output_pixels: int = 4096 * 4096,
+        max_output_pixels: int = 2048 * 1024,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)

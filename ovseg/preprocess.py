@@ -3,14 +3,15 @@ on uint8), normalise on the 0..255 scale, zero-pad to a multiple of 32."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Refuse absurd files before decoding them (PIL's own bomb check is a warning below 2x this).
-MAX_IMAGE_PIXELS = 40_000 * 40_000
+# Refuse absurd files before decoding them: PIL's own decompression-bomb limit (~179 MP).
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
 class ImageError(ValueError):
@@ -28,16 +29,23 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Large but allowed images: the size check below is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image_file = Image.open(path)
+        with image_file as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{path} is {image.width}x{image.height} pixels, above the "
+                    f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first")
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb_uint8(image)
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path} is too large to decode safely: downscale it first") from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{path} is not an image file PIL can read") from error
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path} is too large to decode safely ({error})") from error
     except (OSError, SyntaxError) as error:
         raise ImageError(f"{path} is truncated or corrupt ({error})") from error
 

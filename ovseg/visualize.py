@@ -138,6 +138,8 @@ def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
         for index in range(masks.shape[0] - 1, -1, -1):  # lowest score first, best on top
             label_map[masks[index]] = index + 1
         for index in range(masks.shape[0]):
+            if not masks[index].any():
+                continue  # an empty mask (score 0) is no detection
             class_id = int(instances["labels"][index])
             segments.append({"id": index + 1, "class_id": class_id, "class": names[class_id],
                              "isthing": bool(vocab.is_thing[class_id]),

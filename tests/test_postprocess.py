@@ -124,9 +124,9 @@ def test_panoptic_empty_keep_set():
 
 
 def test_panoptic_object_mask_threshold():
-    class_logits = logits_from_probs([[0.5, 0.3, 0.2], [0.1, 0.45, 0.45]])
+    class_logits = logits_from_probs([[0.5, 0.3, 0.2], [0.15, 0.45, 0.4]])
     masks = row_masks([range(0, 5), range(5, 10)])
-    # query 1's argmax is the first maximum: class 1 (not void); score 0.45 < 0.46 -> dropped
+    # query 1: class 1 with score 0.45 < 0.46 -> dropped
     panoptic, segments = panoptic_inference(class_logits, masks, torch.tensor([True, True]),
                                             object_mask_threshold=0.46)
     assert panoptic[0].tolist() == [1] * 5 + [0] * 5
@@ -160,7 +160,8 @@ def test_instance_topk_things_only_and_scores():
     result = instance_inference(class_logits, mask_logits, is_thing, detections_per_image=3)
     assert result["labels"].tolist() == [0, 0]
     scores = result["scores"].tolist()
-    assert scores[0] == pytest.approx(0.5 * 0.825, rel=1e-9)  # query 1
+    # query 1: sum of sigmoids inside / (area + 1e-6), spec s.8
+    assert scores[0] == pytest.approx(0.5 * (0.75 + 0.9) / (2 + 1e-6), rel=1e-7)
     assert scores[1] == 0.0  # query 2: its mask is empty
     assert result["masks"].dtype == torch.bool
     assert result["masks"][0].tolist() == [[True, True], [False, False]]

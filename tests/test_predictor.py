@@ -1,0 +1,106 @@
+"""OVSegPredictor: shapes for every task on odd sizes, feature reuse, image kinds."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovseg.preprocess import ImageError, as_rgb_array, load_image
+from ovseg.vocabulary import parse_class_list
+
+
+@pytest.mark.parametrize("height,width", [(37, 101), (64, 64), (129, 33)])
+def test_all_tasks_shapes_on_odd_sizes(parity_predictor, height, width):
+    image = np.random.default_rng(height).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    vocab = parse_class_list("cat, dog/puppy, sky, grass")
+    result = parity_predictor.predict(image, vocabulary=vocab, short_side=64,
+                                      tasks=("panoptic", "semantic", "instance"))
+    assert result["sem_seg"].shape == (4, height, width)
+    assert result["panoptic_seg"].shape == (height, width)
+    assert result["panoptic_seg"].dtype == torch.int32
+    ids = set(np.unique(result["panoptic_seg"].numpy()).tolist()) - {0}
+    assert ids == {s["id"] for s in result["segments_info"]}
+    instances = result["instances"]
+    n = instances["masks"].shape[0]
+    assert instances["masks"].shape == (n, height, width) and instances["boxes"].shape == (n, 4)
+    assert (instances["scores"][:-1] >= instances["scores"][1:]).all()
+    # Instances are things only ("sky" and "grass" are stuff).
+    assert all(vocab.is_thing[int(label)] for label in instances["labels"])
+    semantic_only = parity_predictor.predict(image, tasks="semantic", short_side=64)
+    assert semantic_only["sem_seg"].shape == (4, height, width)
+
+
+def test_vocabulary_switch_reuses_image_features(parity_predictor):
+    predictor = parity_predictor
+    predictor.clear_cache()
+    image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    before = predictor.image_encodes
+    first = predictor.predict(image, vocabulary=["cat", "dog"], short_side=64)
+    second = predictor.predict(image, vocabulary=["zebra", "traffic cone", "road"],
+                               short_side=64)
+    assert predictor.image_encodes == before + 1  # the image network ran once
+    assert first["sem_seg"].shape[0] == 2 and second["sem_seg"].shape[0] == 3
+    torch.testing.assert_close(first["mask_logits"], second["mask_logits"])
+    # A new image (or a new size) does run the network.
+    predictor.predict(image[:, ::-1].copy(), short_side=64)
+    predictor.predict(image, short_side=96)
+    assert predictor.image_encodes == before + 3
+
+
+def test_cached_result_equals_fresh_result(parity_predictor):
+    image = np.random.default_rng(2).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    parity_predictor.clear_cache()
+    fresh = parity_predictor.predict(image, vocabulary=["cat", "dog"], short_side=64)
+    parity_predictor.predict(image, vocabulary=["bird"], short_side=64)
+    again = parity_predictor.predict(image, vocabulary=["cat", "dog"], short_side=64)
+    torch.testing.assert_close(fresh["sem_seg"], again["sem_seg"], rtol=0, atol=0)
+
+
+def test_image_kinds(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "gray.png").shape == (20, 30, 3)
+    rgba = load_image(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(rgba, rgb)
+    deep = load_image(tmp_path / "deep.png")
+    np.testing.assert_array_equal(deep[:, :, 1], rgb[:, :, 0])
+    assert load_image(tmp_path / "rotated.jpg").shape == (30, 20, 3)
+    assert as_rgb_array(rgb.astype(np.float32) / 255).dtype == np.uint8
+    with pytest.raises(ImageError, match="0 pixels"):
+        as_rgb_array(np.zeros((0, 5, 3), dtype=np.uint8))
+
+
+def test_large_image_is_bounded(parity_predictor):
+    parity_predictor.max_output_pixels = 200 * 100
+    try:
+        image = np.zeros((1000, 3000, 3), dtype=np.uint8)
+        result = parity_predictor.predict(image, vocabulary=["cat"], short_side=64)
+    finally:
+        parity_predictor.max_output_pixels = 2048 * 1024
+    assert result["image_size"] == (1000, 3000)
+    height, width = result["output_size"]
+    assert height * width <= 200 * 100 and abs(width / height - 3) < 0.05
+    assert result["panoptic_seg"].shape == (height, width)
+
+
+def test_no_vocabulary_is_a_clear_error():
+    from ovseg.config import load_config
+    from ovseg.modeling.fcclip import build_model
+    from ovseg.predictor import OVSegPredictor
+
+    predictor = OVSegPredictor(build_model(load_config("fcclip_tiny_parity")),
+                               load_config("fcclip_tiny_parity"))
+    with pytest.raises(ValueError, match="no vocabulary"):
+        predictor.predict(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def test_missing_zoo_weights_say_where_to_put_them():
+    from ovseg.predictor import OVSegPredictor
+
+    with pytest.raises(FileNotFoundError, match="put it at .*fcclip_cocopan.pth"):
+        OVSegPredictor.from_pretrained("fcclip_convnext_large_coco")
