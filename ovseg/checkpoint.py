@@ -43,7 +43,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
             continue
         for old, new in OFFICIAL_KEY_RULES:
             if key.startswith(old):
-                converted[new + key[len(old):]] = tensor
+                converted[new + key[len(old) :]] = tensor
                 break
         else:
             unknown.append(key)
@@ -109,8 +109,13 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
-                     allow_missing_clip: bool = False, source: str = "weights") -> None:
+def check_state_dict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    allow_missing_clip: bool = False,
+    source: str = "weights",
+) -> None:
     """Raise :class:`WeightsError` listing missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -124,8 +129,11 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
     ]
     if missing or unexpected or mis_shaped:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("mis-shaped", mis_shaped)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", mis_shaped),
+        ):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{len(keys)} {label}: {'; '.join(keys[:5])}{more}")
@@ -177,8 +185,13 @@ def atomic_write(path: str | Path, write) -> None:
             os.remove(tmp)
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, *,
-                 include_clip: bool = True, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    state_dict: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    include_clip: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Save a state dict as safetensors, atomically. ``include_clip=False`` drops the frozen
     CLIP weights (they come from open_clip at load time)."""
     from safetensors.torch import save_file

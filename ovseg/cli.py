@@ -30,25 +30,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or directories of images")
     names = parser.add_mutually_exclusive_group(required=True)
-    names.add_argument("--classes", help='class names separated by commas, synonyms by "/": '
-                       '"person/child, zebra, sky"')
-    names.add_argument("--vocab", help="a shipped vocabulary (coco, ade150, ade847, pc59, "
-                       "pc459, voc21, cityscapes, lvis) or a vocabulary file")
-    parser.add_argument("--task", choices=("panoptic", "semantic", "instance"),
-                        default="panoptic")
+    names.add_argument(
+        "--classes",
+        help='class names separated by commas, synonyms by "/": "person/child, zebra, sky"',
+    )
+    names.add_argument(
+        "--vocab",
+        help="a shipped vocabulary (coco, ade150, ade847, pc59, "
+        "pc459, voc21, cityscapes, lvis) or a vocabulary file",
+    )
+    parser.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
-    parser.add_argument("--model", default="auto", help="zoo model name; 'auto' (default): the "
-                        "real FC-CLIP model if its weights are present, else the shipped tiny one")
+    parser.add_argument(
+        "--model",
+        default="auto",
+        help="zoo model name; 'auto' (default): the "
+        "real FC-CLIP model if its weights are present, else the shipped tiny one",
+    )
     parser.add_argument("--weights", help="weights file (ovseg .safetensors or official .pth)")
     parser.add_argument("--config", help="config preset or YAML to go with --weights")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--short-side", type=int, default=None,
-                        help="test-time short side in pixels (default: the model's, 800)")
-    parser.add_argument("--max-output-pixels", type=int, default=2048 * 1024,
-                        help="larger images get outputs at a downscaled size with this many "
-                        "pixels, to bound memory (default: 2048x1024)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="redo images whose outputs already exist")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="test-time short side in pixels (default: the model's, 800)",
+    )
+    parser.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=2048 * 1024,
+        help="larger images get outputs at a downscaled size with this many "
+        "pixels, to bound memory (default: 2048x1024)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo images whose outputs already exist"
+    )
     return parser
 
 
@@ -57,8 +74,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise UsageError(f"directory {path} has no image files")
             images.extend(found)
@@ -75,14 +93,19 @@ def check_writable(directory: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".ovseg-check-"):
             pass
     except OSError as error:
-        raise UsageError(f"cannot write to output directory {directory} ({error.strerror}): "
-                         "choose another --output") from error
+        raise UsageError(
+            f"cannot write to output directory {directory} ({error.strerror}): "
+            "choose another --output"
+        ) from error
 
 
 def output_paths(directory: Path, image: Path) -> dict[str, Path]:
     stem = image.stem
-    return {"overlay": directory / f"{stem}_overlay.png", "labels": directory / f"{stem}_labels.png",
-            "json": directory / f"{stem}.json"}
+    return {
+        "overlay": directory / f"{stem}_overlay.png",
+        "labels": directory / f"{stem}_labels.png",
+        "json": directory / f"{stem}.json",
+    }
 
 
 def write_outputs(paths: dict[str, Path], overlay, labels, record: dict) -> None:
@@ -126,8 +149,12 @@ def process_image(predictor, image_path: Path, args, out_dir: Path, model_label:
             for s in segments
         ],
     }
-    write_outputs(output_paths(out_dir, image_path), overlay,
-                  label_map_image(np.asarray(label_map), args.task), record)
+    write_outputs(
+        output_paths(out_dir, image_path),
+        overlay,
+        label_map_image(np.asarray(label_map), args.task),
+        record,
+    )
     return record
 
 
@@ -150,31 +177,47 @@ def run(args) -> int:
 
     if args.short_side is not None and args.short_side < 32:
         raise UsageError("--short-side must be at least 32 pixels")
-    vocabulary = parse_class_list(args.classes) if args.classes is not None else as_vocabulary(
-        args.vocab)
+    vocabulary = (
+        parse_class_list(args.classes) if args.classes is not None else as_vocabulary(args.vocab)
+    )
     images = collect_images(args.inputs)
     out_dir = Path(args.output)
     check_writable(out_dir)
-    todo = [p for p in images
-            if args.overwrite or not all(q.exists() for q in output_paths(out_dir, p).values())]
+    todo = [
+        p
+        for p in images
+        if args.overwrite or not all(q.exists() for q in output_paths(out_dir, p).values())
+    ]
     if len(todo) < len(images):
-        print(f"skipping {len(images) - len(todo)} image(s) whose outputs exist "
-              "(--overwrite to redo)", file=sys.stderr)
+        print(
+            f"skipping {len(images) - len(todo)} image(s) whose outputs exist "
+            "(--overwrite to redo)",
+            file=sys.stderr,
+        )
     if not todo:
         return 0
-    predictor = load_predictor(args.model, weights=args.weights, config=args.config,
-                               device=args.device, log=print,
-                               max_output_pixels=args.max_output_pixels)
+    predictor = load_predictor(
+        args.model,
+        weights=args.weights,
+        config=args.config,
+        device=args.device,
+        log=print,
+        max_output_pixels=args.max_output_pixels,
+    )
     predictor.set_vocabulary(vocabulary)
     model_label = args.weights or args.model
     if args.model == "auto" and args.weights is None:
         from ovseg import model_zoo
 
-        model_label = (model_zoo.DEFAULT_MODEL if model_zoo.local_weights(model_zoo.DEFAULT_MODEL)
-                       else model_zoo.FALLBACK_MODEL)
+        model_label = (
+            model_zoo.DEFAULT_MODEL
+            if model_zoo.local_weights(model_zoo.DEFAULT_MODEL)
+            else model_zoo.FALLBACK_MODEL
+        )
     failures = 0
-    for image_path in tqdm(todo, desc="segmenting", unit="image", disable=len(todo) == 1,
-                           file=sys.stderr):
+    for image_path in tqdm(
+        todo, desc="segmenting", unit="image", disable=len(todo) == 1, file=sys.stderr
+    ):
         try:
             record = process_image(predictor, image_path, args, out_dir, model_label)
         except ImageError as error:

@@ -79,8 +79,10 @@ def missing_weights_message(name: str) -> str:
     entry = get_entry(name)
     where = weights_dir() / entry.filename
     source = f" from {entry.url}" if entry.url else ""
-    return (f"no weights for model '{name}': download {entry.filename}{source} and put it at "
-            f"{where} (or set OVSEG_WEIGHTS, or pass --weights FILE)")
+    return (
+        f"no weights for model '{name}': download {entry.filename}{source} and put it at "
+        f"{where} (or set OVSEG_WEIGHTS, or pass --weights FILE)"
+    )
 
 
 def sha256_of(path: Path) -> str:
@@ -106,8 +108,14 @@ def download_weights(name: str, *, progress: bool = True) -> Path:
             total = int(response.headers.get("Content-Length") or 0)
             from tqdm import tqdm
 
-            with tqdm(total=total or None, unit="B", unit_scale=True, disable=not progress,
-                      desc=entry.filename, file=sys.stderr) as bar:
+            with tqdm(
+                total=total or None,
+                unit="B",
+                unit_scale=True,
+                disable=not progress,
+                desc=entry.filename,
+                file=sys.stderr,
+            ) as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))

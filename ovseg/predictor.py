@@ -71,7 +71,9 @@ class OVSegPredictor:
         self.dtype = dtype
         self.model = model.to(self.device).eval()
         self.text_encoder = TextEncoder(
-            model.backbone, load_templates(cfg.text.templates), batch_size=cfg.text.batch_size,
+            model.backbone,
+            load_templates(cfg.text.templates),
+            batch_size=cfg.text.batch_size,
             cache_dir=text_cache_dir,
         )
         self.train_vocabulary = load_vocabulary(cfg.text.train_vocabulary)
@@ -109,8 +111,9 @@ class OVSegPredictor:
         vocab = as_vocabulary(vocabulary)
         if vocab != self.vocabulary:
             self._classifier = self.text_encoder(vocab).to(self.device)
-            self._seen = torch.tensor(seen_class_mask(vocab, self.train_vocabulary),
-                                      device=self.device)
+            self._seen = torch.tensor(
+                seen_class_mask(vocab, self.train_vocabulary), device=self.device
+            )
             self.vocabulary = vocab
         return vocab
 
@@ -121,11 +124,16 @@ class OVSegPredictor:
             self._features.move_to_end(key)
             return self._features[key]
         resized = resize_image(image, resized_hw)
-        pixels = normalize_and_pad([resized], self.cfg.inference.pixel_mean,
-                                   self.cfg.inference.pixel_std,
-                                   self.cfg.inference.size_divisibility, device=self.device)
-        autocast = torch.autocast(self.device.type, dtype=self.dtype,
-                                  enabled=self.dtype != torch.float32)
+        pixels = normalize_and_pad(
+            [resized],
+            self.cfg.inference.pixel_mean,
+            self.cfg.inference.pixel_std,
+            self.cfg.inference.size_divisibility,
+            device=self.device,
+        )
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
         with torch.no_grad(), autocast:
             outputs = self.model.encode_image(pixels)
         self.image_encodes += 1
@@ -185,26 +193,37 @@ class OVSegPredictor:
         array = as_rgb_array(image)
         height, width = array.shape[:2]
         inf = self.cfg.inference
-        resized_hw = shortest_edge_size(height, width, short_side or inf.min_size_test,
-                                        inf.max_size_test)
+        resized_hw = shortest_edge_size(
+            height, width, short_side or inf.min_size_test, inf.max_size_test
+        )
         features = self._encode(array, resized_hw)
         return self.postprocess(features, (height, width), resized_hw, tasks)
 
     @torch.no_grad()
-    def postprocess(self, features: dict, image_size: tuple[int, int],
-                    resized_hw: tuple[int, int], tasks: tuple[str, ...]) -> dict:
+    def postprocess(
+        self,
+        features: dict,
+        image_size: tuple[int, int],
+        resized_hw: tuple[int, int],
+        tasks: tuple[str, ...],
+    ) -> dict:
         """Classify cached image features with the current vocabulary and turn them into the
         results of :meth:`predict` (the only work a vocabulary switch costs)."""
         inf = self.cfg.inference
         logits = self.model.classify(features, self._classifier, self._seen)
         class_logits = logits["ensemble"][0]
-        masks = F.interpolate(features["pred_masks"], size=features["padded_hw"],
-                              mode="bilinear", align_corners=False)[0]
+        masks = F.interpolate(
+            features["pred_masks"], size=features["padded_hw"], mode="bilinear", align_corners=False
+        )[0]
         out_hw = self.output_size(*image_size)
         is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
-        result = {"image_size": tuple(image_size), "output_size": out_hw,
-                  "vocabulary": self.vocabulary, "class_logits": class_logits,
-                  "mask_logits": features["pred_masks"][0]}
+        result = {
+            "image_size": tuple(image_size),
+            "output_size": out_hw,
+            "vocabulary": self.vocabulary,
+            "class_logits": class_logits,
+            "mask_logits": features["pred_masks"][0],
+        }
         if tasks == ("semantic",):
             # Semantic-only configs score at padded resolution, then crop and resize.
             scores = postprocess.semantic_inference(class_logits, masks)
@@ -215,20 +234,26 @@ class OVSegPredictor:
             result["sem_seg"] = postprocess.semantic_inference(class_logits, masks)
         if "panoptic" in tasks:
             panoptic, segments = postprocess.panoptic_inference(
-                class_logits, masks, is_thing, object_mask_threshold=inf.object_mask_threshold,
-                overlap_threshold=inf.overlap_threshold)
+                class_logits,
+                masks,
+                is_thing,
+                object_mask_threshold=inf.object_mask_threshold,
+                overlap_threshold=inf.overlap_threshold,
+            )
             result["panoptic_seg"], result["segments_info"] = panoptic, segments
         if "instance" in tasks:
             result["instances"] = postprocess.instance_inference(
-                class_logits, masks, is_thing, detections_per_image=inf.detections_per_image)
+                class_logits, masks, is_thing, detections_per_image=inf.detections_per_image
+            )
         return result
 
     def predict_batch(self, images, **kwargs) -> list[dict]:
         return [self.predict(image, **kwargs) for image in images]
 
 
-def load_predictor(model: str = "auto", *, weights=None, config=None, device=None,
-                   log=print, **kwargs) -> OVSegPredictor:
+def load_predictor(
+    model: str = "auto", *, weights=None, config=None, device=None, log=print, **kwargs
+) -> OVSegPredictor:
     """The CLI and demo's way in. ``model="auto"``: the real model when its weights are on this
     machine, else the shipped tiny model, said plainly."""
     if weights is None and model == "auto":
@@ -236,10 +261,14 @@ def load_predictor(model: str = "auto", *, weights=None, config=None, device=Non
             model = model_zoo.DEFAULT_MODEL
         else:
             model = model_zoo.FALLBACK_MODEL
-            log(f"ovseg: weights of {model_zoo.DEFAULT_MODEL} not found "
+            log(
+                f"ovseg: weights of {model_zoo.DEFAULT_MODEL} not found "
                 f"({model_zoo.missing_weights_message(model_zoo.DEFAULT_MODEL)}); "
-                f"using {model}: {model_zoo.get_entry(model).description}", file=sys.stderr)
+                f"using {model}: {model_zoo.get_entry(model).description}",
+                file=sys.stderr,
+            )
     if model == "auto":
         model = model_zoo.DEFAULT_MODEL
-    return OVSegPredictor.from_pretrained(model, weights=weights, config=config, device=device,
-                                          **kwargs)
+    return OVSegPredictor.from_pretrained(
+        model, weights=weights, config=config, device=device, **kwargs
+    )

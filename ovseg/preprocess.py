@@ -38,7 +38,8 @@ def load_image(path: str | Path) -> np.ndarray:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageError(
                     f"{path} is {image.width}x{image.height} pixels, above the "
-                    f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first")
+                    f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first"
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb_uint8(image)
@@ -109,14 +110,22 @@ def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized)
 
 
-def normalize_and_pad(images: list[np.ndarray], mean, std, size_divisibility: int = 32,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def normalize_and_pad(
+    images: list[np.ndarray],
+    mean,
+    std,
+    size_divisibility: int = 32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """uint8 (H, W, 3) arrays -> (B, 3, Hp, Wp) float32: (x - mean) / std, then zero padding at
     the bottom/right to a common size divisible by ``size_divisibility``."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
     tensors = [
-        (torch.from_numpy(np.array(im, dtype=np.uint8)).to(device).permute(2, 0, 1).float() - mean_t)
+        (
+            torch.from_numpy(np.array(im, dtype=np.uint8)).to(device).permute(2, 0, 1).float()
+            - mean_t
+        )
         / std_t
         for im in images
     ]

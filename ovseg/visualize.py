@@ -42,15 +42,17 @@ def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> 
     # Outline: pixels of a mask with a neighbour outside it.
     for segment in segments:
         mask = segment["mask"]
-        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1)
-                        & np.roll(mask, -1, 1))
+        edge = mask & ~(
+            np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        )
         canvas[edge] = 255
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     for segment in segments:
         if segment.get("box") is not None and segment["box"][2] > segment["box"][0]:
-            draw.rectangle(list(segment["box"]), outline=tuple(int(c) for c in segment["color"]),
-                           width=2)
+            draw.rectangle(
+                list(segment["box"]), outline=tuple(int(c) for c in segment["color"]), width=2
+            )
     return _with_legend(picture, segments)
 
 
@@ -72,8 +74,11 @@ def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
     draw.text((x, 6), "classes" if entries else "no segments", fill=(0, 0, 0), font=font)
     for i, (name, colour) in enumerate(entries.items(), start=1):
         y = 6 + i * row
-        draw.rectangle([x, y + 2, x + row - 8, y + row - 6], fill=tuple(int(c) for c in colour),
-                       outline=(0, 0, 0))
+        draw.rectangle(
+            [x, y + 2, x + row - 8, y + row - 6],
+            fill=tuple(int(c) for c in colour),
+            outline=(0, 0, 0),
+        )
         draw.text((x + row, y), name, fill=(0, 0, 0), font=font)
     return board
 
@@ -118,32 +123,54 @@ def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
         label_np = labels.cpu().numpy()
         for class_id in np.unique(label_np).tolist():
             mask = label_np == class_id
-            segments.append({"id": class_id + 1, "class_id": class_id, "class": names[class_id],
-                             "isthing": bool(vocab.is_thing[class_id]),
-                             "score": float(best[torch.from_numpy(mask)].mean()), "mask": mask})
+            segments.append(
+                {
+                    "id": class_id + 1,
+                    "class_id": class_id,
+                    "class": names[class_id],
+                    "isthing": bool(vocab.is_thing[class_id]),
+                    "score": float(best[torch.from_numpy(mask)].mean()),
+                    "mask": mask,
+                }
+            )
         dtype = np.uint8 if len(names) < 255 else np.uint16
         label_map = label_np.astype(dtype)
     elif task == "panoptic":
         label_map = result["panoptic_seg"].cpu().numpy().astype(np.int32)
         for info in result["segments_info"]:
             mask = label_map == info["id"]
-            segments.append({"id": info["id"], "class_id": info["category_id"],
-                             "class": names[info["category_id"]], "isthing": info["isthing"],
-                             "score": info["score"], "mask": mask})
+            segments.append(
+                {
+                    "id": info["id"],
+                    "class_id": info["category_id"],
+                    "class": names[info["category_id"]],
+                    "isthing": info["isthing"],
+                    "score": info["score"],
+                    "mask": mask,
+                }
+            )
     elif task == "instance":
         instances = result["instances"]
         masks = instances["masks"].cpu().numpy()
-        label_map = np.zeros(masks.shape[1:] if masks.ndim == 3 else result["output_size"],
-                             dtype=np.uint16)
+        label_map = np.zeros(
+            masks.shape[1:] if masks.ndim == 3 else result["output_size"], dtype=np.uint16
+        )
         for index in range(masks.shape[0] - 1, -1, -1):  # lowest score first, best on top
             label_map[masks[index]] = index + 1
         for index in range(masks.shape[0]):
             if not masks[index].any():
                 continue  # an empty mask (score 0) is no detection
             class_id = int(instances["labels"][index])
-            segments.append({"id": index + 1, "class_id": class_id, "class": names[class_id],
-                             "isthing": bool(vocab.is_thing[class_id]),
-                             "score": float(instances["scores"][index]), "mask": masks[index]})
+            segments.append(
+                {
+                    "id": index + 1,
+                    "class_id": class_id,
+                    "class": names[class_id],
+                    "isthing": bool(vocab.is_thing[class_id]),
+                    "score": float(instances["scores"][index]),
+                    "mask": masks[index],
+                }
+            )
     else:
         raise ValueError(f"unknown task '{task}'")
     for segment in segments:
@@ -163,8 +190,12 @@ def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Ima
     class (so the legend holds); instances are told apart by their outlines and boxes."""
     colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
     drawable = [
-        {"mask": s["mask"], "label": s["class"], "color": colours[s["class_id"]],
-         "box": s["box"] if task == "instance" else None}
+        {
+            "mask": s["mask"],
+            "label": s["class"],
+            "color": colours[s["class_id"]],
+            "box": s["box"] if task == "instance" else None,
+        }
         for s in segments
     ]
     if task == "instance":

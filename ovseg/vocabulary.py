@@ -96,7 +96,7 @@ def parse_class_list(text: str) -> Vocabulary:
     classes = [split_synonyms(entry, "/") for entry in text.split(",")]
     classes = [c for c in classes if c]
     if not classes:
-        raise ValueError("the class list is empty: give names like --classes \"cat, dog\"")
+        raise ValueError('the class list is empty: give names like --classes "cat, dog"')
     seen: dict[str, int] = {}
     for index, synonyms in enumerate(classes):
         for synonym in synonyms:

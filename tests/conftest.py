@@ -25,5 +25,4 @@ def parity_predictor():
     from ovseg.predictor import OVSegPredictor
 
     cache = tempfile.mkdtemp(prefix="ovseg-text-")
-    return OVSegPredictor.from_pretrained("fcclip_tiny_parity", device="cpu",
-                                          text_cache_dir=cache)
+    return OVSegPredictor.from_pretrained("fcclip_tiny_parity", device="cpu", text_cache_dir=cache)

@@ -44,9 +44,13 @@ def test_full_size_official_keys_map_exactly():
 
 def test_unknown_official_key_is_named():
     with pytest.raises(WeightsError, match="sem_seg_head.extra"):
-        convert_official_state_dict({"sem_seg_head.predictor.logit_scale": torch.zeros(()),
-                                     "sem_seg_head.extra.weight": torch.zeros(1),
-                                     "weird.key": torch.zeros(1)})
+        convert_official_state_dict(
+            {
+                "sem_seg_head.predictor.logit_scale": torch.zeros(()),
+                "sem_seg_head.extra.weight": torch.zeros(1),
+                "weird.key": torch.zeros(1),
+            }
+        )
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,9 @@ def outputs_of(directory):
 @pytest.mark.parametrize("task", ["panoptic", "semantic", "instance"])
 def test_writes_overlay_labels_and_json(photo, tmp_path, capsys, task):
     out = tmp_path / "out"
-    code, _, _ = run([photo, "--classes", "cat, dog/puppy, sky", "--task", task,
-                      "--output", out, *TINY], capsys)
+    code, _, _ = run(
+        [photo, "--classes", "cat, dog/puppy, sky", "--task", task, "--output", out, *TINY], capsys
+    )
     assert code == 0
     assert outputs_of(out) == ["photo.json", "photo_labels.png", "photo_overlay.png"]
     record = json.loads((out / "photo.json").read_text())
@@ -70,8 +71,9 @@ def test_directory_skips_existing_outputs(tmp_path, photo, capsys):
 
 def test_unicode_class_names(photo, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, _ = run([photo, "--classes", "Zebra, 斑马, café/caffè", "--output", out, *TINY],
-                     capsys)
+    code, _, _ = run(
+        [photo, "--classes", "Zebra, 斑马, café/caffè", "--output", out, *TINY], capsys
+    )
     assert code == 0
     assert json.loads((out / "photo.json").read_text())["classes"] == ["Zebra", "斑马", "café"]
 
@@ -103,14 +105,19 @@ def bad_files(tmp_path, photo):
     empty.write_bytes(b"")
     zero = tmp_path / "zero.png"
     # A PNG header that declares a 0 x 0 image.
-    zero.write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d49484452000000000000000008020000"
-                                   "00") + b"\0" * 8)
-    return {"missing": tmp_path / "nope.jpg", "not an image": not_image,
-            "truncated": truncated, "empty": empty, "zero pixels": zero}
+    zero.write_bytes(
+        bytes.fromhex("89504e470d0a1a0a0000000d4948445200000000000000000802000000") + b"\0" * 8
+    )
+    return {
+        "missing": tmp_path / "nope.jpg",
+        "not an image": not_image,
+        "truncated": truncated,
+        "empty": empty,
+        "zero pixels": zero,
+    }
 
 
-@pytest.mark.parametrize("kind", ["missing", "not an image", "truncated", "empty",
-                                  "zero pixels"])
+@pytest.mark.parametrize("kind", ["missing", "not an image", "truncated", "empty", "zero pixels"])
 def test_bad_images(tmp_path, photo, capsys, kind):
     out = tmp_path / "out"
     path = bad_files(tmp_path, photo)[kind]
@@ -121,10 +128,15 @@ def test_bad_images(tmp_path, photo, capsys, kind):
     assert outputs_of(out) == []  # nothing written, not even temp files
 
 
-@pytest.mark.parametrize("classes,message", [
-    ("", "empty"), (" ,  , ", "empty"), ("cat, dog, Cat", "given twice"),
-    ("cat/kitty, kitty", "given twice"),
-])
+@pytest.mark.parametrize(
+    "classes,message",
+    [
+        ("", "empty"),
+        (" ,  , ", "empty"),
+        ("cat, dog, Cat", "given twice"),
+        ("cat/kitty, kitty", "given twice"),
+    ],
+)
 def test_bad_class_lists(photo, tmp_path, capsys, classes, message):
     out = tmp_path / "out"
     code, _, err = run([photo, "--classes", classes, "--output", out, *TINY], capsys)
@@ -151,21 +163,27 @@ def test_bad_weights(photo, tmp_path, capsys):
     corrupt.write_bytes(b"\x00" * 1000)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((PARITY / "fcclip_tiny_official.pth").read_bytes()[:50_000])
-    for weights, message in ((corrupt, "corrupt or truncated"),
-                             (truncated, "not a readable torch checkpoint"),
-                             (PARITY / "fcclip_tiny_official.pth", "do not fit this model")):
+    for weights, message in (
+        (corrupt, "corrupt or truncated"),
+        (truncated, "not a readable torch checkpoint"),
+        (PARITY / "fcclip_tiny_official.pth", "do not fit this model"),
+    ):
         out = tmp_path / "out"
         config = "fcclip_convnext_large_coco" if "fit" in message else "fcclip_tiny_parity"
-        code, _, err = run([photo, "--classes", "cat", "--output", out, "--weights", weights,
-                            "--config", config], capsys)
+        code, _, err = run(
+            [photo, "--classes", "cat", "--output", out, "--weights", weights, "--config", config],
+            capsys,
+        )
         assert code == 2 and message in err, err
         assert outputs_of(out) == []
 
 
 def test_missing_real_weights_never_fall_back_silently(photo, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = run([photo, "--classes", "cat", "--output", out, "--model",
-                        "fcclip_convnext_large_coco"], capsys)
+    code, _, err = run(
+        [photo, "--classes", "cat", "--output", out, "--model", "fcclip_convnext_large_coco"],
+        capsys,
+    )
     assert code == 2 and "put it at" in err
     code, _, err = run([photo, "--classes", "cat", "--output", out, "--short-side", "64"], capsys)
     assert code == 0 and "RANDOM weights" in err  # auto: said plainly
@@ -175,8 +193,9 @@ def test_huge_image_is_resized_not_fatal(tmp_path, capsys):
     path = tmp_path / "huge.png"
     Image.new("RGB", (6000, 4000), (90, 120, 200)).save(path)
     out = tmp_path / "out"
-    code, _, _ = run([path, "--classes", "sky", "--output", out, *TINY,
-                      "--max-output-pixels", "60000"], capsys)
+    code, _, _ = run(
+        [path, "--classes", "sky", "--output", out, *TINY, "--max-output-pixels", "60000"], capsys
+    )
     assert code == 0
     record = json.loads((out / "huge.json").read_text())
     assert record["image_size"] == [4000, 6000]

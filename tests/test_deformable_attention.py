@@ -55,11 +55,18 @@ def special_locations(num_queries, heads, levels, points):
     candidates = []
     for h, w in SHAPES:
         candidates += [
-            (-0.4, 0.5), (1.7, 0.2), (0.5, -1.0), (0.3, 1.2),  # fully outside
-            (0.5 / w, 0.5 / h), ((w - 0.5) / w, (h - 0.5) / h),  # exactly on pixel centres
-            (0.37, 0.61), (0.91, 0.13),  # between centres
-            (0.1 / w, 0.2 / h), (1.0 - 0.2 / w, 1.0 - 0.1 / h),  # straddling the border
-            (1.0, 0.0), (0.0, 1.0),  # exact corners of the map
+            (-0.4, 0.5),
+            (1.7, 0.2),
+            (0.5, -1.0),
+            (0.3, 1.2),  # fully outside
+            (0.5 / w, 0.5 / h),
+            ((w - 0.5) / w, (h - 0.5) / h),  # exactly on pixel centres
+            (0.37, 0.61),
+            (0.91, 0.13),  # between centres
+            (0.1 / w, 0.2 / h),
+            (1.0 - 0.2 / w, 1.0 - 0.1 / h),  # straddling the border
+            (1.0, 0.0),
+            (0.0, 1.0),  # exact corners of the map
         ]
     generator = torch.Generator().manual_seed(0)
     total = 2 * num_queries * heads * levels * points
@@ -145,10 +152,10 @@ def test_module_matches_reference_with_random_projections():
 
     actual = module(query, reference_points, value_input, SHAPES)
 
-    value = (value_input @ module.value_proj.weight.T + module.value_proj.bias)
+    value = value_input @ module.value_proj.weight.T + module.value_proj.bias
     value = value.view(2, tokens, heads, d_model // heads)
-    offsets = (query @ module.sampling_offsets.weight.T + module.sampling_offsets.bias)
-    logits = (query @ module.attention_weights.weight.T + module.attention_weights.bias)
+    offsets = query @ module.sampling_offsets.weight.T + module.sampling_offsets.bias
+    logits = query @ module.attention_weights.weight.T + module.attention_weights.bias
     locations = torch.zeros(2, queries, heads, levels, points, 2, dtype=torch.float64)
     weights = torch.zeros(2, queries, heads, levels, points, dtype=torch.float64)
     for b in range(2):
@@ -159,8 +166,12 @@ def test_module_matches_reference_with_random_projections():
                 for lvl, (h, w) in enumerate(SHAPES):
                     for p in range(points):
                         o = ((m * levels + lvl) * points + p) * 2
-                        locations[b, q, m, lvl, p, 0] = reference_points[b, q, lvl, 0] + offsets[b, q, o] / w
-                        locations[b, q, m, lvl, p, 1] = reference_points[b, q, lvl, 1] + offsets[b, q, o + 1] / h
+                        locations[b, q, m, lvl, p, 0] = (
+                            reference_points[b, q, lvl, 0] + offsets[b, q, o] / w
+                        )
+                        locations[b, q, m, lvl, p, 1] = (
+                            reference_points[b, q, lvl, 1] + offsets[b, q, o + 1] / h
+                        )
                         weights[b, q, m, lvl, p] = joint[lvl * points + p]
     sampled = sampling_reference(value, SHAPES, locations, weights)
     expected = sampled @ module.output_proj.weight.T + module.output_proj.bias
@@ -194,8 +205,9 @@ def test_module_rejects_indivisible_heads():
 def test_sampling_offsets_init_follows_spec():
     """8 heads: unit directions scaled so the larger component is 1, times (p + 1)."""
     levels, points = 3, 4
-    module = MultiScaleDeformableAttention(d_model=32, num_levels=levels, num_heads=8,
-                                           num_points=points)
+    module = MultiScaleDeformableAttention(
+        d_model=32, num_levels=levels, num_heads=8, num_points=points
+    )
     directions = [(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)]
     expected = torch.zeros(8 * levels * points * 2)
     for head, (dx, dy) in enumerate(directions):
@@ -203,8 +215,7 @@ def test_sampling_offsets_init_follows_spec():
             for p in range(points):
                 o = ((head * levels + lvl) * points + p) * 2
                 expected[o], expected[o + 1] = dx * (p + 1), dy * (p + 1)
-    torch.testing.assert_close(module.sampling_offsets.bias.detach(), expected, atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(module.sampling_offsets.bias.detach(), expected, atol=1e-5, rtol=0)
     assert (module.sampling_offsets.weight == 0).all()
     assert (module.attention_weights.weight == 0).all()
     assert (module.attention_weights.bias == 0).all()
@@ -242,6 +253,7 @@ def test_sampling_matches_grid_sample_float32_large():
     locations = torch.rand(1, 6, 2, 2, 3, 2, dtype=torch.float64) * 1.2 - 0.1
     weights = F.softmax(torch.randn(1, 6, 2, 6, dtype=torch.float64), -1).view(1, 6, 2, 2, 3)
     expected = sampling_reference(value, shapes, locations, weights)
-    actual = multi_scale_deformable_sampling(value.float(), shapes, locations.float(),
-                                             weights.float())
+    actual = multi_scale_deformable_sampling(
+        value.float(), shapes, locations.float(), weights.float()
+    )
     torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)

@@ -34,9 +34,13 @@ SEEN = [True, False, False]
 
 
 def test_hand_computed_case():
-    actual = geometric_ensemble(torch.tensor(IN, dtype=torch.float64),
-                                torch.tensor(OUT, dtype=torch.float64),
-                                torch.tensor(SEEN), alpha=0.4, beta=0.8)
+    actual = geometric_ensemble(
+        torch.tensor(IN, dtype=torch.float64),
+        torch.tensor(OUT, dtype=torch.float64),
+        torch.tensor(SEEN),
+        alpha=0.4,
+        beta=0.8,
+    )
     expected = spec_ensemble(IN, OUT, SEEN, 0.4, 0.8)
     np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-10, atol=1e-12)
 
@@ -53,9 +57,14 @@ def test_hand_computed_numbers():
     total = math.exp(z0) + math.exp(z1) + math.exp(z2)
     p_void = math.exp(0.3) / sum(math.exp(v) for v in IN)
     expected = [math.exp(z) / total * (1 - p_void) for z in (z0, z1, z2)] + [p_void]
-    actual = geometric_ensemble(torch.tensor(IN, dtype=torch.float64),
-                                torch.tensor(OUT, dtype=torch.float64),
-                                torch.tensor(SEEN)).exp() - 1e-8  # defaults are 0.4 / 0.8
+    actual = (
+        geometric_ensemble(
+            torch.tensor(IN, dtype=torch.float64),
+            torch.tensor(OUT, dtype=torch.float64),
+            torch.tensor(SEEN),
+        ).exp()
+        - 1e-8
+    )  # defaults are 0.4 / 0.8
     np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-9, atol=1e-12)
     # the final distribution sums to one (up to the 1e-8 per entry)
     assert abs(sum(expected) - 1.0) < 1e-12
@@ -69,8 +78,9 @@ def test_batched_leading_dims_and_seen_per_class():
     actual = geometric_ensemble(in_logits, out_logits, torch.tensor(seen), alpha=0.3, beta=0.7)
     for b in range(2):
         for q in range(5):
-            expected = spec_ensemble(in_logits[b, q].numpy(), out_logits[b, q].numpy(), seen,
-                                     0.3, 0.7)
+            expected = spec_ensemble(
+                in_logits[b, q].numpy(), out_logits[b, q].numpy(), seen, 0.3, 0.7
+            )
             np.testing.assert_allclose(actual[b, q].numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -78,8 +88,9 @@ def test_zero_exponents_reduce_to_in_vocab_softmax():
     """alpha = beta = 0 ignores the out-of-vocab branch: P = softmax(in-vocab over K+1)."""
     in_logits = torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64)
     out_logits = torch.tensor([[9.0, -9.0, 0.0, 0.0]], dtype=torch.float64)
-    actual = geometric_ensemble(in_logits, out_logits, torch.tensor([True, False, True]),
-                                alpha=0.0, beta=0.0)
+    actual = geometric_ensemble(
+        in_logits, out_logits, torch.tensor([True, False, True]), alpha=0.0, beta=0.0
+    )
     expected = np.log(softmax(in_logits[0].numpy()) + 1e-8)
     np.testing.assert_allclose(actual[0].numpy(), expected, rtol=1e-10)
 
@@ -92,8 +103,11 @@ def test_void_probability_only_from_in_vocab():
         out_logits = torch.tensor(OUT[:3] + [void_logit], dtype=torch.float64)
         assert torch.equal(geometric_ensemble(in_logits, out_logits, seen), reference)
     # ... while the in-vocab void logit does move the void probability
-    changed = geometric_ensemble(torch.tensor(IN[:3] + [3.0], dtype=torch.float64),
-                                 torch.tensor(OUT, dtype=torch.float64), seen)
+    changed = geometric_ensemble(
+        torch.tensor(IN[:3] + [3.0], dtype=torch.float64),
+        torch.tensor(OUT, dtype=torch.float64),
+        seen,
+    )
     assert changed[-1] > reference[-1] + 1.0
 
 
@@ -112,10 +126,6 @@ def test_extreme_logit_gap_gives_no_nan(dtype):
     assert abs(probs[1, 3].item() - 0.5) < 1e-6 and abs(probs[1, 1].item() - 0.5) < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: geometric_ensemble takes log of underflowed probabilities; when the in-vocab and "
-    "out-of-vocab classifiers are confident about DIFFERENT classes (logit gaps > ~104 in "
-    "float32), every z_c is -inf and softmax(z) is NaN. log_softmax would give finite z."))
 def test_extreme_gap_with_disagreeing_classifiers_gives_no_nan():
     gap = 250.0
     in_logits = torch.tensor([0.0, -gap, -gap, -gap])  # in-vocab: certainly class 0
@@ -154,12 +164,12 @@ def test_classification_logits_hand_computed():
 
 
 def test_classification_logits_scale_not_clamped_below_100():
-    classifier = TextClassifier(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
-                                [1, 1])
+    classifier = TextClassifier(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), [1, 1])
     x = torch.tensor([[[1.0, 1.0]]], dtype=torch.float64)
     void = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
-    logits = classification_logits(x, classifier, void,
-                                   torch.tensor(math.log(20.0), dtype=torch.float64))
+    logits = classification_logits(
+        x, classifier, void, torch.tensor(math.log(20.0), dtype=torch.float64)
+    )
     c = 1 / math.sqrt(2)
     np.testing.assert_allclose(logits[0, 0].numpy(), [20 * c, 20 * c, -20 * c], rtol=1e-12)
 
@@ -183,8 +193,7 @@ def test_classification_logits_random_against_loops():
                 cosines = [float(unit @ rows[start + i]) for i in range(count)]
                 assert logits[b, q, k].item() == pytest.approx(50 * max(cosines), rel=1e-6)
                 start += count
-            assert logits[b, q, -1].item() == pytest.approx(50 * float(unit @ void_unit),
-                                                            rel=1e-6)
+            assert logits[b, q, -1].item() == pytest.approx(50 * float(unit @ void_unit), rel=1e-6)
 
 
 def test_text_classifier_rejects_mismatched_synonym_counts():

@@ -16,15 +16,17 @@ TOL = 1e-4
 
 
 def assert_close(name, actual, expected):
-    actual = np.asarray(actual.detach().cpu() if torch.is_tensor(actual) else actual,
-                        dtype=np.float64)
+    actual = np.asarray(
+        actual.detach().cpu() if torch.is_tensor(actual) else actual, dtype=np.float64
+    )
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     error = np.abs(actual - expected)
     bound = TOL * np.maximum(1.0, np.abs(expected))
     worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else None
     assert (error <= bound).all(), (
-        f"{name}: max abs error {error.max():.3g} at {worst} exceeds tolerance")
+        f"{name}: max abs error {error.max():.3g} at {worst} exceeds tolerance"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,9 @@ def test_every_intermediate_matches_official(parity_predictor, vocab, tag):
     expected = np.load(PARITY / f"expected_{tag}.npz")
     image = load_image(PARITY / f"image_{tag}.png")
     assert list(image.shape[:2]) == list(expected["orig_hw"])
-    resized_hw = shortest_edge_size(*image.shape[:2], int(expected["test_short_side"]),
-                                    cfg.inference.max_size_test)
+    resized_hw = shortest_edge_size(
+        *image.shape[:2], int(expected["test_short_side"]), cfg.inference.max_size_test
+    )
     assert list(resized_hw) == list(expected["resized_hw"])
     resized = resize_image(image, resized_hw)
     np.testing.assert_array_equal(resized, expected["resized_image"])
@@ -60,8 +63,9 @@ def test_every_intermediate_matches_official(parity_predictor, vocab, tag):
     predictor.set_vocabulary(vocab)
     classifier = predictor._classifier
     void = F.normalize(model.void_embedding.weight, dim=-1)
-    assert_close("text_classifier", torch.cat([classifier.embeddings, void]),
-                 expected["text_classifier"])
+    assert_close(
+        "text_classifier", torch.cat([classifier.embeddings, void]), expected["text_classifier"]
+    )
     with torch.no_grad():
         outputs = model.encode_image(pixels)
         logits = model.classify(outputs, classifier, predictor._seen)
@@ -69,14 +73,20 @@ def test_every_intermediate_matches_official(parity_predictor, vocab, tag):
         assert_close(f"feat_{name}", outputs["features"][name][0], expected[f"feat_{name}"])
     assert_close("mask_features", outputs["mask_features"][0], expected["mask_features"])
     for level in range(3):
-        assert_close(f"multi_scale_{level}", outputs["multi_scale_features"][level][0],
-                     expected[f"multi_scale_{level}"])
+        assert_close(
+            f"multi_scale_{level}",
+            outputs["multi_scale_features"][level][0],
+            expected[f"multi_scale_{level}"],
+        )
     assert_close("pred_logits", logits["in_vocab"][0], expected["pred_logits"])
     assert_close("pred_masks", outputs["pred_masks"][0], expected["pred_masks"])
     assert len(outputs["aux_outputs"]) == expected["aux_pred_logits"].shape[0]
     for i, aux in enumerate(outputs["aux_outputs"]):
-        assert_close(f"aux_pred_logits[{i}]", model.in_vocab_logits(aux["pred_embeds"],
-                     classifier)[0], expected["aux_pred_logits"][i])
+        assert_close(
+            f"aux_pred_logits[{i}]",
+            model.in_vocab_logits(aux["pred_embeds"], classifier)[0],
+            expected["aux_pred_logits"][i],
+        )
         assert_close(f"aux_pred_masks[{i}]", aux["pred_masks"][0], expected["aux_pred_masks"][i])
     assert_close("out_vocab_embed", outputs["clip_embeds"][0], expected["out_vocab_embed"])
     assert_close("out_vocab_logits", logits["out_vocab"][0], expected["out_vocab_logits"])
@@ -86,8 +96,9 @@ def test_every_intermediate_matches_official(parity_predictor, vocab, tag):
 @pytest.mark.parametrize("tag", ["a", "b"])
 def test_final_outputs_match_official(parity_predictor, vocab, tag):
     expected = np.load(PARITY / f"expected_{tag}.npz")
-    result = parity_predictor.predict(PARITY / f"image_{tag}.png", vocabulary=vocab,
-                                      short_side=int(expected["test_short_side"]))
+    result = parity_predictor.predict(
+        PARITY / f"image_{tag}.png", vocabulary=vocab, short_side=int(expected["test_short_side"])
+    )
     assert_close("sem_seg", result["sem_seg"], expected["sem_seg"])
     np.testing.assert_array_equal(result["sem_seg"].argmax(0).numpy(), expected["sem_seg_argmax"])
 
@@ -103,8 +114,10 @@ def test_final_outputs_match_official(parity_predictor, vocab, tag):
         assert len(official_ids) == 1, "a segment maps onto several official segments"
         twin = official_segments[int(official_ids[0])]
         assert (panoptic[official == official_ids[0]] == segment_id).all()
-        assert (segment["category_id"], segment["isthing"]) == (twin["category_id"],
-                                                                twin["isthing"])
+        assert (segment["category_id"], segment["isthing"]) == (
+            twin["category_id"],
+            twin["isthing"],
+        )
 
     # Instances: equal as sets after sorting by score.
     instances = result["instances"]

@@ -13,8 +13,9 @@ from ovseg.vocabulary import parse_class_list
 def test_all_tasks_shapes_on_odd_sizes(parity_predictor, height, width):
     image = np.random.default_rng(height).integers(0, 255, (height, width, 3), dtype=np.uint8)
     vocab = parse_class_list("cat, dog/puppy, sky, grass")
-    result = parity_predictor.predict(image, vocabulary=vocab, short_side=64,
-                                      tasks=("panoptic", "semantic", "instance"))
+    result = parity_predictor.predict(
+        image, vocabulary=vocab, short_side=64, tasks=("panoptic", "semantic", "instance")
+    )
     assert result["sem_seg"].shape == (4, height, width)
     assert result["panoptic_seg"].shape == (height, width)
     assert result["panoptic_seg"].dtype == torch.int32
@@ -36,8 +37,7 @@ def test_vocabulary_switch_reuses_image_features(parity_predictor):
     image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
     before = predictor.image_encodes
     first = predictor.predict(image, vocabulary=["cat", "dog"], short_side=64)
-    second = predictor.predict(image, vocabulary=["zebra", "traffic cone", "road"],
-                               short_side=64)
+    second = predictor.predict(image, vocabulary=["zebra", "traffic cone", "road"], short_side=64)
     assert predictor.image_encodes == before + 1  # the image network ran once
     assert first["sem_seg"].shape[0] == 2 and second["sem_seg"].shape[0] == 3
     torch.testing.assert_close(first["mask_logits"], second["mask_logits"])
@@ -60,7 +60,7 @@ def test_image_kinds(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
     Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
-    Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(tmp_path / "deep.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
@@ -93,8 +93,9 @@ def test_no_vocabulary_is_a_clear_error():
     from ovseg.modeling.fcclip import build_model
     from ovseg.predictor import OVSegPredictor
 
-    predictor = OVSegPredictor(build_model(load_config("fcclip_tiny_parity")),
-                               load_config("fcclip_tiny_parity"))
+    predictor = OVSegPredictor(
+        build_model(load_config("fcclip_tiny_parity")), load_config("fcclip_tiny_parity")
+    )
     with pytest.raises(ValueError, match="no vocabulary"):
         predictor.predict(np.zeros((8, 8, 3), dtype=np.uint8))
 
@@ -104,3 +105,13 @@ def test_missing_zoo_weights_say_where_to_put_them():
 
     with pytest.raises(FileNotFoundError, match="put it at .*fcclip_cocopan.pth"):
         OVSegPredictor.from_pretrained("fcclip_convnext_large_coco")
+
+
+def test_vocabulary_of_a_thousand_classes(parity_predictor):
+    vocab = parity_predictor.set_vocabulary("lvis")
+    assert len(vocab) == 1203
+    classifier = parity_predictor._classifier
+    assert classifier.embeddings.shape[0] == len(vocab.synonyms) > 1203
+    image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    result = parity_predictor.predict(image, tasks="semantic", short_side=64)
+    assert result["sem_seg"].shape == (1203, 40, 40)

@@ -61,8 +61,10 @@ def expected_rows(synonyms, templates):
     return np.stack(rows)
 
 
-VOCAB = Vocabulary(classes=(("cat", "kitty"), ("dog",), ("traffic cone", "pylon", "cone")),
-                   is_thing=(True, True, True))
+VOCAB = Vocabulary(
+    classes=(("cat", "kitty"), ("dog",), ("traffic cone", "pylon", "cone")),
+    is_thing=(True, True, True),
+)
 
 
 def test_embeddings_hand_computed_class_major(tmp_path):
@@ -94,8 +96,9 @@ def test_batching_gives_same_values(tmp_path):
     whole = TextEncoder(large, templates, batch_size=128, use_disk_cache=False)(vocab)
     assert large.batch_sizes == [10]
     torch.testing.assert_close(batched.embeddings, whole.embeddings, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(batched.embeddings.numpy(),
-                               expected_rows(list("abcde"), templates), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        batched.embeddings.numpy(), expected_rows(list("abcde"), templates), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_disk_cache_hit_without_encoding(tmp_path):
@@ -128,11 +131,15 @@ def test_cache_misses_when_inputs_change(tmp_path, change):
     if change == "templates":
         templates = TEMPLATES[:2]
     elif change == "synonyms":
-        vocab = Vocabulary(classes=(("cat", "kitten"), ("dog",), ("traffic cone", "pylon", "cone")),
-                           is_thing=(True, True, True))
+        vocab = Vocabulary(
+            classes=(("cat", "kitten"), ("dog",), ("traffic cone", "pylon", "cone")),
+            is_thing=(True, True, True),
+        )
     elif change == "synonym order":
-        vocab = Vocabulary(classes=(("kitty", "cat"), ("dog",), ("traffic cone", "pylon", "cone")),
-                           is_thing=(True, True, True))
+        vocab = Vocabulary(
+            classes=(("kitty", "cat"), ("dog",), ("traffic cone", "pylon", "cone")),
+            is_thing=(True, True, True),
+        )
     else:
         backbone = FakeBackbone(fingerprint="other-weights")
     classifier = TextEncoder(backbone, templates, cache_dir=tmp_path)(vocab)
@@ -145,8 +152,10 @@ def test_cache_misses_when_inputs_change(tmp_path, change):
 def test_same_synonyms_different_grouping_keeps_own_num_synonyms(tmp_path):
     """The cache holds per-synonym rows; the class grouping comes from the vocabulary."""
     TextEncoder(FakeBackbone(), TEMPLATES, cache_dir=tmp_path)(VOCAB)
-    regrouped = Vocabulary(classes=(("cat",), ("kitty", "dog"), ("traffic cone",),
-                                    ("pylon", "cone")), is_thing=(True,) * 4)
+    regrouped = Vocabulary(
+        classes=(("cat",), ("kitty", "dog"), ("traffic cone",), ("pylon", "cone")),
+        is_thing=(True,) * 4,
+    )
     classifier = TextEncoder(FakeBackbone(), TEMPLATES, cache_dir=tmp_path)(regrouped)
     assert classifier.num_synonyms == [1, 2, 1, 2]
     assert classifier.synonym_index.tolist() == [[0, 7], [1, 2], [3, 7], [4, 5]]

@@ -89,7 +89,10 @@ def test_parse_file_rejects_unknown_kind_and_empty():
 def test_split_synonyms_official_rule():
     # ", " becomes "," before the split, so "a, b" and "a,b" are the same two synonyms
     assert split_synonyms("traffic light, stop light,signal") == (
-        "traffic light", "stop light", "signal")
+        "traffic light",
+        "stop light",
+        "signal",
+    )
     assert split_synonyms("person/child", "/") == ("person", "child")
 
 

@@ -23,22 +23,33 @@ from ovseg.modeling.fcclip import build_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="official FC-CLIP checkpoint (.pth)")
     parser.add_argument("output", help="ovseg weights file to write (.safetensors)")
-    parser.add_argument("--config", default="fcclip_convnext_large_coco",
-                        help="config preset or YAML of the architecture (default: ConvNeXt-L)")
-    parser.add_argument("--no-clip", action="store_true",
-                        help="leave out the frozen CLIP weights (open_clip loads them by tag)")
+    parser.add_argument(
+        "--config",
+        default="fcclip_convnext_large_coco",
+        help="config preset or YAML of the architecture (default: ConvNeXt-L)",
+    )
+    parser.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="leave out the frozen CLIP weights (open_clip loads them by tag)",
+    )
     args = parser.parse_args(argv)
     try:
         state = read_state_dict(args.checkpoint)  # official layouts are converted here
         cfg = load_config(args.config)
         model = build_model(cfg, device="meta")  # shapes only, no memory
         check_state_dict(model, state, source=args.checkpoint)
-        save_weights(state, args.output, include_clip=not args.no_clip,
-                     metadata={"config": cfg.name, "source": "official FC-CLIP checkpoint"})
+        save_weights(
+            state,
+            args.output,
+            include_clip=not args.no_clip,
+            metadata={"config": cfg.name, "source": "official FC-CLIP checkpoint"},
+        )
     except (WeightsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

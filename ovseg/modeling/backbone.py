@@ -70,7 +70,7 @@ class CLIPBackbone(nn.Module):
         self.clip = clip_model
         self.model_name = model_name
         channels = [stage.blocks[-1].mlp.fc2.out_features for stage in trunk.stages]
-        self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels))
+        self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels, strict=True))
         self.dense_channels = channels[-1]
         self.embed_dim = int(clip_model.text_projection.shape[-1])
         self.text_context_length = int(clip_model.positional_embedding.shape[0])
@@ -89,7 +89,7 @@ class CLIPBackbone(nn.Module):
         trunk = self.clip.visual.trunk
         x = trunk.stem(images)
         features = {}
-        for name, stage in zip(("res2", "res3", "res4", "res5"), trunk.stages):
+        for name, stage in zip(("res2", "res3", "res4", "res5"), trunk.stages, strict=True):
             x = stage(x)
             features[name] = x
         features["clip_vis_dense"] = trunk.norm_pre(x)
@@ -130,9 +130,11 @@ class CLIPBackbone(nn.Module):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         import open_clip
 
-        tokenizer = open_clip.get_tokenizer(self.model_name) if self.model_name in (
-            open_clip.list_models()
-        ) else open_clip.tokenize
+        tokenizer = (
+            open_clip.get_tokenizer(self.model_name)
+            if self.model_name in (open_clip.list_models())
+            else open_clip.tokenize
+        )
         return tokenizer(texts)
 
     def text_fingerprint(self) -> str:
@@ -143,7 +145,9 @@ class CLIPBackbone(nn.Module):
                 if name.startswith("visual."):
                     continue
                 flat = tensor.detach().reshape(-1).float().cpu()
-                sample = torch.cat([flat[:2048], flat[-2048:], flat[:: max(1, flat.numel() // 2048)]])
+                sample = torch.cat(
+                    [flat[:2048], flat[-2048:], flat[:: max(1, flat.numel() // 2048)]]
+                )
                 digest.update(name.encode())
                 digest.update(str(tuple(tensor.shape)).encode())
                 digest.update(sample.numpy().tobytes())

@@ -50,8 +50,9 @@ class MultiScaleDeformableAttention(nn.Module):
     """Each query attends to ``num_points`` sampled points per head and level around its
     reference point; offsets and weights are predicted from the query."""
 
-    def __init__(self, d_model: int = 256, num_levels: int = 3, num_heads: int = 8,
-                 num_points: int = 4) -> None:
+    def __init__(
+        self, d_model: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4
+    ) -> None:
         super().__init__()
         if d_model % num_heads != 0:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
@@ -67,7 +68,9 @@ class MultiScaleDeformableAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
         grid = torch.stack([angles.cos(), angles.sin()], -1)
         grid = grid / grid.abs().max(-1, keepdim=True)[0]
         grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)

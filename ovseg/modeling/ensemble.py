@@ -25,14 +25,14 @@ def geometric_ensemble(
         (..., K+1) log(P + 1e-8) where P = [softmax(z) * (1 - p_void), p_void] and
         z_c = log(p_in^(1-w) * p_out^w) with w = alpha if seen else beta.
     """
-    p_in = F.softmax(in_vocab_logits[..., :-1], dim=-1)
-    p_out = F.softmax(out_vocab_logits[..., :-1], dim=-1)
-    seen = seen.to(device=p_in.device, dtype=torch.bool)
-    # The official code multiplies both branches by 0/1 masks; where() gives the same values
-    # without turning a -inf in the unused branch into NaN.
-    z_seen = (p_in ** (1 - alpha) * p_out ** alpha).log()
-    z_unseen = (p_in ** (1 - beta) * p_out ** beta).log()
-    z = torch.where(seen, z_seen, z_unseen)
+    log_p_in = F.log_softmax(in_vocab_logits[..., :-1], dim=-1)
+    log_p_out = F.log_softmax(out_vocab_logits[..., :-1], dim=-1)
+    seen = seen.to(device=log_p_in.device, dtype=torch.bool)
+    # log(p_in^(1-w) * p_out^w) in log space: the official code takes the log of a product of
+    # probabilities, which underflows to -inf (and NaN after the softmax) when the classifiers
+    # disagree by a logit gap above ~100; elsewhere the values agree to float rounding.
+    weight = torch.where(seen, log_p_in.new_tensor(alpha), log_p_in.new_tensor(beta))
+    z = (1 - weight) * log_p_in + weight * log_p_out
     p_void = F.softmax(in_vocab_logits, dim=-1)[..., -1:]
     probs = torch.cat([z.softmax(-1) * (1.0 - p_void), p_void], dim=-1)
     return torch.log(probs + 1e-8)

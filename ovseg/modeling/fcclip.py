@@ -53,32 +53,37 @@ class FCCLIP(nn.Module):
 
     def in_vocab_logits(self, embeds: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
         """(B, Q, D) -> (B, Q, K+1) with the trainable decoder temperature."""
-        return classification_logits(embeds, classifier, self.void_embedding.weight,
-                                     self.transformer_decoder.logit_scale)
+        return classification_logits(
+            embeds, classifier, self.void_embedding.weight, self.transformer_decoder.logit_scale
+        )
 
     def out_vocab_logits(self, embeds: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
         """(B, Q, D) -> (B, Q, K+1) with the frozen CLIP temperature."""
-        return classification_logits(embeds, classifier, self.void_embedding.weight,
-                                     self.backbone.clip.logit_scale)
+        return classification_logits(
+            embeds, classifier, self.void_embedding.weight, self.backbone.clip.logit_scale
+        )
 
-    def classify(self, image_outputs: dict, classifier: TextClassifier,
-                 seen: torch.Tensor) -> dict[str, torch.Tensor]:
+    def classify(
+        self, image_outputs: dict, classifier: TextClassifier, seen: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Class logits of every query: in_vocab, out_vocab and their ensemble, (B, Q, K+1)."""
         in_vocab = self.in_vocab_logits(image_outputs["pred_embeds"], classifier)
         out_vocab = self.out_vocab_logits(image_outputs["clip_embeds"], classifier)
         ensemble = geometric_ensemble(in_vocab, out_vocab, seen, alpha=self.alpha, beta=self.beta)
         return {"in_vocab": in_vocab, "out_vocab": out_vocab, "ensemble": ensemble}
 
-    def forward(self, images: torch.Tensor, classifier: TextClassifier,
-                seen: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, classifier: TextClassifier, seen: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Inference: ensemble class logits (B, Q, K+1) and mask logits (B, Q, H/4, W/4)."""
         outputs = self.encode_image(images)
         logits = self.classify(outputs, classifier, seen)
         return {"pred_logits": logits["ensemble"], "pred_masks": outputs["pred_masks"]}
 
 
-def build_model(cfg: ModelConfig, *, load_clip_weights: bool = False,
-                device: str | torch.device = "cpu") -> FCCLIP:
+def build_model(
+    cfg: ModelConfig, *, load_clip_weights: bool = False, device: str | torch.device = "cpu"
+) -> FCCLIP:
     """Wire the parts from a config. CLIP weights come from open_clip's pretrained tag only
     when ``load_clip_weights`` (otherwise from an ovseg weights file loaded afterwards).
     ``device="meta"`` builds a full-size model without memory (key and shape checks)."""
@@ -96,15 +101,29 @@ def _assemble(cfg: ModelConfig, clip_model: nn.Module) -> FCCLIP:
     backbone = CLIPBackbone(clip_model, model_name=cfg.clip.model_name)
     pd, td = cfg.pixel_decoder, cfg.transformer_decoder
     pixel_decoder = PixelDecoder(
-        backbone.feature_channels, conv_dim=pd.conv_dim, mask_dim=pd.mask_dim,
-        num_encoder_layers=pd.num_encoder_layers, num_heads=pd.num_heads,
-        num_points=pd.num_points, encoder_ffn_dim=pd.encoder_ffn_dim, num_groups=pd.num_groups,
+        backbone.feature_channels,
+        conv_dim=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        num_encoder_layers=pd.num_encoder_layers,
+        num_heads=pd.num_heads,
+        num_points=pd.num_points,
+        encoder_ffn_dim=pd.encoder_ffn_dim,
+        num_groups=pd.num_groups,
     )
     transformer_decoder = TransformerDecoder(
-        in_channels=pd.conv_dim, mask_dim=pd.mask_dim, hidden_dim=td.hidden_dim,
-        num_queries=td.num_queries, num_heads=td.num_heads, ffn_dim=td.ffn_dim,
-        num_layers=td.num_layers, embed_dim=backbone.embed_dim,
+        in_channels=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        hidden_dim=td.hidden_dim,
+        num_queries=td.num_queries,
+        num_heads=td.num_heads,
+        ffn_dim=td.ffn_dim,
+        num_layers=td.num_layers,
+        embed_dim=backbone.embed_dim,
     )
-    return FCCLIP(backbone, pixel_decoder, transformer_decoder,
-                  alpha=cfg.inference.out_vocab_weight_seen,
-                  beta=cfg.inference.out_vocab_weight_unseen)
+    return FCCLIP(
+        backbone,
+        pixel_decoder,
+        transformer_decoder,
+        alpha=cfg.inference.out_vocab_weight_seen,
+        beta=cfg.inference.out_vocab_weight_unseen,
+    )

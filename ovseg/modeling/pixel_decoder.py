@@ -26,8 +26,9 @@ class ConvNorm(nn.Conv2d):
 class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention, then a ReLU feed-forward network."""
 
-    def __init__(self, d_model: int, ffn_dim: int, num_levels: int, num_heads: int,
-                 num_points: int) -> None:
+    def __init__(
+        self, d_model: int, ffn_dim: int, num_levels: int, num_heads: int, num_points: int
+    ) -> None:
         super().__init__()
         self.self_attn = MultiScaleDeformableAttention(d_model, num_levels, num_heads, num_points)
         self.norm1 = nn.LayerNorm(d_model)
@@ -35,15 +36,27 @@ class DeformableEncoderLayer(nn.Module):
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
 class DeformableEncoder(nn.Module):
-    def __init__(self, d_model: int, ffn_dim: int, num_layers: int, num_levels: int,
-                 num_heads: int, num_points: int) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        ffn_dim: int,
+        num_layers: int,
+        num_levels: int,
+        num_heads: int,
+        num_points: int,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             DeformableEncoderLayer(d_model, ffn_dim, num_levels, num_heads, num_points)
@@ -54,12 +67,20 @@ class DeformableEncoder(nn.Module):
 class DeformableTransformer(nn.Module):
     """Holds the level embedding and the encoder (keys ``transformer.*``)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, num_layers: int, num_levels: int,
-                 num_heads: int, num_points: int) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        ffn_dim: int,
+        num_layers: int,
+        num_levels: int,
+        num_heads: int,
+        num_points: int,
+    ) -> None:
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, d_model))
-        self.encoder = DeformableEncoder(d_model, ffn_dim, num_layers, num_levels, num_heads,
-                                         num_points)
+        self.encoder = DeformableEncoder(
+            d_model, ffn_dim, num_layers, num_levels, num_heads, num_points
+        )
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
@@ -69,8 +90,9 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
 
-def reference_points(spatial_shapes: list[tuple[int, int]], batch: int,
-                     device: torch.device) -> torch.Tensor:
+def reference_points(
+    spatial_shapes: list[tuple[int, int]], batch: int, device: torch.device
+) -> torch.Tensor:
     """Normalised (x, y) pixel centres of every token, shared by all levels: (B, N, L, 2)."""
     points = []
     for height, width in spatial_shapes:
@@ -106,31 +128,47 @@ class PixelDecoder(nn.Module):
         self.encoder_features = ["res5", "res4", "res3"]
         self.conv_dim = conv_dim
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels[name], conv_dim, kernel_size=1),
-                          nn.GroupNorm(num_groups, conv_dim))
+            nn.Sequential(
+                nn.Conv2d(in_channels[name], conv_dim, kernel_size=1),
+                nn.GroupNorm(num_groups, conv_dim),
+            )
             for name in self.encoder_features
         )
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
         self.transformer = DeformableTransformer(
-            conv_dim, encoder_ffn_dim, num_encoder_layers, len(self.encoder_features),
-            num_heads, num_points,
+            conv_dim,
+            encoder_ffn_dim,
+            num_encoder_layers,
+            len(self.encoder_features),
+            num_heads,
+            num_points,
         )
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.constant_(self.mask_features.bias, 0)
         # One FPN level (stride 8 -> 4): lateral 1x1 on res2, output 3x3.
-        self.adapter_1 = ConvNorm(in_channels["res2"], conv_dim, kernel_size=1, bias=False,
-                                  norm=nn.GroupNorm(num_groups, conv_dim))
-        self.layer_1 = ConvNorm(conv_dim, conv_dim, kernel_size=3, padding=1, bias=False,
-                                norm=nn.GroupNorm(num_groups, conv_dim), relu=True)
+        self.adapter_1 = ConvNorm(
+            in_channels["res2"],
+            conv_dim,
+            kernel_size=1,
+            bias=False,
+            norm=nn.GroupNorm(num_groups, conv_dim),
+        )
+        self.layer_1 = ConvNorm(
+            conv_dim,
+            conv_dim,
+            kernel_size=3,
+            padding=1,
+            bias=False,
+            norm=nn.GroupNorm(num_groups, conv_dim),
+            relu=True,
+        )
         for conv in (self.adapter_1, self.layer_1):
             nn.init.kaiming_uniform_(conv.weight, a=1)
 
-    def forward(
-        self, features: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """features res2..res5 -> mask_features (B, mask_dim, H/4, W/4) and
         [maps at strides 32, 16, 8] each (B, conv_dim, H/s, W/s). Runs in fp32."""
         with torch.autocast(device_type=features["res2"].device.type, enabled=False):
@@ -155,11 +193,13 @@ class PixelDecoder(nn.Module):
             src = layer(src, pos, refs, spatial_shapes)
         maps = [
             z.transpose(1, 2).reshape(batch, -1, h, w)
-            for z, (h, w) in zip(src.split([h * w for h, w in spatial_shapes], dim=1),
-                                 spatial_shapes)
+            for z, (h, w) in zip(
+                src.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes, strict=True
+            )
         ]
         lateral = self.adapter_1(features["res2"].float())
-        top_down = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear",
-                                 align_corners=False)
+        top_down = F.interpolate(
+            maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
+        )
         finest = self.layer_1(lateral + top_down)
         return self.mask_features(finest), maps

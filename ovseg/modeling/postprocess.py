@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_to_original(maps: torch.Tensor, resized_hw: tuple[int, int],
-                       original_hw: tuple[int, int]) -> torch.Tensor:
+def resize_to_original(
+    maps: torch.Tensor, resized_hw: tuple[int, int], original_hw: tuple[int, int]
+) -> torch.Tensor:
     """Crop padded-resolution maps (..., Hp, Wp) to the resized image and bilinearly resize
     them to the original size (detectron2 ``sem_seg_postprocess``)."""
     maps = maps[..., : resized_hw[0], : resized_hw[1]]
@@ -66,8 +67,14 @@ def panoptic_inference(
         if not thing:
             stuff_segment_ids[category] = segment_id
         panoptic[segment] = segment_id
-        segments.append({"id": segment_id, "isthing": thing, "category_id": category,
-                         "score": float(cur_scores[k])})
+        segments.append(
+            {
+                "id": segment_id,
+                "isthing": thing,
+                "category_id": category,
+                "score": float(cur_scores[k]),
+            }
+        )
     return panoptic, segments
 
 
@@ -121,5 +128,9 @@ def instance_inference(
     scores = scores * mask_scores
     order = scores.argsort(descending=True)
     masks = masks[order]
-    return {"masks": masks, "boxes": masks_to_boxes(masks), "scores": scores[order],
-            "labels": labels[order]}
+    return {
+        "masks": masks,
+        "boxes": masks_to_boxes(masks),
+        "scores": scores[order],
+        "labels": labels[order],
+    }

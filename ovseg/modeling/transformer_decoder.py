@@ -18,7 +18,8 @@ class MLP(nn.Module):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
         self.layers = nn.ModuleList(
-            nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:] + [output_dim])
+            nn.Linear(d_in, d_out)
+            for d_in, d_out in zip(dims, dims[1:] + [output_dim], strict=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,8 +39,9 @@ def mask_pooling(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Ten
         (B, Q, C); an empty mask gives a zero vector.
     """
     if mask_logits.shape[-2:] != features.shape[-2:]:
-        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear",
-                                    align_corners=False)
+        mask_logits = F.interpolate(
+            mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
     with torch.no_grad():
         mask = (mask_logits > 0).to(features.dtype)
         area = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
@@ -61,7 +63,10 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, queries, memory, *, attn_mask, memory_pos, query_pos):
         attended = self.multihead_attn(
-            query=queries + query_pos, key=memory + memory_pos, value=memory, attn_mask=attn_mask,
+            query=queries + query_pos,
+            key=memory + memory_pos,
+            value=memory,
+            attn_mask=attn_mask,
             need_weights=False,
         )[0]
         return self.norm(queries + attended)
@@ -119,18 +124,22 @@ class TransformerDecoder(nn.Module):
         self.num_heads = num_heads
         self.num_layers = num_layers
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers))
+            SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers))
+            CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
         self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(hidden_dim, ffn_dim) for _ in range(num_layers))
+            FFNLayer(hidden_dim, ffn_dim) for _ in range(num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.level_embed = nn.Embedding(self.num_levels, hidden_dim)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        self.mask_pooling_proj = nn.Sequential(nn.LayerNorm(mask_dim),
-                                               nn.Linear(mask_dim, mask_dim))
+        self.mask_pooling_proj = nn.Sequential(
+            nn.LayerNorm(mask_dim), nn.Linear(mask_dim, mask_dim)
+        )
         self.class_embed = MLP(hidden_dim, hidden_dim, embed_dim, 3)
         # In-vocabulary temperature (trainable), exp() clamped at 100 when used.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -143,10 +152,17 @@ class TransformerDecoder(nn.Module):
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         pooled = self.mask_pooling_proj(mask_pooling(mask_features, mask_logits))
         class_embed = self.class_embed(pooled + decoded)
-        attn_mask = F.interpolate(mask_logits, size=target_size, mode="bilinear",
-                                  align_corners=False)
-        attn_mask = (attn_mask.sigmoid().flatten(2).unsqueeze(1)
-                     .repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5).detach()
+        attn_mask = F.interpolate(
+            mask_logits, size=target_size, mode="bilinear", align_corners=False
+        )
+        attn_mask = (
+            attn_mask.sigmoid()
+            .flatten(2)
+            .unsqueeze(1)
+            .repeat(1, self.num_heads, 1, 1)
+            .flatten(0, 1)
+            < 0.5
+        ).detach()
         return class_embed, mask_logits, attn_mask
 
     def forward(
@@ -161,10 +177,14 @@ class TransformerDecoder(nn.Module):
         sources, positions, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
             sizes.append(feature.shape[-2:])
-            positions.append(sine_position_encoding(feature, feature.shape[1] // 2)
-                             .flatten(2).permute(2, 0, 1))
-            sources.append((feature.flatten(2) + self.level_embed.weight[level][None, :, None])
-                           .permute(2, 0, 1))
+            positions.append(
+                sine_position_encoding(feature, feature.shape[1] // 2).flatten(2).permute(2, 0, 1)
+            )
+            sources.append(
+                (feature.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(
+                    2, 0, 1
+                )
+            )
         batch = sources[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         queries = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
@@ -176,12 +196,17 @@ class TransformerDecoder(nn.Module):
             # A query whose mask blocks everything attends everywhere instead.
             attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             queries = self.transformer_cross_attention_layers[i](
-                queries, sources[level], attn_mask=attn_mask, memory_pos=positions[level],
-                query_pos=query_pos)
+                queries,
+                sources[level],
+                attn_mask=attn_mask,
+                memory_pos=positions[level],
+                query_pos=query_pos,
+            )
             queries = self.transformer_self_attention_layers[i](queries, query_pos=query_pos)
             queries = self.transformer_ffn_layers[i](queries)
-            predictions.append(self.prediction_heads(queries, mask_features,
-                                                     sizes[(i + 1) % self.num_levels]))
+            predictions.append(
+                self.prediction_heads(queries, mask_features, sizes[(i + 1) % self.num_levels])
+            )
         return {
             "pred_embeds": predictions[-1][0],
             "pred_masks": predictions[-1][1],
