@@ -133,15 +133,30 @@ class TextEncoder:
         return digest.hexdigest()[:32]
 
     @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (N, D) text embeddings, not normalised.
+
+        Identical prompts are encoded once, and prompts are batched by token length so that
+        each batch is cut just after its longest end-of-text token (values do not change: the
+        text tower is causal).
+        """
+        device = next(self.backbone.parameters()).device
+        tokens = self.backbone.tokenize(prompts)
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        order = unique.argmax(dim=-1).argsort(stable=True)  # by end-of-text position
+        encoded = torch.empty(0)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            batch = self.backbone.encode_text(unique[index].to(device)).float().cpu()
+            if encoded.numel() == 0:
+                encoded = torch.empty((len(unique), batch.shape[-1]))
+            encoded[index] = batch
+        return encoded[inverse]
+
     def encode_synonyms(self, synonyms: list[str]) -> torch.Tensor:
         """Synonyms -> (S, D): normalise each prompt, mean over templates, normalise again."""
         prompts = [template.format(s) for s in synonyms for template in self.templates]
-        device = next(self.backbone.parameters()).device
-        chunks = []
-        for start in range(0, len(prompts), self.batch_size):
-            tokens = self.backbone.tokenize(prompts[start : start + self.batch_size])
-            chunks.append(self.backbone.encode_text(tokens.to(device)).float())
-        per_prompt = F.normalize(torch.cat(chunks), dim=-1)
+        per_prompt = F.normalize(self.encode_prompts(prompts), dim=-1)
         per_synonym = per_prompt.reshape(len(synonyms), len(self.templates), -1).mean(dim=1)
         return F.normalize(per_synonym, dim=-1)
 
