@@ -155,7 +155,9 @@ def run(args) -> dict:
                 with clock("pixel_decoder"):
                     mask_features, multi_scale = model.pixel_decoder(features)
                 with clock("transformer_decoder"):
-                    outputs = model.transformer_decoder(multi_scale, mask_features)
+                    outputs = model.transformer_decoder(
+                        multi_scale, mask_features, aux_classes=False
+                    )
                     pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"])
                     clip_embeds = model.backbone.project_pooled(pooled)
             cached = {

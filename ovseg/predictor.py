@@ -135,7 +135,7 @@ class OVSegPredictor:
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
         with torch.no_grad(), autocast:
-            outputs = self.model.encode_image(pixels)
+            outputs = self.model.encode_image(pixels, aux_classes=False)
         self.image_encodes += 1
         entry = {
             "pred_embeds": outputs["pred_embeds"].float(),

@@ -15,8 +15,13 @@ def fake_entry(tmp_path, monkeypatch):
     source = tmp_path / "release.pth"
     source.write_bytes(b"weights" * 1000)
     entry = model_zoo.ZooEntry(
-        name="fake", config="fcclip_tiny_parity", filename="fake.pth", description="test",
-        url=source.as_uri(), sha256=hashlib.sha256(source.read_bytes()).hexdigest())
+        name="fake",
+        config="fcclip_tiny_parity",
+        filename="fake.pth",
+        description="test",
+        url=source.as_uri(),
+        sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+    )
     monkeypatch.setitem(model_zoo.MODEL_ZOO, "fake", entry)
     return entry
 
@@ -38,10 +43,13 @@ def test_unknown_model_lists_choices():
         model_zoo.get_entry("nope")
 
 
-@pytest.mark.parametrize("name,channels,embed", [
-    ("convnext_large_d_320", [192, 384, 768, 1536], 768),
-    ("convnext_base_w", [128, 256, 512, 1024], 640),
-])
+@pytest.mark.parametrize(
+    "name,channels,embed",
+    [
+        ("convnext_large_d_320", [192, 384, 768, 1536], 768),
+        ("convnext_base_w", [128, 256, 512, 1024], 640),
+    ],
+)
 def test_any_open_clip_convnext_by_config(name, channels, embed):
     cfg = config_from_dict({"clip": {"model_name": name}})
     model = build_model(cfg, device="meta")

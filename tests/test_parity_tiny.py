@@ -125,3 +125,15 @@ def test_final_outputs_match_official(parity_predictor, vocab, tag):
     assert_close("inst_scores", instances["scores"], expected["inst_scores"][order])
     np.testing.assert_array_equal(instances["labels"].numpy(), expected["inst_classes"][order])
     np.testing.assert_array_equal(instances["masks"].numpy(), expected["inst_masks"][order])
+
+
+def test_inference_shortcut_changes_nothing(parity_predictor):
+    """Skipping the earlier layers' class heads (inference) leaves the outputs bit-identical."""
+    model = parity_predictor.model
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model.encode_image(pixels)
+        fast = model.encode_image(pixels, aux_classes=False)
+    for key in ("pred_embeds", "pred_masks", "clip_embeds"):
+        torch.testing.assert_close(fast[key], full[key], rtol=0, atol=0)
+    assert all(aux["pred_embeds"] is None for aux in fast["aux_outputs"])

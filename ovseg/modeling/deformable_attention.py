@@ -40,9 +40,12 @@ def multi_scale_deformable_sampling(
             )
         )  # (B*heads, head_dim, N_q, points)
     weights = attention_weights.transpose(1, 2).reshape(
-        batch * heads, 1, num_queries, levels * points
+        batch * heads, 1, num_queries, levels, points
     )
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    # Accumulate level by level: the same sum as stacking all samples, without the big copy.
+    output = (sampled[0] * weights[..., 0, :]).sum(-1)
+    for level in range(1, levels):
+        output = output + (sampled[level] * weights[..., level, :]).sum(-1)
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
 
 

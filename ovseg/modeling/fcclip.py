@@ -36,14 +36,17 @@ class FCCLIP(nn.Module):
         self.alpha = alpha
         self.beta = beta
 
-    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor | list]:
+    def encode_image(
+        self, images: torch.Tensor, *, aux_classes: bool = True
+    ) -> dict[str, torch.Tensor | list]:
         """images (B, 3, H, W), normalised and padded to a multiple of 32 ->
         pred_embeds (B, Q, D) in-vocabulary class embeddings, pred_masks (B, Q, H/4, W/4),
         clip_embeds (B, Q, D) mask-pooled frozen-CLIP embeddings, aux_outputs, and the
-        intermediate maps (features, mask_features, multi_scale_features)."""
+        intermediate maps (features, mask_features, multi_scale_features).
+        ``aux_classes=False`` (inference) skips the earlier layers' class heads."""
         features = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(features)
-        outputs = self.transformer_decoder(multi_scale, mask_features)
+        outputs = self.transformer_decoder(multi_scale, mask_features, aux_classes=aux_classes)
         pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"])
         outputs["clip_embeds"] = self.backbone.project_pooled(pooled)
         outputs["features"] = features

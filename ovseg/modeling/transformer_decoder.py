@@ -144,14 +144,19 @@ class TransformerDecoder(nn.Module):
         # In-vocabulary temperature (trainable), exp() clamped at 100 when used.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def prediction_heads(self, queries, mask_features, target_size):
-        """queries (Q, B, C) -> class embeddings (B, Q, D), mask logits (B, Q, H/4, W/4) and the
-        boolean attention mask (B*heads, Q, h*w) for a level of ``target_size``."""
+    def prediction_heads(self, queries, mask_features, target_size, *, with_class=True):
+        """queries (Q, B, C) -> class embeddings (B, Q, D) (None unless ``with_class``), mask
+        logits (B, Q, H/4, W/4) and the boolean attention mask (B*heads, Q, h*w) for a level of
+        ``target_size`` (None when ``target_size`` is None)."""
         decoded = self.decoder_norm(queries).transpose(0, 1)
         mask_embed = self.mask_embed(decoded)
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        pooled = self.mask_pooling_proj(mask_pooling(mask_features, mask_logits))
-        class_embed = self.class_embed(pooled + decoded)
+        class_embed = None
+        if with_class:
+            pooled = self.mask_pooling_proj(mask_pooling(mask_features, mask_logits))
+            class_embed = self.class_embed(pooled + decoded)
+        if target_size is None:
+            return class_embed, mask_logits, None
         attn_mask = F.interpolate(
             mask_logits, size=target_size, mode="bilinear", align_corners=False
         )
@@ -169,11 +174,15 @@ class TransformerDecoder(nn.Module):
         self,
         multi_scale_features: list[torch.Tensor],
         mask_features: torch.Tensor,
+        *,
+        aux_classes: bool = True,
     ) -> dict[str, torch.Tensor | list]:
         """multi_scale_features: maps at strides 32, 16, 8 (B, C, h, w); mask_features
         (B, C, H/4, W/4). Returns pred_embeds (B, Q, D) and pred_masks (B, Q, H/4, W/4) of the
         last layer and aux_outputs: the earlier predictions (initial queries + all layers but
-        the last), each a dict with the same keys."""
+        the last), each a dict with the same keys. ``aux_classes=False`` skips the class head
+        of the earlier predictions (their pred_embeds are None): inference needs only the
+        last one, and the masks and final outputs are unchanged."""
         sources, positions, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
             sizes.append(feature.shape[-2:])
@@ -189,7 +198,9 @@ class TransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         queries = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        predictions = [self.prediction_heads(queries, mask_features, sizes[0])]
+        predictions = [
+            self.prediction_heads(queries, mask_features, sizes[0], with_class=aux_classes)
+        ]
         for i in range(self.num_layers):
             level = i % self.num_levels
             attn_mask = predictions[-1][2]
@@ -204,8 +215,14 @@ class TransformerDecoder(nn.Module):
             )
             queries = self.transformer_self_attention_layers[i](queries, query_pos=query_pos)
             queries = self.transformer_ffn_layers[i](queries)
+            last = i == self.num_layers - 1
             predictions.append(
-                self.prediction_heads(queries, mask_features, sizes[(i + 1) % self.num_levels])
+                self.prediction_heads(
+                    queries,
+                    mask_features,
+                    None if last else sizes[(i + 1) % self.num_levels],
+                    with_class=aux_classes or last,
+                )
             )
         return {
             "pred_embeds": predictions[-1][0],
