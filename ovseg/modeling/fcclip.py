@@ -37,18 +37,20 @@ class FCCLIP(nn.Module):
         self.beta = beta
 
     def encode_image(
-        self, images: torch.Tensor, *, aux_classes: bool = True
+        self, images: torch.Tensor, *, aux_classes: bool = True, out_vocab: bool = True
     ) -> dict[str, torch.Tensor | list]:
         """images (B, 3, H, W), normalised and padded to a multiple of 32 ->
         pred_embeds (B, Q, D) in-vocabulary class embeddings, pred_masks (B, Q, H/4, W/4),
         clip_embeds (B, Q, D) mask-pooled frozen-CLIP embeddings, aux_outputs, and the
         intermediate maps (features, mask_features, multi_scale_features).
-        ``aux_classes=False`` (inference) skips the earlier layers' class heads."""
+        ``aux_classes=False`` (inference) skips the earlier layers' class heads;
+        ``out_vocab=False`` (training) skips the mask-pooled CLIP embeddings."""
         features = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(features)
         outputs = self.transformer_decoder(multi_scale, mask_features, aux_classes=aux_classes)
-        pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"])
-        outputs["clip_embeds"] = self.backbone.project_pooled(pooled)
+        if out_vocab:
+            pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"].detach())
+            outputs["clip_embeds"] = self.backbone.project_pooled(pooled)
         outputs["features"] = features
         outputs["mask_features"] = mask_features
         outputs["multi_scale_features"] = multi_scale
@@ -76,10 +78,26 @@ class FCCLIP(nn.Module):
         return {"in_vocab": in_vocab, "out_vocab": out_vocab, "ensemble": ensemble}
 
     def forward(
-        self, images: torch.Tensor, classifier: TextClassifier, seen: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Inference: ensemble class logits (B, Q, K+1) and mask logits (B, Q, H/4, W/4)."""
-        outputs = self.encode_image(images)
+        self, images: torch.Tensor, classifier: TextClassifier, seen: torch.Tensor | None = None
+    ) -> dict:
+        """Training mode: in-vocabulary ``pred_logits`` (B, Q, K+1), ``pred_masks``
+        (B, Q, H/4, W/4) and ``aux_outputs`` (the same for every earlier layer), for the losses.
+        Eval mode: ensemble class logits (needs ``seen``, (K,) bool) and mask logits."""
+        if self.training:
+            outputs = self.encode_image(images, out_vocab=False)
+            aux = [
+                {
+                    "pred_logits": self.in_vocab_logits(a["pred_embeds"], classifier),
+                    "pred_masks": a["pred_masks"],
+                }
+                for a in outputs["aux_outputs"]
+            ]
+            return {
+                "pred_logits": self.in_vocab_logits(outputs["pred_embeds"], classifier),
+                "pred_masks": outputs["pred_masks"],
+                "aux_outputs": aux,
+            }
+        outputs = self.encode_image(images, aux_classes=False)
         logits = self.classify(outputs, classifier, seen)
         return {"pred_logits": logits["ensemble"], "pred_masks": outputs["pred_masks"]}
 

@@ -1,0 +1,1 @@
+"""Training: Hungarian matcher, Mask2Former losses, the training loop, distributed helpers."""

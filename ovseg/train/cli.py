@@ -1,0 +1,117 @@
+"""Logic of ``tools/train.py`` (single process or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from ovseg.train.loop import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tools/train.py",
+        description="Train FC-CLIP's mask generator and in-vocabulary head on a COCO-panoptic "
+        "format dataset with the CLIP frozen. Multi-GPU / multi-process: "
+        "torchrun --nproc_per_node N tools/train.py ...",
+    )
+    parser.add_argument(
+        "--config", default="fcclip_convnext_large_coco", help="model config preset or YAML"
+    )
+    data = parser.add_argument_group("data (a builtin dataset, or the three paths)")
+    data.add_argument("--dataset", help="builtin name, e.g. coco_2017_train_panoptic")
+    data.add_argument("--data-root", help="root of the builtin datasets (default: $OVSEG_DATA)")
+    data.add_argument("--images", help="image directory")
+    data.add_argument("--panoptic-json", help="COCO panoptic JSON")
+    data.add_argument("--panoptic-dir", help="directory of panoptic PNGs")
+    data.add_argument("--vocab", help="vocabulary file replacing the dataset's category names")
+    parser.add_argument("--output", required=True, help="run directory (checkpoints, logs)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume from the latest checkpoint in --output (or from PATH)",
+    )
+    parser.add_argument("--init-weights", help="start from these weights (ovseg or official)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--tensorboard", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        value = getattr(defaults, field.name)
+        if isinstance(value, bool):
+            parser.add_argument(
+                flag,
+                type=lambda s: s.lower() in ("1", "true", "yes"),
+                default=value,
+                metavar="BOOL",
+                help=f"(default: {value})",
+            )
+        elif field.name == "amp":
+            parser.add_argument(flag, choices=("none", "bf16", "fp16"), default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value, help=f"(default: {value})")
+    return parser
+
+
+def load_dataset(args):
+    from ovseg.data import PanopticDataset, builtin_panoptic
+    from ovseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary(args.vocab) if args.vocab else None
+    if args.dataset:
+        dataset = builtin_panoptic(args.dataset, args.data_root)
+        if vocabulary is not None:
+            dataset = PanopticDataset(
+                dataset.image_dir,
+                dataset.panoptic_json,
+                dataset.panoptic_dir,
+                vocabulary=vocabulary,
+            )
+        return dataset
+    if not (args.images and args.panoptic_json and args.panoptic_dir):
+        raise ValueError(
+            "give --dataset NAME, or all of --images, --panoptic-json and --panoptic-dir"
+        )
+    return PanopticDataset(
+        args.images, args.panoptic_json, args.panoptic_dir, vocabulary=vocabulary
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ovseg.checkpoint import WeightsError
+    from ovseg.config import load_config
+    from ovseg.data import LargeScaleJitter
+    from ovseg.train.loop import train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        dataset = load_dataset(args)
+        transform = LargeScaleJitter(
+            crop_size=cfg.crop_size, min_scale=cfg.min_scale, max_scale=cfg.max_scale
+        )
+        record = train(
+            load_config(args.config),
+            cfg,
+            dataset,
+            args.output,
+            transform=transform,
+            resume=args.resume,
+            init_weights=args.init_weights,
+            device=args.device,
+            tensorboard=args.tensorboard,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, WeightsError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if record:
+        print(
+            f"done: iteration {record['iter']}, loss {record['loss']:.4f}, "
+            f"{record['images_per_s']:.2f} images/s"
+        )
+    return 0

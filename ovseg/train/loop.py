@@ -1,0 +1,287 @@
+"""The training loop, top to bottom: build, data, optimizer, resume, loop, log, checkpoint.
+
+Trains the pixel decoder, transformer decoder, in-vocabulary temperature and void embedding
+with the CLIP frozen (never in the optimizer, never in checkpoints), on the in-vocabulary
+logits of the training vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_weights, save_weights
+from ovseg.config import ModelConfig, config_to_dict
+from ovseg.modeling.fcclip import build_model
+from ovseg.modeling.text_classifier import TextEncoder
+from ovseg.train import state as ckpt
+from ovseg.train.data import AugmentedSamples, IterationBatchSampler, collate, derived_seed
+from ovseg.train.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from ovseg.train.losses import LossConfig, SetCriterion
+from ovseg.train.optim import parameter_groups, warmup_poly
+from ovseg.vocabulary import load_templates
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 368750
+    batch_size: int = 16  # global: all processes and accumulation steps together
+    accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_iters: int = 10
+    warmup_factor: float = 1.0
+    poly_power: float = 0.9
+    clip_grad: float = 0.01  # full-model gradient L2 norm
+    amp: str = "none"  # none | bf16 | fp16
+    crop_size: int = 1024
+    min_scale: float = 0.1
+    max_scale: float = 2.0
+    num_points: int = 12544
+    checkpoint_every: int = 5000
+    keep_last: int = 3
+    log_every: int = 20
+    seed: int = 0
+    num_workers: int = 2
+    load_clip_weights: bool = True  # open_clip pretrained tag (False: weights from init file)
+    save_clip: bool = False  # write the frozen CLIP into the final weights file too
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _restore(model, optimizer, scheduler, scaler, path: Path) -> int:
+    state = ckpt.load_training_state(path)
+    expected = {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
+    if set(state["model"]) != expected:
+        raise WeightsError(
+            f"{path} was saved for another architecture: its weights do not match this config"
+        )
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["iteration"])
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    dataset,
+    output_dir: str | Path,
+    *,
+    transform,
+    resume: str | None = None,
+    init_weights: str | None = None,
+    device: str | None = None,
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train on ``dataset`` (samples as in ovseg.data) and return the final log record.
+
+    ``resume``: "auto" (latest checkpoint in output_dir/checkpoints, if any) or a path.
+    Runs under torchrun too: every process calls this; rank 0 logs and saves.
+    """
+    info: DistInfo = init_distributed(device)
+    output_dir = Path(output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    if cfg.batch_size % (info.world_size * cfg.accum_steps):
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} must be divisible by processes x "
+            f"accumulation steps ({info.world_size} x {cfg.accum_steps})"
+        )
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, text classifier of the training vocabulary, losses
+    model = build_model(model_cfg, load_clip_weights=cfg.load_clip_weights and not init_weights)
+    if init_weights:
+        load_weights(model, init_weights, clip_loaded=cfg.load_clip_weights)
+    model.to(info.device)
+    vocabulary = dataset.vocabulary
+    encoder = TextEncoder(
+        model.backbone,
+        load_templates(model_cfg.text.templates),
+        batch_size=model_cfg.text.batch_size,
+    )
+    classifier = encoder(vocabulary).to(info.device)
+    criterion = SetCriterion(len(vocabulary), LossConfig(num_points=cfg.num_points))
+    num_queries = model_cfg.transformer_decoder.num_queries
+
+    # ---- optimizer, schedule, AMP scaler
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda it: warmup_poly(
+            it,
+            max_iters=cfg.max_iters,
+            warmup_iters=cfg.warmup_iters,
+            warmup_factor=cfg.warmup_factor,
+            power=cfg.poly_power,
+        ),
+    )
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
+
+    # ---- resume
+    start = 0
+    resume_path = ckpt.latest_checkpoint(checkpoint_dir) if resume == "auto" else resume
+    if resume_path:
+        start = _restore(model, optimizer, scheduler, scaler, Path(resume_path))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    net = DistributedDataParallel(model) if info.enabled else model
+    net.train()
+
+    # ---- data: the same global sequence whatever the number of processes or workers
+    sampler = IterationBatchSampler(
+        len(dataset),
+        cfg.batch_size,
+        seed=cfg.seed,
+        start_iteration=start,
+        max_iterations=cfg.max_iters,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    loader = torch.utils.data.DataLoader(
+        AugmentedSamples(dataset, transform, cfg.seed),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    mean = torch.tensor(model_cfg.inference.pixel_mean, device=info.device).view(1, 3, 1, 1)
+    std = torch.tensor(model_cfg.inference.pixel_std, device=info.device).view(1, 3, 1, 1)
+
+    # ---- logging (rank 0)
+    log_file = writer = bar = None
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(
+            json.dumps(
+                {
+                    "model": config_to_dict(model_cfg),
+                    "train": dataclasses.asdict(cfg),
+                    "classes": vocabulary.names,
+                    "world_size": info.world_size,
+                },
+                indent=1,
+            )
+        )
+        log_file = open(output_dir / "log.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(output_dir / "tensorboard"))
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_iters, initial=start, desc="training", unit="it")
+
+    record: dict = {}
+    window_start, window_images = time.perf_counter(), 0
+    for iteration, batch in zip(range(start, cfg.max_iters), loader, strict=False):
+        images = (batch["images"].to(info.device).float() - mean) / std
+        targets = [{k: v.to(info.device) for k, v in t.items()} for t in batch["targets"]]
+        generators = [
+            torch.Generator().manual_seed(derived_seed(cfg.seed, "points", p))
+            for p in batch["positions"]
+        ]
+        # Loss normalisers over the whole global batch (all processes, all micro-batches).
+        global_targets = all_reduce_sum(sum(len(t["labels"]) for t in targets), info)
+        num_masks = max(global_targets / info.world_size, 1.0)
+        weight_total = (
+            criterion.class_weight_sum(num_queries, cfg.batch_size, int(global_targets))
+            / info.world_size
+        )
+        micro = len(targets) // cfg.accum_steps
+        terms: dict[str, float] = {}
+        for step in range(cfg.accum_steps):
+            part = slice(step * micro, (step + 1) * micro)
+            sync = step == cfg.accum_steps - 1 or not info.enabled
+            context = net.no_sync() if not sync else contextlib.nullcontext()
+            with context:
+                with torch.autocast(
+                    info.device.type,
+                    dtype=amp_dtype or torch.float32,
+                    enabled=amp_dtype is not None,
+                ):
+                    outputs = net(images[part], classifier)
+                losses = criterion(
+                    outputs,
+                    targets[part],
+                    num_masks=num_masks,
+                    class_weight_total=weight_total,
+                    generators=generators[part],
+                )
+                total = criterion.total(losses)
+                scaler.scale(total).backward()
+            for name, value in losses.items():
+                terms[name] = terms.get(name, 0.0) + float(value)
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        window_images += cfg.batch_size
+        done = iteration + 1
+
+        if info.is_main:
+            if bar is not None:
+                bar.update(1)
+            if done % cfg.log_every == 0 or done == cfg.max_iters:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "iter": done,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "loss": criterion.total({k: torch.tensor(v) for k, v in terms.items()}).item(),
+                    "grad_norm": float(grad_norm),
+                    "images_per_s": window_images / max(elapsed, 1e-9),
+                    **{k: v for k, v in terms.items() if k.count("_") == 1},
+                }
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        writer.add_scalar(key, value, done)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                window_start, window_images = time.perf_counter(), 0
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_iters:
+                ckpt.save_training_state(
+                    checkpoint_dir,
+                    done,
+                    {
+                        "model": ckpt.trainable_state(_unwrap(net)),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "iteration": done,
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    keep_last=cfg.keep_last,
+                )
+
+    if info.is_main:
+        save_weights(
+            _unwrap(net).state_dict(),
+            output_dir / "model_final.safetensors",
+            include_clip=cfg.save_clip,
+            metadata={"config": model_cfg.name},
+        )
+        for handle in (log_file, writer, bar):
+            if handle is not None:
+                handle.close()
+    cleanup(info)
+    return record

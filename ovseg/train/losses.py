@@ -1,0 +1,149 @@
+"""Mask2Former set losses: class cross-entropy with a down-weighted no-object class, and
+sigmoid BCE + dice on uncertainty-sampled points, on the final and every auxiliary output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.train.matcher import hungarian_match
+from ovseg.train.point_sampling import point_sample, uncertain_points
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_ratio: float = 0.75
+
+
+def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """(M, P) logits and 0/1 labels -> sum over masks of the mean BCE over points / num_masks."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """(M, P) -> sum over masks of 1 - (2 p.t + 1) / (sum p + sum t + 1), / num_masks."""
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * labels).sum(-1)
+    denominator = probs.sum(-1) + labels.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+class SetCriterion:
+    """Losses of one set of predictions against targets, named like Mask2Former's:
+    ``loss_ce``, ``loss_mask``, ``loss_dice`` and ``..._{i}`` for auxiliary output i.
+
+    ``num_masks`` and ``class_weight_total`` are the global (all processes) number of target
+    masks and sum of class weights, so that data-parallel training equals one process with the
+    same global batch.
+    """
+
+    def __init__(self, num_classes: int, cfg: LossConfig | None = None) -> None:
+        self.num_classes = num_classes
+        self.cfg = cfg or LossConfig()
+        self.empty_weight = torch.ones(num_classes + 1)
+        self.empty_weight[-1] = self.cfg.no_object_weight
+
+    def class_targets(self, pred_logits, targets, matches) -> torch.Tensor:
+        target_classes = torch.full(
+            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
+        )
+        for b, (pred_index, target_index) in enumerate(matches):
+            target_classes[b, pred_index] = targets[b]["labels"][target_index]
+        return target_classes
+
+    def loss_labels(self, pred_logits, target_classes, class_weight_total) -> torch.Tensor:
+        weight = self.empty_weight.to(pred_logits.device)
+        losses = F.cross_entropy(
+            pred_logits.float().transpose(1, 2), target_classes, weight=weight, reduction="none"
+        )
+        return losses.sum() / class_weight_total
+
+    def loss_masks(self, pred_masks, targets, matches, num_masks, generators):
+        """BCE and dice of matched masks on uncertainty-sampled points (per image, so that each
+        image's random points come from its own generator)."""
+        cfg = self.cfg
+        point_logits, point_labels = [], []
+        for b, (pred_index, target_index) in enumerate(matches):
+            if pred_index.numel() == 0:
+                continue
+            src = pred_masks[b][pred_index][:, None].float()
+            gt = targets[b]["masks"][target_index][:, None].float()
+            with torch.no_grad():
+                points = uncertain_points(
+                    src,
+                    cfg.num_points,
+                    oversample_ratio=cfg.oversample_ratio,
+                    importance_ratio=cfg.importance_ratio,
+                    generator=generators[b] if generators else None,
+                )
+                point_labels.append(point_sample(gt, points)[:, 0])
+            point_logits.append(point_sample(src, points)[:, 0])
+        if not point_logits:
+            zero = pred_masks.sum() * 0.0
+            return zero, zero
+        logits, labels = torch.cat(point_logits), torch.cat(point_labels)
+        return sigmoid_ce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+
+    def __call__(
+        self,
+        outputs: dict,
+        targets: list[dict],
+        *,
+        num_masks: float,
+        class_weight_total: float | None = None,
+        generators: list[torch.Generator] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """outputs: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, h, w) and optional
+        ``aux_outputs`` (list of the same); targets: per image ``labels`` (N,) and ``masks``
+        (N, H, W) in [0, 1]. Returns the unweighted named losses; :meth:`total` weights them."""
+        losses = {}
+        stages = [("", outputs)] + [
+            (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))
+        ]
+        for suffix, stage in stages:
+            matches = hungarian_match(
+                stage["pred_logits"],
+                stage["pred_masks"],
+                targets,
+                class_weight=self.cfg.class_weight,
+                mask_weight=self.cfg.mask_weight,
+                dice_weight=self.cfg.dice_weight,
+                num_points=self.cfg.num_points,
+                generators=generators,
+            )
+            target_classes = self.class_targets(stage["pred_logits"], targets, matches)
+            total_weight = class_weight_total
+            if total_weight is None:
+                total_weight = self.empty_weight.to(target_classes.device)[target_classes].sum()
+            losses[f"loss_ce{suffix}"] = self.loss_labels(
+                stage["pred_logits"], target_classes, total_weight
+            )
+            mask_loss, dice = self.loss_masks(
+                stage["pred_masks"], targets, matches, num_masks, generators
+            )
+            losses[f"loss_mask{suffix}"] = mask_loss
+            losses[f"loss_dice{suffix}"] = dice
+        return losses
+
+    def class_weight_sum(self, num_queries: int, batch: int, num_targets: int) -> float:
+        """Sum of cross-entropy weights over a batch: matched queries weigh 1, the rest
+        no_object_weight (each target is matched to one query)."""
+        unmatched = num_queries * batch - num_targets
+        return num_targets + unmatched * self.cfg.no_object_weight
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {
+            "ce": self.cfg.class_weight,
+            "mask": self.cfg.mask_weight,
+            "dice": self.cfg.dice_weight,
+        }
+        return sum(weights[name.split("_")[1]] * value for name, value in losses.items())
