@@ -9,7 +9,7 @@ setup(
     "pure PyTorch, CPU or GPU",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["ovseg", "ovseg.*"]),
     package_data={"ovseg": ["vocab/*.txt", "vocab/templates/*.txt"]},
     install_requires=[

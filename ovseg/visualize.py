@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ovseg.data.label_io import id_to_rgb
+from ovseg.modeling.postprocess import masks_to_boxes
+
 
 def palette(count: int) -> np.ndarray:
     """``count`` distinct, deterministic RGB colours (uint8, (count, 3))."""
@@ -91,20 +94,6 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def mask_box(mask: np.ndarray) -> list[int]:
-    """[x0, y0, x1, y1] (exclusive end) of a bool mask; zeros when empty."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
-def id_map_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG encoding: id = R + 256 G + 256^2 B."""
-    ids = ids.astype(np.uint32)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
-
-
 def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
     """Turn a predictor result into (label map, segments) for one task.
 
@@ -173,15 +162,20 @@ def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
             )
     else:
         raise ValueError(f"unknown task '{task}'")
-    for segment in segments:
+    boxes = (
+        masks_to_boxes(torch.from_numpy(np.stack([s["mask"] for s in segments])))
+        if (segments)
+        else []
+    )
+    for segment, box in zip(segments, boxes, strict=True):
         segment["area"] = int(segment["mask"].sum())
-        segment["box"] = mask_box(segment["mask"])
+        segment["box"] = [int(v) for v in box]
     return label_map, segments
 
 
 def label_map_image(label_map: np.ndarray, task: str) -> Image.Image:
     if task == "panoptic":
-        return Image.fromarray(id_map_to_rgb(label_map))
+        return Image.fromarray(id_to_rgb(label_map))
     return Image.fromarray(label_map)
 
 

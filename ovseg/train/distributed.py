@@ -50,6 +50,16 @@ def all_reduce_sum(value: float, info: DistInfo) -> float:
     return float(tensor.item())
 
 
+def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Average named numbers over all processes (one collective call)."""
+    if not info.enabled:
+        return dict(values)
+    names = sorted(values)
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor)
+    return {n: float(v) / info.world_size for n, v in zip(names, tensor.tolist(), strict=True)}
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -23,7 +23,13 @@ from ovseg.modeling.fcclip import build_model
 from ovseg.modeling.text_classifier import TextEncoder
 from ovseg.train import state as ckpt
 from ovseg.train.data import AugmentedSamples, IterationBatchSampler, collate, derived_seed
-from ovseg.train.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from ovseg.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+)
 from ovseg.train.losses import LossConfig, SetCriterion
 from ovseg.train.optim import parameter_groups, warmup_poly
 from ovseg.vocabulary import load_templates
@@ -88,11 +94,13 @@ def train(
     device: str | None = None,
     tensorboard: bool = False,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> dict:
     """Train on ``dataset`` (samples as in ovseg.data) and return the final log record.
 
     ``resume``: "auto" (latest checkpoint in output_dir/checkpoints, if any) or a path.
     Runs under torchrun too: every process calls this; rank 0 logs and saves.
+    ``stop_at``: leave after this iteration (with a checkpoint), as an interrupted run would.
     """
     info: DistInfo = init_distributed(device)
     output_dir = Path(output_dir)
@@ -190,7 +198,8 @@ def train(
 
     record: dict = {}
     window_start, window_images = time.perf_counter(), 0
-    for iteration, batch in zip(range(start, cfg.max_iters), loader, strict=False):
+    last = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
+    for iteration, batch in zip(range(start, last), loader, strict=False):
         images = (batch["images"].to(info.device).float() - mean) / std
         targets = [{k: v.to(info.device) for k, v in t.items()} for t in batch["targets"]]
         generators = [
@@ -227,7 +236,7 @@ def train(
                 total = criterion.total(losses)
                 scaler.scale(total).backward()
             for name, value in losses.items():
-                terms[name] = terms.get(name, 0.0) + float(value)
+                terms[name] = terms.get(name, 0.0) + float(value.detach())
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
         scaler.step(optimizer)
@@ -237,10 +246,13 @@ def train(
         window_images += cfg.batch_size
         done = iteration + 1
 
+        logging_now = done % cfg.log_every == 0 or done == last
+        if logging_now:  # every process takes part: the logged losses are the global batch's
+            terms = all_reduce_mean(terms, info)
         if info.is_main:
             if bar is not None:
                 bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.max_iters:
+            if logging_now:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "iter": done,
@@ -258,7 +270,7 @@ def train(
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                 window_start, window_images = time.perf_counter(), 0
-            if done % cfg.checkpoint_every == 0 or done == cfg.max_iters:
+            if done % cfg.checkpoint_every == 0 or done == last:
                 ckpt.save_training_state(
                     checkpoint_dir,
                     done,
@@ -273,13 +285,14 @@ def train(
                     keep_last=cfg.keep_last,
                 )
 
-    if info.is_main:
+    if info.is_main and last == cfg.max_iters:
         save_weights(
             _unwrap(net).state_dict(),
             output_dir / "model_final.safetensors",
             include_clip=cfg.save_clip,
             metadata={"config": model_cfg.name},
         )
+    if info.is_main:
         for handle in (log_file, writer, bar):
             if handle is not None:
                 handle.close()

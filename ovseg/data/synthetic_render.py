@@ -1,0 +1,180 @@
+"""Drawing primitives of the synthetic world: shape masks, stuff textures, background regions.
+
+Shapes are polygons in a unit frame (radius about 1, y down), drawn filled (1) or cut out (0)
+in order, then rotated, scaled and moved. Every function takes its randomness from a numpy
+Generator, so a scene is a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _regular(count: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
+    angles = phase + 2 * np.pi * np.arange(count) / count
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star() -> np.ndarray:
+    outer, inner = _regular(5), _regular(5, 0.42, -np.pi / 2 + np.pi / 5)
+    return np.stack([outer, inner], axis=1).reshape(10, 2)
+
+
+def _heart() -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    return np.stack([x, y + 2.5], axis=1) / 16.5
+
+
+def _polygon(points: list[tuple[float, float]]) -> np.ndarray:
+    return np.asarray(points, dtype=np.float64)
+
+
+# A shape: [(polygon (M, 2), fill 1 or cut-out 0), ...] in drawing order.
+Shape = list[tuple[np.ndarray, int]]
+
+SHAPES: dict[str, Shape] = {
+    "circle": [(_regular(40), 1)],
+    "square": [(_polygon([(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)]), 1)],
+    "triangle": [(_regular(3, 1.05), 1)],
+    "star": [(_star(), 1)],
+    "ring": [(_regular(40), 1), (_regular(40, 0.55), 0)],
+    "cross": [
+        (
+            _polygon(
+                [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3)]
+                + [(0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]
+            ),
+            1,
+        )
+    ],
+    "arrow": [
+        (
+            _polygon(
+                [(-1, -0.2), (0.15, -0.2), (0.15, -0.6), (1, 0), (0.15, 0.6), (0.15, 0.2)]
+                + [(-1, 0.2)]
+            ),
+            1,
+        )
+    ],
+    "heart": [(_heart(), 1)],
+    "crescent": [(_regular(40), 1), (_regular(40, 0.85) + np.array([0.45, -0.15]), 0)],
+    "diamond": [(_polygon([(0, -1), (0.55, 0), (0, 1), (-0.55, 0)]), 1)],
+    "hexagon": [(_regular(6, 1.0, 0.0), 1)],
+    "house": [
+        (
+            _polygon(
+                [(-0.8, 0.9), (0.8, 0.9), (0.8, -0.15), (0.95, -0.15), (0, -0.95)]
+                + [(-0.95, -0.15), (-0.8, -0.15)]
+            ),
+            1,
+        ),
+        (_polygon([(-0.2, 0.95), (0.2, 0.95), (0.2, 0.35), (-0.2, 0.35)]), 0),  # the door
+    ],
+    "lightning bolt": [
+        (
+            _polygon(
+                [(-0.2, -1), (0.5, -1), (0.12, -0.22), (0.55, -0.22), (-0.35, 1)]
+                + [(-0.05, 0.12), (-0.45, 0.12)]
+            ),
+            1,
+        )
+    ],
+    "hourglass": [
+        (_polygon([(-0.7, -1), (0.7, -1), (0.12, 0), (0.7, 1), (-0.7, 1), (-0.12, 0)]), 1)
+    ],
+}
+
+# Shapes that read as themselves only roughly upright turn at most this much (degrees).
+MAX_ROTATION = {"house": 30.0, "heart": 30.0, "hourglass": 30.0}
+
+
+def draw_shape(
+    shape: Shape,
+    size_hw: tuple[int, int],
+    center_xy: tuple[float, float],
+    radius: float,
+    angle: float,
+) -> np.ndarray:
+    """(H, W) bool mask of ``shape`` rotated by ``angle`` (radians), scaled, centred."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (size_hw[1], size_hw[0]), 0)
+    draw = ImageDraw.Draw(canvas)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    for polygon, fill in shape:
+        points = polygon @ rotation.T * radius + np.asarray(center_xy)
+        draw.polygon([tuple(p) for p in points.tolist()], fill=fill)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _grass(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    blades = rng.normal(size=(h + 6, w))
+    blades = sum(blades[i : i + h] for i in range(6)) / 6**0.5  # vertical streaks
+    green = 135 + 28 * blades
+    return np.stack([55 + 10 * blades, green, 45 + 8 * blades], axis=-1)
+
+
+def _water(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    waves = np.sin(2 * np.pi * y / 7 + 1.5 * np.sin(x / 9 + phase[0]) + phase[1])
+    return np.stack([35 + 10 * waves, 95 + 25 * waves, 185 + 35 * waves], axis=-1)
+
+
+def _sand(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    base = np.array([212.0, 190.0, 140.0]) + 10 * rng.normal(size=(h, w, 1))
+    speckles = rng.random((h, w, 1)) < 0.12
+    return np.where(speckles, np.array([140.0, 115.0, 80.0]), base)
+
+
+def _brick(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    brick_h, brick_w = 8, 16
+    y, x = np.mgrid[0:h, 0:w]
+    shift = rng.integers(0, brick_w)
+    row = y // brick_h
+    mortar = (y % brick_h == 0) | ((x + shift + (row % 2) * brick_w // 2) % brick_w == 0)
+    tint = rng.normal(size=(h // brick_h + 1, w // brick_w + 2))[row, (x + shift) // brick_w]
+    red = np.stack([165 + 15 * tint, 55 + 6 * tint, 40 + 5 * tint], axis=-1)
+    return np.where(mortar[..., None], np.array([205.0, 200.0, 190.0]), red)
+
+
+def _sky(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    t = np.linspace(0, 1, h)[:, None, None] * np.ones((1, w, 1))
+    top, bottom = np.array([95.0, 155.0, 230.0]), np.array([215.0, 232.0, 250.0])
+    return top + (bottom - top) * t + 3 * rng.normal(size=(h, w, 1))
+
+
+TEXTURES: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
+    "grass": _grass,
+    "water": _water,
+    "sand": _sand,
+    "brick": _brick,
+    "sky": _sky,
+}
+
+
+def background_regions(
+    rng: np.random.Generator, size_hw: tuple[int, int], count: int
+) -> np.ndarray:
+    """(H, W) int64 region index in [0, count): nearest of ``count`` random centres, with wavy
+    boundaries."""
+    h, w = size_hw
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    centers = rng.uniform(0, 1, size=(count, 2)) * np.array([h, w])
+    frequency = rng.uniform(0.05, 0.15, size=count)
+    distances = [
+        np.hypot(y - cy, x - cx) + 6 * np.sin(frequency[k] * x + 3 * k)
+        for k, (cy, cx) in enumerate(centers)
+    ]
+    return np.argmin(np.stack(distances), axis=0)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of ``mask`` with a 4-neighbour outside it."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior

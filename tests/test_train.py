@@ -1,0 +1,200 @@
+"""The training loop on generated COCO-panoptic data: loss falls, resume equals an
+uninterrupted run, 2-process torchrun equals 1 process, bad checkpoints are refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovseg.checkpoint import WeightsError
+from ovseg.config import load_config
+from ovseg.data import LargeScaleJitter, PanopticDataset, write_synthetic_panoptic
+from ovseg.train.loop import TrainConfig, train
+from ovseg.train.state import latest_checkpoint, load_training_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    json_path = write_synthetic_panoptic(root, 12, size=(64, 80), seed=0)
+    split = Path(json_path).parent
+    return {"images": split / "images", "json": json_path, "png": split / "panoptic"}
+
+
+def dataset_of(data):
+    return PanopticDataset(data["images"], data["json"], data["png"])
+
+
+def tiny_cfg(**overrides):
+    values = dict(
+        max_iters=6,
+        batch_size=2,
+        lr=1e-3,
+        warmup_iters=2,
+        warmup_factor=0.1,
+        clip_grad=1.0,
+        crop_size=64,
+        num_points=128,
+        checkpoint_every=3,
+        log_every=1,
+        num_workers=0,
+        seed=3,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run(data, out, cfg, **kwargs):
+    return train(
+        load_config("fcclip_tiny_test"),
+        cfg,
+        dataset_of(data),
+        out,
+        transform=LargeScaleJitter(crop_size=cfg.crop_size),
+        progress=False,
+        **kwargs,
+    )
+
+
+def trained_weights(out):
+    return load_training_state(latest_checkpoint(Path(out) / "checkpoints"))["model"]
+
+
+def test_loss_decreases_over_100_iterations(synthetic, tmp_path):
+    cfg = tiny_cfg(max_iters=100, checkpoint_every=100, lr=2e-3, min_scale=0.8, max_scale=1.2)
+    run(synthetic, tmp_path, cfg)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").open()]
+    assert len(losses) == 100
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+    assert (tmp_path / "model_final.safetensors").is_file()
+    saved = trained_weights(tmp_path)
+    assert saved and not any(k.startswith("backbone.clip.") for k in saved)  # CLIP never saved
+
+
+def test_resume_equals_uninterrupted(synthetic, tmp_path):
+    run(synthetic, tmp_path / "straight", tiny_cfg())
+    run(synthetic, tmp_path / "resumed", tiny_cfg(), stop_at=3)
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "iter_00000003.pt"
+    run(synthetic, tmp_path / "resumed", tiny_cfg(), resume="auto")
+    straight = trained_weights(tmp_path / "straight")
+    resumed = trained_weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    # And a run that did not train at all differs, so the comparison can fail.
+    run(synthetic, tmp_path / "short", tiny_cfg(max_iters=3))
+    short = trained_weights(tmp_path / "short")
+    assert any(not torch.equal(short[k], straight[k]) for k in straight)
+
+
+def test_bad_checkpoints_are_refused(synthetic, tmp_path):
+    run(synthetic, tmp_path, tiny_cfg(max_iters=3))
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        run(synthetic, tmp_path / "again", tiny_cfg(), resume=str(truncated))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        load_training_state(garbage)
+    other = train(
+        load_config("fcclip_tiny_parity"),
+        tiny_cfg(max_iters=1),
+        dataset_of(synthetic),
+        tmp_path / "other",
+        transform=LargeScaleJitter(crop_size=64),
+        progress=False,
+    )
+    assert other
+    with pytest.raises(WeightsError, match="another architecture"):
+        run(
+            synthetic,
+            tmp_path / "mismatch",
+            tiny_cfg(),
+            resume=str(latest_checkpoint(tmp_path / "other" / "checkpoints")),
+        )
+
+
+def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
+    common = [
+        "--config",
+        "fcclip_tiny_test",
+        "--images",
+        synthetic["images"],
+        "--panoptic-json",
+        synthetic["json"],
+        "--panoptic-dir",
+        synthetic["png"],
+        "--max-iters",
+        "3",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--clip-grad",
+        "1.0",
+        "--crop-size",
+        "64",
+        "--num-points",
+        "128",
+        "--num-workers",
+        "0",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    single = [
+        sys.executable,
+        str(ROOT / "tools" / "train.py"),
+        "--output",
+        tmp_path / "one",
+        *common,
+    ]
+    double = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(ROOT / "tools" / "train.py"),
+        "--output",
+        tmp_path / "two",
+        *common,
+    ]
+    for command in (single, double):
+        done = subprocess.run(
+            [str(c) for c in command], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = trained_weights(tmp_path / "one"), trained_weights(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    # Same samples, augmentation and loss normalisation: the global-batch losses agree.
+    logs = [
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").open()]
+        for run in ("one", "two")
+    ]
+    for single_record, double_record in zip(*logs, strict=True):
+        assert double_record["loss"] == pytest.approx(single_record["loss"], rel=1e-5)
+    # Synchronised gradients: parameters agree up to float summation order. Attention key
+    # biases have an exactly-zero gradient, whose round-off Adam scales up to steps of ~lr:
+    # those thirds of in_proj_bias are left out.
+    for key in one:
+        a, b = one[key], two[key]
+        if key.endswith("in_proj_bias"):
+            third = a.shape[0] // 3
+            a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
+        difference = float((a - b).abs().max())
+        assert difference < 2e-5, (key, difference)
