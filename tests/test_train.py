@@ -198,3 +198,71 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
             a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
         difference = float((a - b).abs().max())
         assert difference < 2e-5, (key, difference)
+
+
+def test_gradient_accumulation_equals_one_batch(synthetic, tmp_path):
+    run(synthetic, tmp_path / "whole", tiny_cfg(max_iters=2, batch_size=2, accum_steps=1))
+    run(synthetic, tmp_path / "accumulated", tiny_cfg(max_iters=2, batch_size=2, accum_steps=2))
+    logs = [
+        [json.loads(line) for line in (tmp_path / name / "log.jsonl").open()]
+        for name in ("whole", "accumulated")
+    ]
+    for whole, accumulated in zip(*logs, strict=True):
+        assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+        assert accumulated["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+
+
+def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        str(ROOT / "tools" / "train.py"),
+        "--config",
+        "fcclip_tiny_test",
+        "--images",
+        synthetic["images"],
+        "--panoptic-json",
+        synthetic["json"],
+        "--panoptic-dir",
+        synthetic["png"],
+        "--max-iters",
+        "1000",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--num-points",
+        "128",
+        "--num-workers",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--keep-last",
+        "2",
+        "--output",
+        out,
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [str(c) for c in command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = sorted((out / "checkpoints").glob("iter_*.pt")) if out.exists() else []
+            if found and int(found[-1].stem.split("_")[1]) >= 5:
+                break
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)  # mid-iteration or mid-save, whatever comes
+    finally:
+        process.wait()
+    latest = latest_checkpoint(out / "checkpoints")
+    assert latest is not None and len(list((out / "checkpoints").glob("iter_*.pt"))) <= 2
+    state = load_training_state(latest)
+    assert state["iteration"] >= 5
+    record = run(synthetic, out, tiny_cfg(max_iters=state["iteration"] + 2), resume="auto")
+    assert record["iter"] == state["iteration"] + 2

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                 raise ValueError("a semantic dataset needs --vocab")
             dataset = SemanticDataset(args.images, args.semantic_labels, vocab)
         elif args.dataset:
-            dataset = builtin_panoptic(args.dataset, args.data_root)
+            dataset = builtin_panoptic(args.dataset, args.data_root, vocabulary=vocab)
         elif args.images and args.panoptic_json and args.panoptic_dir:
             dataset = PanopticDataset(
                 args.images, args.panoptic_json, args.panoptic_dir, vocabulary=vocab

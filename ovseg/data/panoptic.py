@@ -279,12 +279,22 @@ BUILTIN_PANOPTIC: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
 }
 
 
+# The vocabulary (FC-CLIP's prompt-engineered synonyms) each built-in dataset is used with.
+BUILTIN_VOCABULARY = {
+    "coco_2017_train_panoptic": "coco_panoptic",
+    "coco_2017_val_panoptic": "coco_panoptic",
+    "ade20k_panoptic_val": "ade20k_150",
+    "cityscapes_fine_panoptic_val": "cityscapes",
+}
+
+
 def builtin_panoptic(
     name: str, data_root: str | Path | None = None, *, vocabulary: Vocabulary | None = None
 ) -> PanopticDataset:
     """A standard dataset by name, in the folder layout of the module docstring.
 
-    ``data_root`` defaults to the environment variable OVSEG_DATA.
+    ``data_root`` defaults to the environment variable OVSEG_DATA. The vocabulary defaults
+    to the dataset's shipped one with FC-CLIP's synonyms (BUILTIN_VOCABULARY).
     """
     if name not in BUILTIN_PANOPTIC:
         choices = first_few(BUILTIN_PANOPTIC, 10)
@@ -296,6 +306,10 @@ def builtin_panoptic(
                 f"no data root for '{name}': pass data_root or set the environment variable "
                 f"{DATA_ROOT_ENV} to the folder holding coco/, ADEChallengeData2016/ ..."
             )
+    if vocabulary is None:
+        from ovseg.vocabulary import load_vocabulary
+
+        vocabulary = load_vocabulary(BUILTIN_VOCABULARY[name])
     root = Path(data_root)
     image_dir, json_candidates, png_dir, search_subfolders = BUILTIN_PANOPTIC[name]
     json_path = next((root / c for c in json_candidates if (root / c).is_file()), None)

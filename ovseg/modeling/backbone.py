@@ -128,14 +128,12 @@ class CLIPBackbone(nn.Module):
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (N, context) token ids with the model's tokenizer and context length."""
         import open_clip
 
-        tokenizer = (
-            open_clip.get_tokenizer(self.model_name)
-            if self.model_name in (open_clip.list_models())
-            else open_clip.tokenize
-        )
-        return tokenizer(texts)
+        if self.model_name in open_clip.list_models():
+            return open_clip.get_tokenizer(self.model_name)(texts)
+        return open_clip.tokenize(texts, context_length=self.text_context_length)
 
     def text_fingerprint(self) -> str:
         """A short hash of the text tower's weights, so cached text embeddings follow weights."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,16 @@ def train(
     if init_weights:
         load_weights(model, init_weights, clip_loaded=cfg.load_clip_weights)
     model.to(info.device)
+    if (
+        info.is_main
+        and not init_weights
+        and not (cfg.load_clip_weights and model_cfg.clip.pretrained)
+    ):
+        print(
+            "ovseg: the frozen CLIP has RANDOM weights (no pretrained tag loaded and no "
+            "--init-weights): fine for tests and benchmarks, not for real training",
+            file=sys.stderr,
+        )
     vocabulary = dataset.vocabulary
     encoder = TextEncoder(
         model.backbone,
@@ -188,7 +199,12 @@ def train(
         )
         log_file = open(output_dir / "log.jsonl", "a", encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise RuntimeError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from error
 
             writer = SummaryWriter(str(output_dir / "tensorboard"))
         if progress:
