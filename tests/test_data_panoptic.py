@@ -16,7 +16,7 @@ from ovseg.data import (
     rgb_to_id,
     write_synthetic_panoptic,
 )
-from ovseg.vocabulary import Vocabulary, parse_class_list
+from ovseg.vocabulary import Vocabulary, parse_class_list, parse_vocabulary_text
 
 SIZE = (40, 56)
 
@@ -172,7 +172,11 @@ def test_builtin_layout_and_data_root(generated, tmp_path, monkeypatch):
     (coco / "annotations").mkdir()
     shutil.copy(generated / "train" / "panoptic.json", coco / "annotations/panoptic_val2017.json")
     monkeypatch.setenv("OVSEG_DATA", str(tmp_path))
-    dataset = builtin_panoptic("coco_2017_val_panoptic")
+    # The built-in COCO vocabulary (133 classes) does not fit these 19 generated categories.
+    with pytest.raises(DatasetError, match="'coco_panoptic' has 133 classes"):
+        builtin_panoptic("coco_2017_val_panoptic")
+    own = parse_vocabulary_text((generated / "vocab.txt").read_text())
+    dataset = builtin_panoptic("coco_2017_val_panoptic", vocabulary=own)
     assert len(dataset) == 4 and dataset[0]["image"].shape == (*SIZE, 3)
 
 

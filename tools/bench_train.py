@@ -3,7 +3,8 @@
 generated COCO-panoptic data (random weights).
 
     python tools/bench_train.py --config fcclip_tiny_test --crop-size 256 --batch-size 2 --iters 20
-    python tools/bench_train.py --config fcclip_convnext_large_coco --crop-size 1024 --batch-size 1 --iters 3
+    python tools/bench_train.py --config fcclip_convnext_large_coco --crop-size 1024 \
+        --batch-size 1 --iters 3
 """
 
 import argparse
