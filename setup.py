@@ -25,10 +25,11 @@ setup(
         "ftfy",
         "regex",
         "pycocotools",
+        "scipy",
+        "imageio-ffmpeg",
     ],
     extras_require={
-        "dev": ["pytest", "ruff"],
-        "demo": ["gradio"],
-        "eval": ["scipy"],
+        "dev": ["pytest", "ruff", "gradio>=5", "playwright"],
+        "demo": ["gradio>=5"],
     },
 )

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ovseg.checkpoint import temp_path_beside
+from ovseg.video import DEFAULT_MAX_FRAMES, VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pixels, to bound memory (default: 2048x1024)",
     )
     parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=DEFAULT_MAX_FRAMES,
+        help="longest video accepted, in frames (default: %(default)s)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="redo images whose outputs already exist"
     )
     return parser
@@ -75,7 +82,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
             )
             if not found:
                 raise UsageError(f"directory {path} has no image files")
@@ -101,6 +110,11 @@ def check_writable(directory: Path) -> None:
 
 def output_paths(directory: Path, image: Path) -> dict[str, Path]:
     stem = image.stem
+    if image.suffix.lower() in VIDEO_SUFFIXES:
+        return {
+            "overlay": directory / f"{stem}_overlay.mp4",
+            "json": directory / f"{stem}_frames.json",
+        }
     return {
         "overlay": directory / f"{stem}_overlay.png",
         "labels": directory / f"{stem}_labels.png",
@@ -158,6 +172,29 @@ def process_image(predictor, image_path: Path, args, out_dir: Path, model_label:
     return record
 
 
+def process_video(predictor, video_path: Path, args, out_dir: Path) -> None:
+    """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
+    from tqdm import tqdm
+
+    from ovseg.video import segment_video
+
+    with tqdm(desc=video_path.name, unit="frame", file=sys.stderr) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        record = segment_video(
+            predictor,
+            video_path,
+            out_dir,
+            max_frames=args.max_frames,
+            short_side=args.short_side,
+            progress=advance,
+        )
+    print(f"{video_path}: {record['frames']} frames -> {out_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -173,6 +210,7 @@ def run(args) -> int:
 
     from ovseg.predictor import as_vocabulary, load_predictor
     from ovseg.preprocess import ImageError
+    from ovseg.video import VideoError
     from ovseg.vocabulary import parse_class_list
 
     if args.short_side is not None and args.short_side < 32:
@@ -205,22 +243,17 @@ def run(args) -> int:
         max_output_pixels=args.max_output_pixels,
     )
     predictor.set_vocabulary(vocabulary)
-    model_label = args.weights or args.model
-    if args.model == "auto" and args.weights is None:
-        from ovseg import model_zoo
-
-        model_label = (
-            model_zoo.DEFAULT_MODEL
-            if model_zoo.local_weights(model_zoo.DEFAULT_MODEL)
-            else model_zoo.FALLBACK_MODEL
-        )
+    model_label = predictor.model_name
     failures = 0
     for image_path in tqdm(
-        todo, desc="segmenting", unit="image", disable=len(todo) == 1, file=sys.stderr
+        todo, desc="segmenting", unit="file", disable=len(todo) == 1, file=sys.stderr
     ):
         try:
+            if image_path.suffix.lower() in VIDEO_SUFFIXES:
+                process_video(predictor, image_path, args, out_dir)
+                continue
             record = process_image(predictor, image_path, args, out_dir, model_label)
-        except ImageError as error:
+        except (ImageError, VideoError) as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
             continue

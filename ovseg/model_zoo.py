@@ -42,6 +42,14 @@ MODEL_ZOO = {
         # The official FC-CLIP release (Google Drive, linked from the FC-CLIP README).
         url="https://drive.google.com/uc?export=download&id=1-91PIns86vyNaL3CzMmDD39zKGnPMtvj",
     ),
+    "synthetic_tiny": ZooEntry(
+        name="synthetic_tiny",
+        config="synthetic_tiny",
+        filename="synthetic_tiny.safetensors",
+        description="small FC-CLIP trained on the synthetic shapes world "
+        "(tools/synthetic_world.py): knows shapes and textures only (vocab synthetic_world)",
+        shipped_path="models/synthetic_tiny.safetensors",
+    ),
     "fcclip_tiny_parity": ZooEntry(
         name="fcclip_tiny_parity",
         config="fcclip_tiny_parity",
@@ -53,7 +61,12 @@ MODEL_ZOO = {
     ),
 }
 DEFAULT_MODEL = "fcclip_convnext_large_coco"
-FALLBACK_MODEL = "fcclip_tiny_parity"
+# Used, and said, when the default model's weights are missing: the first one shipped.
+FALLBACK_MODELS = ("synthetic_tiny", "fcclip_tiny_parity")
+
+
+def fallback_model() -> str:
+    return next(name for name in FALLBACK_MODELS if local_weights(name) is not None)
 
 
 def weights_dir() -> Path:

@@ -65,6 +65,7 @@ class OVSegPredictor:
         text_cache_dir: str | Path | None = None,
         feature_cache_size: int = 4,
         max_output_pixels: int = 2048 * 1024,
+        use_disk_text_cache: bool = True,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -75,12 +76,14 @@ class OVSegPredictor:
             load_templates(cfg.text.templates),
             batch_size=cfg.text.batch_size,
             cache_dir=text_cache_dir,
+            use_disk_cache=use_disk_text_cache,
         )
         self.train_vocabulary = load_vocabulary(cfg.text.train_vocabulary)
         self.feature_cache_size = feature_cache_size
         self.max_output_pixels = max_output_pixels
         self._features: OrderedDict[str, dict] = OrderedDict()
         self.image_encodes = 0  # how many times the image network ran (tests, benchmarks)
+        self.model_name = cfg.name  # the zoo name or weights file, for records
         self.vocabulary: Vocabulary | None = None
         self._classifier: TextClassifier | None = None
         self._seen: torch.Tensor | None = None
@@ -96,6 +99,7 @@ class OVSegPredictor:
     ) -> OVSegPredictor:
         """Build a zoo model (or ``config`` + ``weights``) and load its weights. Never runs on
         random weights: missing weights raise FileNotFoundError saying where to put them."""
+        explicit_weights = weights
         if weights is None:
             weights = model_zoo.local_weights(model)
             if weights is None:
@@ -103,7 +107,9 @@ class OVSegPredictor:
         cfg = load_config(config or model_zoo.get_entry(model).config)
         net = build_model(cfg)
         load_weights(net, weights)
-        return cls(net, cfg, **kwargs)
+        predictor = cls(net, cfg, **kwargs)
+        predictor.model_name = str(explicit_weights) if explicit_weights else model
+        return predictor
 
     # ---------------------------------------------------------------- vocabulary
     def set_vocabulary(self, vocabulary: Vocabulary | str | list[str]) -> Vocabulary:
@@ -260,7 +266,7 @@ def load_predictor(
         if model_zoo.local_weights(model_zoo.DEFAULT_MODEL) is not None:
             model = model_zoo.DEFAULT_MODEL
         else:
-            model = model_zoo.FALLBACK_MODEL
+            model = model_zoo.fallback_model()
             log(
                 f"ovseg: weights of {model_zoo.DEFAULT_MODEL} not found "
                 f"({model_zoo.missing_weights_message(model_zoo.DEFAULT_MODEL)}); "

@@ -123,8 +123,9 @@ def test_bad_checkpoints_are_refused(synthetic, tmp_path):
         )
 
 
-def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
-    common = [
+def cli_data_args(synthetic):
+    """tools/train.py arguments for the tiny model on the generated data."""
+    return [
         "--config",
         "fcclip_tiny_test",
         "--images",
@@ -133,6 +134,12 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
         synthetic["json"],
         "--panoptic-dir",
         synthetic["png"],
+    ]
+
+
+def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
+    common = [
+        *cli_data_args(synthetic),
         "--max-iters",
         "3",
         "--batch-size",
@@ -220,14 +227,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
     command = [
         sys.executable,
         str(ROOT / "tools" / "train.py"),
-        "--config",
-        "fcclip_tiny_test",
-        "--images",
-        synthetic["images"],
-        "--panoptic-json",
-        synthetic["json"],
-        "--panoptic-dir",
-        synthetic["png"],
+        *cli_data_args(synthetic),
         "--max-iters",
         "1000",
         "--batch-size",

@@ -146,9 +146,9 @@ def render_scene(
     ids = _unique_ids(rng, num_regions + len(visible))
     panoptic = np.zeros((h, w), dtype=np.int32)
     segments = []
-    owners = [(-1 - k, c) for k, c in enumerate(region_stuff)]
-    owners += [(index, category) for index, (category, *_) in enumerate(visible)]
-    for segment_id, (key, category) in zip(ids, owners, strict=True):
+    owners = [(-1 - k, c, None) for k, c in enumerate(region_stuff)]
+    owners += [(index, category, colour) for index, (category, colour, *_) in enumerate(visible)]
+    for segment_id, (key, category, colour) in zip(ids, owners, strict=True):
         mask = owner == key
         area = int(mask.sum())
         if area == 0:
@@ -161,9 +161,16 @@ def render_scene(
             int(xs.max() - xs.min() + 1),
             int(ys.max() - ys.min() + 1),
         ]
-        segments.append(
-            {"id": segment_id, "category_id": category.id, "iscrowd": 0, "bbox": bbox, "area": area}
-        )
+        segment = {
+            "id": segment_id,
+            "category_id": category.id,
+            "iscrowd": 0,
+            "bbox": bbox,
+            "area": area,
+        }
+        if colour is not None:
+            segment["colour"] = colour  # an extra key: object captions for CLIP training
+        segments.append(segment)
     present = {s["category_id"] for s in segments}
     caption = make_caption(
         [(c.name, colour) for c, colour, _, _ in visible],

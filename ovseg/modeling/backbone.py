@@ -69,7 +69,9 @@ class CLIPBackbone(nn.Module):
             raise ValueError(f"'{model_name}' is not an open_clip timm ConvNeXt CLIP model")
         self.clip = clip_model
         self.model_name = model_name
-        channels = [stage.blocks[-1].mlp.fc2.out_features for stage in trunk.stages]
+        channels = [
+            info["num_chs"] for info in trunk.feature_info if info["module"].startswith("stages")
+        ]
         self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels, strict=True))
         self.dense_channels = channels[-1]
         self.embed_dim = int(clip_model.text_projection.shape[-1])

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from ovseg.data.arguments import add_dataset_arguments, dataset_from_arguments
 from ovseg.train.loop import TrainConfig
 
 
@@ -19,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", default="fcclip_convnext_large_coco", help="model config preset or YAML"
     )
-    data = parser.add_argument_group("data (a builtin dataset, or the three paths)")
-    data.add_argument("--dataset", help="builtin name, e.g. coco_2017_train_panoptic")
-    data.add_argument("--data-root", help="root of the builtin datasets (default: $OVSEG_DATA)")
-    data.add_argument("--images", help="image directory")
-    data.add_argument("--panoptic-json", help="COCO panoptic JSON")
-    data.add_argument("--panoptic-dir", help="directory of panoptic PNGs")
-    data.add_argument("--vocab", help="vocabulary file replacing the dataset's category names")
+    add_dataset_arguments(parser)
     parser.add_argument("--output", required=True, help="run directory (checkpoints, logs)")
     parser.add_argument(
         "--resume",
@@ -57,30 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_dataset(args):
-    from ovseg.data import PanopticDataset, builtin_panoptic
-    from ovseg.vocabulary import load_vocabulary
-
-    vocabulary = load_vocabulary(args.vocab) if args.vocab else None
-    if args.dataset:
-        dataset = builtin_panoptic(args.dataset, args.data_root)
-        if vocabulary is not None:
-            dataset = PanopticDataset(
-                dataset.image_dir,
-                dataset.panoptic_json,
-                dataset.panoptic_dir,
-                vocabulary=vocabulary,
-            )
-        return dataset
-    if not (args.images and args.panoptic_json and args.panoptic_dir):
-        raise ValueError(
-            "give --dataset NAME, or all of --images, --panoptic-json and --panoptic-dir"
-        )
-    return PanopticDataset(
-        args.images, args.panoptic_json, args.panoptic_dir, vocabulary=vocabulary
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ovseg.checkpoint import WeightsError
@@ -90,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
-        dataset = load_dataset(args)
+        dataset = dataset_from_arguments(args)
         transform = LargeScaleJitter(
             crop_size=cfg.crop_size, min_scale=cfg.min_scale, max_scale=cfg.max_scale
         )

@@ -1,0 +1,46 @@
+"""Command-line arguments that name a dataset, shared by tools/train.py and tools/eval.py."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, semantic: bool = False) -> None:
+    group = parser.add_argument_group("data (a built-in dataset, or the paths of one)")
+    group.add_argument("--dataset", help="built-in panoptic dataset, e.g. coco_2017_val_panoptic")
+    group.add_argument("--data-root", help="root of the built-in datasets (default: $OVSEG_DATA)")
+    group.add_argument("--images", help="image directory")
+    group.add_argument("--panoptic-json", help="COCO panoptic JSON")
+    group.add_argument("--panoptic-dir", help="directory of panoptic PNGs")
+    if semantic:
+        group.add_argument("--semantic-labels", help="label PNG directory (semantic dataset)")
+    group.add_argument(
+        "--vocab",
+        help="vocabulary replacing the dataset's class names (required for semantic datasets)",
+    )
+
+
+def dataset_from_arguments(args: argparse.Namespace):
+    """The PanopticDataset or SemanticDataset the arguments name; ValueError if incomplete."""
+    from ovseg.data import PanopticDataset, SemanticDataset, builtin_panoptic
+    from ovseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary(args.vocab) if args.vocab else None
+    if getattr(args, "semantic_labels", None):
+        if vocabulary is None or not args.images:
+            raise ValueError("a semantic dataset needs --images, --semantic-labels and --vocab")
+        return SemanticDataset(args.images, args.semantic_labels, vocabulary)
+    if args.dataset:
+        return builtin_panoptic(args.dataset, args.data_root, vocabulary=vocabulary)
+    if args.images and args.panoptic_json and args.panoptic_dir:
+        return PanopticDataset(
+            args.images, args.panoptic_json, args.panoptic_dir, vocabulary=vocabulary
+        )
+    raise ValueError(
+        "give --dataset NAME, or --images with --panoptic-json and --panoptic-dir"
+        + (
+            ", or --images with --semantic-labels and --vocab"
+            if hasattr(args, "semantic_labels")
+            else ""
+        )
+    )

@@ -1,0 +1,312 @@
+"""The Gradio web demo over OVSegPredictor (logic of demo/app.py).
+
+Image tab: upload or pick an example, name classes or pick a preset vocabulary, choose the
+task; see the overlay with its legend, a table of segments, and download the label PNG and the
+JSON. Changing only the classes reuses the image features (the predictor's cache). Video tab:
+per-frame segmentation with tracked instance ids, an overlay MP4 and per-frame JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ovseg import model_zoo
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "demo" / "examples"
+PRESETS = {
+    "(type classes)": None,
+    "COCO panoptic (133)": "coco_panoptic",
+    "ADE20K (150)": "ade20k_150",
+    "ADE20K (847)": "ade20k_847",
+    "Pascal Context (59)": "pascal_context_59",
+    "Pascal Context (459)": "pascal_context_459",
+    "Cityscapes (19)": "cityscapes",
+    "LVIS (1203)": "lvis",
+    "Synthetic shapes world (19)": "synthetic_world",
+}
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_UPLOAD = "50mb"
+
+
+class DemoError(ValueError):
+    """Shown in the page as a message."""
+
+
+class Demo:
+    """State of a running demo: one predictor, a temp directory for downloads."""
+
+    def __init__(self, predictor, *, model_note: str, max_frames: int = 150) -> None:
+        self.predictor = predictor
+        self.model_note = model_note
+        self.max_frames = max_frames
+        self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-demo-"))
+        self.runs = 0
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def vocabulary(self, classes: str, preset: str):
+        from ovseg.vocabulary import load_vocabulary, parse_class_list
+
+        name = PRESETS.get(preset)
+        if name is not None:
+            return load_vocabulary(name)
+        return parse_class_list(classes or "")
+
+    def segment_image(self, image, classes: str, preset: str, task: str):
+        """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text."""
+        from PIL import Image
+
+        from ovseg.preprocess import as_rgb_array
+        from ovseg.visualize import describe, draw_result, label_map_image, mask_to_rle
+
+        if image is None:
+            raise DemoError("upload an image first (or pick an example)")
+        array = as_rgb_array(image)
+        if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+            raise DemoError(
+                f"the image has {array.shape[1]}x{array.shape[0]} pixels; the limit "
+                f"is {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+            )
+        vocabulary = self.vocabulary(classes, preset)
+        start = time.perf_counter()
+        encodes = self.predictor.image_encodes
+        result = self.predictor.predict(array, vocabulary=vocabulary, tasks=(task,))
+        seconds = time.perf_counter() - start
+        label_map, segments = describe(result, task)
+        shown = np.asarray(Image.fromarray(array).resize(result["output_size"][::-1]))
+        overlay = np.asarray(draw_result(shown, segments, task))
+        rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in segments]
+        stamp = f"{int(time.time() * 1000)}"
+        label_path = self.workdir / f"labels_{stamp}.png"
+        json_path = self.workdir / f"segments_{stamp}.json"
+        label_map_image(np.asarray(label_map), task).save(label_path)
+        json_path.write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "classes": vocabulary.names,
+                    "image_size": list(result["image_size"]),
+                    "segments": [
+                        {k: v for k, v in s.items() if k != "mask"}
+                        | {"rle": mask_to_rle(s["mask"])}
+                        for s in segments
+                    ],
+                },
+                ensure_ascii=False,
+            )
+        )
+        reused = self.predictor.image_encodes == encodes
+        self.runs += 1
+        status = (
+            f"Run {self.runs}: {len(segments)} segments in {seconds:.2f} s"
+            f"{' (image features reused)' if reused else ''}. {self.model_note}"
+        )
+        return overlay, rows, str(label_path), str(json_path), status
+
+    def segment_video(self, video_path, classes: str, preset: str, progress=None):
+        from ovseg.video import segment_video
+
+        if not video_path:
+            raise DemoError("upload a video first")
+        self.predictor.set_vocabulary(self.vocabulary(classes, preset))
+        out_dir = Path(tempfile.mkdtemp(dir=self.workdir))
+        start = time.perf_counter()
+        record = segment_video(
+            self.predictor, video_path, out_dir, max_frames=self.max_frames, progress=progress
+        )
+        fps = record["frames"] / (time.perf_counter() - start)
+        mp4, frames_json = record["outputs"]
+        return mp4, frames_json, f"{record['frames']} frames at {fps:.1f} frames/s"
+
+
+def build_app(demo: Demo):
+    import gradio as gr
+    from PIL import UnidentifiedImageError
+
+    def tolerant_image_input(**kwargs):
+        """An image input that hands files PIL cannot open to ovseg's loader, whose message
+        says what is wrong (gradio's own error comes before the handler runs, without one)."""
+        component = gr.Image(**kwargs)
+        preprocess = component.preprocess
+
+        def lenient(payload):
+            try:
+                return preprocess(payload)
+            except (UnidentifiedImageError, OSError, SyntaxError):
+                return payload.path
+
+        component.preprocess = lenient
+        return component
+
+    from ovseg.preprocess import ImageError
+    from ovseg.video import VideoError
+
+    def guarded(function):
+        """Run ``function``; bad input becomes a message in the page, never a stack trace."""
+
+        def wrapper(*args):
+            try:
+                return function(*args)
+            except (DemoError, ImageError, VideoError, ValueError, FileNotFoundError) as error:
+                raise gr.Error(str(error), print_exception=False) from None
+
+        return wrapper
+
+    def run_image(image_path, classes, preset, task):
+        from ovseg.preprocess import load_image
+
+        image = load_image(image_path) if image_path else None
+        return demo.segment_image(image, classes, preset, task)
+
+    def run_video(video, classes, preset, progress=gr.Progress()):  # noqa: B008 (gradio idiom)
+        return demo.segment_video(
+            video, classes, preset, progress=lambda done, total: progress((done, total))
+        )
+
+    with gr.Blocks(title="ovseg: open-vocabulary segmentation") as app:
+        gr.Markdown(
+            "# ovseg: open-vocabulary segmentation\nName any classes, get panoptic, "
+            f"semantic or instance segmentation. **Model:** {demo.model_note}"
+        )
+        with gr.Tab("Image"):
+            with gr.Row():
+                with gr.Column():
+                    image_in = tolerant_image_input(
+                        type="filepath", label="image", elem_id="input-image"
+                    )
+                    classes = gr.Textbox(
+                        label="classes (comma separated; synonyms with /)",
+                        value="star, ring, circle, grass, water, sky",
+                        elem_id="classes",
+                    )
+                    preset = gr.Dropdown(
+                        list(PRESETS),
+                        value="(type classes)",
+                        label="or a preset vocabulary",
+                        elem_id="preset",
+                    )
+                    task = gr.Radio(
+                        ["panoptic", "semantic", "instance"],
+                        value="panoptic",
+                        label="task",
+                        elem_id="task",
+                    )
+                    run = gr.Button("Segment", variant="primary", elem_id="run")
+                with gr.Column():
+                    overlay = gr.Image(label="result", elem_id="overlay", interactive=False)
+                    status = gr.Markdown(elem_id="status")
+                    table = gr.Dataframe(
+                        headers=["class", "score", "area"],
+                        label="segments",
+                        elem_id="segments",
+                        interactive=False,
+                    )
+                    with gr.Row():
+                        label_file = gr.File(label="label PNG", elem_id="label-file")
+                        json_file = gr.File(label="JSON", elem_id="json-file")
+            examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
+            if examples:
+                gr.Examples(examples, inputs=image_in, label="examples")
+            run.click(
+                guarded(run_image),
+                [image_in, classes, preset, task],
+                [overlay, table, label_file, json_file, status],
+                concurrency_limit=1,
+            )
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column():
+                    video_in = gr.Video(
+                        label=f"video (at most {demo.max_frames} frames)", elem_id="input-video"
+                    )
+                    video_classes = gr.Textbox(
+                        label="classes", value="star, ring, circle, grass", elem_id="video-classes"
+                    )
+                    video_preset = gr.Dropdown(
+                        list(PRESETS), value="(type classes)", label="or a preset vocabulary"
+                    )
+                    video_run = gr.Button("Segment video", variant="primary", elem_id="video-run")
+                with gr.Column():
+                    video_out = gr.Video(label="overlay", elem_id="video-out")
+                    video_json = gr.File(label="per-frame JSON")
+                    video_status = gr.Markdown()
+            video_run.click(
+                guarded(run_video),
+                [video_in, video_classes, video_preset],
+                [video_out, video_json, video_status],
+                concurrency_limit=1,
+            )
+    return app
+
+
+def describe_model(name: str) -> str:
+    entry = model_zoo.get_entry(name)
+    return f"`{name}`: {entry.description}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="ovseg web demo (Gradio)")
+    parser.add_argument(
+        "--model",
+        default="auto",
+        help="zoo model; 'auto': the real model if "
+        "its weights are present, else the shipped synthetic_tiny",
+    )
+    parser.add_argument("--weights", help="weights file")
+    parser.add_argument("--config", help="config for --weights")
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: local only; 0.0.0.0 exposes the demo to your network)",
+    )
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--queue-size", type=int, default=8, help="requests waiting at most")
+    parser.add_argument("--max-frames", type=int, default=150)
+    args = parser.parse_args(argv)
+
+    from ovseg.predictor import load_predictor
+
+    messages = []
+    try:
+        predictor = load_predictor(
+            args.model,
+            weights=args.weights,
+            config=args.config,
+            device=args.device,
+            log=lambda m, **_: messages.append(m),
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    note = (
+        describe_model(predictor.model_name)
+        if predictor.model_name in model_zoo.MODEL_ZOO
+        else f"`{predictor.model_name}`"
+    )
+    if messages:
+        note += (
+            f" (the real model's weights were not found: put "
+            f"{model_zoo.get_entry(model_zoo.DEFAULT_MODEL).filename} in "
+            f"{model_zoo.weights_dir()} to use it)"
+        )
+    demo = Demo(predictor, model_note=note, max_frames=args.max_frames)
+    app = build_app(demo)
+    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    try:
+        app.launch(
+            server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=False
+        )
+    finally:
+        demo.close()
+    return 0

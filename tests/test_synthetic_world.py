@@ -1,0 +1,37 @@
+"""The synthetic open-vocabulary world, --quick: the whole pipeline runs and the ensemble
+recognises novel classes (never labelled for segmentation) above chance."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_world(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from synthetic_world import main
+
+    out = tmp_path_factory.mktemp("world")
+    assert main(["--out", str(out), "--quick", "--no-progress"]) == 0
+    return out
+
+
+def test_quick_world_runs_and_reports(quick_world):
+    report = json.loads((quick_world / "report.json").read_text())
+    for name in ("report.md", "predictions.png", "synthetic_tiny.safetensors"):
+        assert (quick_world / name).is_file()
+    assert set(report["results"]) == {"in_vocab", "out_vocab", "ensemble"}
+    assert report["weights_mib"] <= 20
+    assert len(report["novel_classes"]) == 5
+
+
+def test_quick_world_novel_classes_above_chance(quick_world):
+    report = json.loads((quick_world / "report.json").read_text())
+    chance = report["chance"]["mIoU_novel"]
+    ensemble = report["results"]["ensemble"]
+    assert ensemble["mIoU_novel"] > 2 * chance, (ensemble, chance)
+    assert report["zero_shot"]["novel"] > 2 * report["zero_shot"]["chance"]

@@ -1,0 +1,113 @@
+"""The Gradio demo in a real browser (Debian's Chromium driven by Playwright): upload, set
+classes, run; a class change is faster than the first run; a non-image shows an error.
+Skips with the reason when Chromium or Playwright is missing (CI installs them: see .ci/run)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("gradio", reason="gradio is not installed")
+if CHROMIUM is None:
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        GRADIO_ANALYTICS_ENABLED="False",
+        OVSEG_CACHE=str(tmp_path_factory.mktemp("cache")),
+    )
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "demo" / "app.py"),
+            "--model",
+            "fcclip_tiny_parity",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None, Path(log.name).read_text()
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def run_and_time(page, run: int) -> float:
+    """Click Segment and wait for the status of run number ``run``."""
+    start = time.perf_counter()
+    page.click("#run")
+    page.wait_for_function(
+        "run => { const s = document.querySelector('#status'); "
+        "return s && s.innerText.includes(`Run ${run}:`); }",
+        arg=run,
+        timeout=120_000,
+    )
+    return time.perf_counter() - start
+
+
+def test_segment_switch_classes_and_error(app_url, browser, tmp_path):
+    image = tmp_path / "scene.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(image)
+    page = browser.new_page()
+    page.goto(app_url)
+    page.set_input_files("#input-image input[type=file]", str(image))
+    page.fill("#classes textarea", "cat, dog, sky")
+    first = run_and_time(page, 1)
+    assert page.locator("#overlay img").count() == 1
+    rows = page.locator("#segments tbody tr")
+    assert rows.count() >= 1
+    page.fill("#classes textarea", "zebra, road")
+    second = run_and_time(page, 2)
+    assert "image features reused" in page.inner_text("#status")
+    assert second < first, (first, second)
+    page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is text, not an image")
+    page.set_input_files("#input-image input[type=file]", str(not_image))
+    page.click("#run")
+    page.get_by_text("not an image", exact=False).first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
