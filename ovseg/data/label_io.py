@@ -59,3 +59,21 @@ def read_semantic_png(path: str | Path) -> np.ndarray:
             f"{path} is a {image.mode} image: semantic labels must be single-channel class indices"
         )
     return np.asarray(image).astype(np.int64)
+
+
+def load_image_and_label(image_path: Path, label_path: Path, read_label, what: str):
+    """The image (H, W, 3) and its label map (H, W) read by ``read_label``; DatasetError when
+    either is unreadable or their sizes differ (``what`` names the label in the message)."""
+    from ovseg.preprocess import ImageError, load_image
+
+    try:
+        image = load_image(image_path)
+    except ImageError as error:
+        raise DatasetError(str(error)) from error
+    label = read_label(label_path)
+    if label.shape != image.shape[:2]:
+        raise DatasetError(
+            f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but "
+            f"{what} {label_path} is {label.shape[1]}x{label.shape[0]}"
+        )
+    return image, label

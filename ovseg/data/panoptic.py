@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 
 from ovseg.data.errors import DatasetError, first_few
-from ovseg.data.label_io import read_panoptic_png
-from ovseg.preprocess import ImageError, load_image
+from ovseg.data.label_io import load_image_and_label, read_panoptic_png
 from ovseg.vocabulary import Vocabulary, split_synonyms
 
 IGNORE_LABEL = 255
@@ -188,16 +187,9 @@ class PanopticDataset:
         annotation = self.annotations[index]
         image_path = self._image_paths[index]
         png_path = self.panoptic_dir / annotation["file_name"]
-        try:
-            image = load_image(image_path)
-        except ImageError as error:
-            raise DatasetError(str(error)) from error
-        panoptic = read_panoptic_png(png_path)
-        if panoptic.shape != image.shape[:2]:
-            raise DatasetError(
-                f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but "
-                f"panoptic PNG {png_path} is {panoptic.shape[1]}x{panoptic.shape[0]}"
-            )
+        image, panoptic = load_image_and_label(
+            image_path, png_path, read_panoptic_png, "panoptic PNG"
+        )
         return self._make_sample(annotation, image, panoptic, image_path, png_path)
 
     def _make_sample(

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from ovseg.data.errors import DatasetError, first_few
-from ovseg.data.label_io import read_semantic_png
-from ovseg.preprocess import ImageError, load_image
+from ovseg.data.label_io import load_image_and_label, read_semantic_png
 from ovseg.vocabulary import Vocabulary
 
 IGNORE_LABEL = 255
@@ -83,16 +82,7 @@ class SemanticDataset:
     def __getitem__(self, index: int) -> dict[str, Any]:
         stem = self.stems[index]
         image_path, label_path = self._images[stem], self._labels[stem]
-        try:
-            image = load_image(image_path)
-        except ImageError as error:
-            raise DatasetError(str(error)) from error
-        label = read_semantic_png(label_path)
-        if label.shape != image.shape[:2]:
-            raise DatasetError(
-                f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but "
-                f"label {label_path} is {label.shape[1]}x{label.shape[0]}"
-            )
+        image, label = load_image_and_label(image_path, label_path, read_semantic_png, "label")
         ignored = label == self.ignore_label
         num_classes = len(self.vocabulary)
         bad = np.unique(label[~ignored & ((label < 0) | (label >= num_classes))])
