@@ -15,7 +15,7 @@ import torch.nn.functional as F
 @dataclass
 class CLIPTrainConfig:
     steps: int = 1500
-    batch_sizes: tuple[int, ...] = (16, 48)  # per step, from each pool of same-size images
+    batch_sizes: tuple[int, ...] = (8, 56)  # per step, from each pool of same-size images
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 50
@@ -33,14 +33,15 @@ def contrastive_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     logit_scale: torch.Tensor,
-    captions: list[str],
+    groups: list,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE; pairs with identical captions are all positives (soft targets)."""
+    """Symmetric InfoNCE; pairs of one group (e.g. captions saying the same thing in other
+    words) are all positives of each other (soft targets), not false negatives."""
     image_embeds = F.normalize(image_embeds, dim=-1)
     text_embeds = F.normalize(text_embeds, dim=-1)
     logits = logit_scale.exp().clamp(max=100) * image_embeds @ text_embeds.T
-    index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    ids = torch.tensor([index[c] for c in captions])
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    ids = torch.tensor([index[g] for g in groups])
     targets = (ids[:, None] == ids[None, :]).float()
     targets = targets / targets.sum(1, keepdim=True)
     loss_images = -(targets * logits.log_softmax(1)).sum(1).mean()
@@ -50,7 +51,7 @@ def contrastive_loss(
 
 def train_clip(
     model,
-    pools: list[tuple[torch.Tensor, list[str]]],
+    pools: list[tuple],
     cfg: CLIPTrainConfig,
     *,
     mean,
@@ -61,8 +62,9 @@ def train_clip(
     """Train ``model`` (an open_clip CLIP) in place.
 
     Args:
-        pools: (images (N, H, W, 3) uint8, captions) per image size; each step draws
-            ``cfg.batch_sizes[i]`` pairs from pool i (random horizontal flips).
+        pools: (images (N, H, W, 3) uint8, captions, groups or None) per image size; each
+            step draws ``cfg.batch_sizes[i]`` pairs from pool i (random horizontal flips).
+            Pairs of one group are positives of each other (None: the caption is the group).
         tokenize: captions -> token ids.
     Returns:
         the loss of every step.
@@ -90,16 +92,18 @@ def train_clip(
     )
     losses = []
     for _ in tqdm(range(cfg.steps), desc="training CLIP", disable=not progress, file=sys.stderr):
-        image_embeds, captions = [], []
-        for (images, pool_captions), batch in zip(pools, cfg.batch_sizes, strict=True):
+        image_embeds, captions, groups = [], [], []
+        for (images, pool_captions, pool_groups), batch in zip(pools, cfg.batch_sizes, strict=True):
             pick = torch.randint(len(pool_captions), (batch,), generator=generator)
             pixels = normalise(images[pick], mean, std)
             flip = torch.rand(batch, generator=generator) < 0.5
             pixels[flip] = pixels[flip].flip(-1)
             image_embeds.append(model.encode_image(pixels))
             captions += [pool_captions[int(i)] for i in pick]
+            source = pool_groups if pool_groups is not None else pool_captions
+            groups += [source[int(i)] for i in pick]
         text_embeds = model.encode_text(tokenize(captions))
-        loss = contrastive_loss(torch.cat(image_embeds), text_embeds, model.logit_scale, captions)
+        loss = contrastive_loss(torch.cat(image_embeds), text_embeds, model.logit_scale, groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -46,15 +46,15 @@ class WorldConfig:
     novel_stuff: int = 1
     split_seed: int = 0
     seed: int = 0
-    clip_steps: int = 1500
-    seg_iters: int = 2500
+    clip_steps: int = 2000
+    seg_iters: int = 2200
     seg_batch: int = 4
     seg_crop: int = 256
     test_short_side: int = 256
 
     @classmethod
     def quick(cls) -> WorldConfig:
-        return cls(num_train=300, num_val=40, clip_steps=220, seg_iters=250)
+        return cls(num_train=300, num_val=40, clip_steps=300, seg_iters=250)
 
 
 class BaseOnlyDataset:
@@ -113,7 +113,8 @@ def _square_crop(image: np.ndarray, box: tuple[float, float, float, float]) -> n
 
 
 def caption_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Generator):
-    """(scenes, scene captions), (crops, crop captions, crop class indices) of a split."""
+    """(scenes, scene captions), (crops, crop captions, crop class indices, the words each
+    crop caption says: the object, with or without its colour) of a split."""
     raw = json.loads(Path(json_path).read_text())
     captions = {im["id"]: im["caption"] for im in raw["images"]}
     colours = {
@@ -122,7 +123,7 @@ def caption_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Gene
         for s in a["segments_info"]
     }
     names = dataset.vocabulary.names
-    scenes, scene_captions, crops, crop_captions, crop_labels = [], [], [], [], []
+    scenes, scene_captions, crops, crop_captions, crop_labels, crop_words = [], [], [], [], [], []
     for index in range(len(dataset)):
         sample = dataset[index]
         scenes.append(sample["image"])
@@ -134,7 +135,7 @@ def caption_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Gene
                 ys, xs = np.nonzero(mask)
                 box = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
                 colour = colours.get((sample["image_id"], segment["id"]))
-                words = f"{colour} {name}" if colour and rng.random() < 0.6 else name
+                words = f"{colour} {name}" if colour and rng.random() < 0.3 else name
                 crops.append(_square_crop(sample["image"], box))
             else:  # a window lying (almost) entirely inside the texture
                 window = 40
@@ -151,10 +152,12 @@ def caption_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Gene
             template = CROP_CAPTIONS[int(rng.integers(len(CROP_CAPTIONS)))]
             crop_captions.append(template.format(words))
             crop_labels.append(segment["category_id"])
+            crop_words.append(words)
     return (np.stack(scenes), scene_captions), (
         np.stack(crops),
         crop_captions,
         np.array(crop_labels),
+        crop_words,
     )
 
 
@@ -214,11 +217,18 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     model = build_model(model_cfg)
     clip, backbone = model.backbone.clip, model.backbone
     mean, std = model_cfg.inference.pixel_mean, model_cfg.inference.pixel_std
-    (scenes, scene_captions), (crops, crop_captions, _) = caption_pairs(train_set, train_json, rng)
+    (scenes, scene_captions), (crops, crop_captions, _, crop_words) = caption_pairs(
+        train_set, train_json, rng
+    )
     clip.requires_grad_(True)  # the backbone froze it; it is frozen again right after
+    # A crop's caption says its words in one of several phrasings: captions saying the same
+    # words are positives of each other, not negatives.
     clip_losses = train_clip(
         clip,
-        [(torch.from_numpy(scenes), scene_captions), (torch.from_numpy(crops), crop_captions)],
+        [
+            (torch.from_numpy(scenes), scene_captions, None),
+            (torch.from_numpy(crops), crop_captions, crop_words),
+        ],
         CLIPTrainConfig(steps=cfg.clip_steps, seed=cfg.seed),
         mean=mean,
         std=std,
@@ -228,7 +238,7 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     clip.requires_grad_(False)
     backbone.reset_fingerprint()
     timings["clip_s"] = time.perf_counter() - started - sum(timings.values())
-    _, (val_crops, _, val_labels) = caption_pairs(val_set, val_json, rng)
+    _, (val_crops, _, val_labels, _) = caption_pairs(val_set, val_json, rng)
     encoder = TextEncoder(backbone, load_templates("vild"), use_disk_cache=False)
     class_embeddings = encoder(vocab)
     # One embedding per class: the first synonym (each synthetic class has one name).

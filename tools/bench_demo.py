@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="fcclip_tiny_parity")
     parser.add_argument("--weights")
     parser.add_argument("--image", default=str(ROOT / "demo" / "examples" / "coffee.jpg"))
@@ -59,8 +60,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     demo.segment_video(str(video), "cup, saucer, spoon, table", "(type classes)")
     timings["video_frames_per_s"] = args.frames / (time.perf_counter() - start)
-    result = {"config": args.config, "weights": args.weights or "random",
-              "threads": args.threads, "image": args.image, **timings}
+    result = {
+        "config": args.config,
+        "weights": args.weights or "random",
+        "threads": args.threads,
+        "image": args.image,
+        **timings,
+    }
     print(json.dumps(result, indent=1))
     demo.close()
     return 0
