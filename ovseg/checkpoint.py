@@ -205,13 +205,6 @@ def save_weights(
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def official_key_to_ovseg(key: str) -> str | None:
-    """The ovseg key of one official key, or None for a dropped key (for tools and tests)."""
-    if key in OFFICIAL_DROPPED_KEYS:
-        return None
-    return next(iter(convert_official_state_dict({key: torch.empty(0)})))
-
-
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -136,11 +135,4 @@ def download_weights(name: str, *, progress: bool = True) -> Path:
             raise ValueError(f"checksum mismatch for {entry.filename}: download it again")
 
     atomic_write(target, fetch)
-    return target
-
-
-def copy_into_cache(name: str, source: str | Path) -> Path:
-    """Put a manually downloaded file where the zoo looks for it (atomic copy)."""
-    target = weights_dir() / get_entry(name).filename
-    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     return target

@@ -47,6 +47,14 @@ def test_vocabulary_switch_reuses_image_features(parity_predictor):
     assert predictor.image_encodes == before + 3
 
 
+def test_predict_batch_is_one_result_per_image(parity_predictor):
+    images = [np.full((20 + 5 * i, 30, 3), 40 * i, np.uint8) for i in range(3)]
+    results = parity_predictor.predict_batch(
+        images, vocabulary=["cat"], tasks="semantic", short_side=64
+    )
+    assert [r["sem_seg"].shape for r in results] == [(1, 20, 30), (1, 25, 30), (1, 30, 30)]
+
+
 def test_cached_result_equals_fresh_result(parity_predictor):
     image = np.random.default_rng(2).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     parity_predictor.clear_cache()
