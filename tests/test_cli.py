@@ -186,7 +186,7 @@ def test_missing_real_weights_never_fall_back_silently(photo, tmp_path, capsys):
     )
     assert code == 2 and "put it at" in err
     code, _, err = run([photo, "--classes", "cat", "--output", out, "--short-side", "64"], capsys)
-    assert code == 0 and "RANDOM weights" in err  # auto: said plainly
+    assert code == 0 and "not found" in err and "using synthetic_tiny" in err  # said plainly
 
 
 def test_huge_image_is_resized_not_fatal(tmp_path, capsys):

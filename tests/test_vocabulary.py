@@ -40,6 +40,8 @@ SHIPPED = {
     "pascal_voc_21": (21, 20),
     "cityscapes": (19, 8),
     "lvis": (1203, 1203),
+    "synthetic_world": (19, 14),
+    "synthetic_world_base": (14, 10),
 }
 
 

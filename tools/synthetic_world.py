@@ -2,16 +2,34 @@
 """The synthetic open-vocabulary world, end to end: generate scenes with captions, train a
 small CLIP on the captions, train ovseg on base classes only, evaluate base and novel classes.
 
-    python tools/synthetic_world.py --out runs/world            # full run (about 30 min)
-    python tools/synthetic_world.py --out runs/world --quick    # CI-sized (a few minutes)
+    python tools/synthetic_world.py --out runs/world            # full run (about 35 min)
+    python tools/synthetic_world.py --out runs/world --quick    # CI-sized (about 4 min)
+    python tools/synthetic_world.py --out runs/world --ship-only  # ship a finished run
 """
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def ship(out: Path) -> None:
+    """Copy a finished run into the repository as the model-zoo entry synthetic_tiny."""
+    report = json.loads((out / "report.json").read_text())
+    (ROOT / "models").mkdir(exist_ok=True)
+    shutil.copyfile(
+        out / "synthetic_tiny.safetensors", ROOT / "models" / "synthetic_tiny.safetensors"
+    )
+    shutil.copyfile(out / "data" / "vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world.txt")
+    shutil.copyfile(out / "base_vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world_base.txt")
+    shutil.copyfile(out / "report.md", ROOT / "models" / "synthetic_tiny_report.md")
+    shutil.copyfile(out / "predictions.png", ROOT / "models" / "predictions.png")
+    for image in sorted((out / "data" / "val" / "images").glob("*.png"))[:3]:
+        shutil.copyfile(image, ROOT / "demo" / "examples" / f"synthetic_{image.name}")
+    print(f"shipped models/synthetic_tiny.safetensors ({report['weights_mib']:.1f} MiB)")
 
 
 def main(argv=None) -> int:
@@ -31,11 +49,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--ship",
         action="store_true",
-        help="copy the weights, vocabularies and a few val scenes into the "
-        "repository as the model-zoo entry synthetic_tiny",
+        help="after the run, copy the weights, "
+        "vocabularies, report and a few val scenes into the repository as the "
+        "model-zoo entry synthetic_tiny",
+    )
+    parser.add_argument(
+        "--ship-only",
+        action="store_true",
+        help="ship the finished run in --out without running again",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.ship_only:
+        if not (out / "report.json").is_file():
+            print(f"error: {out} holds no finished run (report.json)", file=sys.stderr)
+            return 2
+        ship(out)
+        return 0
 
     import torch
 
@@ -46,26 +77,13 @@ def main(argv=None) -> int:
     cfg = WorldConfig.quick() if args.quick else WorldConfig()
     cfg.novel_things, cfg.novel_stuff, cfg.seed = args.novel_things, args.novel_stuff, args.seed
     try:
-        report = run(args.out, cfg, progress=not args.no_progress)
+        run(out, cfg, progress=not args.no_progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print((Path(args.out) / "report.md").read_text())
+    print((out / "report.md").read_text())
     if args.ship:
-        out = Path(args.out)
-        shutil.copyfile(
-            out / "synthetic_tiny.safetensors", ROOT / "models" / "synthetic_tiny.safetensors"
-        )
-        shutil.copyfile(
-            out / "data" / "vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world.txt"
-        )
-        shutil.copyfile(
-            out / "base_vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world_base.txt"
-        )
-        examples = ROOT / "demo" / "examples"
-        for image in sorted((out / "data" / "val" / "images").glob("*.png"))[:3]:
-            shutil.copyfile(image, examples / f"synthetic_{image.name}")
-        print(f"shipped: models/synthetic_tiny.safetensors ({report['weights_mib']:.1f} MiB)")
+        ship(out)
     return 0
 
 
