@@ -21,6 +21,8 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ovseg.predictor import add_model_arguments
+
     parser = argparse.ArgumentParser(
         prog="demo/predict.py",
         description="Open-vocabulary segmentation: name any classes, get panoptic, semantic or "
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Example: python demo/predict.py photo.jpg --classes "zebra, traffic cone/pylon, '
         'sky" --task panoptic --output out/',
     )
-    parser.add_argument("inputs", nargs="+", help="image files and/or directories of images")
+    parser.add_argument("inputs", nargs="+", help="image or video files and/or directories of them")
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument(
         "--classes",
@@ -37,20 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     names.add_argument(
         "--vocab",
-        help="a shipped vocabulary (coco, ade150, ade847, pc59, "
-        "pc459, voc21, cityscapes, lvis) or a vocabulary file",
+        help="a shipped vocabulary (coco, ade150, ade847, pc59, pc459, voc21, cityscapes, lvis, "
+        "synthetic_world) or a vocabulary file",
     )
     parser.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
-    parser.add_argument(
-        "--model",
-        default="auto",
-        help="zoo model name; 'auto' (default): the "
-        "real FC-CLIP model if its weights are present, else the shipped tiny one",
-    )
-    parser.add_argument("--weights", help="weights file (ovseg .safetensors or official .pth)")
-    parser.add_argument("--config", help="config preset or YAML to go with --weights")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--short-side",
         type=int,

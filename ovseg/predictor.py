@@ -257,6 +257,28 @@ class OVSegPredictor:
         return [self.predict(image, **kwargs) for image in images]
 
 
+def add_model_arguments(parser, *, default: str = "auto") -> None:
+    """--model / --weights / --config / --device, shared by the command-line tools."""
+    from ovseg import model_zoo
+
+    choices = ", ".join(model_zoo.MODEL_ZOO)
+    parser.add_argument(
+        "--model",
+        default=default,
+        help=f"zoo model: {choices}"
+        + (
+            "; 'auto': the real FC-CLIP model if its weights are present, else the shipped "
+            "synthetic_tiny (said on stderr)"
+            if default == "auto"
+            else ""
+        )
+        + f" (default: {default})",
+    )
+    parser.add_argument("--weights", help="weights file (ovseg .safetensors or official .pth)")
+    parser.add_argument("--config", help="config preset or YAML to go with --weights")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+
+
 def load_predictor(
     model: str = "auto", *, weights=None, config=None, device=None, log=print, **kwargs
 ) -> OVSegPredictor:

@@ -255,16 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from ovseg.predictor import add_model_arguments
+
     parser = argparse.ArgumentParser(description="ovseg web demo (Gradio)")
-    parser.add_argument(
-        "--model",
-        default="auto",
-        help="zoo model; 'auto': the real model if "
-        "its weights are present, else the shipped synthetic_tiny",
-    )
-    parser.add_argument("--weights", help="weights file")
-    parser.add_argument("--config", help="config for --weights")
-    parser.add_argument("--device", default=None)
+    add_model_arguments(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",

@@ -7,15 +7,14 @@ import sys
 
 def main(argv=None) -> int:
     from ovseg.data.arguments import add_dataset_arguments, dataset_from_arguments
+    from ovseg.predictor import add_model_arguments
 
     parser = argparse.ArgumentParser(
         description="Evaluate zero-shot / in-vocabulary segmentation on a COCO-panoptic format "
         "dataset (PQ, mIoU, AP) or a semantic-PNG dataset (mIoU), with the dataset's own "
         "vocabulary."
     )
-    parser.add_argument("--model", default="fcclip_convnext_large_coco")
-    parser.add_argument("--weights", help="weights file (ovseg or official)")
-    parser.add_argument("--config", help="config preset or YAML to go with --weights")
+    add_model_arguments(parser, default="fcclip_convnext_large_coco")
     add_dataset_arguments(parser, semantic=True)
     parser.add_argument("--tasks", default="panoptic,semantic,instance")
     parser.add_argument("--output", help="directory for results.json and saved predictions")
@@ -25,7 +24,6 @@ def main(argv=None) -> int:
         help="also write COCO panoptic format predictions",
     )
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
-    parser.add_argument("--device", default=None)
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
 
