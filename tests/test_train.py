@@ -124,7 +124,7 @@ def test_bad_checkpoints_are_refused(synthetic, tmp_path):
 
 
 def cli_data_args(synthetic):
-    """tools/train.py arguments for the tiny model on the generated data."""
+    """tools/train.py arguments for the tiny model on the generated data, small batches."""
     return [
         "--config",
         "fcclip_tiny_test",
@@ -134,6 +134,14 @@ def cli_data_args(synthetic):
         synthetic["json"],
         "--panoptic-dir",
         synthetic["png"],
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--num-points",
+        "128",
+        "--num-workers",
+        "0",
     ]
 
 
@@ -142,18 +150,10 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
         *cli_data_args(synthetic),
         "--max-iters",
         "3",
-        "--batch-size",
-        "2",
         "--lr",
         "1e-3",
         "--clip-grad",
         "1.0",
-        "--crop-size",
-        "64",
-        "--num-points",
-        "128",
-        "--num-workers",
-        "0",
         "--seed",
         "3",
         "--device",
@@ -230,14 +230,6 @@ def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
         *cli_data_args(synthetic),
         "--max-iters",
         "1000",
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "64",
-        "--num-points",
-        "128",
-        "--num-workers",
-        "0",
         "--checkpoint-every",
         "1",
         "--keep-last",

@@ -47,23 +47,6 @@ class DeformableEncoderLayer(nn.Module):
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
-class DeformableEncoder(nn.Module):
-    def __init__(
-        self,
-        d_model: int,
-        ffn_dim: int,
-        num_layers: int,
-        num_levels: int,
-        num_heads: int,
-        num_points: int,
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableEncoderLayer(d_model, ffn_dim, num_levels, num_heads, num_points)
-            for _ in range(num_layers)
-        )
-
-
 class DeformableTransformer(nn.Module):
     """Holds the level embedding and the encoder (keys ``transformer.*``)."""
 
@@ -78,8 +61,10 @@ class DeformableTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, d_model))
-        self.encoder = DeformableEncoder(
-            d_model, ffn_dim, num_layers, num_levels, num_heads, num_points
+        self.encoder = nn.Module()  # a plain holder: keys transformer.encoder.layers.*
+        self.encoder.layers = nn.ModuleList(
+            DeformableEncoderLayer(d_model, ffn_dim, num_levels, num_heads, num_points)
+            for _ in range(num_layers)
         )
         for parameter in self.parameters():
             if parameter.dim() > 1:
