@@ -73,9 +73,11 @@ def weights_dir() -> Path:
 
 
 def get_entry(name: str) -> ZooEntry:
-    if name not in MODEL_ZOO:
+    """The zoo entry of ``name``; '-' and '_' are the same ('synthetic-tiny')."""
+    key = name.replace("-", "_")
+    if key not in MODEL_ZOO:
         raise KeyError(f"unknown model '{name}': choose one of {', '.join(MODEL_ZOO)}")
-    return MODEL_ZOO[name]
+    return MODEL_ZOO[key]
 
 
 def local_weights(name: str) -> Path | None:

@@ -43,6 +43,11 @@ def test_unknown_model_lists_choices():
         model_zoo.get_entry("nope")
 
 
+def test_hyphenated_names_are_the_same_entry():
+    assert model_zoo.get_entry("synthetic-tiny") is model_zoo.get_entry("synthetic_tiny")
+    assert model_zoo.local_weights("synthetic-tiny") is not None  # shipped in the repository
+
+
 @pytest.mark.parametrize(
     "name,channels,embed",
     [

@@ -20,6 +20,49 @@ def quick_world(tmp_path_factory):
     return out
 
 
+def test_region_pairs_are_boxes_on_the_test_grid(tmp_path):
+    """Thing regions are the stride-32 cells (at the test scale) whose centres lie in the
+    object's box; stuff regions are cells lying inside the texture."""
+    import numpy as np
+
+    from ovseg.data import PanopticDataset, write_synthetic_panoptic
+    from ovseg.synthetic_world import region_pairs
+
+    json_path = write_synthetic_panoptic(tmp_path, 6, size=(64, 80), seed=1, split="val")
+    dataset = PanopticDataset(json_path.parent / "images", json_path, json_path.parent / "panoptic")
+    pool, labels = region_pairs(dataset, json_path, (128, 160), np.random.default_rng(0))
+    assert tuple(pool.images.shape) == (6, 128, 160, 3)
+    names = dataset.vocabulary.names
+    checked = 0
+    for index, (regions, classes) in enumerate(zip(pool.regions, labels, strict=True)):
+        sample = dataset[index]
+        assert pool.captions[index]
+        assert len(regions) == len(classes)
+        for (cells, caption, words), label in zip(regions, classes, strict=True):
+            assert cells.shape == (4, 5) and cells.any()
+            assert names[label] in caption and names[label] in words
+            fits = []  # does the region fit one segment of its class?
+            for segment in sample["segments_info"]:
+                if segment["category_id"] != label:
+                    continue
+                mask = sample["panoptic"] == segment["id"]
+                if segment["isthing"]:
+                    ys, xs = np.nonzero(mask)
+                    box = np.zeros_like(cells)  # cells meeting the box (16 x 16 pixels each)
+                    rows, cols = (
+                        slice(ys.min() // 16, ys.max() // 16 + 1),
+                        slice(xs.min() // 16, xs.max() // 16 + 1),
+                    )
+                    box[rows, cols] = 1
+                    fits.append(not (cells & ~box).any())
+                else:
+                    patches = mask.reshape(4, 16, 5, 16).mean((1, 3))
+                    fits.append(bool((patches[cells] >= 0.9).all()))
+            assert any(fits)
+            checked += 1
+    assert checked > 10
+
+
 def test_quick_world_runs_and_reports(quick_world):
     report = json.loads((quick_world / "report.json").read_text())
     for name in ("report.md", "predictions.png", "synthetic_tiny.safetensors"):
@@ -27,12 +70,23 @@ def test_quick_world_runs_and_reports(quick_world):
     assert set(report["results"]) == {"in_vocab", "out_vocab", "ensemble"}
     assert report["weights_mib"] <= 20
     assert len(report["novel_classes"]) == 5
+    # the diagnostics of every class: proposals, CLIP on true masks / crops / regions, IoUs
+    per_class = report["per_class"]
+    assert {n for n, c in per_class.items() if c["novel"]} == set(report["novel_classes"])
+    for row in per_class.values():
+        assert row["segments"] > 0
+        for key in ("proposal_recall_50", "clip_on_true_mask", "IoU_ensemble"):
+            assert 0 <= row[key] <= 100
+    # stuff regions are easy: their masks are proposed and the CLIP knows them
+    water = per_class["water"]
+    assert water["proposal_recall_50"] > 50 and water["clip_on_true_mask"] > 50
 
 
 def test_quick_world_clip_recognises_novel_classes_above_chance(quick_world):
     report = json.loads((quick_world / "report.json").read_text())
-    assert report["zero_shot"]["novel"] > 2 * report["zero_shot"]["chance"]
-    assert report["zero_shot"]["base"] > 2 * report["zero_shot"]["chance"]
+    for kind in ("", "regions_"):  # crops, and box regions of the dense map
+        assert report["zero_shot"][f"{kind}novel"] > 2 * report["zero_shot"]["chance"]
+        assert report["zero_shot"][f"{kind}base"] > 2 * report["zero_shot"]["chance"]
     # Base classes are segmented far better than chance by every classifier.
     for mode in ("in_vocab", "ensemble"):
         assert report["results"][mode]["mIoU_base"] > 3 * report["chance"]["mIoU_base"]

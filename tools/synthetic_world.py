@@ -2,7 +2,7 @@
 """The synthetic open-vocabulary world, end to end: generate scenes with captions, train a
 small CLIP on the captions, train ovseg on base classes only, evaluate base and novel classes.
 
-    python tools/synthetic_world.py --out runs/world            # full run (about 35 min)
+    python tools/synthetic_world.py --out runs/world            # full run (about 30 min)
     python tools/synthetic_world.py --out runs/world --quick    # CI-sized (about 4 min)
     python tools/synthetic_world.py --out runs/world --ship-only  # ship a finished run
 """

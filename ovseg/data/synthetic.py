@@ -57,7 +57,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
 }
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MIN_VISIBLE_AREA = 12  # pixels; a thing occluded below this is not drawn at all
+# A thing occluded below either bound is not drawn at all: what is left must read as its shape.
+MIN_VISIBLE_AREA = 12  # pixels
+MIN_VISIBLE_FRACTION = 0.6  # of its own area
 
 
 def plural(name: str) -> str:
@@ -121,7 +123,7 @@ def render_scene(
     for _ in range(int(rng.integers(0, max_things + 1))):
         category = things[int(rng.integers(len(things)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        radius = rng.uniform(0.08, 0.25) * min(h, w)
+        radius = rng.uniform(0.1, 0.25) * min(h, w)
         center = (rng.uniform(0, w), rng.uniform(0, h))
         max_angle = np.deg2rad(MAX_ROTATION.get(category.name, 180.0))
         angle = rng.uniform(-max_angle, max_angle)
@@ -132,7 +134,8 @@ def render_scene(
     covered = np.zeros((h, w), dtype=bool)
     visible = []
     for category, colour, mask, shade in reversed(placed):
-        if (mask & ~covered).sum() >= MIN_VISIBLE_AREA:
+        visible_area = (mask & ~covered).sum()
+        if visible_area >= max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * mask.sum()):
             visible.append((category, colour, mask, shade))
             covered |= mask
     visible.reverse()
