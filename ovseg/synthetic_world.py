@@ -52,7 +52,8 @@ class WorldConfig:
     clip_crop_steps: int = 2400
     clip_steps: int = 500
     clip_scenes: int = 6  # scenes per joint CLIP step (their captions and region captions)
-    clip_crops: int = 32  # object / texture crops per joint CLIP step (56 in the first phase)
+    clip_first_crops: int = 56  # object / texture crops per step of the first phase
+    clip_crops: int = 32  # object / texture crops per joint CLIP step
     clip_lr: float = 5e-4
     seg_iters: int = 2200
     seg_batch: int = 4
@@ -119,11 +120,24 @@ def _square_crop(image: np.ndarray, box: tuple[float, float, float, float]) -> n
     return np.asarray(Image.fromarray(crop).resize((CROP, CROP), Image.BILINEAR))
 
 
+def _segments_json(json_path: Path) -> dict:
+    """(image id, segment id) -> the segment as the world's panoptic JSON has it (with its
+    ``bbox`` and, for things, its ``colour``)."""
+    raw = json.loads(Path(json_path).read_text())
+    return {(a["image_id"], s["id"]): s for a in raw["annotations"] for s in a["segments_info"]}
+
+
+def _describe(rng: np.random.Generator, name: str, colour: str | None) -> tuple[str, str]:
+    """(caption, words) of one object or texture: its name, with its colour 30% of the time,
+    in one of the CROP_CAPTIONS phrasings."""
+    words = f"{colour} {name}" if colour and rng.random() < 0.3 else name
+    return CROP_CAPTIONS[int(rng.integers(len(CROP_CAPTIONS)))].format(words), words
+
+
 def crop_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Generator):
     """Object / texture crops of a split: (crops (N, CROP, CROP, 3), captions, class indices,
     the words each caption says: the object, with or without its colour)."""
-    raw = json.loads(Path(json_path).read_text())
-    colours = _segment_words(raw)
+    annotations = _segments_json(json_path)
     names = dataset.vocabulary.names
     crops, crop_captions, crop_labels, crop_words = [], [], [], []
     for index in range(len(dataset)):
@@ -132,11 +146,9 @@ def crop_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Generat
             mask = sample["panoptic"] == segment["id"]
             name = names[segment["category_id"]]
             if segment["isthing"]:
-                ys, xs = np.nonzero(mask)
-                box = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-                colour = colours.get((sample["image_id"], segment["id"]))
-                words = f"{colour} {name}" if colour and rng.random() < 0.3 else name
-                crops.append(_square_crop(sample["image"], box))
+                annotation = annotations[(sample["image_id"], segment["id"])]
+                crops.append(_square_crop(sample["image"], annotation["bbox"]))
+                colour = annotation.get("colour")
             else:  # a window lying (almost) entirely inside the texture
                 window = 40
                 height, width = mask.shape
@@ -148,21 +160,12 @@ def crop_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Generat
                         break
                 else:
                     continue
-                words = name
-            template = CROP_CAPTIONS[int(rng.integers(len(CROP_CAPTIONS)))]
-            crop_captions.append(template.format(words))
+                colour = None
+            caption, words = _describe(rng, name, colour)
+            crop_captions.append(caption)
             crop_labels.append(segment["category_id"])
             crop_words.append(words)
     return np.stack(crops), crop_captions, np.array(crop_labels), crop_words
-
-
-def _segment_words(raw: dict) -> dict:
-    """(image id, segment id) -> the colour of a thing, from the world's panoptic JSON."""
-    return {
-        (a["image_id"], s["id"]): s.get("colour")
-        for a in raw["annotations"]
-        for s in a["segments_info"]
-    }
 
 
 def region_pairs(
@@ -182,7 +185,7 @@ def region_pairs(
 
     raw = json.loads(Path(json_path).read_text())
     captions = {im["id"]: im["caption"] for im in raw["images"]}
-    colours = _segment_words(raw)
+    annotations = _segments_json(json_path)
     names = dataset.vocabulary.names
     grid_h, grid_w = -(-size_hw[0] // stride), -(-size_hw[1] // stride)
     centres_y = (np.arange(grid_h) + 0.5) * stride
@@ -197,10 +200,9 @@ def region_pairs(
         scene_regions, scene_labels = [], []
         for segment in sample["segments_info"]:
             name = names[segment["category_id"]]
-            mask = sample["panoptic"] == segment["id"]
             if segment["isthing"]:
-                ys, xs = np.nonzero(mask)
-                x, y, w, h = xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+                annotation = annotations[(sample["image_id"], segment["id"])]
+                x, y, w, h = annotation["bbox"]
                 inside_y = (centres_y >= y * sy) & (centres_y < (y + h) * sy)
                 inside_x = (centres_x >= x * sx) & (centres_x < (x + w) * sx)
                 cells = inside_y[:, None] & inside_x[None, :]
@@ -208,9 +210,9 @@ def region_pairs(
                     cy = min(int((y + h / 2) * sy // stride), grid_h - 1)
                     cx = min(int((x + w / 2) * sx // stride), grid_w - 1)
                     cells[cy, cx] = True
-                colour = colours.get((sample["image_id"], segment["id"]))
-                words = f"{colour} {name}" if colour and rng.random() < 0.3 else name
+                colour = annotation.get("colour")
             else:
+                mask = sample["panoptic"] == segment["id"]
                 ys = np.minimum((np.arange(height) * sy // stride).astype(int), grid_h - 1)
                 xs = np.minimum((np.arange(width) * sx // stride).astype(int), grid_w - 1)
                 inside = np.zeros((grid_h, grid_w))
@@ -220,9 +222,9 @@ def region_pairs(
                 cells = inside >= 0.9 * total
                 if not cells.any():
                     continue
-                words = name
-            template = CROP_CAPTIONS[int(rng.integers(len(CROP_CAPTIONS)))]
-            scene_regions.append((cells, template.format(words), words))
+                colour = None
+            caption, words = _describe(rng, name, colour)
+            scene_regions.append((cells, caption, words))
             scene_labels.append(segment["category_id"])
         regions.append(scene_regions)
         labels.append(scene_labels)
@@ -342,7 +344,7 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     clip.requires_grad_(True)  # the backbone froze it; it is frozen again right after
     clip_losses = []
     for steps, pools, batch_sizes in (
-        (cfg.clip_crop_steps, [crop_pool], (56,)),
+        (cfg.clip_crop_steps, [crop_pool], (cfg.clip_first_crops,)),
         (cfg.clip_steps, [regions, crop_pool], (cfg.clip_scenes, cfg.clip_crops)),
     ):
         clip_losses += train_clip(
@@ -540,6 +542,7 @@ def segment_diagnostics(
     the segment when its TRUE mask is pooled the FC-CLIP way (is the CLIP good enough?)."""
     import torch.nn.functional as F
 
+    from ovseg.modeling.postprocess import resize_to_original
     from ovseg.modeling.transformer_decoder import mask_pooling
     from ovseg.preprocess import normalize_and_pad, resize_image, shortest_edge_size
 
@@ -551,9 +554,7 @@ def segment_diagnostics(
     )
     padded_hw = pixels.shape[-2:]
     queries = F.interpolate(mask_logits[None], size=padded_hw, mode="bilinear")[0]
-    queries = F.interpolate(
-        queries[None, :, : resized_hw[0], : resized_hw[1]], size=(height, width), mode="bilinear"
-    )[0]
+    queries = resize_to_original(queries, resized_hw, (height, width))
     proposed = (queries > 0).flatten(1).float()
     truth = torch.from_numpy(gt_masks).flatten(1).float()
     intersection = truth @ proposed.T
