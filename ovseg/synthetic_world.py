@@ -44,6 +44,7 @@ class WorldConfig:
     size: tuple[int, int] = (128, 160)
     novel_things: int = 4
     novel_stuff: int = 1
+    patterns: bool = True  # things wear their class's surface pattern (synthetic_render)
     split_seed: int = 0
     seed: int = 0
     # CLIP: first object / texture crops alone (it learns the words and shapes fastest
@@ -56,6 +57,9 @@ class WorldConfig:
     clip_crops: int = 32  # object / texture crops per joint CLIP step
     clip_lr: float = 5e-4
     seg_iters: int = 2200
+    # The small heads learn from scratch in few iterations: 1e-3 rather than the official 1e-4
+    # (measured at 500 iterations: ensemble base PQ 36.0 vs 30.1 at 2e-4).
+    seg_lr: float = 1e-3
     seg_batch: int = 4
     seg_crop: int = 256
     test_short_side: int = 256
@@ -302,10 +306,10 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     # 1. the world
     data = out / "data"
     train_json = write_synthetic_panoptic(
-        data, cfg.num_train, size=cfg.size, seed=cfg.seed, split="train"
+        data, cfg.num_train, size=cfg.size, seed=cfg.seed, split="train", patterns=cfg.patterns
     )
     val_json = write_synthetic_panoptic(
-        data, cfg.num_val, size=cfg.size, seed=cfg.seed, split="val"
+        data, cfg.num_val, size=cfg.size, seed=cfg.seed, split="val", patterns=cfg.patterns
     )
     train_set = PanopticDataset(
         train_json.parent / "images", train_json, train_json.parent / "panoptic"
@@ -369,7 +373,7 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     seg_cfg = TrainConfig(
         max_iters=cfg.seg_iters,
         batch_size=cfg.seg_batch,
-        lr=2e-4,
+        lr=cfg.seg_lr,
         warmup_iters=min(100, cfg.seg_iters // 10),
         warmup_factor=0.01,
         clip_grad=0.1,
@@ -489,12 +493,19 @@ def evaluate_world(
             figure_rows.append(row)
     model.alpha, model.beta = MODES["ensemble"]
     results = {}
+    # How far each class's text embedding is from its nearest other class: both heads
+    # classify against these, so two classes whose words embed alike cannot be told apart.
+    unit = torch.nn.functional.normalize(class_embeddings.float(), dim=-1)
+    cosine = (unit @ unit.T).fill_diagonal_(-2.0)
+    nearest_cos, nearest = cosine.max(1)
     per_class = {
         name: {
             "novel": bool(is_novel),
             "segments": len(best_iou[c]),
             "proposal_recall_50": 100 * float(np.mean(np.array(best_iou[c]) >= 0.5)),
             "clip_on_true_mask": 100 * float(np.mean(gt_pooled[c])),
+            "text_nearest": vocab.names[int(nearest[c])],
+            "text_nearest_cos": float(nearest_cos[c]),
         }
         for c, (name, is_novel) in enumerate(zip(vocab.names, novel, strict=True))
         if best_iou[c]
@@ -634,11 +645,12 @@ def write_report(out: Path, report: dict) -> None:
         "Per class (val): recall of proposals (any query's mask at IoU >= 0.5 with the true "
         "segment), the frozen CLIP's class for the true mask pooled the FC-CLIP way, its "
         "zero-shot accuracy on crops and on box regions of the dense map, and IoU per "
-        "classifier (%):",
+        "classifier (%); last, the class whose text embedding is nearest (cosine): both heads "
+        "classify against these embeddings.",
         "",
         "| class | proposals | CLIP on true mask | CLIP crops | CLIP regions | IoU in_vocab "
-        "| IoU out_vocab | IoU ensemble |",
-        "|---|---|---|---|---|---|---|---|",
+        "| IoU out_vocab | IoU ensemble | nearest text |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in report["per_class"].items():
         cells = [
@@ -654,7 +666,10 @@ def write_report(out: Path, report: dict) -> None:
             )
         ]
         label = f"{name} (novel)" if c["novel"] else name
-        lines.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in cells) + " |")
+        nearest = (
+            f"{c['text_nearest']} ({c['text_nearest_cos']:.2f})" if "text_nearest" in c else ""
+        )
+        lines.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in cells) + f" | {nearest} |")
     lines += [
         "",
         "Times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items()),

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ovseg.data import CATEGORIES, PanopticDataset, base_novel_split, write_synthetic_panoptic
 from ovseg.data.synthetic import make_caption, plural
+from ovseg.data.synthetic_render import PATTERNS, surface_pattern
 from ovseg.vocabulary import parse_vocabulary_text
 
 SIZE = (48, 64)
@@ -134,6 +135,55 @@ def test_caption_counts_colours_and_plurals():
     assert make_caption([("cross", "orange")], ["sand"]) == "an orange cross on sand"
     assert make_caption([], ["sky"]) == "a picture of sky"
     assert plural("hourglass") == "hourglasses" and plural("lightning bolt") == "lightning bolts"
+
+
+def test_every_thing_class_wears_its_own_pattern():
+    """The surface patterns of any two classes differ, none is invisible or covers the whole
+    shape except the plain one, and a phase change moves a pattern without changing it."""
+    size = (64, 64)
+    names = [c.name for c in CATEGORIES if c.isthing]
+    assert sorted(PATTERNS) == sorted(names) and len(set(PATTERNS.values())) == len(names)
+    tones = {
+        name: surface_pattern(name, size, (32, 32), 20, np.random.default_rng(0)) for name in names
+    }
+    for name, tone in tones.items():
+        share = tone[12:52, 12:52].mean()
+        assert (share == 0) if PATTERNS[name] == "solid" else (0.15 < share < 0.85), name
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert (tones[a] != tones[b]).mean() > 0.1, (a, b)
+    stripes = [c.name for c in CATEGORIES if PATTERNS.get(c.name) == "horizontal stripes"][0]
+    moved = surface_pattern(stripes, size, (32, 32), 20, np.random.default_rng(1))
+    assert not np.array_equal(moved, tones[stripes])
+    assert (moved == moved[:, :1]).all()  # still horizontal stripes
+
+
+def test_patterns_can_be_turned_off(tmp_path):
+    """Without patterns a thing is one tone (plus shading and its darker outline); with them,
+    the same scene's things show two tones."""
+
+    def tones(patterns):
+        root = tmp_path / str(patterns)
+        json_path = write_synthetic_panoptic(root, 6, size=SIZE, seed=2, patterns=patterns)
+        spreads = []
+        for entry, annotation in zip(
+            *(json.loads(json_path.read_text())[k] for k in ("images", "annotations")), strict=True
+        ):
+            image = np.asarray(Image.open(root / "train" / "images" / entry["file_name"]))
+            panoptic = _decode_png(root / "train" / "panoptic" / annotation["file_name"])
+            for segment in annotation["segments_info"]:
+                name = {c.id: c.name for c in CATEGORIES}[segment["category_id"]]
+                mask = panoptic == segment["id"]
+                inner = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0)
+                inner &= np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+                if name in PATTERNS and PATTERNS[name] != "solid" and inner.sum() > 30:
+                    brightness = image[inner].astype(float).mean(1)
+                    spreads.append(np.percentile(brightness, 95) - np.percentile(brightness, 5))
+        return np.array(spreads)
+
+    plain, patterned = tones(False), tones(True)
+    assert len(plain) and len(patterned)
+    assert np.median(plain) < 40 < np.median(patterned)
 
 
 def test_base_novel_split():

@@ -70,6 +70,7 @@ def test_quick_world_runs_and_reports(quick_world):
     assert set(report["results"]) == {"in_vocab", "out_vocab", "ensemble"}
     assert report["weights_mib"] <= 20
     assert len(report["novel_classes"]) == 5
+    assert report["config"]["patterns"] is True
     # the diagnostics of every class: proposals, CLIP on true masks / crops / regions, IoUs
     per_class = report["per_class"]
     assert {n for n, c in per_class.items() if c["novel"]} == set(report["novel_classes"])
@@ -77,6 +78,9 @@ def test_quick_world_runs_and_reports(quick_world):
         assert row["segments"] > 0
         for key in ("proposal_recall_50", "clip_on_true_mask", "IoU_ensemble"):
             assert 0 <= row[key] <= 100
+    for name, row in per_class.items():  # the nearest OTHER class's text embedding
+        assert row["text_nearest"] in per_class and row["text_nearest"] != name
+        assert -1 <= row["text_nearest_cos"] <= 1
     # stuff regions are easy: their masks are proposed and the CLIP knows them
     water = per_class["water"]
     assert water["proposal_recall_50"] > 50 and water["clip_on_true_mask"] > 50
@@ -90,3 +94,25 @@ def test_quick_world_clip_recognises_novel_classes_above_chance(quick_world):
     # Base classes are segmented far better than chance by every classifier.
     for mode in ("in_vocab", "ensemble"):
         assert report["results"][mode]["mIoU_base"] > 3 * report["chance"]["mIoU_base"]
+
+
+def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
+    """--plain-things turns the surface patterns off; by default things wear them."""
+    import ovseg.synthetic_world as world
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from synthetic_world import main
+
+    seen = []
+
+    def fake_run(out, cfg, progress=True):
+        seen.append(cfg)
+        (Path(out) / "report.md").parent.mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.md").write_text("report")
+
+    monkeypatch.setattr(world, "run", fake_run)
+    assert main(["--out", str(tmp_path / "a"), "--quick", "--no-progress"]) == 0
+    assert main(["--out", str(tmp_path / "b"), "--plain-things", "--novel-things", "5"]) == 0
+    assert seen[0].patterns and seen[0].num_train == world.WorldConfig.quick().num_train
+    assert not seen[1].patterns and seen[1].novel_things == 5
+    assert seen[1].num_train == world.WorldConfig().num_train

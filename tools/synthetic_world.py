@@ -58,6 +58,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="ship the finished run in --out without running again",
     )
+    parser.add_argument(
+        "--plain-things",
+        action="store_true",
+        help="things without their surface patterns: silhouette and colour only (harder)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -76,6 +81,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     cfg = WorldConfig.quick() if args.quick else WorldConfig()
     cfg.novel_things, cfg.novel_stuff, cfg.seed = args.novel_things, args.novel_stuff, args.seed
+    cfg.patterns = not args.plain_things
     try:
         run(out, cfg, progress=not args.no_progress)
     except ValueError as error:

@@ -31,6 +31,8 @@ from ovseg.data.synthetic_render import (
     background_regions,
     draw_shape,
     outline,
+    second_tone,
+    surface_pattern,
 )
 
 
@@ -104,9 +106,10 @@ def _unique_ids(rng: np.random.Generator, count: int) -> list[int]:
 
 
 def render_scene(
-    rng: np.random.Generator, size_hw: tuple[int, int], max_things: int
+    rng: np.random.Generator, size_hw: tuple[int, int], max_things: int, patterns: bool = True
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], str]:
-    """One scene -> image (H, W, 3) uint8, panoptic (H, W) int32, segments_info, caption."""
+    """One scene -> image (H, W, 3) uint8, panoptic (H, W) int32, segments_info, caption.
+    With ``patterns`` every thing wears its class's surface pattern, else it is plain."""
     h, w = size_hw
     things = [c for c in CATEGORIES if c.isthing]
     stuffs = [c for c in CATEGORIES if not c.isthing]
@@ -129,18 +132,22 @@ def render_scene(
         angle = rng.uniform(-max_angle, max_angle)
         shade = rng.normal(0, 6, size=(h, w, 1))
         mask = draw_shape(SHAPES[category.name], size_hw, center, radius, angle)
-        placed.append((category, colour, mask, shade))
+        paint = np.asarray(COLOURS[colour], dtype=np.float64) + shade
+        if patterns:
+            tone = surface_pattern(category.name, size_hw, center, radius, rng)
+            second = second_tone(np.asarray(COLOURS[colour], dtype=np.float64)) + shade
+            paint = np.where(tone[..., None], second, paint)
+        placed.append((category, colour, mask, paint))
     # Later things occlude earlier ones; drop those left (almost) invisible, then composite.
     covered = np.zeros((h, w), dtype=bool)
     visible = []
-    for category, colour, mask, shade in reversed(placed):
+    for category, colour, mask, paint in reversed(placed):
         visible_area = (mask & ~covered).sum()
         if visible_area >= max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * mask.sum()):
-            visible.append((category, colour, mask, shade))
+            visible.append((category, colour, mask, paint))
             covered |= mask
     visible.reverse()
-    for index, (_, colour, mask, shade) in enumerate(visible):
-        paint = np.asarray(COLOURS[colour], dtype=np.float64) + shade
+    for index, (_, _, mask, paint) in enumerate(visible):
         edge = outline(mask)
         image[mask] = paint[mask]
         image[edge] = paint[edge] * 0.55
@@ -202,8 +209,10 @@ def write_synthetic_panoptic(
     seed: int = 0,
     split: str = "train",
     max_things: int = 5,
+    patterns: bool = True,
 ) -> Path:
-    """Write ``num_images`` scenes of ``size`` (H, W) under root/split; returns the JSON path."""
+    """Write ``num_images`` scenes of ``size`` (H, W) under root/split; returns the JSON path.
+    ``patterns``: things wear their class's surface pattern (see ``surface_pattern``)."""
     from PIL import Image
 
     root = Path(root)
@@ -213,7 +222,7 @@ def write_synthetic_panoptic(
     images, annotations = [], []
     for index in range(num_images):
         rng = _image_rng(seed, split, index)
-        image, panoptic, segments, caption = render_scene(rng, size, max_things)
+        image, panoptic, segments, caption = render_scene(rng, size, max_things, patterns)
         file_name = f"{split}_{index:05d}.png"
         Image.fromarray(image).save(image_dir / file_name)
         Image.fromarray(id_to_rgb(panoptic)).save(panoptic_dir / file_name)

@@ -92,6 +92,90 @@ SHAPES: dict[str, Shape] = {
 MAX_ROTATION = {"house": 30.0, "heart": 30.0, "hourglass": 30.0}
 
 
+# Every thing class also has its own surface pattern, drawn in image coordinates (it does not
+# turn with the shape) at a random phase, in a second tone of the object's colour. The pattern
+# is what a small CLIP's stride-32 features can read in a scene (measured without patterns:
+# silhouettes of 2-cell objects are read at 10-17%, textures at 94-100%).
+PERIOD = 7.0  # pixels at the generated size
+
+
+def _stripes(u: np.ndarray) -> np.ndarray:
+    return np.mod(u, PERIOD) < PERIOD / 2
+
+
+def surface_pattern(
+    name: str,
+    size_hw: tuple[int, int],
+    center_xy: tuple[float, float],
+    radius: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(H, W) bool: where the second tone of ``name``'s pattern lies."""
+    h, w = size_hw
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    x += rng.uniform(0, PERIOD)
+    y += rng.uniform(0, PERIOD)
+    dx, dy = x - center_xy[0], y - center_xy[1]  # the phase moves the object frame a little
+    patterns: dict[str, Callable[[], np.ndarray]] = {
+        "solid": lambda: np.zeros((h, w), dtype=bool),
+        "horizontal stripes": lambda: _stripes(y),
+        "vertical stripes": lambda: _stripes(x),
+        "rising stripes": lambda: _stripes((x + y) / 2**0.5),
+        "falling stripes": lambda: _stripes((x - y) / 2**0.5),
+        "dots": lambda: np.hypot(np.mod(x, PERIOD) - 3.5, np.mod(y, PERIOD) - 3.5) < 1.8,
+        "checker": lambda: _stripes(x) ^ _stripes(y),
+        "grid": lambda: (np.mod(x, PERIOD) < 1.5) | (np.mod(y, PERIOD) < 1.5),
+        "crosshatch": lambda: (
+            (np.mod((x + y) / 2**0.5, PERIOD) < 1.5) | (np.mod((x - y) / 2**0.5, PERIOD) < 1.5)
+        ),
+        "zigzag": lambda: _stripes(y + np.abs(np.mod(x, 2 * PERIOD) - PERIOD)),
+        "concentric": lambda: _stripes(np.hypot(dx, dy)),
+        "spokes": lambda: np.mod(np.arctan2(dy, dx), np.pi / 4) < np.pi / 8,
+        "two-tone": lambda: dy > 0,
+        "blotches": lambda: _blotches(rng, h, w),
+    }
+    return patterns[PATTERNS[name]]()
+
+
+def _blotches(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    coarse = rng.normal(size=(h // 6 + 2, w // 6 + 2))
+    y, x = np.mgrid[0:h, 0:w] / 6.0
+    y0, x0 = y.astype(int), x.astype(int)
+    fy, fx = y - y0, x - x0
+    smooth = (
+        coarse[y0, x0] * (1 - fy) * (1 - fx)
+        + coarse[y0 + 1, x0] * fy * (1 - fx)
+        + coarse[y0, x0 + 1] * (1 - fy) * fx
+        + coarse[y0 + 1, x0 + 1] * fy * fx
+    )
+    return smooth > 0.3
+
+
+PATTERNS: dict[str, str] = {
+    "circle": "solid",
+    "square": "horizontal stripes",
+    "triangle": "vertical stripes",
+    "star": "dots",
+    "ring": "checker",
+    "cross": "rising stripes",
+    "arrow": "falling stripes",
+    "heart": "grid",
+    "crescent": "crosshatch",
+    "diamond": "zigzag",
+    "hexagon": "concentric",
+    "house": "two-tone",
+    "lightning bolt": "spokes",
+    "hourglass": "blotches",
+}
+
+
+def second_tone(colour: np.ndarray) -> np.ndarray:
+    """The pattern's tone: the colour lightened if it is dark, darkened if it is light."""
+    if colour.mean() < 110:
+        return colour + (255 - colour) * 0.5
+    return colour * 0.5
+
+
 def draw_shape(
     shape: Shape,
     size_hw: tuple[int, int],
