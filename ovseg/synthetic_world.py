@@ -124,11 +124,13 @@ def _square_crop(image: np.ndarray, box: tuple[float, float, float, float]) -> n
     return np.asarray(Image.fromarray(crop).resize((CROP, CROP), Image.BILINEAR))
 
 
-def _segments_json(json_path: Path) -> dict:
-    """(image id, segment id) -> the segment as the world's panoptic JSON has it (with its
-    ``bbox`` and, for things, its ``colour``)."""
+def _world_json(json_path: Path) -> tuple[dict, dict]:
+    """The world's panoptic JSON as (image id -> caption, (image id, segment id) -> the segment,
+    with its ``bbox`` and, for things, its ``colour``)."""
     raw = json.loads(Path(json_path).read_text())
-    return {(a["image_id"], s["id"]): s for a in raw["annotations"] for s in a["segments_info"]}
+    captions = {im["id"]: im["caption"] for im in raw["images"]}
+    segments = {(a["image_id"], s["id"]): s for a in raw["annotations"] for s in a["segments_info"]}
+    return captions, segments
 
 
 def _describe(rng: np.random.Generator, name: str, colour: str | None) -> tuple[str, str]:
@@ -141,7 +143,7 @@ def _describe(rng: np.random.Generator, name: str, colour: str | None) -> tuple[
 def crop_pairs(dataset: PanopticDataset, json_path: Path, rng: np.random.Generator):
     """Object / texture crops of a split: (crops (N, CROP, CROP, 3), captions, class indices,
     the words each caption says: the object, with or without its colour)."""
-    annotations = _segments_json(json_path)
+    _, annotations = _world_json(json_path)
     names = dataset.vocabulary.names
     crops, crop_captions, crop_labels, crop_words = [], [], [], []
     for index in range(len(dataset)):
@@ -187,9 +189,7 @@ def region_pairs(
     from ovseg.clip_training import RegionPool
     from ovseg.preprocess import resize_image
 
-    raw = json.loads(Path(json_path).read_text())
-    captions = {im["id"]: im["caption"] for im in raw["images"]}
-    annotations = _segments_json(json_path)
+    captions, annotations = _world_json(json_path)
     names = dataset.vocabulary.names
     grid_h, grid_w = -(-size_hw[0] // stride), -(-size_hw[1] // stride)
     centres_y = (np.arange(grid_h) + 0.5) * stride
@@ -666,9 +666,7 @@ def write_report(out: Path, report: dict) -> None:
             )
         ]
         label = f"{name} (novel)" if c["novel"] else name
-        nearest = (
-            f"{c['text_nearest']} ({c['text_nearest_cos']:.2f})" if "text_nearest" in c else ""
-        )
+        nearest = f"{c['text_nearest']} ({c['text_nearest_cos']:.2f})"
         lines.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in cells) + f" | {nearest} |")
     lines += [
         "",

@@ -132,11 +132,11 @@ def render_scene(
         angle = rng.uniform(-max_angle, max_angle)
         shade = rng.normal(0, 6, size=(h, w, 1))
         mask = draw_shape(SHAPES[category.name], size_hw, center, radius, angle)
-        paint = np.asarray(COLOURS[colour], dtype=np.float64) + shade
+        base = np.asarray(COLOURS[colour], dtype=np.float64)
+        paint = base + shade
         if patterns:
-            tone = surface_pattern(category.name, size_hw, center, radius, rng)
-            second = second_tone(np.asarray(COLOURS[colour], dtype=np.float64)) + shade
-            paint = np.where(tone[..., None], second, paint)
+            tone = surface_pattern(category.name, size_hw, center, rng)
+            paint = np.where(tone[..., None], second_tone(base) + shade, paint)
         placed.append((category, colour, mask, paint))
     # Later things occlude earlier ones; drop those left (almost) invisible, then composite.
     covered = np.zeros((h, w), dtype=bool)

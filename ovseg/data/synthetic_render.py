@@ -103,11 +103,14 @@ def _stripes(u: np.ndarray) -> np.ndarray:
     return np.mod(u, PERIOD) < PERIOD / 2
 
 
+def _lines(u: np.ndarray) -> np.ndarray:
+    return np.mod(u, PERIOD) < 1.5
+
+
 def surface_pattern(
     name: str,
     size_hw: tuple[int, int],
     center_xy: tuple[float, float],
-    radius: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """(H, W) bool: where the second tone of ``name``'s pattern lies."""
@@ -116,18 +119,17 @@ def surface_pattern(
     x += rng.uniform(0, PERIOD)
     y += rng.uniform(0, PERIOD)
     dx, dy = x - center_xy[0], y - center_xy[1]  # the phase moves the object frame a little
+    rising, falling = (x + y) / 2**0.5, (x - y) / 2**0.5
     patterns: dict[str, Callable[[], np.ndarray]] = {
         "solid": lambda: np.zeros((h, w), dtype=bool),
         "horizontal stripes": lambda: _stripes(y),
         "vertical stripes": lambda: _stripes(x),
-        "rising stripes": lambda: _stripes((x + y) / 2**0.5),
-        "falling stripes": lambda: _stripes((x - y) / 2**0.5),
+        "rising stripes": lambda: _stripes(rising),
+        "falling stripes": lambda: _stripes(falling),
         "dots": lambda: np.hypot(np.mod(x, PERIOD) - 3.5, np.mod(y, PERIOD) - 3.5) < 1.8,
         "checker": lambda: _stripes(x) ^ _stripes(y),
-        "grid": lambda: (np.mod(x, PERIOD) < 1.5) | (np.mod(y, PERIOD) < 1.5),
-        "crosshatch": lambda: (
-            (np.mod((x + y) / 2**0.5, PERIOD) < 1.5) | (np.mod((x - y) / 2**0.5, PERIOD) < 1.5)
-        ),
+        "grid": lambda: _lines(x) | _lines(y),
+        "crosshatch": lambda: _lines(rising) | _lines(falling),
         "zigzag": lambda: _stripes(y + np.abs(np.mod(x, 2 * PERIOD) - PERIOD)),
         "concentric": lambda: _stripes(np.hypot(dx, dy)),
         "spokes": lambda: np.mod(np.arctan2(dy, dx), np.pi / 4) < np.pi / 8,
