@@ -56,12 +56,17 @@ class WorldConfig:
     clip_first_crops: int = 56  # object / texture crops per step of the first phase
     clip_crops: int = 32  # object / texture crops per joint CLIP step
     clip_lr: float = 5e-4
-    seg_iters: int = 2200
+    seg_iters: int = 2800
     # The small heads learn from scratch in few iterations: 1e-3 rather than the official 1e-4
     # (measured at 500 iterations: ensemble base PQ 36.0 vs 30.1 at 2e-4).
     seg_lr: float = 1e-3
     seg_batch: int = 4
     seg_crop: int = 256
+    # Void pixels (novel classes among them) out of the mask losses (LossConfig.ignore_void):
+    # with them in, every matched mask learns that unlabelled grass is no mask, and novel stuff
+    # is never proposed (measured at 500 iterations: grass proposal recall 0% -> 100%, ensemble
+    # novel mIoU 4.5 -> 23.9).
+    ignore_void: bool = True
     test_short_side: int = 256
 
     @classmethod
@@ -305,12 +310,9 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
 
     # 1. the world
     data = out / "data"
-    train_json = write_synthetic_panoptic(
-        data, cfg.num_train, size=cfg.size, seed=cfg.seed, split="train", patterns=cfg.patterns
-    )
-    val_json = write_synthetic_panoptic(
-        data, cfg.num_val, size=cfg.size, seed=cfg.seed, split="val", patterns=cfg.patterns
-    )
+    scene_style = dict(size=cfg.size, seed=cfg.seed, patterns=cfg.patterns)
+    train_json = write_synthetic_panoptic(data, cfg.num_train, split="train", **scene_style)
+    val_json = write_synthetic_panoptic(data, cfg.num_val, split="val", **scene_style)
     train_set = PanopticDataset(
         train_json.parent / "images", train_json, train_json.parent / "panoptic"
     )
@@ -387,6 +389,7 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
         seed=cfg.seed,
         load_clip_weights=False,
         save_clip=True,
+        ignore_void=cfg.ignore_void,
     )
     train(
         model_cfg,

@@ -158,6 +158,27 @@ def test_every_thing_class_wears_its_own_pattern():
     assert (moved == moved[:, :1]).all()  # still horizontal stripes
 
 
+def _orientations(tone: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Histogram of edge orientations in [0, pi), weighted by gradient magnitude."""
+    gy, gx = np.gradient(tone.astype(float))
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    hist, _ = np.histogram(angle, bins=bins, range=(0, np.pi), weights=np.hypot(gx, gy))
+    return hist / hist.sum()
+
+
+def test_patterns_look_the_same_in_a_mirror():
+    """Training flips images horizontally: a pattern whose mirror image is another pattern
+    (rising vs falling stripes) would teach one class the other's look. Every pattern's edge
+    orientations are those of its mirror image."""
+    names = [c.name for c in CATEGORIES if c.isthing and PATTERNS[c.name] != "solid"]
+    for name in names:
+        tone = surface_pattern(name, (96, 96), (48, 48), np.random.default_rng(0))
+        difference = np.abs(_orientations(tone) - _orientations(tone[:, ::-1])).sum()
+        assert difference < 0.25, (name, PATTERNS[name], difference)
+    rising = np.mod(np.add.outer(np.arange(96), np.arange(96)), 7) < 3.5  # what it catches
+    assert np.abs(_orientations(rising) - _orientations(rising[:, ::-1])).sum() > 1.0
+
+
 def test_patterns_can_be_turned_off(tmp_path):
     """Without patterns a thing is one tone (plus shading and its darker outline); with them,
     the same scene's things show two tones."""

@@ -123,3 +123,45 @@ def test_criterion_terms_and_no_object_weight():
     total = criterion.total(losses)
     total.backward()
     assert outputs["pred_masks"].grad.abs().sum() > 0
+
+
+def test_weighted_losses_and_costs():
+    """Unit weights change nothing; zero weights leave points out of losses and costs."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 10), (torch.rand(3, 10) > 0.5).float()
+    ones = torch.ones(3, 10)
+    assert torch.allclose(
+        sigmoid_ce_loss(logits, labels, 2.0, ones), sigmoid_ce_loss(logits, labels, 2.0)
+    )
+    assert torch.allclose(dice_loss(logits, labels, 2.0, ones), dice_loss(logits, labels, 2.0))
+    keep = torch.zeros(10)
+    keep[:6] = 1
+    weights = keep.expand(3, -1)
+    for loss in (sigmoid_ce_loss, dice_loss):
+        assert torch.allclose(
+            loss(logits, labels, 2.0, weights), loss(logits[:, :6], labels[:, :6], 2.0)
+        )
+    targets = labels[:2]
+    for cost in (batch_sigmoid_ce_cost, batch_dice_cost):
+        assert torch.allclose(cost(logits, targets, torch.ones(10)), cost(logits, targets))
+        assert torch.allclose(cost(logits, targets, keep), cost(logits[:, :6], targets[:, :6]))
+
+
+def test_ignore_void_leaves_unlabeled_pixels_out_of_the_mask_losses():
+    """A mask right on the labelled half and wrong on the void half: (almost) no mask loss
+    with ignore_void, a large one without (the official recipe: void is the mask's
+    background)."""
+    mask = torch.zeros(1, 64, 64)
+    mask[0, :, :32] = 1  # the target; columns 32.. are void (under no target)
+    pred = torch.full((1, 1, 64, 64), 8.0)  # positive everywhere, void included
+    outputs = {"pred_logits": torch.tensor([[[4.0, -4.0]]]), "pred_masks": pred}
+    targets = [{"labels": torch.tensor([0]), "masks": mask}]
+    losses = {}
+    for ignore in (False, True):
+        criterion = SetCriterion(1, LossConfig(num_points=256, ignore_void=ignore))
+        losses[ignore] = criterion(
+            outputs, targets, num_masks=1.0, generators=[torch.Generator().manual_seed(0)]
+        )
+    for term in ("loss_mask", "loss_dice"):  # what is left: soft labels on the boundary
+        assert losses[True][term] < 0.1 * losses[False][term]
+    assert losses[False]["loss_mask"] > 1.0

@@ -63,6 +63,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="things without their surface patterns: silhouette and colour only (harder)",
     )
+    parser.add_argument(
+        "--void-in-mask-loss",
+        action="store_true",
+        help="the official recipe: unlabelled (void, novel) pixels are the background of every "
+        "matched mask; by default they are left out of the mask losses",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -82,6 +88,7 @@ def main(argv=None) -> int:
     cfg = WorldConfig.quick() if args.quick else WorldConfig()
     cfg.novel_things, cfg.novel_stuff, cfg.seed = args.novel_things, args.novel_stuff, args.seed
     cfg.patterns = not args.plain_things
+    cfg.ignore_void = not args.void_in_mask_loss
     try:
         run(out, cfg, progress=not args.no_progress)
     except ValueError as error:

@@ -95,7 +95,9 @@ MAX_ROTATION = {"house": 30.0, "heart": 30.0, "hourglass": 30.0}
 # Every thing class also has its own surface pattern, drawn in image coordinates (it does not
 # turn with the shape) at a random phase, in a second tone of the object's colour. The pattern
 # is what a small CLIP's stride-32 features can read in a scene (measured without patterns:
-# silhouettes of 2-cell objects are read at 10-17%, textures at 94-100%).
+# silhouettes of 2-cell objects are read at 10-17%, textures at 94-100%). Training flips images
+# horizontally, so no pattern is the mirror image of another (rising vs falling stripes were:
+# crosses flipped looked like arrows).
 PERIOD = 7.0  # pixels at the generated size
 
 
@@ -105,6 +107,14 @@ def _stripes(u: np.ndarray) -> np.ndarray:
 
 def _lines(u: np.ndarray) -> np.ndarray:
     return np.mod(u, PERIOD) < 1.5
+
+
+def _plus(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A plus sign around (u, v) = (0, 0): two bars 5 px long and 2 px wide."""
+    arm, half_width = 2.5, 1.0
+    return ((np.abs(u) < arm) & (np.abs(v) < half_width)) | (
+        (np.abs(u) < half_width) & (np.abs(v) < arm)
+    )
 
 
 def surface_pattern(
@@ -124,8 +134,8 @@ def surface_pattern(
         "solid": lambda: np.zeros((h, w), dtype=bool),
         "horizontal stripes": lambda: _stripes(y),
         "vertical stripes": lambda: _stripes(x),
-        "rising stripes": lambda: _stripes(rising),
-        "falling stripes": lambda: _stripes(falling),
+        "vertical zigzag": lambda: _stripes(x + np.abs(np.mod(y, 2 * PERIOD) - PERIOD)),
+        "plus tiles": lambda: _plus(np.mod(x, PERIOD) - 3.5, np.mod(y, PERIOD) - 3.5),
         "dots": lambda: np.hypot(np.mod(x, PERIOD) - 3.5, np.mod(y, PERIOD) - 3.5) < 1.8,
         "checker": lambda: _stripes(x) ^ _stripes(y),
         "grid": lambda: _lines(x) | _lines(y),
@@ -159,8 +169,8 @@ PATTERNS: dict[str, str] = {
     "triangle": "vertical stripes",
     "star": "dots",
     "ring": "checker",
-    "cross": "rising stripes",
-    "arrow": "falling stripes",
+    "cross": "plus tiles",
+    "arrow": "vertical zigzag",
     "heart": "grid",
     "crescent": "crosshatch",
     "diamond": "zigzag",

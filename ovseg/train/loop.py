@@ -54,6 +54,7 @@ class TrainConfig:
     min_scale: float = 0.1
     max_scale: float = 2.0
     num_points: int = 12544
+    ignore_void: bool = False  # void pixels out of the mask losses (LossConfig.ignore_void)
     checkpoint_every: int = 5000
     keep_last: int = 3
     log_every: int = 20
@@ -136,7 +137,9 @@ def train(
         batch_size=model_cfg.text.batch_size,
     )
     classifier = encoder(vocabulary).to(info.device)
-    criterion = SetCriterion(len(vocabulary), LossConfig(num_points=cfg.num_points))
+    criterion = SetCriterion(
+        len(vocabulary), LossConfig(num_points=cfg.num_points, ignore_void=cfg.ignore_void)
+    )
     num_queries = model_cfg.transformer_decoder.num_queries
 
     # ---- optimizer, schedule, AMP scaler

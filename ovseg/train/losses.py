@@ -21,17 +21,37 @@ class LossConfig:
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
+    # Leave void pixels (under no target mask: unlabeled) out of the mask losses and matching
+    # costs, so that unlabeled regions - e.g. novel classes - are not taught to be no mask.
+    # Off in the official recipe, where a matched mask's target is 0 on void pixels.
+    ignore_void: bool = False
 
 
-def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """(M, P) logits and 0/1 labels -> sum over masks of the mean BCE over points / num_masks."""
+def sigmoid_ce_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_masks: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(M, P) logits and 0/1 labels -> sum over masks of the mean BCE over points / num_masks.
+    ``weights`` (M, P): per-point weights (0 leaves a point out), the mean becomes weighted."""
     loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return loss.mean(1).sum() / num_masks
+    if weights is None:
+        return loss.mean(1).sum() / num_masks
+    return ((loss * weights).sum(1) / weights.sum(1).clamp(min=1.0)).sum() / num_masks
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """(M, P) -> sum over masks of 1 - (2 p.t + 1) / (sum p + sum t + 1), / num_masks."""
+def dice_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_masks: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(M, P) -> sum over masks of 1 - (2 p.t + 1) / (sum p + sum t + 1), / num_masks;
+    ``weights`` (M, P) as in :func:`sigmoid_ce_loss`."""
     probs = logits.sigmoid()
+    if weights is not None:
+        probs, labels = probs * weights, labels * weights
     numerator = 2 * (probs * labels).sum(-1)
     denominator = probs.sum(-1) + labels.sum(-1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
@@ -71,7 +91,7 @@ class SetCriterion:
         """BCE and dice of matched masks on uncertainty-sampled points (per image, so that each
         image's random points come from its own generator)."""
         cfg = self.cfg
-        point_logits, point_labels = [], []
+        point_logits, point_labels, point_weights = [], [], []
         for b, (pred_index, target_index) in enumerate(matches):
             if pred_index.numel() == 0:
                 continue
@@ -86,12 +106,21 @@ class SetCriterion:
                     generator=generators[b] if generators else None,
                 )
                 point_labels.append(point_sample(gt, points)[:, 0])
+                if cfg.ignore_void:  # the union of the image's targets, sampled like them
+                    union = targets[b]["masks"].amax(0)[None, None].float()
+                    point_weights.append(
+                        point_sample(union.expand(len(src), -1, -1, -1), points)[:, 0]
+                    )
             point_logits.append(point_sample(src, points)[:, 0])
         if not point_logits:
             zero = pred_masks.sum() * 0.0
             return zero, zero
         logits, labels = torch.cat(point_logits), torch.cat(point_labels)
-        return sigmoid_ce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+        weights = torch.cat(point_weights) if point_weights else None
+        return (
+            sigmoid_ce_loss(logits, labels, num_masks, weights),
+            dice_loss(logits, labels, num_masks, weights),
+        )
 
     def __call__(
         self,
@@ -119,6 +148,7 @@ class SetCriterion:
                 dice_weight=self.cfg.dice_weight,
                 num_points=self.cfg.num_points,
                 generators=generators,
+                ignore_void=self.cfg.ignore_void,
             )
             target_classes = self.class_targets(stage["pred_logits"], targets, matches)
             total_weight = class_weight_total

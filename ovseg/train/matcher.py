@@ -9,18 +9,28 @@ from scipy.optimize import linear_sum_assignment
 from ovseg.train.point_sampling import point_sample
 
 
-def batch_sigmoid_ce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid BCE of every prediction against every target: (Q, P), (N, P) -> (Q, N)."""
-    points = logits.shape[1]
+def batch_sigmoid_ce_cost(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean sigmoid BCE of every prediction against every target: (Q, P), (N, P) -> (Q, N).
+    ``weights`` (P,): per-point weights (0 leaves a point out), the mean becomes weighted."""
     pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    points = float(logits.shape[1])
+    if weights is not None:
+        pos, neg, points = pos * weights, neg * weights, weights.sum().clamp(min=1.0)
     cost = torch.einsum("qp,np->qn", pos, targets) + torch.einsum("qp,np->qn", neg, 1 - targets)
     return cost / points
 
 
-def batch_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - dice of every prediction against every target: (Q, P), (N, P) -> (Q, N)."""
+def batch_dice_cost(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1 - dice of every prediction against every target: (Q, P), (N, P) -> (Q, N);
+    ``weights`` (P,) as in :func:`batch_sigmoid_ce_cost`."""
     probs = logits.sigmoid()
+    if weights is not None:
+        probs, targets = probs * weights, targets * weights
     numerator = 2 * torch.einsum("qp,np->qn", probs, targets)
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -37,6 +47,7 @@ def hungarian_match(
     dice_weight: float = 5.0,
     num_points: int = 12544,
     generators: list[torch.Generator] | None = None,
+    ignore_void: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One-to-one assignment per image minimising class + BCE + dice cost on random points.
 
@@ -44,6 +55,8 @@ def hungarian_match(
         pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w) logits.
         targets: per image ``labels`` (N,) and ``masks`` (N, H, W) float 0/1.
         generators: one per image for the shared random points (reproducible training).
+        ignore_void: leave pixels under no target mask (void, unlabeled) out of the mask
+            costs, as :class:`ovseg.train.losses.SetCriterion` does with it.
     Returns:
         per image (prediction indices, target indices), int64, sorted by prediction.
     """
@@ -62,10 +75,13 @@ def hungarian_match(
             pred_masks[b][:, None].float(), points.repeat(pred_masks.shape[1], 1, 1)
         )[:, 0]
         gt = point_sample(masks[:, None].float(), points.repeat(masks.shape[0], 1, 1))[:, 0]
+        weights = None
+        if ignore_void:  # the union of the targets, sampled like them
+            weights = point_sample(masks.amax(0)[None, None].float(), points)[0, 0]
         cost = (
-            mask_weight * batch_sigmoid_ce_cost(pred, gt)
+            mask_weight * batch_sigmoid_ce_cost(pred, gt, weights)
             + class_weight * class_cost
-            + dice_weight * batch_dice_cost(pred, gt)
+            + dice_weight * batch_dice_cost(pred, gt, weights)
         )
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         matches.append(
