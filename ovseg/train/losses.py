@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.train.matcher import hungarian_match
-from ovseg.train.point_sampling import point_sample, uncertain_points
+from ovseg.train.point_sampling import labelled_at, point_sample, uncertain_points
 
 
 @dataclass
@@ -106,11 +106,8 @@ class SetCriterion:
                     generator=generators[b] if generators else None,
                 )
                 point_labels.append(point_sample(gt, points)[:, 0])
-                if cfg.ignore_void:  # the union of the image's targets, sampled like them
-                    union = targets[b]["masks"].amax(0)[None, None].float()
-                    point_weights.append(
-                        point_sample(union.expand(len(src), -1, -1, -1), points)[:, 0]
-                    )
+                if cfg.ignore_void:
+                    point_weights.append(labelled_at(targets[b]["masks"], points))
             point_logits.append(point_sample(src, points)[:, 0])
         if not point_logits:
             zero = pred_masks.sum() * 0.0

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from ovseg.train.point_sampling import point_sample
+from ovseg.train.point_sampling import labelled_at, point_sample
 
 
 def batch_sigmoid_ce_cost(
@@ -75,9 +75,7 @@ def hungarian_match(
             pred_masks[b][:, None].float(), points.repeat(pred_masks.shape[1], 1, 1)
         )[:, 0]
         gt = point_sample(masks[:, None].float(), points.repeat(masks.shape[0], 1, 1))[:, 0]
-        weights = None
-        if ignore_void:  # the union of the targets, sampled like them
-            weights = point_sample(masks.amax(0)[None, None].float(), points)[0, 0]
+        weights = labelled_at(masks, points)[0] if ignore_void else None
         cost = (
             mask_weight * batch_sigmoid_ce_cost(pred, gt, weights)
             + class_weight * class_cost

@@ -19,6 +19,13 @@ def point_sample(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(masks, grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
+def labelled_at(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """How much each point lies on a labelled pixel (under any of the target ``masks``
+    (N, H, W)), sampled as the targets are: (M, P, 2) points -> (M, P). Void pixels give 0."""
+    union = masks.amax(0)[None, None].float()
+    return point_sample(union.expand(len(points), -1, -1, -1), points)[:, 0]
+
+
 def uncertain_points(
     mask_logits: torch.Tensor,
     num_points: int,
