@@ -259,3 +259,18 @@ def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
     assert state["iteration"] >= 5
     record = run(synthetic, out, tiny_cfg(max_iters=state["iteration"] + 2), resume="auto")
     assert record["iter"] == state["iteration"] + 2
+
+
+def test_boolean_options_refuse_what_is_not_a_boolean(capsys):
+    """--ignore-void ture must not silently train with it off."""
+    from ovseg.train.cli import build_parser
+
+    parser = build_parser()
+    base = ["--output", "run", "--images", "i", "--panoptic-json", "p", "--panoptic-dir", "d"]
+    assert parser.parse_args(base + ["--ignore-void", "true"]).ignore_void is True
+    assert parser.parse_args(base + ["--ignore-void", "No"]).ignore_void is False
+    assert parser.parse_args(base).ignore_void is False
+    with pytest.raises(SystemExit) as error:
+        parser.parse_args(base + ["--ignore-void", "ture"])
+    assert error.value.code == 2
+    assert "'ture' is not a boolean: write true or false" in capsys.readouterr().err

@@ -10,6 +10,16 @@ from ovseg.data.arguments import add_dataset_arguments, dataset_from_arguments
 from ovseg.train.loop import TrainConfig
 
 
+def _boolean(text: str) -> bool:
+    """true / false (also 1 / 0, yes / no), anything else is refused, not read as false."""
+    value = text.lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write true or false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/train.py",
@@ -40,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(value, bool):
             parser.add_argument(
                 flag,
-                type=lambda s: s.lower() in ("1", "true", "yes"),
+                type=_boolean,
                 default=value,
                 metavar="BOOL",
                 help=f"(default: {value})",
