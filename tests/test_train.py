@@ -146,6 +146,10 @@ def cli_data_args(synthetic):
     ]
 
 
+# Two processes on this machine, on a free port (--standalone), so runs never collide.
+TORCHRUN_TWO = ["--standalone", "--nproc_per_node", "2"]
+
+
 def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
     common = [
         *cli_data_args(synthetic),
@@ -173,10 +177,7 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
+        *TORCHRUN_TWO,
         str(ROOT / "tools" / "train.py"),
         "--output",
         tmp_path / "two",
@@ -274,3 +275,49 @@ def test_boolean_options_refuse_what_is_not_a_boolean(capsys):
         parser.parse_args(base + ["--ignore-void", "ture"])
     assert error.value.code == 2
     assert "'ture' is not a boolean: write true or false" in capsys.readouterr().err
+
+
+LEAVE_GROUP = """
+import os, sys, torch
+from torch.nn.parallel import DistributedDataParallel
+from ovseg.train.distributed import all_reduce_mean, cleanup, init_distributed
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+info = init_distributed("cpu")
+
+def step():
+    net = DistributedDataParallel(torch.nn.Linear(2, 2))
+    net(torch.ones(1, 2)).sum().backward()
+    all_reduce_mean({"loss": 1.0}, info)
+
+step()
+cleanup(info)
+with open(os.path.join(sys.argv[1], f"rank{info.rank}.txt"), "w") as file:
+    file.write(f"{before} {threads()}")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_leaving_the_group_stops_gloo_threads(tmp_path):
+    # Gloo threads alive at interpreter exit can drop a finished collective's tensors without
+    # the GIL and abort the process (1 run in ~30 under load): cleanup must really stop them,
+    # which takes the group's last reference (DDP collected, torch.distributed.nn imported early).
+    script = tmp_path / "leave_group.py"
+    script.write_text(LEAVE_GROUP)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *TORCHRUN_TWO,
+        str(script),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        before, after = (tmp_path / f"rank{rank}.txt").read_text().split()
+        assert after == before, f"{int(after) - int(before)} threads outlive the process group"

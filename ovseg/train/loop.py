@@ -104,8 +104,42 @@ def train(
     Runs under torchrun too: every process calls this; rank 0 logs and saves.
     ``stop_at``: leave after this iteration (with a checkpoint), as an interrupted run would.
     """
-    info: DistInfo = init_distributed(device)
-    output_dir = Path(output_dir)
+    info = init_distributed(device)
+    try:
+        return _train_process(
+            info,
+            model_cfg,
+            cfg,
+            dataset,
+            Path(output_dir),
+            transform=transform,
+            resume=resume,
+            init_weights=init_weights,
+            tensorboard=tensorboard,
+            progress=progress,
+            stop_at=stop_at,
+        )
+    finally:
+        # After _train_process has returned, so that its DistributedDataParallel wrapper (which
+        # holds the process group) can be freed before the group is left: see cleanup.
+        cleanup(info)
+
+
+def _train_process(
+    info: DistInfo,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    dataset,
+    output_dir: Path,
+    *,
+    transform,
+    resume: str | None,
+    init_weights: str | None,
+    tensorboard: bool,
+    progress: bool,
+    stop_at: int | None,
+) -> dict:
+    """What every process of ``train`` runs, inside the process group ``info``."""
     checkpoint_dir = output_dir / "checkpoints"
     if cfg.batch_size % (info.world_size * cfg.accum_steps):
         raise ValueError(
@@ -315,5 +349,4 @@ def train(
         for handle in (log_file, writer, bar):
             if handle is not None:
                 handle.close()
-    cleanup(info)
     return record
