@@ -72,12 +72,18 @@ def test_quick_world_runs_and_reports(quick_world):
     assert report["weights_mib"] <= 20
     assert len(report["novel_classes"]) == 5
     assert report["config"]["patterns"] is True
-    # the diagnostics of every class: proposals, CLIP on true masks / crops / regions, IoUs
+    # the diagnostics of every class: proposals, the in-vocabulary head on the best-matching
+    # query, CLIP on true masks / crops / regions, IoUs
     per_class = report["per_class"]
     assert {n for n, c in per_class.items() if c["novel"]} == set(report["novel_classes"])
     for row in per_class.values():
         assert row["segments"] > 0
-        for key in ("proposal_recall_50", "clip_on_true_mask", "IoU_ensemble"):
+        for key in (
+            "proposal_recall_50",
+            "in_vocab_on_best_mask",
+            "clip_on_true_mask",
+            "IoU_ensemble",
+        ):
             assert 0 <= row[key] <= 100
     for name, row in per_class.items():  # the nearest OTHER class's text embedding
         assert row["text_nearest"] in per_class and row["text_nearest"] != name
@@ -85,6 +91,8 @@ def test_quick_world_runs_and_reports(quick_world):
     # stuff regions are easy: their masks are proposed and the CLIP knows them
     water = per_class["water"]
     assert water["proposal_recall_50"] > 50 and water["clip_on_true_mask"] > 50
+    # ... and the in-vocabulary head, trained on water, names its best mask (base class)
+    assert water["in_vocab_on_best_mask"] > 50
 
 
 def test_quick_world_clip_recognises_novel_classes_above_chance(quick_world):
