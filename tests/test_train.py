@@ -147,7 +147,16 @@ def cli_data_args(synthetic):
 
 
 # Two processes on this machine, on a free port (--standalone), so runs never collide.
-TORCHRUN_TWO = ["--standalone", "--nproc_per_node", "2"]
+TORCHRUN_TWO = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+]
+# Subprocesses run this checkout, one thread each (2 processes on the 2 cores).
+SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
@@ -165,7 +174,6 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
         "cpu",
         "--no-progress",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     single = [
         sys.executable,
         str(ROOT / "tools" / "train.py"),
@@ -174,9 +182,6 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
         *common,
     ]
     double = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
         *TORCHRUN_TWO,
         str(ROOT / "tools" / "train.py"),
         "--output",
@@ -185,7 +190,11 @@ def test_two_process_torchrun_equals_one_process(synthetic, tmp_path):
     ]
     for command in (single, double):
         done = subprocess.run(
-            [str(c) for c in command], env=env, capture_output=True, text=True, timeout=300
+            [str(c) for c in command],
+            env=SUBPROCESS_ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = trained_weights(tmp_path / "one"), trained_weights(tmp_path / "two")
@@ -240,9 +249,11 @@ def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
         out,
         "--no-progress",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
-        [str(c) for c in command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(c) for c in command],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -307,16 +318,12 @@ def test_leaving_the_group_stops_gloo_threads(tmp_path):
     # which takes the group's last reference (DDP collected, torch.distributed.nn imported early).
     script = tmp_path / "leave_group.py"
     script.write_text(LEAVE_GROUP)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
         *TORCHRUN_TWO,
         str(script),
         str(tmp_path),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
         before, after = (tmp_path / f"rank{rank}.txt").read_text().split()
