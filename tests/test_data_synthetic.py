@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from ovseg.data import CATEGORIES, PanopticDataset, base_novel_split, write_synthetic_panoptic
-from ovseg.data.synthetic import make_caption, plural
-from ovseg.data.synthetic_render import PATTERNS, surface_pattern
+from ovseg.data.synthetic import COLOURS, make_caption, plural
+from ovseg.data.synthetic_render import ACCENTS, OUTLINE_SHADE, PATTERNS, surface_pattern
 from ovseg.vocabulary import parse_vocabulary_text
 
 SIZE = (48, 64)
@@ -205,6 +205,37 @@ def test_patterns_can_be_turned_off(tmp_path):
     plain, patterned = tones(False), tones(True)
     assert len(plain) and len(patterned)
     assert np.median(plain) < 40 < np.median(patterned)
+
+
+def test_patterns_are_drawn_in_their_class_accent_colour(tmp_path):
+    """Each patterned class has its own accent colour, apart from the others, from the object
+    colours and from all of them darkened into outlines; inside a drawn thing, more pixels are
+    near its own accent than near any other class's."""
+    assert sorted(ACCENTS) == sorted(n for n, p in PATTERNS.items() if p != "solid")
+    colours = [np.asarray(c, float) for c in [*ACCENTS.values(), *COLOURS.values()]]
+    for name, accent in ACCENTS.items():
+        others = [c for c in colours if not np.array_equal(c, accent)]
+        others += [c * OUTLINE_SHADE for c in colours]
+        assert min(np.linalg.norm(accent - c) for c in others) > 70, name
+    json_path = write_synthetic_panoptic(tmp_path, 10, size=(96, 128), seed=4)
+    data = json.loads(json_path.read_text())
+    names = {c.id: c.name for c in CATEGORIES}
+    checked = set()
+    for entry, annotation in zip(data["images"], data["annotations"], strict=True):
+        image = np.asarray(Image.open(tmp_path / "train" / "images" / entry["file_name"]))
+        panoptic = _decode_png(tmp_path / "train" / "panoptic" / annotation["file_name"])
+        for segment in annotation["segments_info"]:
+            name = names[segment["category_id"]]
+            pixels = image[panoptic == segment["id"]].astype(float)
+            if name not in ACCENTS or len(pixels) < 100:
+                continue
+            near = {
+                other: (np.linalg.norm(pixels - np.asarray(accent), axis=1) < 30).mean()
+                for other, accent in ACCENTS.items()
+            }
+            assert near[name] > 0.1 and max(near, key=near.get) == name, (name, str(near))
+            checked.add(name)
+    assert len(checked) >= 6
 
 
 def test_base_novel_split():

@@ -25,13 +25,14 @@ import numpy as np
 
 from ovseg.data.label_io import id_to_rgb
 from ovseg.data.synthetic_render import (
+    ACCENTS,
     MAX_ROTATION,
+    OUTLINE_SHADE,
     SHAPES,
     TEXTURES,
     background_regions,
     draw_shape,
     outline,
-    second_tone,
     surface_pattern,
 )
 
@@ -136,7 +137,8 @@ def render_scene(
         paint = base + shade
         if patterns:
             tone = surface_pattern(category.name, size_hw, center, rng)
-            paint = np.where(tone[..., None], second_tone(base) + shade, paint)
+            accent = np.asarray(ACCENTS.get(category.name, base), dtype=np.float64)
+            paint = np.where(tone[..., None], accent + shade, paint)
         placed.append((category, colour, mask, paint))
     # Later things occlude earlier ones; drop those left (almost) invisible, then composite.
     covered = np.zeros((h, w), dtype=bool)
@@ -150,7 +152,7 @@ def render_scene(
     for index, (_, _, mask, paint) in enumerate(visible):
         edge = outline(mask)
         image[mask] = paint[mask]
-        image[edge] = paint[edge] * 0.55
+        image[edge] = paint[edge] * OUTLINE_SHADE
         owner[mask] = index
 
     ids = _unique_ids(rng, num_regions + len(visible))
