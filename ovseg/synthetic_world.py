@@ -50,13 +50,13 @@ class WorldConfig:
     # CLIP: first object / texture crops alone (it learns the words and shapes fastest
     # there), then scenes at the test scale with region captions mixed in (the dense map
     # learns where things are, which mask pooling needs).
-    clip_crop_steps: int = 2400
+    clip_crop_steps: int = 2000
     clip_steps: int = 500
     clip_scenes: int = 6  # scenes per joint CLIP step (their captions and region captions)
     clip_first_crops: int = 56  # object / texture crops per step of the first phase
     clip_crops: int = 32  # object / texture crops per joint CLIP step
     clip_lr: float = 5e-4
-    seg_iters: int = 2800
+    seg_iters: int = 3600
     # The small heads learn from scratch in few iterations: 1e-3 rather than the official 1e-4
     # (measured at 500 iterations: ensemble base PQ 36.0 vs 30.1 at 2e-4).
     seg_lr: float = 1e-3

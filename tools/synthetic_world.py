@@ -2,7 +2,7 @@
 """The synthetic open-vocabulary world, end to end: generate scenes with captions, train a
 small CLIP on the captions, train ovseg on base classes only, evaluate base and novel classes.
 
-    python tools/synthetic_world.py --out runs/world            # full run (about 30 min)
+    python tools/synthetic_world.py --out runs/world            # full run (about 37 min)
     python tools/synthetic_world.py --out runs/world --quick    # CI-sized (about 4 min)
     python tools/synthetic_world.py --out runs/world --ship-only  # ship a finished run
 """
@@ -18,17 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def ship(out: Path) -> None:
     """Copy a finished run into the repository as the model-zoo entry synthetic_tiny."""
+    from ovseg.checkpoint import atomic_write
+
     report = json.loads((out / "report.json").read_text())
-    (ROOT / "models").mkdir(exist_ok=True)
-    shutil.copyfile(
-        out / "synthetic_tiny.safetensors", ROOT / "models" / "synthetic_tiny.safetensors"
-    )
-    shutil.copyfile(out / "data" / "vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world.txt")
-    shutil.copyfile(out / "base_vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world_base.txt")
-    shutil.copyfile(out / "report.md", ROOT / "models" / "synthetic_tiny_report.md")
-    shutil.copyfile(out / "predictions.png", ROOT / "models" / "predictions.png")
+    copies = [
+        (out / "synthetic_tiny.safetensors", ROOT / "models" / "synthetic_tiny.safetensors"),
+        (out / "data" / "vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world.txt"),
+        (out / "base_vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world_base.txt"),
+        (out / "report.md", ROOT / "models" / "synthetic_tiny_report.md"),
+        (out / "predictions.png", ROOT / "models" / "predictions.png"),
+    ]
     for image in sorted((out / "data" / "val" / "images").glob("*.png"))[:3]:
-        shutil.copyfile(image, ROOT / "demo" / "examples" / f"synthetic_{image.name}")
+        copies.append((image, ROOT / "demo" / "examples" / f"synthetic_{image.name}"))
+    for source, target in copies:  # each file whole or not at all (a copy, then a rename)
+        atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     print(f"shipped models/synthetic_tiny.safetensors ({report['weights_mib']:.1f} MiB)")
 
 
