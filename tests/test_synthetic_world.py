@@ -149,3 +149,34 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     assert seen[0].ignore_void
     assert not seen[1].patterns and seen[1].novel_things == 5 and not seen[1].ignore_void
     assert seen[1].num_train == world.WorldConfig().num_train
+
+
+@pytest.mark.parametrize("broken", ["no weights", "corrupt report", "no run"])
+def test_ship_only_refuses_an_incomplete_run_and_copies_nothing(tmp_path, capsys, broken):
+    """--ship-only on a run missing a file, or with an unreadable report.json, exits 2 with a
+    one-line error naming the problem, before any file of the repository is replaced."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from synthetic_world import main
+
+    out = tmp_path / "run"
+    if broken != "no run":
+        (out / "data" / "val" / "images").mkdir(parents=True)
+        for name in ("report.md", "predictions.png", "base_vocab.txt", "data/vocab.txt"):
+            (out / name).write_text("x")
+        (out / "data" / "val" / "images" / "val_00000.png").write_text("x")
+        report = '{"weights_mib": 14.1}' if broken == "no weights" else '{"weights_mib": 1'
+        (out / "report.json").write_text(report)
+        if broken == "corrupt report":
+            (out / "synthetic_tiny.safetensors").write_text("x")
+    shipped = [
+        ROOT / "models" / "synthetic_tiny.safetensors",
+        ROOT / "models" / "synthetic_tiny_report.md",
+        ROOT / "demo" / "examples" / "synthetic_val_00000.png",
+    ]
+    before = [path.read_bytes() for path in shipped]
+    assert main(["--out", str(out), "--ship-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    expected = "synthetic_tiny.safetensors" if broken == "no weights" else "report.json"
+    assert expected in err
+    assert [path.read_bytes() for path in shipped] == before

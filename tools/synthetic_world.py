@@ -17,10 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ship(out: Path) -> None:
-    """Copy a finished run into the repository as the model-zoo entry synthetic_tiny."""
+    """Copy a finished run into the repository as the model-zoo entry synthetic_tiny.
+    Raises ValueError, before copying anything, when the run in ``out`` is not complete."""
     from ovseg.checkpoint import atomic_write
 
-    report = json.loads((out / "report.json").read_text())
+    try:
+        report = json.loads((out / "report.json").read_text())
+        weights_mib = float(report["weights_mib"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{out} holds no finished run: report.json missing or unreadable ({error})"
+        ) from None
     copies = [
         (out / "synthetic_tiny.safetensors", ROOT / "models" / "synthetic_tiny.safetensors"),
         (out / "data" / "vocab.txt", ROOT / "ovseg" / "vocab" / "synthetic_world.txt"),
@@ -30,9 +37,12 @@ def ship(out: Path) -> None:
     ]
     for image in sorted((out / "data" / "val" / "images").glob("*.png"))[:3]:
         copies.append((image, ROOT / "demo" / "examples" / f"synthetic_{image.name}"))
+    missing = [str(source) for source, _ in copies if not source.is_file()]
+    if missing:
+        raise ValueError(f"{out} is not a complete run, missing: {', '.join(missing)}")
     for source, target in copies:  # each file whole or not at all (a copy, then a rename)
         atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
-    print(f"shipped models/synthetic_tiny.safetensors ({report['weights_mib']:.1f} MiB)")
+    print(f"shipped models/synthetic_tiny.safetensors ({weights_mib:.1f} MiB)")
 
 
 def main(argv=None) -> int:
@@ -76,11 +86,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.ship_only:
-        if not (out / "report.json").is_file():
-            print(f"error: {out} holds no finished run (report.json)", file=sys.stderr)
-            return 2
-        ship(out)
-        return 0
+        return _ship_or_say_why(out)
 
     import torch
 
@@ -98,8 +104,15 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((out / "report.md").read_text())
-    if args.ship:
+    return _ship_or_say_why(out) if args.ship else 0
+
+
+def _ship_or_say_why(out: Path) -> int:
+    try:
         ship(out)
+    except ValueError as error:
+        print(f"error: {error}; run tools/synthetic_world.py --out DIR first", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,9 +96,8 @@ MAX_ROTATION = {"house": 30.0, "heart": 30.0, "hourglass": 30.0}
 # turn with the shape) at a random phase, in its class's accent colour (ACCENTS) over the
 # object's random colour. The pattern is what a small CLIP's features can read in a scene
 # (measured without patterns: silhouettes of 2-cell objects are read at 10-17%, textures at
-# 94-100%). Training flips images
-# horizontally, so no pattern is the mirror image of another (rising vs falling stripes were:
-# crosses flipped looked like arrows).
+# 94-100%). Training flips images horizontally, so no pattern is the mirror image of another
+# (rising vs falling stripes were: crosses flipped looked like arrows).
 PERIOD = 7.0  # pixels at the generated size
 
 
