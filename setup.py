@@ -11,7 +11,18 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["ovseg", "ovseg.*"]),
-    package_data={"ovseg": ["vocab/*.txt", "vocab/templates/*.txt"]},
+    # Everything ovseg reads at run time lives in the package (tests/test_install.py builds the
+    # wheel and runs it outside the checkout).
+    package_data={
+        "ovseg": [
+            "vocab/*.txt",
+            "vocab/templates/*.txt",
+            "configs/*.yaml",
+            "configs/clip/*.json",
+        ],
+        "ovseg.assets": ["synthetic_tiny/*", "examples/*"],
+    },
+    entry_points={"console_scripts": ["ovseg = ovseg.apps.main:main"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
@@ -29,7 +40,8 @@ setup(
         "imageio-ffmpeg",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "gradio>=5", "playwright"],
+        # setuptools >= 70.1 builds wheels without the separate 'wheel' package (install test)
+        "dev": ["pytest", "ruff", "gradio>=5", "playwright", "setuptools>=70.1"],
         "demo": ["gradio>=5"],
     },
 )

@@ -7,14 +7,14 @@ converted key by key; nothing is ever unpickled beyond tensors (``weights_only=T
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ovseg.fileio import atomic_write
 
 OVSEG_FORMAT = "ovseg-fcclip-v1"
 CLIP_PREFIX = "backbone.clip."
@@ -160,29 +160,6 @@ def load_weights(model: nn.Module, path: str | Path, *, clip_loaded: bool = Fals
     model.load_state_dict(state, strict=has_clip)
     if hasattr(model, "backbone"):
         model.backbone.reset_fingerprint()
-
-
-def temp_path_beside(path: Path) -> str:
-    """A new empty temp file next to ``path`` with the permissions a plain open() would give."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: never a partial file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_weights(

@@ -1,7 +1,7 @@
 """Typed model configuration.
 
 Every default is the value of the official FC-CLIP ConvNeXt-L COCO-panoptic model; a YAML
-preset in ``configs/`` overrides a few fields. Unknown keys are an error that names the key.
+preset in ``ovseg/configs/`` overrides a few fields. Unknown keys are an error that names the key.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass

@@ -14,9 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovseg.checkpoint import atomic_write
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ovseg.assets import ASSETS_DIR
+from ovseg.fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class ZooEntry:
     description: str
     url: str | None = None  # official release (None: shipped with the project)
     sha256: str | None = None  # of the downloaded file, when known
-    shipped_path: str | None = None  # relative to the repository root
+    shipped_path: str | None = None  # package data, relative to ovseg/assets/
     meaningful: bool = True  # False for random-weight test models
 
 
@@ -47,25 +46,31 @@ MODEL_ZOO = {
         filename="synthetic_tiny.safetensors",
         description="small FC-CLIP trained on the synthetic shapes world "
         "(tools/synthetic_world.py): knows shapes and textures only (vocab synthetic_world)",
-        shipped_path="models/synthetic_tiny.safetensors",
+        shipped_path="synthetic_tiny/synthetic_tiny.safetensors",
     ),
     "fcclip_tiny_parity": ZooEntry(
         name="fcclip_tiny_parity",
         config="fcclip_tiny_parity",
         filename="fcclip_tiny_official.pth",
-        description="tiny FC-CLIP with RANDOM weights from the parity fixture: shows the "
-        "pipeline runs; its predictions mean nothing",
-        shipped_path="tests/data/parity_tiny/fcclip_tiny_official.pth",
+        description="tiny FC-CLIP with RANDOM weights (the parity fixture of the tests, "
+        "tests/data/parity_tiny/): shows the pipeline runs; its predictions mean nothing",
         meaningful=False,
     ),
 }
 DEFAULT_MODEL = "fcclip_convnext_large_coco"
 # Used, and said, when the default model's weights are missing: the first one shipped.
-FALLBACK_MODELS = ("synthetic_tiny", "fcclip_tiny_parity")
+FALLBACK_MODELS = ("synthetic_tiny",)
 
 
 def fallback_model() -> str:
-    return next(name for name in FALLBACK_MODELS if local_weights(name) is not None)
+    """The first shipped model whose weights are present (FileNotFoundError if none is)."""
+    for name in FALLBACK_MODELS:
+        if local_weights(name) is not None:
+            return name
+    raise FileNotFoundError(
+        f"{missing_weights_message(DEFAULT_MODEL)}; the shipped fallback model is missing too: "
+        "reinstall ovseg"
+    )
 
 
 def weights_dir() -> Path:
@@ -85,7 +90,7 @@ def local_weights(name: str) -> Path | None:
     entry = get_entry(name)
     candidates = [weights_dir() / entry.filename]
     if entry.shipped_path:
-        candidates.append(REPO_ROOT / entry.shipped_path)
+        candidates.append(ASSETS_DIR / entry.shipped_path)
     return next((p for p in candidates if p.is_file()), None)
 
 

@@ -2,8 +2,13 @@
 
 Owns preprocessing (official resize / normalise / pad), the text classifier and its caches,
 a cache of vocabulary-independent image features, and post-processing back to the original
-image size. Changing the vocabulary on a cached image reruns only classification and
-post-processing.
+image size. The two steps are public, in the spirit of segment-anything's ``set_image``:
+
+    features = predictor.encode(image)                      # the image network, once
+    result = predictor.segment(features, vocabulary=["cat", "sky"], tasks="panoptic")
+    result = predictor.segment(features, vocabulary="ade150")  # classification only
+
+``predict(image, vocabulary=...)`` does both, with a small cache of recent images' features.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import math
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +30,14 @@ from ovseg.config import ModelConfig, load_config
 from ovseg.modeling import postprocess
 from ovseg.modeling.fcclip import FCCLIP, build_model
 from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
+from ovseg.modeling.transformer_decoder import mask_pooling
 from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
 from ovseg.vocabulary import (
     Vocabulary,
+    VocabularyLike,
+    as_vocabulary,
     load_templates,
     load_vocabulary,
-    parse_class_list,
     seen_class_mask,
 )
 
@@ -37,6 +45,7 @@ TASKS = ("panoptic", "semantic", "instance")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda when available, else cpu. Raises RuntimeError for cuda without a GPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -45,13 +54,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def as_vocabulary(vocabulary: Vocabulary | str | list[str]) -> Vocabulary:
-    """A Vocabulary, a shipped vocabulary name / file path, or a list of class names."""
-    if isinstance(vocabulary, Vocabulary):
-        return vocabulary
-    if isinstance(vocabulary, (list, tuple)):
-        return parse_class_list(", ".join(vocabulary))
-    return load_vocabulary(vocabulary)
+@dataclass
+class ImageFeatures:
+    """The vocabulary-free part of one image's forward pass (:meth:`OVSegPredictor.encode`).
+
+    pred_embeds (1, Q, D): in-vocabulary query embeddings; clip_embeds (1, Q, D): the frozen
+    CLIP's mask-pooled embeddings of the queries' masks; pred_masks (1, Q, Hp/4, Wp/4): mask
+    logits; clip_dense (1, C, Hp/32, Wp/32): the frozen CLIP's dense map, before its head.
+    image_size (H, W): the input image; resized_hw: the network input before padding;
+    padded_hw (Hp, Wp): the network input (a multiple of the size divisibility).
+    """
+
+    pred_embeds: torch.Tensor
+    clip_embeds: torch.Tensor
+    pred_masks: torch.Tensor
+    clip_dense: torch.Tensor
+    image_size: tuple[int, int]
+    resized_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
 
 
 class OVSegPredictor:
@@ -81,7 +101,7 @@ class OVSegPredictor:
         self.train_vocabulary = load_vocabulary(cfg.text.train_vocabulary)
         self.feature_cache_size = feature_cache_size
         self.max_output_pixels = max_output_pixels
-        self._features: OrderedDict[str, dict] = OrderedDict()
+        self._features: OrderedDict[str, ImageFeatures] = OrderedDict()
         self.image_encodes = 0  # how many times the image network ran (tests, benchmarks)
         self.model_name = cfg.name  # the zoo name or weights file, for records
         self.vocabulary: Vocabulary | None = None
@@ -112,8 +132,12 @@ class OVSegPredictor:
         return predictor
 
     # ---------------------------------------------------------------- vocabulary
-    def set_vocabulary(self, vocabulary: Vocabulary | str | list[str]) -> Vocabulary:
-        """Encode the vocabulary's text classifier (cached) and decide seen/unseen classes."""
+    def set_vocabulary(self, vocabulary: VocabularyLike) -> Vocabulary:
+        """Encode the vocabulary's text classifier (cached) and decide seen / unseen classes.
+
+        ``vocabulary``: a :class:`Vocabulary`, a shipped name or file, or a list with one
+        entry per class (see :func:`ovseg.vocabulary.as_vocabulary`).
+        """
         vocab = as_vocabulary(vocabulary)
         if vocab != self.vocabulary:
             self._classifier = self.text_encoder(vocab).to(self.device)
@@ -123,39 +147,99 @@ class OVSegPredictor:
             self.vocabulary = vocab
         return vocab
 
+    @property
+    def classifier(self) -> TextClassifier:
+        """The text classifier of the current vocabulary: ``embeddings`` (S, D), one
+        L2-normalised row per synonym, and the synonyms per class."""
+        self._require_vocabulary()
+        return self._classifier
+
+    @property
+    def seen(self) -> list[bool]:
+        """Per class of the current vocabulary: is it a training class (a synonym in common)?"""
+        if self._seen is None:
+            raise ValueError("no vocabulary: call set_vocabulary first")
+        return [bool(s) for s in self._seen.tolist()]
+
     # ---------------------------------------------------------------- image features
-    def _encode(self, image: np.ndarray, resized_hw: tuple[int, int]) -> dict:
-        key = hashlib.sha1(image.tobytes()).hexdigest() + f"{image.shape}{resized_hw}"
+    def network_input_size(
+        self, height: int, width: int, short_side: int | None = None
+    ) -> tuple[int, int]:
+        """(h, w) the image is resized to: short side ``short_side`` (default: the config's
+        test size), long side at most the config's maximum."""
+        inf = self.cfg.inference
+        return shortest_edge_size(height, width, short_side or inf.min_size_test, inf.max_size_test)
+
+    @torch.no_grad()
+    def encode(self, image, *, short_side: int | None = None) -> ImageFeatures:
+        """Run the image network once: the vocabulary-independent :class:`ImageFeatures`.
+
+        Args:
+            image: a path, PIL image or (H, W[, C]) array (see ``preprocess.as_rgb_array``).
+            short_side: test resize of the short side in pixels (default: the config's).
+        The last ``feature_cache_size`` images' features are kept: the same image at the same
+        size is not encoded twice.
+        """
+        array = as_rgb_array(image)
+        resized_hw = self.network_input_size(*array.shape[:2], short_side)
+        key = hashlib.sha1(array.tobytes()).hexdigest() + f"{array.shape}{resized_hw}"
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key]
-        resized = resize_image(image, resized_hw)
+        inf = self.cfg.inference
         pixels = normalize_and_pad(
-            [resized],
-            self.cfg.inference.pixel_mean,
-            self.cfg.inference.pixel_std,
-            self.cfg.inference.size_divisibility,
+            [resize_image(array, resized_hw)],
+            inf.pixel_mean,
+            inf.pixel_std,
+            inf.size_divisibility,
             device=self.device,
         )
         autocast = torch.autocast(
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
-        with torch.no_grad(), autocast:
+        with autocast:
             outputs = self.model.encode_image(pixels, aux_classes=False)
         self.image_encodes += 1
-        entry = {
-            "pred_embeds": outputs["pred_embeds"].float(),
-            "clip_embeds": outputs["clip_embeds"].float(),
-            "pred_masks": outputs["pred_masks"].float(),
-            "padded_hw": tuple(pixels.shape[-2:]),
-        }
-        self._features[key] = entry
-        while len(self._features) > self.feature_cache_size:
-            self._features.popitem(last=False)
-        return entry
+        features = ImageFeatures(
+            pred_embeds=outputs["pred_embeds"].float(),
+            clip_embeds=outputs["clip_embeds"].float(),
+            pred_masks=outputs["pred_masks"].float(),
+            clip_dense=outputs["features"]["clip_vis_dense"].float(),
+            image_size=tuple(array.shape[:2]),
+            resized_hw=resized_hw,
+            padded_hw=tuple(pixels.shape[-2:]),
+        )
+        if self.feature_cache_size > 0:
+            self._features[key] = features
+            while len(self._features) > self.feature_cache_size:
+                self._features.popitem(last=False)
+        return features
 
     def clear_cache(self) -> None:
+        """Forget the cached image features."""
         self._features.clear()
+
+    @torch.no_grad()
+    def pool_masks(self, features: ImageFeatures, masks) -> torch.Tensor:
+        """Frozen-CLIP embeddings of given masks, pooled the FC-CLIP way (mask pooling of the
+        dense CLIP map, then the CLIP image head), as the out-of-vocabulary head sees a mask.
+
+        Args:
+            masks: (N, H, W) bool array or tensor at ``features.image_size``.
+        Returns:
+            (N, D) float, L2-normalised (compare with text embeddings by dot product).
+        """
+        masks = torch.as_tensor(np.asarray(masks), device=self.device)
+        if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(features.image_size):
+            raise ValueError(
+                f"masks must be (N, H, W) at the image size {tuple(features.image_size)}, got "
+                f"{tuple(masks.shape)}"
+            )
+        resized = F.interpolate(masks[None].float(), size=features.resized_hw, mode="nearest")
+        logits = torch.full((1, len(masks), *features.padded_hw), -1.0, device=self.device)
+        logits[..., : features.resized_hw[0], : features.resized_hw[1]] = resized * 2 - 1
+        pooled = mask_pooling(features.clip_dense, logits)
+        return F.normalize(self.model.backbone.project_pooled(pooled)[0].float(), dim=-1)
 
     # ---------------------------------------------------------------- prediction
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -170,83 +254,85 @@ class OVSegPredictor:
         self,
         image,
         *,
-        vocabulary: Vocabulary | str | list[str] | None = None,
+        vocabulary: VocabularyLike | None = None,
         tasks: tuple[str, ...] | str = TASKS,
         short_side: int | None = None,
     ) -> dict:
-        """Segment one image.
+        """Segment one image: :meth:`encode` (cached) then :meth:`segment`.
 
         Args:
             image: a path, PIL image or (H, W[, C]) array.
             vocabulary: classes to find (kept for later calls); required on the first call.
+                A list has one entry per class: ``["traffic cone/pylon", "sky"]`` is two
+                classes (see :func:`ovseg.vocabulary.as_vocabulary`).
             tasks: any of "panoptic", "semantic", "instance".
             short_side: test resize of the short side (default: the config's).
         Returns:
-            dict with ``image_size`` (H, W), ``output_size`` (the original size unless above
-            ``max_output_pixels``), ``vocabulary``, and per task: ``sem_seg`` (K, h, w) class
-            scores; ``panoptic_seg`` (h, w) int32 and ``segments_info`` [{id, isthing,
-            category_id, score}]; ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1 y1,
-            scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q, h/4..).
+            the dict of :meth:`segment`.
         """
-        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"unknown task {unknown}: choose from {', '.join(TASKS)}")
+        tasks = _check_tasks(tasks)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
-        if self._classifier is None:
-            raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
-        array = as_rgb_array(image)
-        height, width = array.shape[:2]
-        inf = self.cfg.inference
-        resized_hw = shortest_edge_size(
-            height, width, short_side or inf.min_size_test, inf.max_size_test
-        )
-        features = self._encode(array, resized_hw)
-        return self.postprocess(features, (height, width), resized_hw, tasks)
+        self._require_vocabulary()
+        return self.segment(self.encode(image, short_side=short_side), tasks=tasks)
 
     @torch.no_grad()
-    def postprocess(
+    def segment(
         self,
-        features: dict,
-        image_size: tuple[int, int],
-        resized_hw: tuple[int, int],
-        tasks: tuple[str, ...],
+        features: ImageFeatures,
+        *,
+        vocabulary: VocabularyLike | None = None,
+        tasks: tuple[str, ...] | str = TASKS,
     ) -> dict:
-        """Classify cached image features with the current vocabulary and turn them into the
-        results of :meth:`predict` (the only work a vocabulary switch costs)."""
+        """Classify an image's features with a vocabulary and post-process them: the only work
+        a vocabulary switch costs.
+
+        Returns:
+            dict with ``image_size`` (H, W), ``output_size`` (the original size unless above
+            ``max_output_pixels``), ``vocabulary``, and per task: ``sem_seg`` (K, h, w) per-class
+            scores in [0, Q] (sum over queries of class probability x mask probability, as in
+            Mask2Former); ``panoptic_seg`` (h, w) int32 and ``segments_info`` [{id, isthing,
+            category_id, score}]; ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1
+            y1, scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q,
+            Hp/4, Wp/4). Raises ValueError for an unknown task or no vocabulary.
+        """
+        tasks = _check_tasks(tasks)
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self._require_vocabulary()
         inf = self.cfg.inference
-        logits = self.model.classify(features, self._classifier, self._seen)
-        class_logits = logits["ensemble"][0]
+        image_outputs = {"pred_embeds": features.pred_embeds, "clip_embeds": features.clip_embeds}
+        class_logits = self.model.classify(image_outputs, self._classifier, self._seen)["ensemble"][
+            0
+        ]
         masks = F.interpolate(
-            features["pred_masks"], size=features["padded_hw"], mode="bilinear", align_corners=False
+            features.pred_masks, size=features.padded_hw, mode="bilinear", align_corners=False
         )[0]
-        out_hw = self.output_size(*image_size)
-        is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
+        out_hw = self.output_size(*features.image_size)
         result = {
-            "image_size": tuple(image_size),
+            "image_size": tuple(features.image_size),
             "output_size": out_hw,
             "vocabulary": self.vocabulary,
             "class_logits": class_logits,
-            "mask_logits": features["pred_masks"][0],
+            "mask_logits": features.pred_masks[0],
         }
         if tasks == ("semantic",):
             # Semantic-only configs score at padded resolution, then crop and resize.
             scores = postprocess.semantic_inference(class_logits, masks)
-            result["sem_seg"] = postprocess.resize_to_original(scores, resized_hw, out_hw)
+            result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
             return result
-        masks = postprocess.resize_to_original(masks, resized_hw, out_hw)
+        masks = postprocess.resize_to_original(masks, features.resized_hw, out_hw)
+        is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
         if "semantic" in tasks:
             result["sem_seg"] = postprocess.semantic_inference(class_logits, masks)
         if "panoptic" in tasks:
-            panoptic, segments = postprocess.panoptic_inference(
+            result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
                 class_logits,
                 masks,
                 is_thing,
                 object_mask_threshold=inf.object_mask_threshold,
                 overlap_threshold=inf.overlap_threshold,
             )
-            result["panoptic_seg"], result["segments_info"] = panoptic, segments
         if "instance" in tasks:
             result["instances"] = postprocess.instance_inference(
                 class_logits, masks, is_thing, detections_per_image=inf.detections_per_image
@@ -254,36 +340,27 @@ class OVSegPredictor:
         return result
 
     def predict_batch(self, images, **kwargs) -> list[dict]:
+        """:meth:`predict` on each image (one at a time: padding a batch changes results)."""
         return [self.predict(image, **kwargs) for image in images]
 
+    def _require_vocabulary(self) -> None:
+        if self._classifier is None:
+            raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
 
-def add_model_arguments(parser, *, default: str = "auto") -> None:
-    """--model / --weights / --config / --device, shared by the command-line tools."""
-    from ovseg import model_zoo
 
-    choices = ", ".join(model_zoo.MODEL_ZOO)
-    parser.add_argument(
-        "--model",
-        default=default,
-        help=f"zoo model: {choices}"
-        + (
-            "; 'auto': the real FC-CLIP model if its weights are present, else the shipped "
-            "synthetic_tiny (said on stderr)"
-            if default == "auto"
-            else ""
-        )
-        + f" (default: {default})",
-    )
-    parser.add_argument("--weights", help="weights file (ovseg .safetensors or official .pth)")
-    parser.add_argument("--config", help="config preset or YAML to go with --weights")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task {unknown}: choose from {', '.join(TASKS)}")
+    return tasks
 
 
 def load_predictor(
     model: str = "auto", *, weights=None, config=None, device=None, log=print, **kwargs
 ) -> OVSegPredictor:
     """The CLI and demo's way in. ``model="auto"``: the real model when its weights are on this
-    machine, else the shipped tiny model, said plainly."""
+    machine, else the shipped tiny model, said plainly through ``log(message, file=stderr)``."""
     if weights is None and model == "auto":
         if model_zoo.local_weights(model_zoo.DEFAULT_MODEL) is not None:
             model = model_zoo.DEFAULT_MODEL

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovseg.checkpoint import atomic_write
+from ovseg.fileio import atomic_write
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 DEFAULT_MAX_FRAMES = 300
@@ -93,8 +93,9 @@ def segment_video(
     ``NAME_overlay.mp4`` and ``NAME_frames.json`` into ``out_dir`` (both or neither).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     """
+    from ovseg.results import describe, segment_records
     from ovseg.tracking import IoUTracker
-    from ovseg.visualize import describe, mask_to_rle, overlay, palette
+    from ovseg.visualize import overlay, palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = probe(path)
@@ -132,10 +133,7 @@ def segment_video(
         records.append(
             {
                 "frame": index,
-                "segments": [
-                    {k: v for k, v in s.items() if k != "mask"} | {"rle": mask_to_rle(s["mask"])}
-                    for s in segments
-                ],
+                "segments": segment_records(segments),
             }
         )
         if progress is not None:

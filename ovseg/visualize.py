@@ -1,15 +1,14 @@
-"""Drawing results: colour overlays with a legend, label-map PNGs, and JSON segment lists."""
+"""Pictures of results: colour overlays with outlines, boxes and a legend.
+
+The data behind them (segments, label maps, JSON records) is :mod:`ovseg.results`.
+"""
 
 from __future__ import annotations
 
 import colorsys
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-
-from ovseg.data.label_io import id_to_rgb
-from ovseg.modeling.postprocess import masks_to_boxes
 
 
 def palette(count: int) -> np.ndarray:
@@ -86,102 +85,10 @@ def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
     return board
 
 
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of an (H, W) bool mask, JSON-ready."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
-    """Turn a predictor result into (label map, segments) for one task.
-
-    Label maps: ``semantic`` class index per pixel (uint8, or uint16 above 254 classes; the
-    value 255 / 65535 is never a class); ``panoptic`` segment ids (int32, 0 = none, saved as
-    COCO panoptic RGB); ``instance`` 1-based instance index (0 = none, higher score on top).
-    Segments: id, class, class_id, isthing, score, area, box, mask (bool array).
-    """
-    vocab = result["vocabulary"]
-    names = vocab.names
-    segments = []
-    if task == "semantic":
-        scores = result["sem_seg"]
-        labels = scores.argmax(0)
-        best = scores.max(0).values
-        label_np = labels.cpu().numpy()
-        for class_id in np.unique(label_np).tolist():
-            mask = label_np == class_id
-            segments.append(
-                {
-                    "id": class_id + 1,
-                    "class_id": class_id,
-                    "class": names[class_id],
-                    "isthing": bool(vocab.is_thing[class_id]),
-                    "score": float(best[torch.from_numpy(mask)].mean()),
-                    "mask": mask,
-                }
-            )
-        dtype = np.uint8 if len(names) < 255 else np.uint16
-        label_map = label_np.astype(dtype)
-    elif task == "panoptic":
-        label_map = result["panoptic_seg"].cpu().numpy().astype(np.int32)
-        for info in result["segments_info"]:
-            mask = label_map == info["id"]
-            segments.append(
-                {
-                    "id": info["id"],
-                    "class_id": info["category_id"],
-                    "class": names[info["category_id"]],
-                    "isthing": info["isthing"],
-                    "score": info["score"],
-                    "mask": mask,
-                }
-            )
-    elif task == "instance":
-        instances = result["instances"]
-        masks = instances["masks"].cpu().numpy()
-        label_map = np.zeros(
-            masks.shape[1:] if masks.ndim == 3 else result["output_size"], dtype=np.uint16
-        )
-        for index in range(masks.shape[0] - 1, -1, -1):  # lowest score first, best on top
-            label_map[masks[index]] = index + 1
-        for index in range(masks.shape[0]):
-            if not masks[index].any():
-                continue  # an empty mask (score 0) is no detection
-            class_id = int(instances["labels"][index])
-            segments.append(
-                {
-                    "id": index + 1,
-                    "class_id": class_id,
-                    "class": names[class_id],
-                    "isthing": bool(vocab.is_thing[class_id]),
-                    "score": float(instances["scores"][index]),
-                    "mask": masks[index],
-                }
-            )
-    else:
-        raise ValueError(f"unknown task '{task}'")
-    boxes = (
-        masks_to_boxes(torch.from_numpy(np.stack([s["mask"] for s in segments])))
-        if (segments)
-        else []
-    )
-    for segment, box in zip(segments, boxes, strict=True):
-        segment["area"] = int(segment["mask"].sum())
-        segment["box"] = [int(v) for v in box]
-    return label_map, segments
-
-
-def label_map_image(label_map: np.ndarray, task: str) -> Image.Image:
-    if task == "panoptic":
-        return Image.fromarray(id_to_rgb(label_map))
-    return Image.fromarray(label_map)
-
-
 def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Image:
-    """Overlay of ``describe``'s segments on an image already at the output size, coloured by
-    class (so the legend holds); instances are told apart by their outlines and boxes."""
+    """Overlay of :func:`ovseg.results.describe`'s segments on an image already at the output
+    size, coloured by class (so the legend holds); instances are told apart by their outlines
+    and boxes."""
     colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
     drawable = [
         {

@@ -3,27 +3,36 @@
 A vocabulary file has one class per line, ``KIND<TAB>syn1, syn2, ...`` with KIND ``thing`` or
 ``stuff`` (optional: without it the kind is guessed, see :func:`guess_is_thing`); ``#`` starts a
 comment line. On the command line, classes are separated by commas and synonyms by ``/``:
-``"person/child, zebra, traffic cone/pylon"``.
+``"person/child, zebra, traffic cone/pylon"``. In Python, a list has one entry per class
+(:func:`as_vocabulary`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 TEMPLATE_DIR = VOCAB_DIR / "templates"
 
-# Short names accepted by the CLI and the demo for the shipped vocabularies.
-ALIASES = {
-    "coco": "coco_panoptic",
-    "ade150": "ade20k_150",
-    "ade847": "ade20k_847",
-    "pc59": "pascal_context_59",
-    "pc459": "pascal_context_459",
-    "voc21": "pascal_voc_21",
-    "voc": "pascal_voc_21",
+# The vocabularies shipped in vocab/: short name -> (file name, title). The one list that the
+# command line, the web demo and the docs read.
+SHIPPED_VOCABULARIES = {
+    "coco": ("coco_panoptic", "COCO panoptic"),
+    "ade150": ("ade20k_150", "ADE20K"),
+    "ade847": ("ade20k_847", "ADE20K-full"),
+    "pc59": ("pascal_context_59", "Pascal Context"),
+    "pc459": ("pascal_context_459", "Pascal Context (full)"),
+    "voc21": ("pascal_voc_21", "Pascal VOC"),
+    "cityscapes": ("cityscapes", "Cityscapes"),
+    "lvis": ("lvis", "LVIS"),
+    "synthetic_world": ("synthetic_world", "Synthetic shapes world"),
+}
+# Other names accepted for them.
+ALIASES = {"voc": "pascal_voc_21"} | {
+    short: stem for short, (stem, _) in SHIPPED_VOCABULARIES.items() if short != stem
 }
 
 
@@ -97,6 +106,39 @@ def parse_class_list(text: str) -> Vocabulary:
     classes = [c for c in classes if c]
     if not classes:
         raise ValueError('the class list is empty: give names like --classes "cat, dog"')
+    return _custom_vocabulary(classes)
+
+
+def vocabulary_from_list(entries: Sequence[str | Sequence[str]]) -> Vocabulary:
+    """One class per list entry.
+
+    A string entry is one class whose synonyms are separated by '/' or ',' (``"traffic
+    cone/pylon"`` and ``"traffic cone, pylon"`` are the same class); a list or tuple entry
+    gives its synonyms as they are, split no further (``["AC/DC poster"]``). Kinds (thing or
+    stuff) are guessed as for the command line. Raises ValueError for an empty list, an empty
+    entry or a name given twice.
+    """
+    classes = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str):
+            synonyms = tuple(s.strip() for s in entry.replace(",", "/").split("/") if s.strip())
+        elif isinstance(entry, Sequence) and all(isinstance(s, str) for s in entry):
+            synonyms = tuple(s.strip() for s in entry if s.strip())
+        else:
+            raise ValueError(
+                f"vocabulary entry {index + 1} is {entry!r}: give a class name (str) or a list "
+                "of its synonyms"
+            )
+        if not synonyms:
+            raise ValueError(f"vocabulary entry {index + 1} has no class name: remove it")
+        classes.append(synonyms)
+    if not classes:
+        raise ValueError('the class list is empty: give names like ["cat", "dog"]')
+    return _custom_vocabulary(classes)
+
+
+def _custom_vocabulary(classes: list[tuple[str, ...]]) -> Vocabulary:
+    """A user's classes: duplicates refused, kinds guessed."""
     seen: dict[str, int] = {}
     for index, synonyms in enumerate(classes):
         for synonym in synonyms:
@@ -111,6 +153,28 @@ def parse_class_list(text: str) -> Vocabulary:
     return Vocabulary(tuple(classes), kinds, name="custom")
 
 
+VocabularyLike = Vocabulary | str | Path | Sequence[str | Sequence[str]]
+
+
+def as_vocabulary(vocabulary: VocabularyLike) -> Vocabulary:
+    """A :class:`Vocabulary` from any of the forms the API takes:
+
+    - a Vocabulary, returned as it is;
+    - a str or Path: a shipped vocabulary's name (``"ade150"``, ``"coco"`` ...) or a file;
+    - a list or tuple: one class per entry (:func:`vocabulary_from_list`), e.g.
+      ``["traffic cone/pylon", "sky"]`` or ``[["traffic cone", "pylon"], "sky"]``: 2 classes.
+    """
+    if isinstance(vocabulary, Vocabulary):
+        return vocabulary
+    if isinstance(vocabulary, (str, Path)):
+        return load_vocabulary(vocabulary)
+    if isinstance(vocabulary, Sequence):
+        return vocabulary_from_list(vocabulary)
+    raise ValueError(
+        f"a vocabulary is a name, a file or a list of class names, not {type(vocabulary).__name__}"
+    )
+
+
 def builtin_vocabularies() -> list[str]:
     return sorted(p.stem for p in VOCAB_DIR.glob("*.txt"))
 
@@ -122,9 +186,10 @@ def load_vocabulary(name_or_path: str | Path) -> Vocabulary:
     builtin = VOCAB_DIR / f"{key}.txt"
     path = builtin if builtin.exists() else Path(name_or_path)
     if not path.is_file():
-        names = ", ".join(builtin_vocabularies() + sorted(ALIASES))
+        names = ", ".join(SHIPPED_VOCABULARIES)
+        hint = ' (to name classes in Python, pass a list: ["cat", "dog"])' if "," in key else ""
         raise FileNotFoundError(
-            f"no vocabulary '{name_or_path}': give a vocabulary file or one of: {names}"
+            f"no vocabulary '{name_or_path}': give a vocabulary file or one of: {names}{hint}"
         )
     try:
         text = path.read_text(encoding="utf-8")

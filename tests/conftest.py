@@ -9,12 +9,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DATA = Path(__file__).resolve().parent / "data"
 PARITY = DATA / "parity_tiny"
+PARITY_WEIGHTS = PARITY / "fcclip_tiny_official.pth"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path, monkeypatch):
+def _isolated_caches(tmp_path, tmp_path_factory, monkeypatch):
+    """Fresh caches per test; the weights directory (outside tmp_path, which tests inspect)
+    holds the parity fixture's random model, so that ``--model fcclip_tiny_parity`` finds it
+    as a user's downloaded weights."""
     monkeypatch.setenv("OVSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OVSEG_WEIGHTS", str(tmp_path / "weights"))
+    weights = tmp_path_factory.mktemp("weights")
+    (weights / PARITY_WEIGHTS.name).symlink_to(PARITY_WEIGHTS)
+    monkeypatch.setenv("OVSEG_WEIGHTS", str(weights))
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +31,6 @@ def parity_predictor():
     from ovseg.predictor import OVSegPredictor
 
     cache = tempfile.mkdtemp(prefix="ovseg-text-")
-    return OVSegPredictor.from_pretrained("fcclip_tiny_parity", device="cpu", text_cache_dir=cache)
+    return OVSegPredictor.from_pretrained(
+        weights=PARITY_WEIGHTS, config="fcclip_tiny_parity", device="cpu", text_cache_dir=cache
+    )

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import PARITY
-from ovseg.cli import main
+from ovseg.apps.predict import main
 
 TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64"]
 

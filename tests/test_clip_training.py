@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from ovseg.clip_training import CLIPTrainConfig, ImagePool, contrastive_loss, train_clip
+from ovseg.synthetic.clip_training import CLIPTrainConfig, ImagePool, contrastive_loss, train_clip
 
 
 def test_loss_by_hand_with_groups():
@@ -66,9 +66,9 @@ def test_tiny_clip_learns_a_toy_task():
 def test_region_embeddings_are_fcclip_mask_pooling():
     """A region's embedding in training is exactly what FC-CLIP computes at test time for a
     mask covering the same cells; the whole-scene embedding is the CLIP's own."""
-    from ovseg.clip_training import image_head, region_embeddings
     from ovseg.modeling.backbone import CLIPBackbone
     from ovseg.modeling.transformer_decoder import mask_pooling
+    from ovseg.synthetic.clip_training import image_head, region_embeddings
 
     torch.manual_seed(0)
     model = _tiny_clip().eval()
@@ -92,7 +92,7 @@ def test_region_embeddings_are_fcclip_mask_pooling():
 
 
 def test_layer_scale_reset_touches_every_block():
-    from ovseg.clip_training import reset_layer_scale
+    from ovseg.synthetic.clip_training import reset_layer_scale
 
     model = _tiny_clip()
     count = reset_layer_scale(model, 1.0)
@@ -107,7 +107,7 @@ def test_region_pairs_learn_where_things_are():
     possible from the dense map), and flips must move the captions with the pixels."""
     import open_clip
 
-    from ovseg.clip_training import RegionPool, region_zero_shot_accuracy
+    from ovseg.synthetic.clip_training import RegionPool, region_zero_shot_accuracy
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -14,8 +14,8 @@ from ovseg.data import (
     builtin_panoptic,
     id_to_rgb,
     rgb_to_id,
-    write_synthetic_panoptic,
 )
+from ovseg.synthetic.scenes import write_synthetic_panoptic
 from ovseg.vocabulary import Vocabulary, parse_class_list, parse_vocabulary_text
 
 SIZE = (40, 56)

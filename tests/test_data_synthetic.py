@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg.data import CATEGORIES, PanopticDataset, base_novel_split, write_synthetic_panoptic
-from ovseg.data.synthetic import COLOURS, make_caption, plural
-from ovseg.data.synthetic_render import ACCENTS, OUTLINE_SHADE, PATTERNS, surface_pattern
+from ovseg.data import PanopticDataset
+from ovseg.synthetic.render import ACCENTS, OUTLINE_SHADE, PATTERNS, surface_pattern
+from ovseg.synthetic.scenes import (
+    CATEGORIES,
+    COLOURS,
+    base_novel_split,
+    make_caption,
+    plural,
+    write_synthetic_panoptic,
+)
 from ovseg.vocabulary import parse_vocabulary_text
 
 SIZE = (48, 64)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg.data import PanopticDataset, write_synthetic_panoptic
+from ovseg.data import PanopticDataset
 from ovseg.evaluation.runner import evaluate
+from ovseg.synthetic.scenes import write_synthetic_panoptic
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,13 @@ class OraclePredictor:
         self.feature_cache_size = 4
 
     def set_vocabulary(self, vocab):
-        self._seen = torch.tensor([i % 2 == 0 for i in range(len(vocab))])
+        self.seen = [i % 2 == 0 for i in range(len(vocab))]
 
     def predict(self, image, tasks):
         sample = self.truth[image.tobytes()]
         panoptic = torch.from_numpy(sample["panoptic"].astype(np.int32))
         segments = [s for s in sample["segments_info"] if not s["iscrowd"]]
-        num_classes = len(self._seen)
+        num_classes = len(self.seen)
         onehot = torch.zeros((num_classes,) + panoptic.shape)
         labels = torch.from_numpy(sample["sem_seg"].astype(np.int64))
         valid = labels != 255
@@ -80,10 +81,7 @@ def test_ground_truth_scores_100(synthetic, tmp_path):
 
 
 def test_eval_cli_runs_the_tiny_model(synthetic, tmp_path, capsys):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from eval import main
+    from ovseg.apps.eval import main
 
     code = main(
         [

@@ -61,14 +61,14 @@ def test_every_intermediate_matches_official(parity_predictor, vocab, tag):
     assert_close("normalized_padded_image", pixels[0], expected["normalized_padded_image"])
 
     predictor.set_vocabulary(vocab)
-    classifier = predictor._classifier
+    classifier = predictor.classifier
     void = F.normalize(model.void_embedding.weight, dim=-1)
     assert_close(
         "text_classifier", torch.cat([classifier.embeddings, void]), expected["text_classifier"]
     )
     with torch.no_grad():
         outputs = model.encode_image(pixels)
-        logits = model.classify(outputs, classifier, predictor._seen)
+        logits = model.classify(outputs, classifier, torch.tensor(predictor.seen))
     for name in ("res2", "res3", "res4", "res5", "clip_vis_dense"):
         assert_close(f"feat_{name}", outputs["features"][name][0], expected[f"feat_{name}"])
     assert_close("mask_features", outputs["mask_features"][0], expected["mask_features"])

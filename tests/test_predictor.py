@@ -118,7 +118,7 @@ def test_missing_zoo_weights_say_where_to_put_them():
 def test_vocabulary_of_a_thousand_classes(parity_predictor):
     vocab = parity_predictor.set_vocabulary("lvis")
     assert len(vocab) == 1203
-    classifier = parity_predictor._classifier
+    classifier = parity_predictor.classifier
     assert classifier.embeddings.shape[0] == len(vocab.synonyms) > 1203
     image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     result = parity_predictor.predict(image, tasks="semantic", short_side=64)

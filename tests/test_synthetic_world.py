@@ -2,19 +2,17 @@
 novel classes above chance and base classes are segmented well above chance."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent.parent / "ovseg"
 MODES = ("in_vocab", "out_vocab", "ensemble")
 
 
 @pytest.fixture(scope="module")
 def quick_world(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tools"))
-    from synthetic_world import main
+    from ovseg.apps.synthetic_world import main
 
     out = tmp_path_factory.mktemp("world")
     assert main(["--out", str(out), "--quick", "--no-progress"]) == 0
@@ -26,8 +24,9 @@ def test_region_pairs_are_boxes_on_the_test_grid(tmp_path):
     object's box; stuff regions are cells lying inside the texture."""
     import numpy as np
 
-    from ovseg.data import PanopticDataset, write_synthetic_panoptic
-    from ovseg.synthetic_world import region_pairs
+    from ovseg.data import PanopticDataset
+    from ovseg.synthetic.scenes import write_synthetic_panoptic
+    from ovseg.synthetic.world import region_pairs
 
     json_path = write_synthetic_panoptic(tmp_path, 6, size=(64, 80), seed=1, split="val")
     dataset = PanopticDataset(json_path.parent / "images", json_path, json_path.parent / "panoptic")
@@ -116,7 +115,7 @@ def test_quick_world_ensemble_segments_novel_classes_above_chance(quick_world):
     assert novel["out_vocab"] > novel["in_vocab"] + 5
     # novel stuff is proposed: unlabelled pixels are left out of the mask losses
     assert report["config"]["ignore_void"] is True
-    from ovseg.data import CATEGORIES
+    from ovseg.synthetic.scenes import CATEGORIES
 
     novel_stuff = [
         c.name for c in CATEGORIES if not c.isthing and c.name in report["novel_classes"]
@@ -129,10 +128,8 @@ def test_quick_world_ensemble_segments_novel_classes_above_chance(quick_world):
 def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     """--plain-things turns the surface patterns off, --void-in-mask-loss puts void pixels
     back into the mask losses; by default things wear patterns and void is left out."""
-    import ovseg.synthetic_world as world
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    from synthetic_world import main
+    import ovseg.synthetic.world as world
+    from ovseg.apps.synthetic_world import main
 
     seen = []
 
@@ -155,8 +152,7 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
 def test_ship_only_refuses_an_incomplete_run_and_copies_nothing(tmp_path, capsys, broken):
     """--ship-only on a run missing a file, or with an unreadable report.json, exits 2 with a
     one-line error naming the problem, before any file of the repository is replaced."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from synthetic_world import main
+    from ovseg.apps.synthetic_world import main
 
     out = tmp_path / "run"
     if broken != "no run":
@@ -169,9 +165,9 @@ def test_ship_only_refuses_an_incomplete_run_and_copies_nothing(tmp_path, capsys
         if broken == "corrupt report":
             (out / "synthetic_tiny.safetensors").write_text("x")
     shipped = [
-        ROOT / "models" / "synthetic_tiny.safetensors",
-        ROOT / "models" / "synthetic_tiny_report.md",
-        ROOT / "demo" / "examples" / "synthetic_val_00000.png",
+        PACKAGE / "assets" / "synthetic_tiny" / "synthetic_tiny.safetensors",
+        PACKAGE / "assets" / "synthetic_tiny" / "report.md",
+        PACKAGE / "assets" / "examples" / "synthetic_val_00000.png",
     ]
     before = [path.read_bytes() for path in shipped]
     assert main(["--out", str(out), "--ship-only"]) == 2

@@ -12,7 +12,8 @@ import torch
 
 from ovseg.checkpoint import WeightsError
 from ovseg.config import load_config
-from ovseg.data import LargeScaleJitter, PanopticDataset, write_synthetic_panoptic
+from ovseg.data import LargeScaleJitter, PanopticDataset
+from ovseg.synthetic.scenes import write_synthetic_panoptic
 from ovseg.train.loop import TrainConfig, train
 from ovseg.train.state import latest_checkpoint, load_training_state
 
@@ -275,7 +276,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(synthetic, tmp_path):
 
 def test_boolean_options_refuse_what_is_not_a_boolean(capsys):
     """--ignore-void ture must not silently train with it off."""
-    from ovseg.train.cli import build_parser
+    from ovseg.apps.train import build_parser
 
     parser = build_parser()
     base = ["--output", "run", "--images", "i", "--panoptic-json", "p", "--panoptic-dir", "d"]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ovseg.cli import main
+from ovseg.apps.predict import main
 from ovseg.video import probe, read_frames, write_mp4
 
 TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64"]

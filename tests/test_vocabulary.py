@@ -3,7 +3,9 @@
 import pytest
 
 from ovseg.vocabulary import (
+    SHIPPED_VOCABULARIES,
     Vocabulary,
+    as_vocabulary,
     builtin_vocabularies,
     load_templates,
     load_vocabulary,
@@ -107,8 +109,58 @@ def test_load_vocabulary_from_a_file_path(tmp_path):
 
 
 def test_load_vocabulary_unknown_name_lists_choices():
-    with pytest.raises(FileNotFoundError, match="coco_panoptic"):
+    with pytest.raises(FileNotFoundError, match="coco, ade150, ade847") as error:
         load_vocabulary("no_such_vocabulary_name")
+    assert "pass a list" not in str(error.value)
+    with pytest.raises(FileNotFoundError, match=r'pass a list: \["cat", "dog"\]'):
+        load_vocabulary("cat, dog")
+
+
+@pytest.mark.parametrize(
+    "entries, classes",
+    [
+        (["traffic cone, pylon", "sky"], (("traffic cone", "pylon"), ("sky",))),
+        (["traffic cone/pylon", "sky"], (("traffic cone", "pylon"), ("sky",))),
+        ([["traffic cone", "pylon"], "sky"], (("traffic cone", "pylon"), ("sky",))),
+        ((("AC/DC poster",), " zebra "), (("AC/DC poster",), ("zebra",))),
+        (["cat"], (("cat",),)),
+    ],
+)
+def test_a_python_list_has_one_class_per_entry(entries, classes):
+    """A list element is one class: commas inside it separate synonyms, never classes."""
+    vocab = as_vocabulary(entries)
+    assert vocab.classes == classes
+    assert len(vocab.is_thing) == len(classes)
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([], "empty"),
+        (["cat", " , "], "entry 2 has no class name"),
+        (["cat", 3], "entry 2 is 3"),
+        (["cat", "dog/Cat"], "given twice"),
+    ],
+)
+def test_a_bad_python_list_is_refused(entries, message):
+    with pytest.raises(ValueError, match=message):
+        as_vocabulary(entries)
+
+
+def test_the_shipped_vocabularies_are_listed_once():
+    """Every vocabulary file (but the synthetic world's training half) is in the one list
+    that the command line's help and the web demo's presets are made from."""
+    from ovseg.apps.predict import build_parser
+    from ovseg.apps.web import preset_choices
+
+    stems = {stem for stem, _ in SHIPPED_VOCABULARIES.values()}
+    assert set(builtin_vocabularies()) - stems == {"synthetic_world_base"}
+    presets = [name for name in preset_choices().values() if name is not None]
+    assert presets == list(SHIPPED_VOCABULARIES)
+    help_text = " ".join(build_parser().format_help().split())
+    assert f"({', '.join(SHIPPED_VOCABULARIES)})" in help_text
+    for short, (stem, _) in SHIPPED_VOCABULARIES.items():
+        assert load_vocabulary(short) == load_vocabulary(stem)
 
 
 def test_load_vocabulary_rejects_non_utf8(tmp_path):

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PARITY_WEIGHTS
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -44,7 +46,9 @@ def app_url(tmp_path_factory):
         [
             sys.executable,
             str(ROOT / "demo" / "app.py"),
-            "--model",
+            "--weights",
+            str(PARITY_WEIGHTS),
+            "--config",
             "fcclip_tiny_parity",
             "--port",
             str(port),

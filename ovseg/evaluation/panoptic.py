@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ovseg.checkpoint import atomic_write
 from ovseg.data.label_io import id_to_rgb
+from ovseg.fileio import atomic_write
 
 # Ids are written as R + 256 G + 256^2 B in COCO panoptic PNGs.
 MAX_PNG_SEGMENT_ID = 256**3

@@ -1,6 +1,6 @@
 """Evaluate a predictor on a dataset: PQ (panoptic sets), mIoU, box and mask AP (things).
 
-Logic of ``tools/eval.py``. Images run one at a time through the model (padding a batch would
+Used by ``ovseg eval``. Images run one at a time through the model (padding a batch would
 change the results, as in the official evaluation); loading and decoding run in background
 workers.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg.checkpoint import atomic_write
 from ovseg.evaluation.instance import InstanceEvaluator
 from ovseg.evaluation.panoptic import PanopticEvaluator, write_coco_panoptic
 from ovseg.evaluation.semantic import SemanticEvaluator
+from ovseg.fileio import atomic_write
 
 
 def _identity(batch):
@@ -46,7 +46,7 @@ def evaluate(
     vocab = dataset.vocabulary
     predictor.set_vocabulary(vocab)
     predictor.feature_cache_size = 0  # every image is new
-    seen = [bool(s) for s in predictor._seen.tolist()]
+    seen = predictor.seen
     has_panoptic = hasattr(dataset, "categories")
     tasks = tuple(t for t in tasks if has_panoptic or t == "semantic")
     categories = [

@@ -77,7 +77,7 @@ def classification_logits(
 def _atomic_save(tensor: torch.Tensor, path: Path) -> None:
     from safetensors.torch import save_file
 
-    from ovseg.checkpoint import atomic_write
+    from ovseg.fileio import atomic_write
 
     atomic_write(path, lambda tmp: save_file({"embeddings": tensor.contiguous().cpu()}, tmp))
 
@@ -124,6 +124,10 @@ class TextEncoder:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_text_cache_dir()
         self.use_disk_cache = use_disk_cache
         self._memory: dict[str, torch.Tensor] = {}
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory cache (the disk cache stays): the next call reads the disk."""
+        self._memory.clear()
 
     def _key(self, synonyms: list[str]) -> str:
         digest = hashlib.sha256(self.backbone.text_fingerprint().encode())

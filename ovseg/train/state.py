@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ovseg.checkpoint import CLIP_PREFIX, WeightsError, atomic_write
+from ovseg.checkpoint import CLIP_PREFIX, WeightsError
+from ovseg.fileio import atomic_write
 
 PATTERN = re.compile(r"^iter_(\d{8})\.pt$")
 

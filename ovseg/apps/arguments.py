@@ -1,11 +1,41 @@
-"""Command-line arguments that name a dataset, shared by tools/train.py and tools/eval.py."""
+"""Command-line arguments shared by the front ends: the model, the dataset, booleans."""
 
 from __future__ import annotations
 
 import argparse
 
 
+def boolean(text: str) -> bool:
+    """true / false (also 1 / 0, yes / no); anything else is refused, not read as false."""
+    value = text.lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write true or false")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str = "auto") -> None:
+    """--model / --weights / --config / --device."""
+    from ovseg import model_zoo
+
+    choices = ", ".join(model_zoo.MODEL_ZOO)
+    auto = (
+        "; 'auto': the real FC-CLIP model if its weights are present, else the shipped "
+        "synthetic_tiny (said on stderr)"
+        if default == "auto"
+        else ""
+    )
+    parser.add_argument(
+        "--model", default=default, help=f"zoo model: {choices}{auto} (default: {default})"
+    )
+    parser.add_argument("--weights", help="weights file (ovseg .safetensors or official .pth)")
+    parser.add_argument("--config", help="config preset or YAML to go with --weights")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, semantic: bool = False) -> None:
+    """A built-in dataset (--dataset) or the paths of one."""
     group = parser.add_argument_group("data (a built-in dataset, or the paths of one)")
     group.add_argument("--dataset", help="built-in panoptic dataset, e.g. coco_2017_val_panoptic")
     group.add_argument("--data-root", help="root of the built-in datasets (default: $OVSEG_DATA)")

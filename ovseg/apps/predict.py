@@ -1,16 +1,15 @@
-"""Logic of ``demo/predict.py``: segment images for any classes and write overlay, label map
-and JSON per image. Thin wrapper: ``main(argv)`` returns an exit code."""
+"""``ovseg predict`` (and ``demo/predict.py``): segment images for any classes and write an
+overlay, a label map and a JSON per image. ``main(argv)`` returns an exit code."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from ovseg.checkpoint import temp_path_beside
+from ovseg.fileio import atomic_write_many
 from ovseg.video import DEFAULT_MAX_FRAMES, VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
@@ -20,18 +19,24 @@ class UsageError(ValueError):
     """Bad input from the user: one line, non-zero exit, nothing written."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ovseg.predictor import add_model_arguments
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.vocabulary import SHIPPED_VOCABULARIES
 
     parser = argparse.ArgumentParser(
-        prog="demo/predict.py",
+        prog=prog,
         description="Open-vocabulary segmentation: name any classes, get panoptic, semantic or "
         "instance segmentation. Writes NAME_overlay.png, NAME_labels.png and NAME.json per "
         "image into --output.",
-        epilog='Example: python demo/predict.py photo.jpg --classes "zebra, traffic cone/pylon, '
-        'sky" --task panoptic --output out/',
+        epilog='Example: ovseg predict photo.jpg --classes "zebra, traffic cone/pylon, sky" '
+        "--task panoptic --output out/",
     )
-    parser.add_argument("inputs", nargs="+", help="image or video files and/or directories of them")
+    parser.add_argument("inputs", nargs="*", help="image or video files and/or directories of them")
+    parser.add_argument(
+        "--examples",
+        action="store_true",
+        help="also segment the example images shipped with ovseg (3 photos, 3 synthetic scenes)",
+    )
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument(
         "--classes",
@@ -39,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     names.add_argument(
         "--vocab",
-        help="a shipped vocabulary (coco, ade150, ade847, pc59, pc459, voc21, cityscapes, lvis, "
-        "synthetic_world) or a vocabulary file",
+        help=f"a shipped vocabulary ({', '.join(SHIPPED_VOCABULARIES)}) or a vocabulary file",
     )
     parser.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
@@ -117,46 +121,30 @@ def output_paths(directory: Path, image: Path) -> dict[str, Path]:
 
 
 def write_outputs(paths: dict[str, Path], overlay, labels, record: dict) -> None:
-    """Write every file to a temp name first, then rename them all: no partial outputs."""
-    temps = {}
-    try:
-        for key, path in paths.items():
-            temps[key] = temp_path_beside(path)
-        overlay.save(temps["overlay"], format="PNG")
-        labels.save(temps["labels"], format="PNG")
-        with open(temps["json"], "w", encoding="utf-8") as f:
-            json.dump(record, f, ensure_ascii=False, indent=1)
-        for key, path in paths.items():
-            os.replace(temps.pop(key), path)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    """Write the three files through temp names and rename them together: no partial outputs."""
+    atomic_write_many(
+        {
+            paths["overlay"]: lambda tmp: overlay.save(tmp, format="PNG"),
+            paths["labels"]: lambda tmp: labels.save(tmp, format="PNG"),
+            paths["json"]: lambda tmp: Path(tmp).write_text(
+                json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
+            ),
+        }
+    )
 
 
 def process_image(predictor, image_path: Path, args, out_dir: Path, model_label: str) -> dict:
     import numpy as np
 
     from ovseg.preprocess import load_image, resize_image
-    from ovseg.visualize import describe, draw_result, label_map_image, mask_to_rle
+    from ovseg.results import describe, image_record, label_map_image
+    from ovseg.visualize import draw_result
 
     image = load_image(image_path)
     result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
     label_map, segments = describe(result, args.task)
-    shown = resize_image(image, result["output_size"])
-    overlay = draw_result(shown, segments, args.task)
-    record = {
-        "image": str(image_path),
-        "image_size": list(result["image_size"]),
-        "output_size": list(result["output_size"]),
-        "task": args.task,
-        "model": model_label,
-        "classes": result["vocabulary"].names,
-        "segments": [
-            {k: v for k, v in s.items() if k != "mask"} | {"rle": mask_to_rle(s["mask"])}
-            for s in segments
-        ],
-    }
+    overlay = draw_result(resize_image(image, result["output_size"]), segments, args.task)
+    record = image_record(result, segments, task=args.task, model=model_label, image=image_path)
     write_outputs(
         output_paths(out_dir, image_path),
         overlay,
@@ -189,8 +177,8 @@ def process_video(predictor, video_path: Path, args, out_dir: Path) -> None:
     print(f"{video_path}: {record['frames']} frames -> {out_dir}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return run(args)
     except (UsageError, ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
@@ -202,17 +190,23 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ovseg.predictor import as_vocabulary, load_predictor
+    from ovseg.predictor import load_predictor
     from ovseg.preprocess import ImageError
     from ovseg.video import VideoError
-    from ovseg.vocabulary import parse_class_list
+    from ovseg.vocabulary import as_vocabulary, parse_class_list
 
     if args.short_side is not None and args.short_side < 32:
         raise UsageError("--short-side must be at least 32 pixels")
     vocabulary = (
         parse_class_list(args.classes) if args.classes is not None else as_vocabulary(args.vocab)
     )
+    if not args.inputs and not args.examples:
+        raise UsageError("name an image, video or directory to segment (or --examples)")
     images = collect_images(args.inputs)
+    if args.examples:
+        from ovseg.assets import example_images
+
+        images += example_images()
     out_dir = Path(args.output)
     check_writable(out_dir)
     todo = [

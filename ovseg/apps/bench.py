@@ -1,4 +1,5 @@
-"""Per-stage latency and peak memory of FC-CLIP inference (logic of tools/benchmark.py).
+"""``ovseg bench`` (and ``tools/benchmark.py``): per-stage latency and peak memory of FC-CLIP
+inference.
 
 Runs with random weights unless --weights is given: speed and memory do not depend on them.
 """
@@ -6,20 +7,19 @@ Runs with random weights unless --weights is given: speed and memory do not depe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from ovseg.assets import EXAMPLES_DIR
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-EXAMPLE = Path(__file__).resolve().parent.parent / "demo" / "examples" / "coffee.jpg"
 
 
 def peak_rss_mib() -> float:
@@ -33,26 +33,49 @@ def _sync(device: torch.device) -> None:
 
 
 class StageClock:
-    """``with clock("stage"): ...`` records the stage's wall time (device synchronised)."""
+    """Times the model's stages inside one ``predictor.encode`` call with forward hooks.
 
-    def __init__(self, device: torch.device) -> None:
+    Marks are taken when the backbone, the pixel decoder and the transformer decoder start and
+    the backbone and pixel decoder end (the device synchronised); ``stages(start, end)`` turns
+    them into preprocess / backbone / pixel_decoder / transformer_decoder (with the mask-pooled
+    CLIP embeddings, up to the end of ``encode``) wall times in seconds.
+    """
+
+    def __init__(self, model, device: torch.device) -> None:
         self.device = device
-        self.times: dict[str, float] = {}
+        self.marks: dict[str, float] = {}
+        self.handles = []
+        for name in ("backbone", "pixel_decoder", "transformer_decoder"):
+            module = getattr(model, name)
+            self.handles.append(module.register_forward_pre_hook(self._mark(f"{name}_start")))
+            self.handles.append(module.register_forward_hook(self._mark(f"{name}_end")))
 
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        _sync(self.device)
-        start = time.perf_counter()
-        yield
-        _sync(self.device)
-        self.times[stage] = time.perf_counter() - start
+    def _mark(self, key: str):
+        def hook(*_):
+            _sync(self.device)
+            self.marks[key] = time.perf_counter()
+
+        return hook
+
+    def stages(self, start: float, end: float) -> dict[str, float]:
+        m = self.marks
+        return {
+            "preprocess": m["backbone_start"] - start,
+            "backbone": m["backbone_end"] - m["backbone_start"],
+            "pixel_decoder": m["pixel_decoder_end"] - m["pixel_decoder_start"],
+            "transformer_decoder": end - m["transformer_decoder_start"],
+        }
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--config", default="fcclip_convnext_large_coco")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
-    parser.add_argument("--image", default=str(EXAMPLE))
+    parser.add_argument("--image", default=str(EXAMPLES_DIR / "coffee.jpg"))
     parser.add_argument("--short-side", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -75,13 +98,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _time_text_classifier(predictor, vocabulary, report: dict) -> None:
+    """Build the text classifier from scratch, then from the disk cache alone."""
+    start = time.perf_counter()
+    predictor.text_encoder(vocabulary)
+    report["text_classifier_build_s"] = time.perf_counter() - start
+    report["text_classifier_prompts"] = len(vocabulary.synonyms) * len(
+        predictor.text_encoder.templates
+    )
+    predictor.text_encoder.clear_memory()
+    start = time.perf_counter()
+    predictor.text_encoder(vocabulary)
+    report["text_classifier_from_disk_cache_s"] = time.perf_counter() - start
+
+
+def _time_stages(predictor, image, args, vocab, switch_vocab) -> dict[str, float]:
+    """One timed run of the public steps: encode (by stage), segment, vocabulary switch."""
+    clock = StageClock(predictor.model, predictor.device)
+    predictor.clear_cache()
+    predictor.set_vocabulary(vocab)
+    try:
+        _sync(predictor.device)
+        start = time.perf_counter()
+        features = predictor.encode(image, short_side=args.short_side)
+        _sync(predictor.device)
+        times = clock.stages(start, time.perf_counter())
+    finally:
+        clock.remove()
+    start = time.perf_counter()
+    predictor.segment(features, tasks=args.task)
+    _sync(predictor.device)
+    times["ensemble_postprocess"] = time.perf_counter() - start
+    times["total"] = sum(times.values())
+    # A vocabulary switch on a cached image: classification + post-processing only.
+    start = time.perf_counter()
+    predictor.segment(features, vocabulary=switch_vocab, tasks=args.task)
+    _sync(predictor.device)
+    times["vocabulary_switch"] = time.perf_counter() - start
+    return times
+
+
 def run(args) -> dict:
     from ovseg.checkpoint import load_weights
     from ovseg.config import load_config
     from ovseg.modeling.fcclip import build_model
-    from ovseg.modeling.transformer_decoder import mask_pooling
-    from ovseg.predictor import OVSegPredictor, as_vocabulary
-    from ovseg.preprocess import load_image, normalize_and_pad, resize_image, shortest_edge_size
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.preprocess import load_image
+    from ovseg.vocabulary import as_vocabulary
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -93,11 +156,11 @@ def run(args) -> dict:
     predictor = OVSegPredictor(
         model, cfg, device=args.device, dtype=DTYPES[args.dtype], text_cache_dir=text_cache
     )
-    device = predictor.device
+    image = load_image(args.image)
     report = {
         "config": cfg.name,
         "weights": args.weights or "random",
-        "device": str(device),
+        "device": str(predictor.device),
         "threads": args.threads,
         "dtype": args.dtype,
         "short_side": args.short_side,
@@ -105,82 +168,22 @@ def run(args) -> dict:
         "vocab": args.vocab,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "image_size": list(image.shape[:2]),
+        "resized_size": list(predictor.network_input_size(*image.shape[:2], args.short_side)),
+        "model_loaded_peak_rss_mib": peak_rss_mib(),
     }
-    report["model_loaded_peak_rss_mib"] = peak_rss_mib()
-
     vocab, switch_vocab = as_vocabulary(args.vocab), as_vocabulary(args.switch_vocab)
     if args.text:
-        start = time.perf_counter()
-        predictor.set_vocabulary(switch_vocab)
-        report["text_classifier_build_s"] = time.perf_counter() - start
-        report["text_classifier_prompts"] = len(switch_vocab.synonyms) * len(
-            predictor.text_encoder.templates
-        )
-        predictor.text_encoder._memory.clear()
-        predictor.vocabulary = None
-        start = time.perf_counter()
-        predictor.set_vocabulary(switch_vocab)
-        report["text_classifier_from_disk_cache_s"] = time.perf_counter() - start
+        _time_text_classifier(predictor, switch_vocab, report)
     predictor.set_vocabulary(switch_vocab)  # text cached before any timing below
-    predictor.set_vocabulary(vocab)
-
-    image = load_image(args.image)
-    inf = cfg.inference
-    resized_hw = shortest_edge_size(*image.shape[:2], args.short_side, inf.max_size_test)
-    report["image_size"], report["resized_size"] = list(image.shape[:2]), list(resized_hw)
-    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "fp32")
-    stages = {
-        "preprocess": [],
-        "backbone": [],
-        "pixel_decoder": [],
-        "transformer_decoder": [],
-        "ensemble_postprocess": [],
-        "total": [],
-        "vocabulary_switch": [],
-    }
-    for repeat in range(args.repeats + 1):  # the first run warms up and is not counted
-        clock = StageClock(device)
-        with torch.no_grad():
-            with clock("preprocess"):
-                pixels = normalize_and_pad(
-                    [resize_image(image, resized_hw)],
-                    inf.pixel_mean,
-                    inf.pixel_std,
-                    inf.size_divisibility,
-                    device=device,
-                )
-            with autocast:
-                with clock("backbone"):
-                    features = model.backbone(pixels)
-                with clock("pixel_decoder"):
-                    mask_features, multi_scale = model.pixel_decoder(features)
-                with clock("transformer_decoder"):
-                    outputs = model.transformer_decoder(
-                        multi_scale, mask_features, aux_classes=False
-                    )
-                    pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"])
-                    clip_embeds = model.backbone.project_pooled(pooled)
-            cached = {
-                "pred_embeds": outputs["pred_embeds"].float(),
-                "clip_embeds": clip_embeds.float(),
-                "pred_masks": outputs["pred_masks"].float(),
-                "padded_hw": tuple(pixels.shape[-2:]),
-            }
-            predictor.set_vocabulary(vocab)
-            with clock("ensemble_postprocess"):
-                predictor.postprocess(cached, image.shape[:2], resized_hw, (args.task,))
-            clock.times["total"] = sum(clock.times.values())
-            # A vocabulary switch on a cached image: classification + post-processing only.
-            with clock("vocabulary_switch"):
-                predictor.set_vocabulary(switch_vocab)
-                predictor.postprocess(cached, image.shape[:2], resized_hw, (args.task,))
-        if repeat > 0:
-            for key, value in clock.times.items():
-                stages[key].append(value)
+    runs = [
+        _time_stages(predictor, image, args, vocab, switch_vocab) for _ in range(args.repeats + 1)
+    ][1:]  # the first run warms up and is not counted
+    stages = {key: [times[key] for times in runs] for key in runs[0]}
     report["seconds_median"] = {k: statistics.median(v) for k, v in stages.items()}
     report["seconds_all"] = stages
     report["peak_rss_mib"] = peak_rss_mib()
-    if device.type == "cuda":
+    if predictor.device.type == "cuda":
         report["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     report["vocabulary_switch_fraction_of_total"] = (
         report["seconds_median"]["vocabulary_switch"] / report["seconds_median"]["total"]
@@ -210,16 +213,12 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     report = run(args)
     print(format_table(report))
     if args.json:
-        from ovseg.checkpoint import atomic_write
+        from ovseg.fileio import atomic_write
 
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

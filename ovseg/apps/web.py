@@ -1,4 +1,4 @@
-"""The Gradio web demo over OVSegPredictor (logic of demo/app.py).
+"""The Gradio web demo over OVSegPredictor: ``ovseg app`` (and ``demo/app.py``).
 
 Image tab: upload or pick an example, name classes or pick a preset vocabulary, choose the
 task; see the overlay with its legend, a table of segments, and download the label PNG and the
@@ -18,18 +18,20 @@ import numpy as np
 
 from ovseg import model_zoo
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "demo" / "examples"
-PRESETS = {
-    "(type classes)": None,
-    "COCO panoptic (133)": "coco_panoptic",
-    "ADE20K (150)": "ade20k_150",
-    "ADE20K (847)": "ade20k_847",
-    "Pascal Context (59)": "pascal_context_59",
-    "Pascal Context (459)": "pascal_context_459",
-    "Cityscapes (19)": "cityscapes",
-    "LVIS (1203)": "lvis",
-    "Synthetic shapes world (19)": "synthetic_world",
-}
+TYPED = "(type classes)"
+
+
+def preset_choices() -> dict[str, str | None]:
+    """Dropdown label -> shipped vocabulary name (None: the typed classes), from the one list
+    of shipped vocabularies (ovseg.vocabulary.SHIPPED_VOCABULARIES)."""
+    from ovseg.vocabulary import SHIPPED_VOCABULARIES, load_vocabulary
+
+    return {TYPED: None} | {
+        f"{title} ({len(load_vocabulary(short))})": short
+        for short, (_, title) in SHIPPED_VOCABULARIES.items()
+    }
+
+
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_UPLOAD = "50mb"
 
@@ -46,6 +48,7 @@ class Demo:
         self.model_note = model_note
         self.max_frames = max_frames
         self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-demo-"))
+        self.presets = preset_choices()
         self.runs = 0
 
     def close(self) -> None:
@@ -54,7 +57,7 @@ class Demo:
     def vocabulary(self, classes: str, preset: str):
         from ovseg.vocabulary import load_vocabulary, parse_class_list
 
-        name = PRESETS.get(preset)
+        name = self.presets.get(preset)
         if name is not None:
             return load_vocabulary(name)
         return parse_class_list(classes or "")
@@ -64,7 +67,8 @@ class Demo:
         from PIL import Image
 
         from ovseg.preprocess import as_rgb_array
-        from ovseg.visualize import describe, draw_result, label_map_image, mask_to_rle
+        from ovseg.results import describe, image_record, label_map_image
+        from ovseg.visualize import draw_result
 
         if image is None:
             raise DemoError("upload an image first (or pick an example)")
@@ -87,21 +91,8 @@ class Demo:
         label_path = self.workdir / f"labels_{stamp}.png"
         json_path = self.workdir / f"segments_{stamp}.json"
         label_map_image(np.asarray(label_map), task).save(label_path)
-        json_path.write_text(
-            json.dumps(
-                {
-                    "task": task,
-                    "classes": vocabulary.names,
-                    "image_size": list(result["image_size"]),
-                    "segments": [
-                        {k: v for k, v in s.items() if k != "mask"}
-                        | {"rle": mask_to_rle(s["mask"])}
-                        for s in segments
-                    ],
-                },
-                ensure_ascii=False,
-            )
-        )
+        record = image_record(result, segments, task=task, model=self.predictor.model_name)
+        json_path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
         reused = self.predictor.image_encodes == encodes
         self.runs += 1
         status = (
@@ -126,123 +117,133 @@ class Demo:
         return mp4, frames_json, f"{record['frames']} frames at {fps:.1f} frames/s"
 
 
-def build_app(demo: Demo):
-    import gradio as gr
+def _tolerant_image_input(gr, **kwargs):
+    """An image input that hands files PIL cannot open to ovseg's loader, whose message says
+    what is wrong (gradio's own error comes before the handler runs, without one)."""
     from PIL import UnidentifiedImageError
 
-    def tolerant_image_input(**kwargs):
-        """An image input that hands files PIL cannot open to ovseg's loader, whose message
-        says what is wrong (gradio's own error comes before the handler runs, without one)."""
-        component = gr.Image(**kwargs)
-        preprocess = component.preprocess
+    component = gr.Image(**kwargs)
+    preprocess = component.preprocess
 
-        def lenient(payload):
-            try:
-                return preprocess(payload)
-            except (UnidentifiedImageError, OSError, SyntaxError):
-                return payload.path
+    def lenient(payload):
+        try:
+            return preprocess(payload)
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            return payload.path
 
-        component.preprocess = lenient
-        return component
+    component.preprocess = lenient
+    return component
 
+
+def _guarded(gr, function):
+    """Run ``function``; bad input becomes a message in the page, never a stack trace."""
     from ovseg.preprocess import ImageError
     from ovseg.video import VideoError
 
-    def guarded(function):
-        """Run ``function``; bad input becomes a message in the page, never a stack trace."""
+    def wrapper(*args):
+        try:
+            return function(*args)
+        except (DemoError, ImageError, VideoError, ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
 
-        def wrapper(*args):
-            try:
-                return function(*args)
-            except (DemoError, ImageError, VideoError, ValueError, FileNotFoundError) as error:
-                raise gr.Error(str(error), print_exception=False) from None
+    return wrapper
 
-        return wrapper
+
+def _image_tab(gr, demo: Demo) -> None:
+    from ovseg.assets import example_images
+    from ovseg.preprocess import load_image
 
     def run_image(image_path, classes, preset, task):
-        from ovseg.preprocess import load_image
-
         image = load_image(image_path) if image_path else None
         return demo.segment_image(image, classes, preset, task)
 
+    with gr.Tab("Image"):
+        with gr.Row():
+            with gr.Column():
+                image_in = _tolerant_image_input(
+                    gr, type="filepath", label="image", elem_id="input-image"
+                )
+                classes = gr.Textbox(
+                    label="classes (comma separated; synonyms with /)",
+                    value="star, ring, circle, grass, water, sky",
+                    elem_id="classes",
+                )
+                preset = gr.Dropdown(
+                    list(demo.presets),
+                    value=TYPED,
+                    label="or a preset vocabulary",
+                    elem_id="preset",
+                )
+                task = gr.Radio(
+                    ["panoptic", "semantic", "instance"],
+                    value="panoptic",
+                    label="task",
+                    elem_id="task",
+                )
+                run = gr.Button("Segment", variant="primary", elem_id="run")
+            with gr.Column():
+                overlay = gr.Image(label="result", elem_id="overlay", interactive=False)
+                status = gr.Markdown(elem_id="status")
+                table = gr.Dataframe(
+                    headers=["class", "score", "area"],
+                    label="segments",
+                    elem_id="segments",
+                    interactive=False,
+                )
+                with gr.Row():
+                    label_file = gr.File(label="label PNG", elem_id="label-file")
+                    json_file = gr.File(label="JSON", elem_id="json-file")
+        gr.Examples([str(p) for p in example_images()], inputs=image_in, label="examples")
+        run.click(
+            _guarded(gr, run_image),
+            [image_in, classes, preset, task],
+            [overlay, table, label_file, json_file, status],
+            concurrency_limit=1,
+        )
+
+
+def _video_tab(gr, demo: Demo) -> None:
     def run_video(video, classes, preset, progress=gr.Progress()):  # noqa: B008 (gradio idiom)
         return demo.segment_video(
             video, classes, preset, progress=lambda done, total: progress((done, total))
         )
+
+    with gr.Tab("Video"):
+        with gr.Row():
+            with gr.Column():
+                video_in = gr.Video(
+                    label=f"video (at most {demo.max_frames} frames)", elem_id="input-video"
+                )
+                video_classes = gr.Textbox(
+                    label="classes", value="star, ring, circle, grass", elem_id="video-classes"
+                )
+                video_preset = gr.Dropdown(
+                    list(demo.presets), value=TYPED, label="or a preset vocabulary"
+                )
+                video_run = gr.Button("Segment video", variant="primary", elem_id="video-run")
+            with gr.Column():
+                video_out = gr.Video(label="overlay", elem_id="video-out")
+                video_json = gr.File(label="per-frame JSON")
+                video_status = gr.Markdown()
+        video_run.click(
+            _guarded(gr, run_video),
+            [video_in, video_classes, video_preset],
+            [video_out, video_json, video_status],
+            concurrency_limit=1,
+        )
+
+
+def build_app(demo: Demo):
+    """The Gradio Blocks app: an image tab and a video tab over ``demo``."""
+    import gradio as gr
 
     with gr.Blocks(title="ovseg: open-vocabulary segmentation") as app:
         gr.Markdown(
             "# ovseg: open-vocabulary segmentation\nName any classes, get panoptic, "
             f"semantic or instance segmentation. **Model:** {demo.model_note}"
         )
-        with gr.Tab("Image"):
-            with gr.Row():
-                with gr.Column():
-                    image_in = tolerant_image_input(
-                        type="filepath", label="image", elem_id="input-image"
-                    )
-                    classes = gr.Textbox(
-                        label="classes (comma separated; synonyms with /)",
-                        value="star, ring, circle, grass, water, sky",
-                        elem_id="classes",
-                    )
-                    preset = gr.Dropdown(
-                        list(PRESETS),
-                        value="(type classes)",
-                        label="or a preset vocabulary",
-                        elem_id="preset",
-                    )
-                    task = gr.Radio(
-                        ["panoptic", "semantic", "instance"],
-                        value="panoptic",
-                        label="task",
-                        elem_id="task",
-                    )
-                    run = gr.Button("Segment", variant="primary", elem_id="run")
-                with gr.Column():
-                    overlay = gr.Image(label="result", elem_id="overlay", interactive=False)
-                    status = gr.Markdown(elem_id="status")
-                    table = gr.Dataframe(
-                        headers=["class", "score", "area"],
-                        label="segments",
-                        elem_id="segments",
-                        interactive=False,
-                    )
-                    with gr.Row():
-                        label_file = gr.File(label="label PNG", elem_id="label-file")
-                        json_file = gr.File(label="JSON", elem_id="json-file")
-            examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
-            if examples:
-                gr.Examples(examples, inputs=image_in, label="examples")
-            run.click(
-                guarded(run_image),
-                [image_in, classes, preset, task],
-                [overlay, table, label_file, json_file, status],
-                concurrency_limit=1,
-            )
-        with gr.Tab("Video"):
-            with gr.Row():
-                with gr.Column():
-                    video_in = gr.Video(
-                        label=f"video (at most {demo.max_frames} frames)", elem_id="input-video"
-                    )
-                    video_classes = gr.Textbox(
-                        label="classes", value="star, ring, circle, grass", elem_id="video-classes"
-                    )
-                    video_preset = gr.Dropdown(
-                        list(PRESETS), value="(type classes)", label="or a preset vocabulary"
-                    )
-                    video_run = gr.Button("Segment video", variant="primary", elem_id="video-run")
-                with gr.Column():
-                    video_out = gr.Video(label="overlay", elem_id="video-out")
-                    video_json = gr.File(label="per-frame JSON")
-                    video_status = gr.Markdown()
-            video_run.click(
-                guarded(run_video),
-                [video_in, video_classes, video_preset],
-                [video_out, video_json, video_status],
-                concurrency_limit=1,
-            )
+        _image_tab(gr, demo)
+        _video_tab(gr, demo)
     return app
 
 
@@ -251,13 +252,13 @@ def describe_model(name: str) -> str:
     return f"`{name}`: {entry.description}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     import argparse
     import sys
 
-    from ovseg.predictor import add_model_arguments
+    from ovseg.apps.arguments import add_model_arguments
 
-    parser = argparse.ArgumentParser(description="ovseg web demo (Gradio)")
+    parser = argparse.ArgumentParser(prog=prog, description="ovseg web demo (Gradio)")
     add_model_arguments(parser)
     parser.add_argument(
         "--host",

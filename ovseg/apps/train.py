@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from ovseg.data.arguments import add_dataset_arguments, dataset_from_arguments
+from ovseg.apps.arguments import add_dataset_arguments, dataset_from_arguments
 from ovseg.train.loop import TrainConfig
 
 
@@ -20,9 +20,9 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write true or false")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tools/train.py",
+        prog=prog,
         description="Train FC-CLIP's mask generator and in-vocabulary head on a COCO-panoptic "
         "format dataset with the CLIP frozen. Multi-GPU / multi-process: "
         "torchrun --nproc_per_node N tools/train.py ...",
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     from ovseg.checkpoint import WeightsError
     from ovseg.config import load_config
     from ovseg.data import LargeScaleJitter

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ovseg.data.label_io import id_to_rgb
-from ovseg.data.synthetic_render import (
+from ovseg.synthetic.render import (
     ACCENTS,
     MAX_ROTATION,
     OUTLINE_SHADE,

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg.data import CATEGORIES, PanopticDataset, base_novel_split, write_synthetic_panoptic
+from ovseg.data import PanopticDataset
+from ovseg.synthetic.scenes import CATEGORIES, base_novel_split, write_synthetic_panoptic
 from ovseg.vocabulary import Vocabulary
 
 CROP = 64  # side of the object / texture crops the CLIP learns from
@@ -191,8 +192,8 @@ def region_pairs(
     a stuff region is the cells lying (>= 90%) inside the texture. Captions say the object (with
     its colour 30% of the time) in one of several phrasings; the scene caption is kept too.
     Only boxes go in, never masks: the information of an object-centric crop."""
-    from ovseg.clip_training import RegionPool
     from ovseg.preprocess import resize_image
+    from ovseg.synthetic.clip_training import RegionPool
 
     captions, annotations = _world_json(json_path)
     names = dataset.vocabulary.names
@@ -245,8 +246,8 @@ def clip_zero_shot(clip, backbone, val_set, val_json, test_hw, novel, rng, *, me
     """The frozen CLIP's zero-shot accuracy on val object / texture crops (image
     classification) and on val box regions of scenes at the test scale (dense features),
     overall, base, novel and per class, with the class names in the ViLD templates."""
-    from ovseg.clip_training import region_zero_shot_accuracy, zero_shot_accuracy
     from ovseg.modeling.text_classifier import TextEncoder
+    from ovseg.synthetic.clip_training import region_zero_shot_accuracy, zero_shot_accuracy
     from ovseg.vocabulary import load_templates
 
     vocab = val_set.vocabulary
@@ -290,16 +291,16 @@ def _log(message: str) -> None:
 def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     """Everything: data, CLIP, segmentation training, evaluation, report. Returns the report."""
     from ovseg.checkpoint import load_weights, save_weights
-    from ovseg.clip_training import (
+    from ovseg.config import load_config
+    from ovseg.data import LargeScaleJitter
+    from ovseg.modeling.fcclip import build_model
+    from ovseg.preprocess import shortest_edge_size
+    from ovseg.synthetic.clip_training import (
         CLIPTrainConfig,
         ImagePool,
         reset_layer_scale,
         train_clip,
     )
-    from ovseg.config import load_config
-    from ovseg.data import LargeScaleJitter
-    from ovseg.modeling.fcclip import build_model
-    from ovseg.preprocess import shortest_edge_size
     from ovseg.train.loop import TrainConfig, train
 
     out = Path(out)

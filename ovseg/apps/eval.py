@@ -1,0 +1,58 @@
+"""``ovseg eval`` (and ``tools/eval.py``): PQ / mIoU / AP of a model on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    from ovseg.apps.arguments import (
+        add_dataset_arguments,
+        add_model_arguments,
+        dataset_from_arguments,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Evaluate zero-shot / in-vocabulary segmentation on a COCO-panoptic format "
+        "dataset (PQ, mIoU, AP) or a semantic-PNG dataset (mIoU), with the dataset's own "
+        "vocabulary.",
+    )
+    add_model_arguments(parser, default="fcclip_convnext_large_coco")
+    add_dataset_arguments(parser, semantic=True)
+    parser.add_argument("--tasks", default="panoptic,semantic,instance")
+    parser.add_argument("--output", help="directory for results.json and saved predictions")
+    parser.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="also write COCO panoptic format predictions",
+    )
+    parser.add_argument("--limit", type=int, help="evaluate the first N images only")
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from ovseg.checkpoint import WeightsError
+    from ovseg.data import DatasetError
+    from ovseg.evaluation.runner import evaluate, format_report
+    from ovseg.predictor import OVSegPredictor
+
+    try:
+        dataset = dataset_from_arguments(args)
+        predictor = OVSegPredictor.from_pretrained(
+            args.model, weights=args.weights, config=args.config, device=args.device
+        )
+        report = evaluate(
+            predictor,
+            dataset,
+            tasks=tuple(args.tasks.split(",")),
+            output_dir=args.output,
+            save_predictions=args.save_predictions,
+            limit=args.limit,
+            num_workers=args.num_workers,
+        )
+    except (ValueError, FileNotFoundError, WeightsError, DatasetError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0

@@ -1,0 +1,65 @@
+"""The ``ovseg`` command: one entry point, a sub-command per front end.
+
+    ovseg predict IMAGES --classes "cat, dog"   # = python demo/predict.py
+    ovseg app                                  # = python demo/app.py (web demo)
+    ovseg train | eval | bench | convert ...   # = python tools/<script>.py
+
+Each sub-command is the ``main`` of a module in :mod:`ovseg.apps`, imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name: (module in ovseg.apps, what it does; the script that runs the same main)
+COMMANDS = {
+    "predict": ("predict", "segment images or videos for classes you name (demo/predict.py)"),
+    "app": ("web", "the Gradio web demo (demo/app.py)"),
+    "train": ("train", "train on a COCO-panoptic format dataset (tools/train.py)"),
+    "eval": ("eval", "PQ / mIoU / AP of a model on a dataset (tools/eval.py)"),
+    "bench": ("bench", "per-stage inference latency and memory (tools/benchmark.py)"),
+    "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),
+    "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),
+    "bench-pq": ("bench_pq", "PQ evaluator speed (tools/bench_pq.py)"),
+    "bench-demo": ("bench_demo", "web-demo latencies without a browser (tools/bench_demo.py)"),
+    "synthetic-world": (
+        "synthetic_world",
+        "the synthetic open-vocabulary experiment (tools/synthetic_world.py)",
+    ),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return (
+        "usage: ovseg COMMAND [options]   (ovseg COMMAND --help for its options)\n\n"
+        "Open-vocabulary segmentation (FC-CLIP): name any classes, get panoptic, semantic or "
+        "instance segmentation.\n\ncommands:\n" + "\n".join(lines)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from ovseg import __version__
+
+        print(f"ovseg {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(
+            f"error: unknown command '{name}': choose one of {', '.join(COMMANDS)} (ovseg --help)",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(f"ovseg.apps.{COMMANDS[name][0]}")
+    return module.main(rest, prog=f"ovseg {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

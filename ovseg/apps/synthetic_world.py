@@ -1,0 +1,117 @@
+"""The synthetic open-vocabulary world, end to end: generate scenes with captions, train a
+small CLIP on the captions, train ovseg on base classes only, evaluate base and novel classes.
+
+    python tools/synthetic_world.py --out runs/world            # full run (about 37 min)
+    python tools/synthetic_world.py --out runs/world --quick    # CI-sized (about 4 min)
+    python tools/synthetic_world.py --out runs/world --ship-only  # ship a finished run
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent  # ovseg/: a checkout's, with pip install -e
+
+
+def ship(out: Path) -> None:
+    """Copy a finished run into the package (ovseg/assets, ovseg/vocab) as the model-zoo entry
+    synthetic_tiny.
+    Raises ValueError, before copying anything, when the run in ``out`` is not complete."""
+    from ovseg.fileio import atomic_write
+
+    try:
+        report = json.loads((out / "report.json").read_text())
+        weights_mib = float(report["weights_mib"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{out} holds no finished run: report.json missing or unreadable ({error})"
+        ) from None
+    model_dir = PACKAGE / "assets" / "synthetic_tiny"
+    copies = [
+        (out / "synthetic_tiny.safetensors", model_dir / "synthetic_tiny.safetensors"),
+        (out / "data" / "vocab.txt", PACKAGE / "vocab" / "synthetic_world.txt"),
+        (out / "base_vocab.txt", PACKAGE / "vocab" / "synthetic_world_base.txt"),
+        (out / "report.md", model_dir / "report.md"),
+        (out / "predictions.png", model_dir / "predictions.png"),
+    ]
+    for image in sorted((out / "data" / "val" / "images").glob("*.png"))[:3]:
+        copies.append((image, PACKAGE / "assets" / "examples" / f"synthetic_{image.name}"))
+    missing = [str(source) for source, _ in copies if not source.is_file()]
+    if missing:
+        raise ValueError(f"{out} is not a complete run, missing: {', '.join(missing)}")
+    for source, target in copies:  # each file whole or not at all (a copy, then a rename)
+        atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    print(f"shipped {copies[0][1]} ({weights_mib:.1f} MiB)")
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory (report.md, report.json, predictions.png, weights)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small, fast run for CI")
+    parser.add_argument("--novel-things", type=int, default=4)
+    parser.add_argument("--novel-stuff", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="after the run, copy the weights, "
+        "vocabularies, report and a few val scenes into the repository as the "
+        "model-zoo entry synthetic_tiny",
+    )
+    parser.add_argument(
+        "--ship-only",
+        action="store_true",
+        help="ship the finished run in --out without running again",
+    )
+    parser.add_argument(
+        "--plain-things",
+        action="store_true",
+        help="things without their surface patterns: silhouette and colour only (harder)",
+    )
+    parser.add_argument(
+        "--void-in-mask-loss",
+        action="store_true",
+        help="the official recipe: unlabelled (void, novel) pixels are the background of every "
+        "matched mask; by default they are left out of the mask losses",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.ship_only:
+        return _ship_or_say_why(out)
+
+    import torch
+
+    from ovseg.synthetic.world import WorldConfig, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = WorldConfig.quick() if args.quick else WorldConfig()
+    cfg.novel_things, cfg.novel_stuff, cfg.seed = args.novel_things, args.novel_stuff, args.seed
+    cfg.patterns = not args.plain_things
+    cfg.ignore_void = not args.void_in_mask_loss
+    try:
+        run(out, cfg, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print((out / "report.md").read_text())
+    return _ship_or_say_why(out) if args.ship else 0
+
+
+def _ship_or_say_why(out: Path) -> int:
+    try:
+        ship(out)
+    except ValueError as error:
+        print(f"error: {error}; run tools/synthetic_world.py --out DIR first", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,104 @@
+"""The repository's entry scripts and copies stay what the package owns: the scripts in demo/
+and tools/ are the ``ovseg`` sub-commands, configs/ is a copy of ovseg/configs/, and the core
+never imports the synthetic world or the front ends."""
+
+import ast
+import filecmp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ovseg"
+
+
+def test_configs_folder_is_a_copy_of_the_package_presets():
+    packaged = sorted(
+        p.relative_to(PACKAGE / "configs") for p in (PACKAGE / "configs").rglob("*.*")
+    )
+    copied = sorted(
+        p.relative_to(ROOT / "configs")
+        for p in (ROOT / "configs").rglob("*.*")
+        if p.name != "README.md"
+    )
+    assert packaged == copied
+    for relative in packaged:
+        assert filecmp.cmp(
+            PACKAGE / "configs" / relative, ROOT / "configs" / relative, shallow=False
+        )
+
+
+SCRIPTS = {
+    "demo/predict.py": "predict",
+    "demo/app.py": "app",
+    "tools/train.py": "train",
+    "tools/eval.py": "eval",
+    "tools/benchmark.py": "bench",
+    "tools/convert_fcclip.py": "convert",
+    "tools/bench_train.py": "bench-train",
+    "tools/bench_pq.py": "bench-pq",
+    "tools/bench_demo.py": "bench-demo",
+    "tools/synthetic_world.py": "synthetic-world",
+}
+
+
+def test_every_script_is_an_ovseg_command():
+    from ovseg.apps.main import COMMANDS
+
+    assert sorted(SCRIPTS.values()) == sorted(COMMANDS)
+    assert sorted(str(p.relative_to(ROOT)) for p in (ROOT / "demo").glob("*.py")) + sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.py")
+    ) == sorted(SCRIPTS)
+    for script, command in SCRIPTS.items():
+        module = f"ovseg.apps.{COMMANDS[command][0]}"
+        assert f"from {module} import main" in (ROOT / script).read_text(), script
+
+
+@pytest.mark.parametrize("script", ["demo/predict.py", "tools/train.py"])
+def test_a_script_and_its_command_print_the_same_help(script):
+    """``python demo/predict.py --help`` and ``ovseg predict --help``: one parser (the usage
+    paragraph differs only by the program's name, and wraps with it)."""
+    env = dict(os.environ, COLUMNS="100")
+
+    def help_text(*command: str) -> str:
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+        usage, _, rest = done.stdout.partition("\n\n")
+        return usage, rest
+
+    script_usage, by_script = help_text(sys.executable, str(ROOT / script), "--help")
+    command_usage, by_command = help_text(sys.executable, "-m", "ovseg", SCRIPTS[script], "--help")
+    assert script_usage.startswith(f"usage: {Path(script).name} ")
+    assert command_usage.startswith(f"usage: ovseg {SCRIPTS[script]} ")
+    assert by_script == by_command and "--help" in by_command
+
+
+def _imports(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def test_the_core_imports_neither_the_synthetic_world_nor_the_front_ends():
+    rooms = ("ovseg.synthetic", "ovseg.apps")
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in ("synthetic", "apps") or relative.name == "__main__.py":
+            continue
+        bad = [m for m in _imports(path) if m.startswith(rooms)]
+        assert not bad, f"{relative} imports {bad}"
+
+
+def test_the_unknown_command_is_one_line_and_exit_2(capsys):
+    from ovseg.apps.main import main
+
+    assert main(["segment"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown command 'segment'") and "\n" not in err
+    assert main([]) == 0 and "predict" in capsys.readouterr().out
