@@ -2,17 +2,23 @@
 
 Weights live in ``$OVSEG_WEIGHTS`` (default ``~/.cache/ovseg/weights``). Official checkpoints
 are downloaded atomically (temp file + rename), checked against their sha256 when known, and
-converted once to ovseg's safetensors format.
+converted once to ovseg's safetensors format. An answer that is not the checkpoint (an HTML
+page, a truncated or wrongly sized body, a failed checksum) is refused whole, and the error says
+how to fetch the file by hand.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import re
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from ovseg.assets import ASSETS_DIR
 from ovseg.fileio import atomic_write
@@ -26,6 +32,7 @@ class ZooEntry:
     description: str
     url: str | None = None  # official release (None: shipped with the project)
     sha256: str | None = None  # of the downloaded file, when known
+    size: int | None = None  # bytes of the downloaded file, when known
     shipped_path: str | None = None  # package data, relative to ovseg/assets/
     meaningful: bool = True  # False for random-weight test models
 
@@ -37,7 +44,8 @@ MODEL_ZOO = {
         filename="fcclip_cocopan.pth",
         description="FC-CLIP ConvNeXt-L trained on COCO panoptic (official release, "
         "COCO PQ 54.4, ADE20K PQ 26.8 zero-shot)",
-        # The official FC-CLIP release (Google Drive, linked from the FC-CLIP README).
+        # The official FC-CLIP release (Google Drive, linked from the FC-CLIP README). Its size
+        # and sha256 are not published there, so neither is recorded.
         url="https://drive.google.com/uc?export=download&id=1-91PIns86vyNaL3CzMmDD39zKGnPMtvj",
     ),
     "synthetic_tiny": ZooEntry(
@@ -74,6 +82,7 @@ def fallback_model() -> str:
 
 
 def weights_dir() -> Path:
+    """Where zoo weights are kept: ``$OVSEG_WEIGHTS``, else ``~/.cache/ovseg/weights``."""
     return Path(os.environ.get("OVSEG_WEIGHTS") or Path.home() / ".cache" / "ovseg" / "weights")
 
 
@@ -94,17 +103,45 @@ def local_weights(name: str) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def missing_weights_message(name: str) -> str:
+GOOGLE_DRIVE_HOSTS = {"drive.google.com", "drive.usercontent.google.com", "docs.google.com"}
+
+
+class DownloadError(ValueError):
+    """A download that did not give the checkpoint; the message says what came back instead
+    and how to fetch the file by hand. Nothing of the answer is kept."""
+
+
+def browser_page(url: str) -> str:
+    """The page a person opens to fetch ``url`` by hand: a Google Drive file's view page
+    (``https://drive.google.com/file/d/<id>/view``), else ``url`` itself."""
+    parts = urlsplit(url)
+    if parts.hostname in GOOGLE_DRIVE_HOSTS:
+        in_path = re.search(r"/file/d/([\w-]+)", parts.path)
+        file_id = in_path.group(1) if in_path else parse_qs(parts.query).get("id", [""])[0]
+        if file_id:
+            return f"https://drive.google.com/file/d/{file_id}/view"
+    return url
+
+
+def manual_fetch_steps(name: str) -> str:
+    """How to put a zoo model's weights in place by hand (the one wording used by
+    :func:`missing_weights_message` and every :class:`DownloadError`)."""
     entry = get_entry(name)
     where = weights_dir() / entry.filename
-    source = f" from {entry.url}" if entry.url else ""
+    fetch = f"open {browser_page(entry.url)} in a browser, download " if entry.url else "download "
     return (
-        f"no weights for model '{name}': download {entry.filename}{source} and put it at "
-        f"{where} (or set OVSEG_WEIGHTS, or pass --weights FILE)"
+        f"{fetch}{entry.filename} and put it at {where} "
+        "(or set OVSEG_WEIGHTS to the folder that holds it, or pass --weights FILE)"
     )
 
 
+def missing_weights_message(name: str) -> str:
+    """Why a zoo model cannot be loaded here and how to get its weights."""
+    return f"no weights for model '{name}': {manual_fetch_steps(name)}"
+
+
 def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -112,8 +149,64 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_checkpoint_start(head: bytes) -> bool:
+    """Whether bytes can begin a weights file: a torch zip ("PK\\x03\\x04"), a legacy torch
+    pickle ("\\x80", the pickle protocol opcode) or safetensors (8-byte little-endian header
+    length, then the JSON header's "{")."""
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return True
+    header_length = int.from_bytes(head[:8], "little")
+    # safetensors caps its header at 100 MB; an HTML page's first 8 bytes read as far more
+    return len(head) > 8 and head[8:9] == b"{" and 0 < header_length <= 100_000_000
+
+
+def _source_of(url: str) -> str:
+    host = urlsplit(url).hostname
+    return "Google Drive" if host in GOOGLE_DRIVE_HOSTS else host or url
+
+
+def _not_a_checkpoint(head: bytes, content_type: str, source: str) -> str | None:
+    """What came back instead of a checkpoint, or None if ``head`` can begin one."""
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:64].lower()
+    if content_type == "text/html" or start.startswith((b"<!doctype html", b"<html")):
+        why = (
+            " (a virus-scan confirmation for large files, or a download-quota notice)"
+            if source == "Google Drive"
+            else ""
+        )
+        return f"{source} answered with an HTML page{why}, not the checkpoint"
+    if content_type.startswith("text/"):
+        return f"{source} answered with text ({content_type}), not the checkpoint"
+    if not head:
+        return f"{source} answered with an empty body, not the checkpoint"
+    if not is_checkpoint_start(head):
+        return (
+            f"{source} answered with bytes that begin {head[:16]!r}: not a PyTorch or "
+            "safetensors checkpoint"
+        )
+    return None
+
+
+def _network_problem(error: Exception, url: str) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"{_source_of(url)} answered HTTP {error.code} {error.reason}"
+    if isinstance(error, http.client.IncompleteRead):
+        return "the connection closed before the end of the file (truncated)"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, TimeoutError):
+        return f"{_source_of(url)} did not answer in time"
+    return f"could not reach {_source_of(url)} ({reason})"
+
+
 def download_weights(name: str, *, progress: bool = True) -> Path:
-    """Download a zoo model's official weights into the weights directory (atomic)."""
+    """Download a zoo model's official weights into the weights directory (atomic).
+
+    Returns the weights file (the one already here, if any). Raises ``FileNotFoundError`` for a
+    model with no download, and :class:`DownloadError` (a ``ValueError``), keeping nothing, when
+    the network fails or the answer is not the checkpoint: an HTML or other text page, a body
+    that does not begin like a torch or safetensors file, fewer bytes than its Content-Length
+    (truncated), a size other than the recorded one, or a failed sha256.
+    """
     entry = get_entry(name)
     existing = local_weights(name)
     if existing is not None:
@@ -121,25 +214,71 @@ def download_weights(name: str, *, progress: bool = True) -> Path:
     if entry.url is None:
         raise FileNotFoundError(missing_weights_message(name))
     target = weights_dir() / entry.filename
+    source = _source_of(entry.url)
+
+    def refuse(problem: str) -> DownloadError:
+        return DownloadError(
+            f"could not download the weights of model '{name}': {problem}; nothing was kept. "
+            f"To fetch the file by hand: {manual_fetch_steps(name)}"
+        )
+
+    def read(response, size: int) -> bytes:
+        try:
+            return response.read(size)
+        except (OSError, http.client.HTTPException) as error:
+            raise refuse(_network_problem(error, entry.url)) from error
 
     def fetch(tmp: str) -> None:
-        with urllib.request.urlopen(entry.url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
+        try:
+            response = urllib.request.urlopen(entry.url, timeout=60)
+        except (OSError, http.client.HTTPException) as error:
+            raise refuse(_network_problem(error, entry.url)) from error
+        with response:
+            # urllib invents a Content-Type for file:// URLs (text/plain); only HTTP's counts
+            from_http = urlsplit(response.geturl()).scheme in ("http", "https")
+            content_type = response.headers.get("Content-Type", "") if from_http else ""
+            content_type = content_type.split(";")[0].strip().lower()
+            length = response.headers.get("Content-Length", "").strip()
+            announced = int(length) if length.isdigit() else 0  # 0: not announced
+            if entry.size is not None and announced and announced != entry.size:
+                raise refuse(
+                    f"{source} announced {announced} bytes, but {entry.filename} has {entry.size}"
+                )
+            # Judge the first block before writing anything.
+            block = read(response, 1 << 20)
+            problem = _not_a_checkpoint(block, content_type, source)
+            if problem:
+                raise refuse(problem)
+            digest, received = hashlib.sha256(), 0
             from tqdm import tqdm
 
-            with tqdm(
-                total=total or None,
-                unit="B",
-                unit_scale=True,
-                disable=not progress,
-                desc=entry.filename,
-                file=sys.stderr,
-            ) as bar:
-                while block := response.read(1 << 20):
+            with (
+                open(tmp, "wb") as out,
+                tqdm(
+                    total=announced or None,
+                    unit="B",
+                    unit_scale=True,
+                    disable=not progress,
+                    desc=entry.filename,
+                    file=sys.stderr,
+                ) as bar,
+            ):
+                while block:
                     out.write(block)
+                    digest.update(block)
+                    received += len(block)
                     bar.update(len(block))
-        if entry.sha256 and sha256_of(Path(tmp)) != entry.sha256:
-            raise ValueError(f"checksum mismatch for {entry.filename}: download it again")
+                    block = read(response, 1 << 20)
+        # http.client ends a short body quietly: compare with what the server announced.
+        if announced and received != announced:
+            raise refuse(f"the download stopped after {received} of {announced} bytes (truncated)")
+        if entry.size is not None and received != entry.size:
+            raise refuse(f"{received} bytes came back, but {entry.filename} has {entry.size}")
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise refuse(
+                f"checksum mismatch for {entry.filename}: sha256 {digest.hexdigest()}, "
+                f"expected {entry.sha256}"
+            )
 
     atomic_write(target, fetch)
     return target
