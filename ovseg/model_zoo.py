@@ -53,7 +53,7 @@ MODEL_ZOO = {
         config="synthetic_tiny",
         filename="synthetic_tiny.safetensors",
         description="small FC-CLIP trained on the synthetic shapes world "
-        "(tools/synthetic_world.py): knows shapes and textures only (vocab synthetic_world)",
+        "(ovseg synthetic-world): knows shapes and textures only (vocab synthetic_world)",
         shipped_path="synthetic_tiny/synthetic_tiny.safetensors",
     ),
     "fcclip_tiny_parity": ZooEntry(
@@ -198,6 +198,44 @@ def _network_problem(error: Exception, url: str) -> str:
     return f"could not reach {_source_of(url)} ({reason})"
 
 
+def _stream_to_file(tmp: str, first: bytes, read_block, *, total: int, label: str | None):
+    """Write ``first`` and every further ``read_block()`` to ``tmp`` (until an empty block),
+    with a progress bar named ``label`` (None: no bar). Returns (bytes written, sha256 hex)."""
+    from tqdm import tqdm
+
+    digest, received, block = hashlib.sha256(), 0, first
+    with (
+        open(tmp, "wb") as out,
+        tqdm(
+            total=total or None,
+            unit="B",
+            unit_scale=True,
+            disable=label is None,
+            desc=label,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        while block:
+            out.write(block)
+            digest.update(block)
+            received += len(block)
+            bar.update(len(block))
+            block = read_block()
+    return received, digest.hexdigest()
+
+
+def _received_problem(entry: ZooEntry, announced: int, received: int, sha256: str) -> str | None:
+    """What is wrong with a finished download, or None."""
+    # http.client ends a short body quietly: compare with what the server announced.
+    if announced and received != announced:
+        return f"the download stopped after {received} of {announced} bytes (truncated)"
+    if entry.size is not None and received != entry.size:
+        return f"{received} bytes came back, but {entry.filename} has {entry.size}"
+    if entry.sha256 and sha256 != entry.sha256:
+        return f"checksum mismatch for {entry.filename}: sha256 {sha256}, expected {entry.sha256}"
+    return None
+
+
 def download_weights(name: str, *, progress: bool = True) -> Path:
     """Download a zoo model's official weights into the weights directory (atomic).
 
@@ -249,36 +287,16 @@ def download_weights(name: str, *, progress: bool = True) -> Path:
             problem = _not_a_checkpoint(block, content_type, source)
             if problem:
                 raise refuse(problem)
-            digest, received = hashlib.sha256(), 0
-            from tqdm import tqdm
-
-            with (
-                open(tmp, "wb") as out,
-                tqdm(
-                    total=announced or None,
-                    unit="B",
-                    unit_scale=True,
-                    disable=not progress,
-                    desc=entry.filename,
-                    file=sys.stderr,
-                ) as bar,
-            ):
-                while block:
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-                    block = read(response, 1 << 20)
-        # http.client ends a short body quietly: compare with what the server announced.
-        if announced and received != announced:
-            raise refuse(f"the download stopped after {received} of {announced} bytes (truncated)")
-        if entry.size is not None and received != entry.size:
-            raise refuse(f"{received} bytes came back, but {entry.filename} has {entry.size}")
-        if entry.sha256 and digest.hexdigest() != entry.sha256:
-            raise refuse(
-                f"checksum mismatch for {entry.filename}: sha256 {digest.hexdigest()}, "
-                f"expected {entry.sha256}"
+            received, sha256 = _stream_to_file(
+                tmp,
+                block,
+                lambda: read(response, 1 << 20),
+                total=announced,
+                label=entry.filename if progress else None,
             )
+        problem = _received_problem(entry, announced, received, sha256)
+        if problem:
+            raise refuse(problem)
 
     atomic_write(target, fetch)
     return target
