@@ -1,28 +1,31 @@
 """ovseg: open-vocabulary semantic, instance and panoptic segmentation (FC-CLIP).
 
+    from ovseg import OVSegPredictor
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    result = predictor.predict("scene.png", vocabulary=["star", "ring", "grass"])
+
 Nothing heavy is imported here; the public names load on first use.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["OVSegPredictor", "build_model", "load_config", "load_vocabulary", "Vocabulary"]
+# public name -> module that defines it
+_PUBLIC = {
+    "OVSegPredictor": "ovseg.predictor",
+    "ImageFeatures": "ovseg.predictor",
+    "load_predictor": "ovseg.predictor",
+    "build_model": "ovseg.modeling.fcclip",
+    "load_config": "ovseg.config",
+    "Vocabulary": "ovseg.vocabulary",
+    "as_vocabulary": "ovseg.vocabulary",
+    "load_vocabulary": "ovseg.vocabulary",
+}
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name):
-    if name == "OVSegPredictor":
-        from ovseg.predictor import OVSegPredictor
+    if name in _PUBLIC:
+        import importlib
 
-        return OVSegPredictor
-    if name == "build_model":
-        from ovseg.modeling.fcclip import build_model
-
-        return build_model
-    if name == "load_config":
-        from ovseg.config import load_config
-
-        return load_config
-    if name in ("load_vocabulary", "Vocabulary"):
-        from ovseg import vocabulary
-
-        return getattr(vocabulary, name)
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'ovseg' has no attribute '{name}'")

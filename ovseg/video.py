@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovseg.fileio import atomic_write
+from ovseg.fileio import atomic_write, write_text_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 DEFAULT_MAX_FRAMES = 300
@@ -78,6 +78,42 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
     atomic_write(path, write)
 
 
+def _track_frame(tracker, segments: list[dict], frame_hw: tuple[int, int]) -> None:
+    """Give each thing segment of a frame its ``track_id`` (kept across frames)."""
+    things = [s for s in segments if s["isthing"]]
+    ids = tracker.update(
+        np.stack([s["mask"] for s in things]) if things else np.zeros((0, *frame_hw), bool),
+        np.array([s["class_id"] for s in things], dtype=np.int64),
+    )
+    for segment, track_id in zip(things, ids, strict=True):
+        segment["track_id"] = track_id
+
+
+def _draw_frame(frame: np.ndarray, segments: list[dict], colours: np.ndarray) -> np.ndarray:
+    """The overlay of one frame: things coloured by track, stuff by class."""
+    from ovseg.visualize import overlay
+
+    shown = [
+        {
+            "mask": s["mask"],
+            "label": f"{s['class']} #{s['track_id']}" if s["isthing"] else s["class"],
+            "color": colours[(s["track_id"] + 7 if s["isthing"] else s["class_id"]) % 64],
+        }
+        for s in segments
+    ]
+    return np.asarray(overlay(frame, shown))
+
+
+def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
+    """Legends differ between frames: pad every frame (white) to the largest one."""
+    width = max(p.shape[1] for p in pictures)
+    height = max(p.shape[0] for p in pictures)
+    return [
+        np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+        for p in pictures
+    ]
+
+
 def segment_video(
     predictor,
     path: str | Path,
@@ -92,10 +128,11 @@ def segment_video(
     Things carry a ``track_id`` that stays with the object across frames. Writes
     ``NAME_overlay.mp4`` and ``NAME_frames.json`` into ``out_dir`` (both or neither).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
+    Raises VideoError for an unreadable, empty or too long video.
     """
     from ovseg.results import describe, segment_records
     from ovseg.tracking import IoUTracker
-    from ovseg.visualize import overlay, palette
+    from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = probe(path)
@@ -106,62 +143,30 @@ def segment_video(
         )
     tracker = IoUTracker()
     colours = palette(64)
-    names = predictor.vocabulary.names
     drawn, records = [], []
     for index, frame in enumerate(read_frames(path, max_frames)):
         result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
         _, segments = describe(result, "panoptic")
-        things = [s for s in segments if s["isthing"]]
-        ids = tracker.update(
-            np.stack([s["mask"] for s in things])
-            if things
-            else np.zeros((0,) + frame.shape[:2], bool),
-            np.array([s["class_id"] for s in things], dtype=np.int64),
-        )
-        for segment, track_id in zip(things, ids, strict=True):
-            segment["track_id"] = track_id
-        shown = [
-            {
-                "mask": s["mask"],
-                "label": f"{s['class']} #{s['track_id']}" if s["isthing"] else s["class"],
-                "color": colours[(s["track_id"] + 7 if s["isthing"] else s["class_id"]) % 64],
-            }
-            for s in segments
-        ]
-        picture = np.asarray(overlay(frame, shown))
-        drawn.append(picture)
-        records.append(
-            {
-                "frame": index,
-                "segments": segment_records(segments),
-            }
-        )
+        _track_frame(tracker, segments, frame.shape[:2])
+        drawn.append(_draw_frame(frame, segments, colours))
+        records.append({"frame": index, "segments": segment_records(segments)})
         if progress is not None:
             progress(index + 1, max(info["frames"], index + 1))
     if not drawn:
         raise VideoError(f"{path.name} has no frames")
-    # Legends differ between frames: pad every frame to the widest one.
-    width = max(p.shape[1] for p in drawn)
-    height = max(p.shape[0] for p in drawn)
-    drawn = [
-        np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-        for p in drawn
-    ]
     record = {
         "video": str(path),
         "fps": info["fps"],
         "frames": len(records),
-        "classes": names,
+        "classes": predictor.vocabulary.names,
         "per_frame": records,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     video_path = out_dir / f"{path.stem}_overlay.mp4"
     json_path = out_dir / f"{path.stem}_frames.json"
-    write_mp4(video_path, drawn, info["fps"])
+    write_mp4(video_path, _pad_to_largest(drawn), info["fps"])
     try:
-        atomic_write(
-            json_path, lambda tmp: Path(tmp).write_text(json.dumps(record, ensure_ascii=False))
-        )
+        write_text_atomic(json_path, json.dumps(record, ensure_ascii=False))
     except BaseException:
         video_path.unlink(missing_ok=True)
         raise

@@ -22,9 +22,9 @@ TEMPLATE_DIR = VOCAB_DIR / "templates"
 SHIPPED_VOCABULARIES = {
     "coco": ("coco_panoptic", "COCO panoptic"),
     "ade150": ("ade20k_150", "ADE20K"),
-    "ade847": ("ade20k_847", "ADE20K-full"),
+    "ade847": ("ade20k_847", "ADE20K full"),
     "pc59": ("pascal_context_59", "Pascal Context"),
-    "pc459": ("pascal_context_459", "Pascal Context (full)"),
+    "pc459": ("pascal_context_459", "Pascal Context full"),
     "voc21": ("pascal_voc_21", "Pascal VOC"),
     "cityscapes": ("cityscapes", "Cityscapes"),
     "lvis": ("lvis", "LVIS"),

@@ -123,3 +123,42 @@ def test_vocabulary_of_a_thousand_classes(parity_predictor):
     image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     result = parity_predictor.predict(image, tasks="semantic", short_side=64)
     assert result["sem_seg"].shape == (1203, 40, 40)
+
+
+def test_encode_then_segment_is_predict(parity_predictor):
+    """The public two-step path gives what predict gives, and a vocabulary passed to segment
+    reruns only classification (the image network does not run again)."""
+    predictor = parity_predictor
+    predictor.clear_cache()
+    image = np.random.default_rng(5).integers(0, 255, (61, 83, 3), dtype=np.uint8)
+    before = predictor.image_encodes
+    features = predictor.encode(image, short_side=64)
+    assert features.image_size == (61, 83) and features.resized_hw == (64, 87)
+    assert features.padded_hw == (64, 96) and features.clip_dense.shape[-2:] == (2, 3)
+    two_step = predictor.segment(features, vocabulary=["cat", "sky"], tasks="panoptic")
+    switched = predictor.segment(features, vocabulary=["road", "tree", "car"], tasks="semantic")
+    assert predictor.image_encodes == before + 1
+    assert switched["sem_seg"].shape == (3, 61, 83)
+    predictor.clear_cache()
+    one_call = predictor.predict(image, vocabulary=["cat", "sky"], tasks="panoptic", short_side=64)
+    assert torch.equal(two_step["panoptic_seg"], one_call["panoptic_seg"])
+    assert two_step["segments_info"] == one_call["segments_info"]
+    with pytest.raises(ValueError, match="unknown task"):
+        predictor.segment(features, tasks="depth")
+
+
+def test_pool_masks_embeds_given_masks_like_the_out_of_vocabulary_head(parity_predictor):
+    """Pooling a query's own binarised mask gives that query's frozen-CLIP embedding."""
+    predictor = parity_predictor
+    image = np.random.default_rng(6).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    features = predictor.encode(image, short_side=64)
+    query_masks = features.pred_masks[0] > 0  # (Q, 16, 16) at stride 4 of a 64x64 input
+    masks = query_masks.repeat_interleave(4, 1).repeat_interleave(4, 2)  # at the image size
+    keep = masks.flatten(1).any(1)
+    pooled = predictor.pool_masks(features, masks[keep].numpy())
+    assert pooled.shape == (int(keep.sum()), features.clip_embeds.shape[-1])
+    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(len(pooled)))
+    expected = torch.nn.functional.normalize(features.clip_embeds[0][keep], dim=-1)
+    assert (pooled * expected).sum(-1).min() > 0.99
+    with pytest.raises(ValueError, match="at the image size"):
+        predictor.pool_masks(features, np.zeros((2, 10, 10), bool))

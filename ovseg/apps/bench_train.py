@@ -1,8 +1,8 @@
 """Training throughput and peak memory: a few iterations of the real training loop on
 generated COCO-panoptic data (random weights).
 
-    python tools/bench_train.py --config fcclip_tiny_test --crop-size 256 --batch-size 2 --iters 20
-    python tools/bench_train.py --config fcclip_convnext_large_coco --crop-size 1024 \
+    ovseg bench-train --config fcclip_tiny_test --crop-size 256 --batch-size 2 --iters 20
+    ovseg bench-train --config fcclip_convnext_large_coco --crop-size 1024 \
         --batch-size 1 --iters 3
 """
 

@@ -1,6 +1,6 @@
 """Convert an official FC-CLIP checkpoint (detectron2 .pth) to ovseg's safetensors format.
 
-    python tools/convert_fcclip.py fcclip_cocopan.pth fcclip_cocopan.safetensors
+    ovseg convert fcclip_cocopan.pth fcclip_cocopan.safetensors
 
 Every key is mapped or the conversion fails with the list of missing / unexpected /
 mis-shaped keys. The checkpoint is read with torch.load(weights_only=True).

@@ -1,9 +1,9 @@
 """The synthetic open-vocabulary world, end to end: generate scenes with captions, train a
 small CLIP on the captions, train ovseg on base classes only, evaluate base and novel classes.
 
-    python tools/synthetic_world.py --out runs/world            # full run (about 37 min)
-    python tools/synthetic_world.py --out runs/world --quick    # CI-sized (about 4 min)
-    python tools/synthetic_world.py --out runs/world --ship-only  # ship a finished run
+    ovseg synthetic-world --out runs/world            # full run (about 37 min)
+    ovseg synthetic-world --out runs/world --quick    # CI-sized (about 4 min)
+    ovseg synthetic-world --out runs/world --ship-only  # ship a finished run
 """
 
 import argparse
@@ -112,6 +112,6 @@ def _ship_or_say_why(out: Path) -> int:
     try:
         ship(out)
     except ValueError as error:
-        print(f"error: {error}; run tools/synthetic_world.py --out DIR first", file=sys.stderr)
+        print(f"error: {error}; run ovseg synthetic-world --out DIR first", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,4 @@
-"""Logic of ``tools/train.py`` (single process or under torchrun)."""
+"""``ovseg train`` (and ``tools/train.py``): training, single process or under torchrun."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog,
         description="Train FC-CLIP's mask generator and in-vocabulary head on a COCO-panoptic "
         "format dataset with the CLIP frozen. Multi-GPU / multi-process: "
-        "torchrun --nproc_per_node N tools/train.py ...",
+        "torchrun --nproc_per_node N -m ovseg train ... (or tools/train.py in a clone)",
     )
     parser.add_argument(
         "--config", default="fcclip_convnext_large_coco", help="model config preset or YAML"
