@@ -64,26 +64,6 @@ class TrainConfig:
     save_clip: bool = False  # write the frozen CLIP into the final weights file too
 
 
-def _unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _restore(model, optimizer, scheduler, scaler, path: Path) -> int:
-    state = ckpt.load_training_state(path)
-    expected = {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
-    if set(state["model"]) != expected:
-        raise WeightsError(
-            f"{path} was saved for another architecture: its weights do not match this config"
-        )
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["iteration"])
-
-
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -141,15 +121,80 @@ def _train_process(
 ) -> dict:
     """What every process of ``train`` runs, inside the process group ``info``."""
     checkpoint_dir = output_dir / "checkpoints"
+    _check_batch_size(cfg, info)
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, text classifier of the training vocabulary, losses
+    model = _build_model(model_cfg, cfg, info, init_weights=init_weights)
+    vocabulary = dataset.vocabulary
+    classifier = _text_classifier(model, model_cfg, vocabulary, info.device)
+    criterion = SetCriterion(
+        len(vocabulary), LossConfig(num_points=cfg.num_points, ignore_void=cfg.ignore_void)
+    )
+    num_queries = model_cfg.transformer_decoder.num_queries
+
+    # ---- optimizer, schedule, AMP scaler
+    optimizer, scheduler, scaler = _build_optimizer(model, cfg, info)
+
+    # ---- resume
+    resume_path = ckpt.latest_checkpoint(checkpoint_dir) if resume == "auto" else resume
+    start = _restore(model, optimizer, scheduler, scaler, Path(resume_path)) if resume_path else 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    net = DistributedDataParallel(model) if info.enabled else model
+    net.train()
+
+    # ---- data: the same global sequence whatever the number of processes or workers
+    loader = _build_loader(dataset, transform, cfg, info, start=start)
+    mean = torch.tensor(model_cfg.inference.pixel_mean, device=info.device).view(1, 3, 1, 1)
+    std = torch.tensor(model_cfg.inference.pixel_std, device=info.device).view(1, 3, 1, 1)
+
+    # ---- logging (rank 0)
+    run_log = None
+    if info.is_main:
+        run_log = _RunLog(
+            output_dir, model_cfg, cfg, vocabulary, info, start, tensorboard, progress
+        )
+
+    # ---- the loop: one optimizer step per global batch
+    record: dict = {}
+    last = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
+    for iteration, batch in zip(range(start, last), loader, strict=False):
+        images = (batch["images"].to(info.device).float() - mean) / std
+        terms = _forward_backward(
+            net, classifier, criterion, scaler, images, batch, num_queries, amp_dtype, cfg, info
+        )
+        grad_norm = _optimizer_step(optimizer, scheduler, scaler, trainable, cfg.clip_grad)
+        done = iteration + 1
+
+        logging_now = done % cfg.log_every == 0 or done == last
+        if logging_now:  # every process takes part: the logged losses are the global batch's
+            terms = all_reduce_mean(terms, info)
+        if info.is_main:
+            run_log.step(cfg.batch_size)
+            if logging_now:
+                record = run_log.write(done, optimizer, criterion, grad_norm, terms)
+            if done % cfg.checkpoint_every == 0 or done == last:
+                _save_checkpoint(checkpoint_dir, done, net, optimizer, scheduler, scaler, cfg)
+
+    if info.is_main and last == cfg.max_iters:
+        _save_final_weights(output_dir, net, model_cfg, cfg)
+    if info.is_main:
+        run_log.close()
+    return record
+
+
+def _check_batch_size(cfg: TrainConfig, info: DistInfo) -> None:
+    """Every process and every micro-batch gets the same number of images."""
     if cfg.batch_size % (info.world_size * cfg.accum_steps):
         raise ValueError(
             f"--batch-size {cfg.batch_size} must be divisible by processes x "
             f"accumulation steps ({info.world_size} x {cfg.accum_steps})"
         )
-    amp_dtype = AMP_DTYPES[cfg.amp]
-    torch.manual_seed(cfg.seed)
 
-    # ---- model, text classifier of the training vocabulary, losses
+
+def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, info: DistInfo, *, init_weights):
+    """FC-CLIP on ``info.device``, its CLIP from the pretrained tag or from ``init_weights``."""
     model = build_model(model_cfg, load_clip_weights=cfg.load_clip_weights and not init_weights)
     if init_weights:
         load_weights(model, init_weights, clip_loaded=cfg.load_clip_weights)
@@ -164,19 +209,21 @@ def _train_process(
             "--init-weights): fine for tests and benchmarks, not for real training",
             file=sys.stderr,
         )
-    vocabulary = dataset.vocabulary
+    return model
+
+
+def _text_classifier(model, model_cfg: ModelConfig, vocabulary, device) -> torch.Tensor:
+    """The training vocabulary's text embeddings, from the model's own frozen CLIP."""
     encoder = TextEncoder(
         model.backbone,
         load_templates(model_cfg.text.templates),
         batch_size=model_cfg.text.batch_size,
     )
-    classifier = encoder(vocabulary).to(info.device)
-    criterion = SetCriterion(
-        len(vocabulary), LossConfig(num_points=cfg.num_points, ignore_void=cfg.ignore_void)
-    )
-    num_queries = model_cfg.transformer_decoder.num_queries
+    return encoder(vocabulary).to(device)
 
-    # ---- optimizer, schedule, AMP scaler
+
+def _build_optimizer(model, cfg: TrainConfig, info: DistInfo):
+    """AdamW over the trainable parameters, warmup + poly schedule, AMP scaler (fp16 only)."""
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -189,17 +236,28 @@ def _train_process(
         ),
     )
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
+    return optimizer, scheduler, scaler
 
-    # ---- resume
-    start = 0
-    resume_path = ckpt.latest_checkpoint(checkpoint_dir) if resume == "auto" else resume
-    if resume_path:
-        start = _restore(model, optimizer, scheduler, scaler, Path(resume_path))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    net = DistributedDataParallel(model) if info.enabled else model
-    net.train()
 
-    # ---- data: the same global sequence whatever the number of processes or workers
+def _restore(model, optimizer, scheduler, scaler, path: Path) -> int:
+    """Load the training checkpoint ``path`` in place; return the iteration to go on from."""
+    state = ckpt.load_training_state(path)
+    expected = {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
+    if set(state["model"]) != expected:
+        raise WeightsError(
+            f"{path} was saved for another architecture: its weights do not match this config"
+        )
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["iteration"])
+
+
+def _build_loader(dataset, transform, cfg: TrainConfig, info: DistInfo, *, start: int):
+    """This process's share of each global batch, from iteration ``start`` on."""
     sampler = IterationBatchSampler(
         len(dataset),
         cfg.batch_size,
@@ -209,19 +267,29 @@ def _train_process(
         rank=info.rank,
         world_size=info.world_size,
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         AugmentedSamples(dataset, transform, cfg.seed),
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
     )
-    mean = torch.tensor(model_cfg.inference.pixel_mean, device=info.device).view(1, 3, 1, 1)
-    std = torch.tensor(model_cfg.inference.pixel_std, device=info.device).view(1, 3, 1, 1)
 
-    # ---- logging (rank 0)
-    log_file = writer = bar = None
-    if info.is_main:
+
+class _RunLog:
+    """Rank 0's run folder: config.json, log.jsonl, tensorboard scalars, the progress bar."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        vocabulary,
+        info: DistInfo,
+        start: int,
+        tensorboard: bool,
+        progress: bool,
+    ):
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(
             json.dumps(
@@ -234,7 +302,8 @@ def _train_process(
                 indent=1,
             )
         )
-        log_file = open(output_dir / "log.jsonl", "a", encoding="utf-8")
+        self.log_file = open(output_dir / "log.jsonl", "a", encoding="utf-8")
+        self.writer = self.bar = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -243,110 +312,146 @@ def _train_process(
                     "--tensorboard needs the tensorboard package: pip install tensorboard"
                 ) from error
 
-            writer = SummaryWriter(str(output_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.max_iters, initial=start, desc="training", unit="it")
+            self.bar = tqdm(total=cfg.max_iters, initial=start, desc="training", unit="it")
+        self.window_start, self.window_images = time.perf_counter(), 0
 
-    record: dict = {}
-    window_start, window_images = time.perf_counter(), 0
-    last = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
-    for iteration, batch in zip(range(start, last), loader, strict=False):
-        images = (batch["images"].to(info.device).float() - mean) / std
-        targets = [{k: v.to(info.device) for k, v in t.items()} for t in batch["targets"]]
-        generators = [
-            torch.Generator().manual_seed(derived_seed(cfg.seed, "points", p))
-            for p in batch["positions"]
-        ]
-        # Loss normalisers over the whole global batch (all processes, all micro-batches).
-        global_targets = all_reduce_sum(sum(len(t["labels"]) for t in targets), info)
-        num_masks = max(global_targets / info.world_size, 1.0)
-        weight_total = (
-            criterion.class_weight_sum(num_queries, cfg.batch_size, int(global_targets))
-            / info.world_size
-        )
-        micro = len(targets) // cfg.accum_steps
-        terms: dict[str, float] = {}
-        for step in range(cfg.accum_steps):
-            part = slice(step * micro, (step + 1) * micro)
-            sync = step == cfg.accum_steps - 1 or not info.enabled
-            context = net.no_sync() if not sync else contextlib.nullcontext()
-            with context:
-                with torch.autocast(
-                    info.device.type,
-                    dtype=amp_dtype or torch.float32,
-                    enabled=amp_dtype is not None,
-                ):
-                    outputs = net(images[part], classifier)
-                losses = criterion(
-                    outputs,
-                    targets[part],
-                    num_masks=num_masks,
-                    class_weight_total=weight_total,
-                    generators=generators[part],
-                )
-                total = criterion.total(losses)
-                scaler.scale(total).backward()
-            for name, value in losses.items():
-                terms[name] = terms.get(name, 0.0) + float(value.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        window_images += cfg.batch_size
-        done = iteration + 1
+    def step(self, images: int) -> None:
+        """One iteration of ``images`` images (the global batch) is done."""
+        self.window_images += images
+        if self.bar is not None:
+            self.bar.update(1)
 
-        logging_now = done % cfg.log_every == 0 or done == last
-        if logging_now:  # every process takes part: the logged losses are the global batch's
-            terms = all_reduce_mean(terms, info)
-        if info.is_main:
-            if bar is not None:
-                bar.update(1)
-            if logging_now:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "iter": done,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "loss": criterion.total({k: torch.tensor(v) for k, v in terms.items()}).item(),
-                    "grad_norm": float(grad_norm),
-                    "images_per_s": window_images / max(elapsed, 1e-9),
-                    **{k: v for k, v in terms.items() if k.count("_") == 1},
-                }
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        writer.add_scalar(key, value, done)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}")
-                window_start, window_images = time.perf_counter(), 0
-            if done % cfg.checkpoint_every == 0 or done == last:
-                ckpt.save_training_state(
-                    checkpoint_dir,
-                    done,
-                    {
-                        "model": ckpt.trainable_state(_unwrap(net)),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "iteration": done,
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    keep_last=cfg.keep_last,
-                )
+    def write(self, done: int, optimizer, criterion: SetCriterion, grad_norm, terms) -> dict:
+        """Log iteration ``done`` (``terms``: the global batch's loss terms) and return the record.
 
-    if info.is_main and last == cfg.max_iters:
-        save_weights(
-            _unwrap(net).state_dict(),
-            output_dir / "model_final.safetensors",
-            include_clip=cfg.save_clip,
-            metadata={"config": model_cfg.name},
-        )
-    if info.is_main:
-        for handle in (log_file, writer, bar):
+        images_per_s is over the iterations since the last record.
+        """
+        elapsed = time.perf_counter() - self.window_start
+        record = {
+            "iter": done,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": criterion.total({k: torch.tensor(v) for k, v in terms.items()}).item(),
+            "grad_norm": float(grad_norm),
+            "images_per_s": self.window_images / max(elapsed, 1e-9),
+            **{k: v for k, v in terms.items() if k.count("_") == 1},
+        }
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                self.writer.add_scalar(key, value, done)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}")
+        self.window_start, self.window_images = time.perf_counter(), 0
+        return record
+
+    def close(self) -> None:
+        """Close log.jsonl, the tensorboard writer and the progress bar."""
+        for handle in (self.log_file, self.writer, self.bar):
             if handle is not None:
                 handle.close()
-    return record
+
+
+def _forward_backward(
+    net,
+    classifier: torch.Tensor,
+    criterion: SetCriterion,
+    scaler,
+    images: torch.Tensor,
+    batch: dict,
+    num_queries: int,
+    amp_dtype: torch.dtype | None,
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> dict[str, float]:
+    """Accumulate the gradients of this process's share of one global batch.
+
+    images: (B, 3, H, W) normalised, B = this process's share. Runs cfg.accum_steps
+    micro-batches, synchronising gradients across processes on the last one only.
+    Returns each loss term summed over the micro-batches.
+    """
+    targets = [{k: v.to(info.device) for k, v in t.items()} for t in batch["targets"]]
+    generators = [
+        torch.Generator().manual_seed(derived_seed(cfg.seed, "points", p))
+        for p in batch["positions"]
+    ]
+    # Loss normalisers over the whole global batch (all processes, all micro-batches).
+    global_targets = all_reduce_sum(sum(len(t["labels"]) for t in targets), info)
+    num_masks = max(global_targets / info.world_size, 1.0)
+    weight_total = (
+        criterion.class_weight_sum(num_queries, cfg.batch_size, int(global_targets))
+        / info.world_size
+    )
+    micro = len(targets) // cfg.accum_steps
+    terms: dict[str, float] = {}
+    for step in range(cfg.accum_steps):
+        part = slice(step * micro, (step + 1) * micro)
+        sync = step == cfg.accum_steps - 1 or not info.enabled
+        context = net.no_sync() if not sync else contextlib.nullcontext()
+        with context:
+            with torch.autocast(
+                info.device.type,
+                dtype=amp_dtype or torch.float32,
+                enabled=amp_dtype is not None,
+            ):
+                outputs = net(images[part], classifier)
+            losses = criterion(
+                outputs,
+                targets[part],
+                num_masks=num_masks,
+                class_weight_total=weight_total,
+                generators=generators[part],
+            )
+            total = criterion.total(losses)
+            scaler.scale(total).backward()
+        for name, value in losses.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
+    return terms
+
+
+def _optimizer_step(
+    optimizer, scheduler, scaler, trainable: list, clip_grad: float
+) -> torch.Tensor:
+    """Unscale, clip the full-model gradient L2 norm to ``clip_grad``, step; return that norm."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return grad_norm
+
+
+def _save_checkpoint(checkpoint_dir: Path, done: int, net, optimizer, scheduler, scaler, cfg):
+    """Everything ``_restore`` needs to go on from iteration ``done``; the CLIP stays out."""
+    ckpt.save_training_state(
+        checkpoint_dir,
+        done,
+        {
+            "model": ckpt.trainable_state(_unwrap(net)),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iteration": done,
+            "torch_rng": torch.get_rng_state(),
+        },
+        keep_last=cfg.keep_last,
+    )
+
+
+def _save_final_weights(output_dir: Path, net, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """The finished run's weights, as predictors load them (the CLIP only if cfg.save_clip)."""
+    save_weights(
+        _unwrap(net).state_dict(),
+        output_dir / "model_final.safetensors",
+        include_clip=cfg.save_clip,
+        metadata={"config": model_cfg.name},
+    )
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
