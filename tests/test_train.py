@@ -96,6 +96,26 @@ def test_resume_equals_uninterrupted(synthetic, tmp_path):
     assert any(not torch.equal(short[k], straight[k]) for k in straight)
 
 
+def test_a_folder_that_holds_a_run_is_not_started_over(synthetic, tmp_path, capsys):
+    """Without --resume, training into a run folder used to start over: log.jsonl got two runs
+    interleaved and model_final.safetensors was replaced. It is refused with one line."""
+    run(synthetic, tmp_path, tiny_cfg(max_iters=3))
+    log_before = (tmp_path / "log.jsonl").read_bytes()
+    final_before = (tmp_path / "model_final.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a training run .* --resume"):
+        run(synthetic, tmp_path, tiny_cfg(max_iters=3))
+    assert (tmp_path / "log.jsonl").read_bytes() == log_before
+    assert (tmp_path / "model_final.safetensors").read_bytes() == final_before
+    from ovseg.apps.train import main
+
+    argv = ["--config", "fcclip_tiny_test", "--images", str(synthetic["images"])]
+    argv += ["--panoptic-json", str(synthetic["json"]), "--panoptic-dir", str(synthetic["png"])]
+    capsys.readouterr()  # the first run's warnings
+    assert main(argv + ["--output", str(tmp_path), "--max-iters", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--resume" in err and "\n" not in err
+
+
 def test_bad_checkpoints_are_refused(synthetic, tmp_path):
     run(synthetic, tmp_path, tiny_cfg(max_iters=3))
     path = latest_checkpoint(tmp_path / "checkpoints")

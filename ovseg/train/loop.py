@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from ovseg.train.distributed import (
 )
 from ovseg.train.losses import LossConfig, SetCriterion
 from ovseg.train.optim import parameter_groups, warmup_poly
+from ovseg.train.run_log import RunLog
 from ovseg.vocabulary import load_templates
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,6 +121,7 @@ def _train_process(
     """What every process of ``train`` runs, inside the process group ``info``."""
     checkpoint_dir = output_dir / "checkpoints"
     _check_batch_size(cfg, info)
+    _check_run_folder(output_dir, resume)
     amp_dtype = AMP_DTYPES[cfg.amp]
     torch.manual_seed(cfg.seed)
 
@@ -152,8 +152,19 @@ def _train_process(
     # ---- logging (rank 0)
     run_log = None
     if info.is_main:
-        run_log = _RunLog(
-            output_dir, model_cfg, cfg, vocabulary, info, start, tensorboard, progress
+        run_config = {
+            "model": config_to_dict(model_cfg),
+            "train": dataclasses.asdict(cfg),
+            "classes": vocabulary.names,
+            "world_size": info.world_size,
+        }
+        run_log = RunLog(
+            output_dir,
+            run_config,
+            max_iters=cfg.max_iters,
+            start=start,
+            tensorboard=tensorboard,
+            progress=progress,
         )
 
     # ---- the loop: one optimizer step per global batch
@@ -182,6 +193,21 @@ def _train_process(
     if info.is_main:
         run_log.close()
     return record
+
+
+def _check_run_folder(output_dir: Path, resume: str | None) -> None:
+    """A folder that holds a run is continued only on purpose: starting over in it would
+    interleave two runs' log.jsonl and replace their checkpoints and final weights."""
+    if resume is not None:
+        return
+    earlier = ckpt.latest_checkpoint(output_dir / "checkpoints")
+    final = output_dir / "model_final.safetensors"
+    found = earlier or (final if final.is_file() else None)
+    if found is not None:
+        raise ValueError(
+            f"{output_dir} already holds a training run ({found.name}): continue it with "
+            "--resume, or give a new --output"
+        )
 
 
 def _check_batch_size(cfg: TrainConfig, info: DistInfo) -> None:
@@ -274,86 +300,6 @@ def _build_loader(dataset, transform, cfg: TrainConfig, info: DistInfo, *, start
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
     )
-
-
-class _RunLog:
-    """Rank 0's run folder: config.json, log.jsonl, tensorboard scalars, the progress bar."""
-
-    def __init__(
-        self,
-        output_dir: Path,
-        model_cfg: ModelConfig,
-        cfg: TrainConfig,
-        vocabulary,
-        info: DistInfo,
-        start: int,
-        tensorboard: bool,
-        progress: bool,
-    ):
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(
-            json.dumps(
-                {
-                    "model": config_to_dict(model_cfg),
-                    "train": dataclasses.asdict(cfg),
-                    "classes": vocabulary.names,
-                    "world_size": info.world_size,
-                },
-                indent=1,
-            )
-        )
-        self.log_file = open(output_dir / "log.jsonl", "a", encoding="utf-8")
-        self.writer = self.bar = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise RuntimeError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard"
-                ) from error
-
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=cfg.max_iters, initial=start, desc="training", unit="it")
-        self.window_start, self.window_images = time.perf_counter(), 0
-
-    def step(self, images: int) -> None:
-        """One iteration of ``images`` images (the global batch) is done."""
-        self.window_images += images
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def write(self, done: int, optimizer, criterion: SetCriterion, grad_norm, terms) -> dict:
-        """Log iteration ``done`` (``terms``: the global batch's loss terms) and return the record.
-
-        images_per_s is over the iterations since the last record.
-        """
-        elapsed = time.perf_counter() - self.window_start
-        record = {
-            "iter": done,
-            "lr": optimizer.param_groups[0]["lr"],
-            "loss": criterion.total({k: torch.tensor(v) for k, v in terms.items()}).item(),
-            "grad_norm": float(grad_norm),
-            "images_per_s": self.window_images / max(elapsed, 1e-9),
-            **{k: v for k, v in terms.items() if k.count("_") == 1},
-        }
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
-        if self.writer is not None:
-            for key, value in record.items():
-                self.writer.add_scalar(key, value, done)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.3f}")
-        self.window_start, self.window_images = time.perf_counter(), 0
-        return record
-
-    def close(self) -> None:
-        """Close log.jsonl, the tensorboard writer and the progress bar."""
-        for handle in (self.log_file, self.writer, self.bar):
-            if handle is not None:
-                handle.close()
 
 
 def _forward_backward(
