@@ -45,10 +45,17 @@ TASKS = ("panoptic", "semantic", "instance")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> cuda when available, else cpu. Raises RuntimeError for cuda without a GPU."""
+    """None -> cuda when available, else cpu. Raises ValueError for a device ovseg does not
+    run on (only cpu and cuda[:N]), RuntimeError for cuda without a GPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device '{device}': use cpu or cuda (cuda:N for GPU N)")
+    device = parsed
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA GPU is available: use cpu")
     return device
@@ -136,9 +143,12 @@ class OVSegPredictor:
         """Encode the vocabulary's text classifier (cached) and decide seen / unseen classes.
 
         ``vocabulary``: a :class:`Vocabulary`, a shipped name or file, or a list with one
-        entry per class (see :func:`ovseg.vocabulary.as_vocabulary`).
+        entry per class (see :func:`ovseg.vocabulary.as_vocabulary`). Classes whose kind was
+        guessed take the kind of the model's training class of the same name. Returns the
+        vocabulary in use (``self.vocabulary``).
         """
-        vocab = as_vocabulary(vocabulary)
+        # Kinds (thing / stuff) not given take those of the model's training classes.
+        vocab = as_vocabulary(vocabulary).with_kinds_from(self.train_vocabulary)
         if vocab != self.vocabulary:
             self._classifier = self.text_encoder(vocab).to(self.device)
             self._seen = torch.tensor(
@@ -356,24 +366,37 @@ def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
     return tasks
 
 
+def resolve_model(model: str = "auto", weights=None) -> tuple[str, str | None]:
+    """The zoo model a front end will load, and the line to say when it is a fallback.
+
+    ``model="auto"`` (no ``weights``): the real model when its weights are on this machine,
+    else the shipped tiny model, with a message saying so. Cheap: nothing is loaded.
+    """
+    if weights is not None or model != "auto":
+        return (model_zoo.DEFAULT_MODEL if model == "auto" else model), None
+    if model_zoo.local_weights(model_zoo.DEFAULT_MODEL) is not None:
+        return model_zoo.DEFAULT_MODEL, None
+    fallback = model_zoo.fallback_model()
+    return fallback, (
+        f"ovseg: weights of {model_zoo.DEFAULT_MODEL} not found "
+        f"({model_zoo.missing_weights_message(model_zoo.DEFAULT_MODEL)}); "
+        f"using {fallback}: {model_zoo.get_entry(fallback).description}"
+    )
+
+
+def model_label(model: str = "auto", weights=None) -> str:
+    """The name outputs record for this model choice: the weights file, or the zoo name."""
+    return str(weights) if weights is not None else resolve_model(model)[0]
+
+
 def load_predictor(
     model: str = "auto", *, weights=None, config=None, device=None, log=print, **kwargs
 ) -> OVSegPredictor:
     """The CLI and demo's way in. ``model="auto"``: the real model when its weights are on this
     machine, else the shipped tiny model, said plainly through ``log(message, file=stderr)``."""
-    if weights is None and model == "auto":
-        if model_zoo.local_weights(model_zoo.DEFAULT_MODEL) is not None:
-            model = model_zoo.DEFAULT_MODEL
-        else:
-            model = model_zoo.fallback_model()
-            log(
-                f"ovseg: weights of {model_zoo.DEFAULT_MODEL} not found "
-                f"({model_zoo.missing_weights_message(model_zoo.DEFAULT_MODEL)}); "
-                f"using {model}: {model_zoo.get_entry(model).description}",
-                file=sys.stderr,
-            )
-    if model == "auto":
-        model = model_zoo.DEFAULT_MODEL
+    model, fallback_note = resolve_model(model, weights)
+    if fallback_note:
+        log(fallback_note, file=sys.stderr)
     return OVSegPredictor.from_pretrained(
         model, weights=weights, config=config, device=device, **kwargs
     )

@@ -51,6 +51,33 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path} is truncated or corrupt ({error})") from error
 
 
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header, without decoding the pixels. Raises ImageError
+    for what :func:`load_image` refuses up front: missing, empty, not an image, too large."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{path} is not an image file PIL can read") from error
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path} is truncated or corrupt ({error})") from error
+    if width * height == 0:
+        raise ImageError(f"{path} has 0 pixels")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{path} is {width}x{height} pixels, above the "
+            f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first"
+        )
+    return height, width
+
+
 def to_rgb_uint8(image) -> np.ndarray:
     """A PIL image of any mode -> (H, W, 3) uint8 RGB."""
     if image.width == 0 or image.height == 0:
@@ -91,13 +118,17 @@ def as_rgb_array(image) -> np.ndarray:
 
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge output (h, w): short side -> ``short``, long side capped."""
+    """detectron2 ResizeShortestEdge output (h, w): short side -> ``short``, long side capped.
+
+    A side never rounds to 0: an extreme aspect ratio (1x5000) keeps at least 1 pixel, where
+    detectron2 would produce an empty image.
+    """
     scale = short / min(height, width)
     new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
     if max(new_h, new_w) > max_size:
         scale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -36,6 +36,15 @@ def probe(path: str | Path) -> dict:
     return {"size": tuple(meta["size"]), "fps": fps, "frames": frames}
 
 
+def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
+    """VideoError when the probed video (``info`` from :func:`probe`) is above the limit."""
+    if info["frames"] > max_frames:
+        raise VideoError(
+            f"{Path(path).name} has about {info['frames']} frames; the limit is "
+            f"{max_frames}: trim the video or raise the frame limit"
+        )
+
+
 def read_frames(path: str | Path, max_frames: int):
     """Yield (H, W, 3) uint8 RGB frames, at most ``max_frames``."""
     import imageio_ffmpeg
@@ -122,11 +131,14 @@ def segment_video(
     max_frames: int = DEFAULT_MAX_FRAMES,
     short_side: int | None = None,
     progress=None,
+    stem: str | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Panoptic segmentation of every frame with the predictor's current vocabulary.
 
     Things carry a ``track_id`` that stays with the object across frames. Writes
-    ``NAME_overlay.mp4`` and ``NAME_frames.json`` into ``out_dir`` (both or neither).
+    ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
+    defaults to the video's file stem; ``extra`` fields are added to the JSON record).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
@@ -136,11 +148,7 @@ def segment_video(
 
     path, out_dir = Path(path), Path(out_dir)
     info = probe(path)
-    if info["frames"] > max_frames:
-        raise VideoError(
-            f"{path.name} has about {info['frames']} frames; the limit is "
-            f"{max_frames}: trim the video or raise the frame limit"
-        )
+    check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     colours = palette(64)
     drawn, records = [], []
@@ -160,10 +168,11 @@ def segment_video(
         "frames": len(records),
         "classes": predictor.vocabulary.names,
         "per_frame": records,
-    }
+    } | (extra or {})
     out_dir.mkdir(parents=True, exist_ok=True)
-    video_path = out_dir / f"{path.stem}_overlay.mp4"
-    json_path = out_dir / f"{path.stem}_frames.json"
+    stem = stem or path.stem
+    video_path = out_dir / f"{stem}_overlay.mp4"
+    json_path = out_dir / f"{stem}_frames.json"
     write_mp4(video_path, _pad_to_largest(drawn), info["fps"])
     try:
         write_text_atomic(json_path, json.dumps(record, ensure_ascii=False))

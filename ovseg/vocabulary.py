@@ -9,6 +9,7 @@ comment line. On the command line, classes are separated by commas and synonyms 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +39,18 @@ ALIASES = {"voc": "pascal_voc_21"} | {
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Classes in index order; each class is a tuple of synonyms (the first is its name)."""
+    """Classes in index order; each class is a tuple of synonyms (the first is its name).
+
+    ``kind_sources`` says, per class, where its thing / stuff kind came from: "given" (a file's
+    KIND column, a ``thing:`` / ``stuff:`` prefix), "trained" (the model's training class of
+    that name, :meth:`with_kinds_from`), "stuff name" (a COCO / ADE20K stuff name) or "default"
+    (a thing); empty means all given.
+    """
 
     classes: tuple[tuple[str, ...], ...]
     is_thing: tuple[bool, ...]
     name: str = "custom"
+    kind_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.classes) == 0:
@@ -52,6 +60,8 @@ class Vocabulary:
         for index, synonyms in enumerate(self.classes):
             if not synonyms or any(not s for s in synonyms):
                 raise ValueError(f"class {index} has an empty name: remove the empty entry")
+        if self.kind_sources and len(self.kind_sources) != len(self.classes):
+            raise ValueError("kind_sources must have one entry per class")
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -69,6 +79,52 @@ class Vocabulary:
         """All synonyms, class-major (the order of the text-classifier rows)."""
         return [s for synonyms in self.classes for s in synonyms]
 
+    @property
+    def guessed_kinds(self) -> list[tuple[str, bool, str]]:
+        """(name, is_thing, source) of every class whose kind was not given."""
+        return [
+            (synonyms[0], thing, source)
+            for synonyms, thing, source in zip(
+                self.classes, self.is_thing, self.kind_sources, strict=False
+            )
+            if source != "given"
+        ]
+
+    def with_kinds_from(self, trained: Vocabulary) -> Vocabulary:
+        """The kinds of a model's training classes replace guessed kinds: a class with a
+        synonym (case-insensitive) of a training class takes that class's kind. Given kinds
+        stay as they are."""
+        known = {
+            s.casefold(): thing
+            for synonyms, thing in zip(trained.classes, trained.is_thing, strict=True)
+            for s in synonyms
+        }
+        kinds, sources = list(self.is_thing), list(self.kind_sources)
+        for index, (synonyms, source) in enumerate(zip(self.classes, sources, strict=False)):
+            match = next((known[s.casefold()] for s in synonyms if s.casefold() in known), None)
+            if source != "given" and match is not None:
+                kinds[index], sources[index] = match, "trained"
+        if kinds == list(self.is_thing) and sources == list(self.kind_sources):
+            return self
+        return dataclasses.replace(self, is_thing=tuple(kinds), kind_sources=tuple(sources))
+
+
+def describe_guessed_kinds(vocab: Vocabulary) -> str | None:
+    """One line naming the classes whose kind was guessed, or None when every kind was given:
+    'kinds guessed: house thing (trained), sky stuff (stuff name) ...'."""
+    guessed = vocab.guessed_kinds
+    if not guessed:
+        return None
+    words = {"trained": "model's training class", "stuff name": "COCO/ADE stuff name"}
+    parts = [
+        f"{name} {'thing' if thing else 'stuff'} ({words.get(source, source)})"
+        for name, thing, source in guessed
+    ]
+    return (
+        f"kinds guessed: {', '.join(parts)}; set them with thing:NAME or stuff:NAME "
+        '(e.g. --classes "thing:house, stuff:brick")'
+    )
+
 
 def split_synonyms(text: str, separator: str = ",") -> tuple[str, ...]:
     """Split one class entry into synonyms the way the official code does (", " -> ",")."""
@@ -78,8 +134,10 @@ def split_synonyms(text: str, separator: str = ",") -> tuple[str, ...]:
 
 
 def parse_vocabulary_text(text: str, *, name: str = "custom") -> Vocabulary:
-    classes, kinds = [], []
-    for line_number, raw in enumerate(text.splitlines(), start=1):
+    """A vocabulary file's text -> Vocabulary (a leading UTF-8 byte-order mark is ignored).
+    Raises ValueError naming the line of a bad kind or an empty class."""
+    classes, kinds, sources = [], [], []
+    for line_number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -94,19 +152,31 @@ def parse_vocabulary_text(text: str, *, name: str = "custom") -> Vocabulary:
         if not synonyms:
             raise ValueError(f"{name}: line {line_number} has no class name")
         classes.append(synonyms)
-        kinds.append(kind == "thing" if kind else guess_is_thing(synonyms))
+        thing, source = (kind == "thing", "given") if kind else guess_kind(synonyms)
+        kinds.append(thing)
+        sources.append(source)
     if not classes:
         raise ValueError(f"{name}: the vocabulary has no classes")
-    return Vocabulary(tuple(classes), tuple(kinds), name=name)
+    return Vocabulary(tuple(classes), tuple(kinds), name=name, kind_sources=tuple(sources))
+
+
+def _kind_prefix(entry: str) -> tuple[bool | None, str]:
+    """'thing:house' -> (True, 'house'), 'stuff: brick' -> (False, 'brick'), else (None, entry)."""
+    head, colon, rest = entry.partition(":")
+    if colon and head.strip().lower() in ("thing", "stuff"):
+        return head.strip().lower() == "thing", rest
+    return None, entry
 
 
 def parse_class_list(text: str) -> Vocabulary:
-    """Parse a command-line class list: commas between classes, '/' between synonyms."""
-    classes = [split_synonyms(entry, "/") for entry in text.split(",")]
-    classes = [c for c in classes if c]
-    if not classes:
+    """Parse a command-line class list: commas between classes, '/' between synonyms, and an
+    optional kind prefix per class (``"thing:house, stuff:brick/bricks, sky"``)."""
+    entries = [_kind_prefix(entry) for entry in text.split(",")]
+    entries = [(kind, split_synonyms(rest, "/")) for kind, rest in entries]
+    entries = [(kind, synonyms) for kind, synonyms in entries if synonyms]
+    if not entries:
         raise ValueError('the class list is empty: give names like --classes "cat, dog"')
-    return _custom_vocabulary(classes)
+    return _custom_vocabulary([s for _, s in entries], [k for k, _ in entries])
 
 
 def vocabulary_from_list(entries: Sequence[str | Sequence[str]]) -> Vocabulary:
@@ -118,9 +188,11 @@ def vocabulary_from_list(entries: Sequence[str | Sequence[str]]) -> Vocabulary:
     stuff) are guessed as for the command line. Raises ValueError for an empty list, an empty
     entry or a name given twice.
     """
-    classes = []
+    classes, kinds = [], []
     for index, entry in enumerate(entries):
+        kind = None
         if isinstance(entry, str):
+            kind, entry = _kind_prefix(entry)
             synonyms = tuple(s.strip() for s in entry.replace(",", "/").split("/") if s.strip())
         elif isinstance(entry, Sequence) and all(isinstance(s, str) for s in entry):
             synonyms = tuple(s.strip() for s in entry if s.strip())
@@ -132,13 +204,16 @@ def vocabulary_from_list(entries: Sequence[str | Sequence[str]]) -> Vocabulary:
         if not synonyms:
             raise ValueError(f"vocabulary entry {index + 1} has no class name: remove it")
         classes.append(synonyms)
+        kinds.append(kind)
     if not classes:
         raise ValueError('the class list is empty: give names like ["cat", "dog"]')
-    return _custom_vocabulary(classes)
+    return _custom_vocabulary(classes, kinds)
 
 
-def _custom_vocabulary(classes: list[tuple[str, ...]]) -> Vocabulary:
-    """A user's classes: duplicates refused, kinds guessed."""
+def _custom_vocabulary(
+    classes: list[tuple[str, ...]], kinds: list[bool | None] | None = None
+) -> Vocabulary:
+    """A user's classes: duplicates refused; kinds given (True / False) or guessed (None)."""
     seen: dict[str, int] = {}
     for index, synonyms in enumerate(classes):
         for synonym in synonyms:
@@ -149,8 +224,17 @@ def _custom_vocabulary(classes: list[tuple[str, ...]]) -> Vocabulary:
                     f"{index + 1}): remove the duplicate"
                 )
             seen[key] = index
-    kinds = tuple(guess_is_thing(c) for c in classes)
-    return Vocabulary(tuple(classes), kinds, name="custom")
+    kinds = kinds or [None] * len(classes)
+    resolved = [
+        guess_kind(c) if kind is None else (kind, "given")
+        for c, kind in zip(classes, kinds, strict=True)
+    ]
+    return Vocabulary(
+        tuple(classes),
+        tuple(thing for thing, _ in resolved),
+        name="custom",
+        kind_sources=tuple(source for _, source in resolved),
+    )
 
 
 VocabularyLike = Vocabulary | str | Path | Sequence[str | Sequence[str]]
@@ -192,7 +276,7 @@ def load_vocabulary(name_or_path: str | Path) -> Vocabulary:
             f"no vocabulary '{name_or_path}': give a vocabulary file or one of: {names}{hint}"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors' byte-order mark
     except UnicodeDecodeError as error:
         raise ValueError(f"vocabulary file {path} is not UTF-8 text ({error})") from error
     return parse_vocabulary_text(text, name=path.stem)
@@ -212,10 +296,18 @@ def _known_stuff_synonyms() -> frozenset[str]:
     return frozenset(stuff)
 
 
+def guess_kind(synonyms: tuple[str, ...]) -> tuple[bool, str]:
+    """(is_thing, source): stuff when one of the names is a stuff class of COCO or ADE20K
+    ("stuff name"), else a thing ("default")."""
+    known_stuff = _known_stuff_synonyms()
+    if any(s.casefold() in known_stuff for s in synonyms):
+        return False, "stuff name"
+    return True, "default"
+
+
 def guess_is_thing(synonyms: tuple[str, ...]) -> bool:
     """A class is stuff when one of its names is a stuff class of COCO or ADE20K, else a thing."""
-    known_stuff = _known_stuff_synonyms()
-    return not any(s.casefold() in known_stuff for s in synonyms)
+    return guess_kind(synonyms)[0]
 
 
 def seen_class_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> list[bool]:

@@ -162,3 +162,12 @@ def test_pool_masks_embeds_given_masks_like_the_out_of_vocabulary_head(parity_pr
     assert (pooled * expected).sum(-1).min() > 0.99
     with pytest.raises(ValueError, match="at the image size"):
         predictor.pool_masks(features, np.zeros((2, 10, 10), bool))
+
+
+@pytest.mark.parametrize("height,width", [(1, 5000), (5000, 1), (2, 3000)])
+def test_extreme_aspect_ratios_are_segmented(parity_predictor, height, width):
+    """A 1x5000 image used to round its short side to 0 pixels and raise PIL's ValueError."""
+    image = np.random.default_rng(7).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    result = parity_predictor.predict(image, vocabulary=["cat", "sky"], short_side=64)
+    assert result["panoptic_seg"].shape == (height, width)
+    assert result["sem_seg"].shape == (2, height, width)

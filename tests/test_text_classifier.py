@@ -114,6 +114,22 @@ def test_disk_cache_hit_without_encoding(tmp_path):
     assert cached.num_synonyms == reference.num_synonyms
 
 
+def test_unwritable_cache_folder_is_said_once_and_skipped(tmp_path, capsys):
+    """A cache folder that cannot be created or written (here: below a plain file, which even
+    root cannot write into) used to raise OSError out of the first prediction."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    backbone = FakeBackbone()
+    encoder = TextEncoder(backbone, TEMPLATES, cache_dir=blocker / "text")
+    one = encoder(VOCAB)
+    other = encoder(Vocabulary((("zebra",),), (True,)))
+    assert backbone.calls == 2 and one.embeddings.shape[0] == len(VOCAB.synonyms)
+    assert other.embeddings.shape[0] == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ovseg: cannot write the text cache") and "\n" not in err  # once
+    assert "OVSEG_CACHE" in err
+
+
 def test_memory_cache_hit(tmp_path):
     backbone = FakeBackbone()
     encoder = TextEncoder(backbone, TEMPLATES, use_disk_cache=False, cache_dir=tmp_path)

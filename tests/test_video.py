@@ -60,12 +60,14 @@ def test_video_limits_and_bad_files(clip_path, tmp_path, capsys):
                 *TINY,
             ]
         )
-        == 1
+        == 2
     )
-    assert "limit is 3" in capsys.readouterr().err
-    assert list(out.iterdir()) == []
+    err = capsys.readouterr().err.strip()
+    assert "limit is 3" in err and "\n" not in err  # refused before the model loads
+    assert not out.exists()
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 50)
-    assert main([str(broken), "--classes", "square", "--output", str(out), *TINY]) == 1
-    assert "not a video" in capsys.readouterr().err
-    assert list(out.iterdir()) == []
+    assert main([str(broken), "--classes", "square", "--output", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a video" in err and "\n" not in err
+    assert not out.exists()

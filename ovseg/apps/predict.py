@@ -4,19 +4,24 @@ overlay, a label map and a JSON per image. ``main(argv)`` returns an exit code."
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
-from ovseg.fileio import atomic_write_many
+from ovseg.apps.outputs import (
+    UsageError,
+    check_writable,
+    is_up_to_date,
+    output_paths,
+    output_stems,
+    run_settings,
+    write_image_outputs,
+)
 from ovseg.video import DEFAULT_MAX_FRAMES, VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
 
 
-class UsageError(ValueError):
-    """Bad input from the user: one line, non-zero exit, nothing written."""
+MIN_OUTPUT_PIXELS = 64 * 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -94,46 +99,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return images
 
 
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ovseg-check-"):
-            pass
-    except OSError as error:
-        raise UsageError(
-            f"cannot write to output directory {directory} ({error.strerror}): "
-            "choose another --output"
-        ) from error
-
-
-def output_paths(directory: Path, image: Path) -> dict[str, Path]:
-    stem = image.stem
-    if image.suffix.lower() in VIDEO_SUFFIXES:
-        return {
-            "overlay": directory / f"{stem}_overlay.mp4",
-            "json": directory / f"{stem}_frames.json",
-        }
-    return {
-        "overlay": directory / f"{stem}_overlay.png",
-        "labels": directory / f"{stem}_labels.png",
-        "json": directory / f"{stem}.json",
-    }
-
-
-def write_outputs(paths: dict[str, Path], overlay, labels, record: dict) -> None:
-    """Write the three files through temp names and rename them together: no partial outputs."""
-    atomic_write_many(
-        {
-            paths["overlay"]: lambda tmp: overlay.save(tmp, format="PNG"),
-            paths["labels"]: lambda tmp: labels.save(tmp, format="PNG"),
-            paths["json"]: lambda tmp: Path(tmp).write_text(
-                json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
-            ),
-        }
-    )
-
-
-def process_image(predictor, image_path: Path, args, out_dir: Path, model_label: str) -> dict:
+def process_image(predictor, image_path: Path, args, paths: dict, settings: dict) -> dict:
     import numpy as np
 
     from ovseg.preprocess import load_image, resize_image
@@ -144,37 +110,49 @@ def process_image(predictor, image_path: Path, args, out_dir: Path, model_label:
     result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
     label_map, segments = describe(result, args.task)
     overlay = draw_result(resize_image(image, result["output_size"]), segments, args.task)
-    record = image_record(result, segments, task=args.task, model=model_label, image=image_path)
-    write_outputs(
-        output_paths(out_dir, image_path),
-        overlay,
-        label_map_image(np.asarray(label_map), args.task),
-        record,
+    record = image_record(
+        result, segments, task=args.task, model=settings["model"], image=image_path
     )
+    record["settings"] = settings
+    write_image_outputs(paths, overlay, label_map_image(np.asarray(label_map), args.task), record)
     return record
 
 
-def process_video(predictor, video_path: Path, args, out_dir: Path) -> None:
+def process_video(predictor, video_path: Path, args, paths: dict, settings: dict) -> dict:
     """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
     from tqdm import tqdm
 
     from ovseg.video import segment_video
 
-    with tqdm(desc=video_path.name, unit="frame", file=sys.stderr) as bar:
+    with tqdm(desc=video_path.name, unit="frame", file=sys.stderr, leave=False) as bar:
 
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        record = segment_video(
+        return segment_video(
             predictor,
             video_path,
-            out_dir,
+            paths["overlay"].parent,
             max_frames=args.max_frames,
             short_side=args.short_side,
             progress=advance,
+            stem=paths["json"].name.removesuffix("_frames.json"),
+            extra={"settings": settings},
         )
-    print(f"{video_path}: {record['frames']} frames -> {out_dir}")
+
+
+def check_input(path: Path, max_frames: int) -> None:
+    """Refuse, before any model is loaded, an input that is no image or video at all (missing,
+    empty, not an image format, too large) or a video above ``max_frames`` (ImageError /
+    VideoError saying why)."""
+    from ovseg.preprocess import probe_image
+    from ovseg.video import check_frame_limit, probe
+
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        check_frame_limit(path, probe(path), max_frames)
+    else:
+        probe_image(path)
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
@@ -187,68 +165,135 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return 2
 
 
-def run(args) -> int:
-    from tqdm import tqdm
-
-    from ovseg.predictor import load_predictor
-    from ovseg.preprocess import ImageError
-    from ovseg.video import VideoError
-    from ovseg.vocabulary import as_vocabulary, parse_class_list
+def _check_arguments(args) -> None:
+    from ovseg.predictor import resolve_device
 
     if args.short_side is not None and args.short_side < 32:
         raise UsageError("--short-side must be at least 32 pixels")
-    vocabulary = (
-        parse_class_list(args.classes) if args.classes is not None else as_vocabulary(args.vocab)
-    )
+    if args.max_output_pixels < MIN_OUTPUT_PIXELS:
+        raise UsageError(
+            f"--max-output-pixels {args.max_output_pixels} is too small: give at least "
+            f"{MIN_OUTPUT_PIXELS} (64x64)"
+        )
+    if args.max_frames < 1:
+        raise UsageError("--max-frames must be at least 1")
+    if args.device is not None:
+        resolve_device(args.device)
     if not args.inputs and not args.examples:
         raise UsageError("name an image, video or directory to segment (or --examples)")
+
+
+def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
+    """-> (todo [(input, output paths, settings)], bad [(input, error)], skipped count)."""
+    from ovseg.predictor import model_label
+    from ovseg.preprocess import ImageError
+    from ovseg.video import VideoError
+
     images = collect_images(args.inputs)
     if args.examples:
         from ovseg.assets import example_images
 
         images += example_images()
+    stems = output_stems(images)
+    model = model_label(args.model, args.weights)
+    todo, bad, skipped = [], [], 0
+    for image in images:
+        paths = output_paths(out_dir, image, stems[image])
+        settings = run_settings(args, model, vocabulary, image)
+        if not args.overwrite and is_up_to_date(paths, settings):
+            skipped += 1
+            continue
+        try:
+            check_input(image, args.max_frames)
+        except (ImageError, VideoError) as error:
+            bad.append((image, error))
+            continue
+        todo.append((image, paths, settings))
+    return todo, bad, skipped
+
+
+def run(args) -> int:
+    from ovseg.predictor import load_predictor
+    from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
+
+    _check_arguments(args)
+    vocabulary = (
+        parse_class_list(args.classes) if args.classes is not None else as_vocabulary(args.vocab)
+    )
     out_dir = Path(args.output)
-    check_writable(out_dir)
-    todo = [
-        p
-        for p in images
-        if args.overwrite or not all(q.exists() for q in output_paths(out_dir, p).values())
-    ]
-    if len(todo) < len(images):
+    todo, bad, skipped = _plan(args, vocabulary, out_dir)
+    if skipped:
         print(
-            f"skipping {len(images) - len(todo)} image(s) whose outputs exist "
-            "(--overwrite to redo)",
+            f"skipping {skipped} input(s) whose outputs exist, made with the same model, "
+            "classes, task and sizes (--overwrite to redo)",
             file=sys.stderr,
         )
+    if bad and not todo:
+        if len(bad) == 1:
+            raise UsageError(str(bad[0][1]))
+        raise UsageError(f"none of the {len(bad)} inputs can be read (first: {bad[0][1]})")
+    for _, error in bad:
+        print(f"error: {error} (skipped)", file=sys.stderr)
     if not todo:
         return 0
-    predictor = load_predictor(
-        args.model,
-        weights=args.weights,
-        config=args.config,
-        device=args.device,
-        log=print,
-        max_output_pixels=args.max_output_pixels,
-    )
-    predictor.set_vocabulary(vocabulary)
-    model_label = predictor.model_name
-    failures = 0
-    for image_path in tqdm(
-        todo, desc="segmenting", unit="file", disable=len(todo) == 1, file=sys.stderr
-    ):
-        try:
-            if image_path.suffix.lower() in VIDEO_SUFFIXES:
-                process_video(predictor, image_path, args, out_dir)
-                continue
-            record = process_image(predictor, image_path, args, out_dir, model_label)
-        except (ImageError, VideoError) as error:
-            failures += 1
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        if len(todo) == 1:
-            found = ", ".join(sorted({s["class"] for s in record["segments"]})) or "nothing"
-            print(f"{image_path}: {len(record['segments'])} segments ({found}) -> {out_dir}")
+    created = check_writable(out_dir)
+    try:
+        predictor = load_predictor(
+            args.model,
+            weights=args.weights,
+            config=args.config,
+            device=args.device,
+            log=print,
+            max_output_pixels=args.max_output_pixels,
+        )
+        predictor.set_vocabulary(vocabulary)
+        kinds = describe_guessed_kinds(predictor.vocabulary)
+        if kinds:
+            print(f"ovseg: {kinds}", file=sys.stderr)
+        failures = _segment_all(predictor, todo, args)
+    finally:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves no empty folder behind
+    failures += len(bad)
     if failures:
-        print(f"{failures} of {len(todo)} image(s) failed", file=sys.stderr)
+        print(f"{failures} of {len(todo) + len(bad)} input(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _segment_all(predictor, todo: list, args) -> int:
+    """Segment every planned input; returns the number that failed. Ctrl-C stops cleanly:
+    'interrupted: N of M done', exit 130 (every finished output is whole)."""
+    from tqdm import tqdm
+
+    from ovseg.preprocess import ImageError
+    from ovseg.video import VideoError
+
+    failures = done = 0
+    bar = tqdm(todo, desc="segmenting", unit="file", disable=len(todo) == 1, file=sys.stderr)
+    try:
+        for image_path, paths, settings in bar:
+            is_video = image_path.suffix.lower() in VIDEO_SUFFIXES
+            try:
+                process = process_video if is_video else process_image
+                record = process(predictor, image_path, args, paths, settings)
+            except (ImageError, VideoError) as error:
+                failures += 1
+                bar.write(f"error: {error}", file=sys.stderr)
+                continue
+            done += 1
+            if len(todo) == 1:
+                print(_summary(image_path, record, paths), file=sys.stderr)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: {done} of {len(todo)} done", file=sys.stderr)
+        raise SystemExit(130) from None
+    return failures
+
+
+def _summary(image_path: Path, record: dict, paths: dict) -> str:
+    out_dir = paths["json"].parent
+    if "per_frame" in record:
+        return f"{image_path}: {record['frames']} frames -> {out_dir}"
+    found = ", ".join(sorted({s["class"] for s in record["segments"]})) or "nothing"
+    return f"{image_path}: {len(record['segments'])} segments ({found}) -> {out_dir}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,20 @@ class TextEncoder:
         self.use_disk_cache = use_disk_cache
         self._memory: dict[str, torch.Tensor] = {}
 
+    def _save_or_give_up(self, embeddings: torch.Tensor, path: Path) -> None:
+        """Write the disk cache; a folder that cannot be written (read-only or missing home,
+        full disk) turns the disk cache off for this encoder, said once on stderr."""
+        try:
+            _atomic_save(embeddings, path)
+        except OSError as error:
+            self.use_disk_cache = False
+            print(
+                f"ovseg: cannot write the text cache in {self.cache_dir} "
+                f"({error.strerror or error}); going on without it (set OVSEG_CACHE to a "
+                "writable folder to keep text embeddings between runs)",
+                file=sys.stderr,
+            )
+
     def clear_memory(self) -> None:
         """Forget the in-memory cache (the disk cache stays): the next call reads the disk."""
         self._memory.clear()
@@ -174,6 +189,6 @@ class TextEncoder:
         if embeddings is None:
             embeddings = self.encode_synonyms(synonyms).cpu()
             if self.use_disk_cache:
-                _atomic_save(embeddings, path)
+                self._save_or_give_up(embeddings, path)
         self._memory[key] = embeddings
         return TextClassifier(embeddings, vocab.num_synonyms)

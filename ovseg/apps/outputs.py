@@ -1,0 +1,122 @@
+"""Where ``ovseg predict`` writes, and when it may skip: output names that never collide, the
+settings recorded in each JSON, and the check that outputs on disk were made with the same
+ones."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from ovseg.fileio import atomic_write_many
+from ovseg.video import VIDEO_SUFFIXES
+
+
+class UsageError(ValueError):
+    """Bad input from the user: one line, non-zero exit, nothing written."""
+
+
+def output_stems(inputs: list[Path]) -> dict[Path, str]:
+    """The name stem of each input's outputs: the file's stem, or ``stem_ext`` when two inputs
+    share a stem (``a.jpg`` and ``a.png`` -> ``a_jpg``, ``a_png``; same names in different
+    folders -> the parent folder's name too). Raises UsageError if names still collide."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in inputs:
+        by_stem.setdefault(path.stem, []).append(path)
+    stems = {}
+    for stem, paths in by_stem.items():
+        for path in paths:
+            if len(paths) == 1:
+                stems[path] = stem
+            elif len({p.suffix.lower() for p in paths}) == len(paths):
+                stems[path] = f"{stem}_{path.suffix.lower().lstrip('.')}"
+            else:
+                stems[path] = f"{path.parent.name}_{stem}_{path.suffix.lower().lstrip('.')}"
+    if len(set(stems.values())) < len(stems):
+        clash = sorted(s for s in stems.values() if list(stems.values()).count(s) > 1)[0]
+        raise UsageError(f"two inputs would both write outputs named '{clash}': rename one")
+    return stems
+
+
+def output_paths(directory: Path, image: Path, stem: str | None = None) -> dict[str, Path]:
+    """The files one input writes: overlay, labels and JSON (an image); overlay and per-frame
+    JSON (a video)."""
+    stem = stem or image.stem
+    if image.suffix.lower() in VIDEO_SUFFIXES:
+        return {
+            "overlay": directory / f"{stem}_overlay.mp4",
+            "json": directory / f"{stem}_frames.json",
+        }
+    return {
+        "overlay": directory / f"{stem}_overlay.png",
+        "labels": directory / f"{stem}_labels.png",
+        "json": directory / f"{stem}.json",
+    }
+
+
+def run_settings(args, model: str, vocabulary, image: Path) -> dict:
+    """What an output depends on, recorded in its JSON (``settings``): the model, the classes
+    with their synonyms and given kinds, the task, the sizes, and the source file."""
+    stat = image.stat()
+    given = [
+        ("thing" if thing else "stuff") if source == "given" else None
+        for thing, source in zip(
+            vocabulary.is_thing,
+            vocabulary.kind_sources or ["given"] * len(vocabulary),
+            strict=True,
+        )
+    ]
+    return {
+        "model": model,
+        "classes": [list(synonyms) for synonyms in vocabulary.classes],
+        "given_kinds": given,
+        "task": args.task,
+        "short_side": args.short_side,
+        "max_output_pixels": args.max_output_pixels,
+        "max_frames": args.max_frames if image.suffix.lower() in VIDEO_SUFFIXES else None,
+        "source": {
+            "path": str(image.resolve()),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        },
+    }
+
+
+def is_up_to_date(paths: dict[str, Path], settings: dict) -> bool:
+    """True when every output exists and the JSON says it was made with ``settings``."""
+    if not all(path.is_file() for path in paths.values()):
+        return False
+    try:
+        record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("settings") == settings
+
+
+def check_writable(directory: Path) -> bool:
+    """Create ``directory`` if needed and check a file can be written there. Returns whether
+    it was created (so that a run that writes nothing can remove it again)."""
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ovseg-check-"):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"cannot write to output directory {directory} ({error.strerror}): "
+            "choose another --output"
+        ) from error
+    return created
+
+
+def write_image_outputs(paths: dict[str, Path], overlay, labels, record: dict) -> None:
+    """Write the three files through temp names and rename them together: no partial outputs."""
+    atomic_write_many(
+        {
+            paths["overlay"]: lambda tmp: overlay.save(tmp, format="PNG"),
+            paths["labels"]: lambda tmp: labels.save(tmp, format="PNG"),
+            paths["json"]: lambda tmp: Path(tmp).write_text(
+                json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
+            ),
+        }
+    )

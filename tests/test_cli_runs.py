@@ -1,0 +1,201 @@
+"""ovseg predict as a user runs it again and again: outputs are redone when their settings
+change, names never collide, bad input is refused before the model loads, Ctrl-C stops
+cleanly, extreme images and Windows vocabulary files work, and guessed kinds are said."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovseg.apps import predict
+from ovseg.apps.predict import main
+
+TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64"]
+
+
+def save(path, height=48, width=80, seed=0):
+    image = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--task", "semantic"],
+        ["--classes", "cat, sky, road"],
+        ["--classes", "thing:cat, dog/puppy"],
+        ["--short-side", "96"],
+        ["--max-output-pixels", "5000"],
+    ],
+)
+def test_outputs_are_redone_when_the_settings_change(tmp_path, capsys, change):
+    """Outputs used to be skipped whenever the three files existed, whatever model, classes,
+    task or size made them."""
+    image = save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    base = [image, "--classes", "cat, dog/puppy", "--output", out, *TINY]
+    assert run(base, capsys)[0] == 0
+    first = json.loads((out / "photo.json").read_text())
+    assert first["settings"]["task"] == "panoptic"
+    code, _, err = run(base, capsys)  # the same settings: skipped
+    assert code == 0 and "skipping 1 input" in err
+    code, _, err = run(base + change, capsys)  # argparse: the last value wins
+    assert code == 0 and "skipping" not in err
+    again = json.loads((out / "photo.json").read_text())
+    assert again["settings"] != first["settings"]
+
+
+def test_a_changed_image_is_redone(tmp_path, capsys):
+    image = save(tmp_path / "photo.png")
+    args = [image, "--classes", "cat", "--output", tmp_path / "out", *TINY]
+    assert run(args, capsys)[0] == 0
+    save(image, seed=1)  # same name, new pixels
+    code, _, err = run(args, capsys)
+    assert code == 0 and "skipping" not in err
+
+
+def test_inputs_with_one_stem_get_outputs_of_their_own(tmp_path, capsys):
+    """a.jpg and a.png in one folder used to write the same a.json / a_overlay.png."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    save(folder / "a.png", seed=1)
+    Image.open(save(folder / "tmp.png", seed=2)).convert("RGB").save(folder / "a.jpg")
+    (folder / "tmp.png").unlink()
+    out = tmp_path / "out"
+    assert run([folder, "--classes", "cat", "--output", out, *TINY], capsys)[0] == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_jpg.json", "a_png.json"]
+    assert json.loads((out / "a_jpg.json").read_text())["image"].endswith("a.jpg")
+    code, _, err = run([folder, "--classes", "cat", "--output", out, *TINY], capsys)
+    assert code == 0 and "skipping 2 input" in err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("text", "not an image file"),
+        ("empty", "not an image file"),
+        ("missing", "input not found"),
+    ],
+)
+def test_one_bad_file_is_one_line_exit_2_and_no_folder(tmp_path, capsys, bad, message):
+    """The model used to load first (its fallback line printed), then the error: two lines,
+    exit 1, and an empty output folder left behind."""
+    path = tmp_path / "photo.png"
+    if bad == "text":
+        path.write_text("not an image")
+    elif bad == "empty":
+        path.write_bytes(b"")
+    out = tmp_path / "out"
+    code, _, err = run([path, "--classes", "cat", "--output", out, "--model", "auto"], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--device", "tpu"], "unknown device 'tpu': use cpu or cuda"),
+        (["--max-output-pixels", "0"], "--max-output-pixels 0 is too small"),
+        (["--max-frames", "0"], "--max-frames must be at least 1"),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path, capsys, option, message):
+    image = save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    code, _, err = run([image, "--classes", "cat", "--output", out, *TINY, *option], capsys)
+    assert code == 2 and err == f"error: {err[7:]}" and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_a_bad_file_in_a_folder_is_skipped_and_said_on_its_own_line(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        save(folder / f"{index}.png", seed=index)
+    (folder / "broken.png").write_text("no image")
+    out = tmp_path / "out"
+    code, _, err = run([folder, "--classes", "cat", "--output", out, *TINY], capsys)
+    assert code == 1
+    lines = err.splitlines()
+    assert any(line.startswith("error: ") and "broken.png" in line for line in lines)
+    assert "1 of 4 input(s) failed" in err
+    assert len(list(out.glob("*.json"))) == 3
+
+
+def test_ctrl_c_says_how_far_it_got_and_exits_130(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(4):
+        save(folder / f"{index}.png", seed=index)
+    real = predict.process_image
+    calls = []
+
+    def interrupted_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "process_image", interrupted_on_the_third)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main([str(folder), "--classes", "cat", "--output", str(out), *TINY])
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 2 of 4 done" in err and "Traceback" not in err
+    assert len(list(out.glob("*.json"))) == 2
+
+
+def test_extreme_aspect_ratios_do_not_stop_a_folder(tmp_path, capsys):
+    """A 1x5000 image used to raise PIL's ValueError and abort the run (exit 2)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    save(folder / "thin.png", height=1, width=5000)
+    save(folder / "tall.png", height=3000, width=2)
+    save(folder / "plain.png")
+    out = tmp_path / "out"
+    code, _, err = run([folder, "--classes", "cat, sky", "--output", out, *TINY], capsys)
+    assert code == 0, err
+    thin = json.loads((out / "thin.json").read_text())
+    assert thin["image_size"] == [1, 5000]
+    assert np.asarray(Image.open(out / "thin_labels.png")).shape[:2] == (1, 5000)
+
+
+def test_vocabulary_file_with_a_byte_order_mark(tmp_path, capsys):
+    """Windows editors save 'UTF-8 with BOM': the first class used to be named '\\ufeffsky'
+    (or a file with kinds failed with "line 1 starts with 'thing'")."""
+    image = save(tmp_path / "photo.png")
+    for text, name in [("stuff\tsky\nthing\tcat\n", "kinds.txt"), ("sky\ncat\n", "plain.txt")]:
+        vocab = tmp_path / name
+        vocab.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        out = tmp_path / name.removesuffix(".txt")
+        code, _, err = run([image, "--vocab", vocab, "--output", out, *TINY], capsys)
+        assert code == 0, err
+        record = json.loads((out / "photo.json").read_text())
+        assert record["classes"] == ["sky", "cat"]
+
+
+def test_kinds_follow_the_model_and_can_be_given(tmp_path, capsys):
+    """'house' is COCO stuff, so it used to be guessed stuff even for synthetic_tiny, which
+    was trained with house as a thing; now the model's training kinds come first, the guesses
+    are said, and thing: / stuff: set a kind."""
+    image = save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    args = [image, "--task", "instance", "--model", "synthetic_tiny", "--output", out]
+    code, _, err = run(args + ["--classes", "house, circle, water, zebra"], capsys)
+    assert code == 0
+    line = next(line for line in err.splitlines() if "kinds guessed" in line)
+    assert "house thing (model's training class)" in line
+    assert "water stuff" in line and "zebra thing (default)" in line
+    code, _, err = run(args + ["--classes", "stuff:house, thing:brick", "--overwrite"], capsys)
+    assert code == 0 and "kinds guessed" not in err
+    record = json.loads((out / "scene.json").read_text())
+    assert record["settings"]["given_kinds"] == ["stuff", "thing"]
