@@ -14,6 +14,10 @@ from PIL import Image
 from ovseg.data.label_io import id_to_rgb
 from ovseg.modeling.postprocess import masks_to_boxes
 
+# Instances drawn and listed by the front ends (the detectron2 / Mask2Former demos' default);
+# the JSON keeps every instance, marked ``shown``.
+INSTANCE_SCORE_THRESHOLD = 0.5
+
 
 def mask_to_rle(mask: np.ndarray) -> dict:
     """COCO compressed RLE of an (H, W) bool mask, JSON-ready: {"size": [H, W], "counts": str}."""
@@ -23,11 +27,12 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _semantic_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
+def _semantic_segments(result: dict, score_threshold: float) -> tuple[np.ndarray, list[dict]]:
     vocab = result["vocabulary"]
     scores = result["sem_seg"]
     label_np = scores.argmax(0).cpu().numpy()
-    best = scores.max(0).values
+    # The per-pixel class distribution: each class's share of the pixel's scores (0..1).
+    best = (scores.max(0).values / scores.sum(0).clamp(min=1e-12)).cpu()
     segments = []
     for class_id in np.unique(label_np).tolist():
         mask = label_np == class_id
@@ -45,7 +50,7 @@ def _semantic_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
     return label_np.astype(dtype), segments
 
 
-def _panoptic_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
+def _panoptic_segments(result: dict, score_threshold: float) -> tuple[np.ndarray, list[dict]]:
     names = result["vocabulary"].names
     label_map = result["panoptic_seg"].cpu().numpy().astype(np.int32)
     segments = [
@@ -62,15 +67,17 @@ def _panoptic_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
     return label_map, segments
 
 
-def _instance_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
+def _instance_segments(result: dict, score_threshold: float) -> tuple[np.ndarray, list[dict]]:
     vocab = result["vocabulary"]
     instances = result["instances"]
     masks = instances["masks"].cpu().numpy()
+    scores = instances["scores"].cpu().numpy()
     label_map = np.zeros(
         masks.shape[1:] if masks.ndim == 3 else result["output_size"], dtype=np.uint16
     )
     for index in range(masks.shape[0] - 1, -1, -1):  # lowest score first, best on top
-        label_map[masks[index]] = index + 1
+        if scores[index] >= score_threshold:
+            label_map[masks[index]] = index + 1
     segments = []
     for index in range(masks.shape[0]):
         if not masks[index].any():
@@ -82,7 +89,8 @@ def _instance_segments(result: dict) -> tuple[np.ndarray, list[dict]]:
                 "class_id": class_id,
                 "class": vocab.names[class_id],
                 "isthing": bool(vocab.is_thing[class_id]),
-                "score": float(instances["scores"][index]),
+                "score": float(scores[index]),
+                "shown": bool(scores[index] >= score_threshold),
                 "mask": masks[index],
             }
         )
@@ -96,18 +104,25 @@ _SEGMENTS_OF_TASK = {
 }
 
 
-def describe(result: dict, task: str) -> tuple[np.ndarray, list[dict]]:
+def describe(
+    result: dict, task: str, *, score_threshold: float = 0.0
+) -> tuple[np.ndarray, list[dict]]:
     """Turn a predictor result into (label map, segments) for one task.
 
     Label maps: ``semantic`` class index per pixel (uint8, or uint16 above 254 classes; the
     value 255 / 65535 is never a class); ``panoptic`` segment ids (int32, 0 = none, saved as
-    COCO panoptic RGB); ``instance`` 1-based instance index (0 = none, higher score on top).
+    COCO panoptic RGB); ``instance`` 1-based instance index of the instances scoring at least
+    ``score_threshold`` (0 = none, higher score on top).
     Segments: id, class, class_id, isthing, score, area (pixels), box [x0, y0, x1, y1]
-    (exclusive end), mask ((H, W) bool). Raises ValueError for an unknown task.
+    (exclusive end), mask ((H, W) bool); instances also ``shown`` (score >= threshold).
+    Scores are in [0, 1]: panoptic, the query's class probability; instance, class probability
+    x mean mask probability inside the mask (Mask2Former); semantic, the mean over the
+    segment's pixels of the class's share of the pixel's class scores (its probability there).
+    Raises ValueError for an unknown task.
     """
     if task not in _SEGMENTS_OF_TASK:
         raise ValueError(f"unknown task '{task}': choose from {', '.join(_SEGMENTS_OF_TASK)}")
-    label_map, segments = _SEGMENTS_OF_TASK[task](result)
+    label_map, segments = _SEGMENTS_OF_TASK[task](result, score_threshold)
     if segments:
         boxes = masks_to_boxes(torch.from_numpy(np.stack([s["mask"] for s in segments])))
         for segment, box in zip(segments, boxes, strict=True):

@@ -35,7 +35,8 @@ def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> 
     Args:
         image: (H, W, 3) uint8 at the segments' resolution.
         segments: dicts with ``mask`` (H, W) bool, ``label`` str, ``color`` (3,) uint8,
-            optional ``box`` [x0, y0, x1, y1] drawn as a rectangle, drawn in list order.
+            optional ``box`` [x0, y0, x1, y1] drawn as a rectangle with an optional
+            ``box_label`` written on it; drawn in list order.
     """
     canvas = image.astype(np.float32).copy()
     for segment in segments:
@@ -50,12 +51,27 @@ def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> 
         canvas[edge] = 255
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
+    font = _font(max(10, min(16, picture.height // 24)))
     for segment in segments:
         if segment.get("box") is not None and segment["box"][2] > segment["box"][0]:
-            draw.rectangle(
-                list(segment["box"]), outline=tuple(int(c) for c in segment["color"]), width=2
-            )
+            colour = tuple(int(c) for c in segment["color"])
+            draw.rectangle(list(segment["box"]), outline=colour, width=2)
+            if segment.get("box_label"):
+                _box_label(draw, segment["box"], segment["box_label"], colour, font)
     return _with_legend(picture, segments)
+
+
+def _box_label(draw: ImageDraw.ImageDraw, box, text: str, colour: tuple, font) -> None:
+    """``text`` on a filled tab at the box's top-left corner (inside the image)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    width, height = right - left + 4, bottom - top + 4
+    x = max(0, min(int(box[0]), draw.im.size[0] - width))
+    y = int(box[1]) - height if box[1] >= height else int(box[1])
+    draw.rectangle([x, y, x + width, y + height], fill=colour)
+    light = sum(colour) > 380
+    draw.text(
+        (x + 2 - left, y + 2 - top), text, fill=(0, 0, 0) if light else (255, 255, 255), font=font
+    )
 
 
 def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
@@ -88,7 +104,9 @@ def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
 def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Image:
     """Overlay of :func:`ovseg.results.describe`'s segments on an image already at the output
     size, coloured by class (so the legend holds); instances are told apart by their outlines
-    and boxes."""
+    and their boxes, labelled with class and score. Segments marked ``shown: False`` (below
+    the score threshold) are not drawn."""
+    segments = [s for s in segments if s.get("shown", True)]
     colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
     drawable = [
         {
@@ -96,6 +114,7 @@ def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Ima
             "label": s["class"],
             "color": colours[s["class_id"]],
             "box": s["box"] if task == "instance" else None,
+            "box_label": f"{s['class']} {s['score']:.2f}" if task == "instance" else None,
         }
         for s in segments
     ]

@@ -199,3 +199,43 @@ def test_kinds_follow_the_model_and_can_be_given(tmp_path, capsys):
     assert code == 0 and "kinds guessed" not in err
     record = json.loads((out / "scene.json").read_text())
     assert record["settings"]["given_kinds"] == ["stuff", "thing"]
+
+
+def test_instances_below_the_threshold_are_kept_in_the_json_only(tmp_path, capsys):
+    """--task instance used to list and draw every instance down to score 0.00 (unlabelled
+    boxes everywhere); the threshold now decides what is drawn, listed and in the label PNG."""
+    image = save(tmp_path / "photo.png", height=96, width=128)
+    out = tmp_path / "out"
+    args = [image, "--classes", "cat, dog, cup", "--task", "instance", "--output", out, *TINY]
+    assert run(args + ["--score-threshold", "0"], capsys)[0] == 0
+    every = json.loads((out / "photo.json").read_text())["segments"]
+    assert every and all(s["shown"] for s in every)
+    scores = sorted(s["score"] for s in every)
+    threshold = scores[len(scores) // 2]  # about half above, half below
+    code, _, err = run(args + ["--score-threshold", str(threshold)], capsys)
+    assert code == 0
+    record = json.loads((out / "photo.json").read_text())
+    shown = [s for s in record["segments"] if s["shown"]]
+    assert len(record["segments"]) == len(every)  # the JSON keeps all, marked
+    assert shown and all(s["score"] >= threshold for s in shown)
+    assert all(s["score"] < threshold for s in record["segments"] if not s["shown"])
+    labels = np.asarray(Image.open(out / "photo_labels.png"))
+    assert set(np.unique(labels).tolist()) - {0} <= {s["id"] for s in shown}
+    assert f"{len(shown)} segments" in err
+
+
+def test_semantic_scores_are_probabilities():
+    """The semantic 'score' was the mean summed query score (1.73 seen with synthetic_tiny);
+    now it is the class's mean per-pixel probability (its share of the pixel's scores)."""
+    import torch
+
+    from ovseg.results import describe
+    from ovseg.vocabulary import as_vocabulary
+
+    sem_seg = torch.zeros(2, 4, 4)
+    sem_seg[0], sem_seg[1] = 1.5, 0.5  # summed over queries: above 1
+    sem_seg[1, :, 2:] = 2.5  # the right half is class 1 at 2.5 / 4.0
+    result = {"vocabulary": as_vocabulary(["cat", "sky"]), "sem_seg": sem_seg}
+    _, segments = describe(result, "semantic")
+    scores = {s["class"]: s["score"] for s in segments}
+    assert scores == pytest.approx({"cat": 0.75, "sky": 2.5 / 4.0})

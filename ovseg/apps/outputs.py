@@ -73,6 +73,7 @@ def run_settings(args, model: str, vocabulary, image: Path) -> dict:
         "task": args.task,
         "short_side": args.short_side,
         "max_output_pixels": args.max_output_pixels,
+        "score_threshold": args.score_threshold if args.task == "instance" else None,
         "max_frames": args.max_frames if image.suffix.lower() in VIDEO_SUFFIXES else None,
         "source": {
             "path": str(image.resolve()),

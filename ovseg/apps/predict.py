@@ -16,6 +16,7 @@ from ovseg.apps.outputs import (
     run_settings,
     write_image_outputs,
 )
+from ovseg.results import INSTANCE_SCORE_THRESHOLD
 from ovseg.video import DEFAULT_MAX_FRAMES, VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
@@ -74,7 +75,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="longest video accepted, in frames (default: %(default)s)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="redo images whose outputs already exist"
+        "--score-threshold",
+        type=float,
+        default=INSTANCE_SCORE_THRESHOLD,
+        help="instance task: draw and list instances scoring at least this (0..1); the JSON "
+        "keeps every instance, marked 'shown' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo inputs whose outputs exist and were made with the same settings",
     )
     return parser
 
@@ -108,7 +118,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
 
     image = load_image(image_path)
     result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
-    label_map, segments = describe(result, args.task)
+    label_map, segments = describe(result, args.task, score_threshold=args.score_threshold)
     overlay = draw_result(resize_image(image, result["output_size"]), segments, args.task)
     record = image_record(
         result, segments, task=args.task, model=settings["model"], image=image_path
@@ -177,6 +187,8 @@ def _check_arguments(args) -> None:
         )
     if args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise UsageError(f"--score-threshold {args.score_threshold} is not in 0..1")
     if args.device is not None:
         resolve_device(args.device)
     if not args.inputs and not args.examples:
@@ -295,5 +307,8 @@ def _summary(image_path: Path, record: dict, paths: dict) -> str:
     out_dir = paths["json"].parent
     if "per_frame" in record:
         return f"{image_path}: {record['frames']} frames -> {out_dir}"
-    found = ", ".join(sorted({s["class"] for s in record["segments"]})) or "nothing"
-    return f"{image_path}: {len(record['segments'])} segments ({found}) -> {out_dir}"
+    shown = [s for s in record["segments"] if s.get("shown", True)]
+    found = ", ".join(sorted({s["class"] for s in shown})) or "nothing"
+    hidden = len(record["segments"]) - len(shown)
+    below = f"; {hidden} below --score-threshold in the JSON only" if hidden else ""
+    return f"{image_path}: {len(shown)} segments ({found}{below}) -> {out_dir}"

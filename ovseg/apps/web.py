@@ -67,7 +67,12 @@ class Demo:
         from PIL import Image
 
         from ovseg.preprocess import as_rgb_array
-        from ovseg.results import describe, image_record, label_map_image
+        from ovseg.results import (
+            INSTANCE_SCORE_THRESHOLD,
+            describe,
+            image_record,
+            label_map_image,
+        )
         from ovseg.visualize import draw_result
 
         if image is None:
@@ -83,10 +88,11 @@ class Demo:
         encodes = self.predictor.image_encodes
         result = self.predictor.predict(array, vocabulary=vocabulary, tasks=(task,))
         seconds = time.perf_counter() - start
-        label_map, segments = describe(result, task)
+        label_map, segments = describe(result, task, score_threshold=INSTANCE_SCORE_THRESHOLD)
         shown = np.asarray(Image.fromarray(array).resize(result["output_size"][::-1]))
         overlay = np.asarray(draw_result(shown, segments, task))
-        rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in segments]
+        shown = [s for s in segments if s.get("shown", True)]
+        rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in shown]
         stamp = f"{int(time.time() * 1000)}"
         label_path = self.workdir / f"labels_{stamp}.png"
         json_path = self.workdir / f"segments_{stamp}.json"
@@ -96,7 +102,7 @@ class Demo:
         reused = self.predictor.image_encodes == encodes
         self.runs += 1
         status = (
-            f"Run {self.runs}: {len(segments)} segments in {seconds:.2f} s"
+            f"Run {self.runs}: {len(shown)} segments in {seconds:.2f} s"
             f"{' (image features reused)' if reused else ''}. {self.model_note}"
         )
         return overlay, rows, str(label_path), str(json_path), status
