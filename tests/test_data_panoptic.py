@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,29 @@ def test_semantic_size_mismatch(tmp_path):
     images, labels = _write_semantic(tmp_path, {"a": np.zeros((4, 6))}, image_sizes=[(4, 5)])
     with pytest.raises(DatasetError, match="size mismatch: image .*a.jpg is 5x4 but label"):
         SemanticDataset(images, labels, VOCAB3)[0]
+
+
+@pytest.mark.parametrize(
+    "where, field",
+    [("segment", "category_id"), ("segment", "id"), ("image", "id"), ("image", "file_name")],
+)
+def test_a_missing_json_field_is_one_line_naming_it(tmp_path, capsys, where, field):
+    """A COCO-panoptic JSON without a segment's category_id or id, or an image's id or
+    file_name, used to end tools/eval.py and tools/train.py with a bare KeyError."""
+    json_path = Path(write_synthetic_panoptic(tmp_path, 2, size=SIZE, seed=0))
+    data = json.loads(json_path.read_text())
+    entry = data["annotations"][0]["segments_info"][0] if where == "segment" else data["images"][0]
+    del entry[field]
+    json_path.write_text(json.dumps(data))
+    split = json_path.parent
+    with pytest.raises(DatasetError, match=f"{where} .* lacks '{field}'"):
+        PanopticDataset(split / "images", json_path, split / "panoptic")
+    from ovseg.apps.eval import main as eval_main
+    from ovseg.apps.train import main as train_main
+
+    paths = ["--images", split / "images", "--panoptic-json", json_path]
+    paths += ["--panoptic-dir", split / "panoptic"]
+    for main, extra in ((eval_main, []), (train_main, ["--output", tmp_path / "run"])):
+        assert main([str(a) for a in paths + extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and f"lacks '{field}'" in err and "\n" not in err

@@ -117,3 +117,38 @@ def test_eval_cli_runs_the_tiny_model(synthetic, tmp_path, capsys):
         ]
     )
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_a_listed_segment_missing_from_the_png_is_a_false_negative(tmp_path):
+    """panopticapi counts a ground-truth segment listed in segments_info but drawn nowhere as
+    a false negative; the loader used to drop it, so a perfect prediction of the other segment
+    scored PQ 100 instead of 66.7."""
+    from PIL import Image
+
+    from ovseg.data.label_io import id_to_rgb
+    from ovseg.evaluation import PanopticEvaluator
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "png").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    drawn = np.zeros((8, 8), np.int32)
+    drawn[2:6, 2:6] = 7  # segment 7 is drawn; segment 9 (same class) is listed only
+    Image.fromarray(id_to_rgb(drawn)).save(tmp_path / "png" / "a.png")
+    segments = [
+        {"id": 7, "category_id": 1, "iscrowd": 0},
+        {"id": 9, "category_id": 1, "iscrowd": 0},
+    ]
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}],
+        "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": segments}],
+        "categories": [{"id": 1, "name": "cat", "isthing": 1}],
+    }
+    (tmp_path / "pan.json").write_text(json.dumps(data))
+    sample = PanopticDataset(tmp_path / "images", tmp_path / "pan.json", tmp_path / "png")[0]
+    assert [s["id"] for s in sample["segments_info"]] == [7, 9]
+    assert len(sample["masks"]) == 1  # nothing to learn from the missing one
+    evaluator = PanopticEvaluator([{"id": 0, "name": "cat", "isthing": True}])
+    evaluator.update(
+        sample["panoptic"], sample["segments_info"], drawn, [{"id": 7, "category_id": 0}]
+    )
+    assert evaluator.compute()["All"]["pq"] == pytest.approx(200 / 3)

@@ -28,8 +28,9 @@ A sample is a plain dict:
     image (H, W, 3) uint8 RGB; masks (N, H, W) bool and labels (N,) int64, one per non-crowd
     segment, in the order of the non-crowd entries of segments_info; panoptic (H, W) int32
     segment ids (0 = void); segments_info [{id, category_id (contiguous), iscrowd, isthing}] for
-    the segments present in the PNG; sem_seg (H, W) int64 (crowd and void = 255); image_id;
-    file_name (the image path).
+    every listed segment (one drawn nowhere in the PNG too: it has no mask, and PQ counts it
+    as a false negative, as panopticapi does); sem_seg (H, W) int64 (crowd and void = 255);
+    image_id; file_name (the image path).
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or missing:
         raise DatasetError(f"{path} lacks the COCO-panoptic key(s) {missing}")
     return data
+
+
+def _require_fields(entry: Any, fields: tuple[str, ...], what: str, path: Path) -> None:
+    """DatasetError naming the entry and its missing fields (COCO-panoptic requires them)."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{path}: {what} {entry!r} is not an object")
+    missing = [f for f in fields if f not in entry]
+    if missing:
+        shown = json.dumps(entry)[:120]
+        raise DatasetError(
+            f"{path}: {what} {shown} lacks {', '.join(repr(f) for f in missing)}: every "
+            f"{what} needs {', '.join(fields)} (COCO panoptic format)"
+        )
 
 
 class PanopticDataset:
@@ -143,21 +157,25 @@ class PanopticDataset:
         return vocabulary
 
     def _read_annotations(self, data: dict[str, Any]) -> list[dict]:
+        for image in data["images"]:
+            _require_fields(image, ("id", "file_name"), "image", self.panoptic_json)
         images = {image["id"]: image for image in data["images"]}
         annotations = []
         for annotation in data["annotations"]:
+            _require_fields(
+                annotation,
+                ("image_id", "file_name", "segments_info"),
+                "annotation",
+                self.panoptic_json,
+            )
             image = images.get(annotation.get("image_id"))
             if image is None:
                 raise DatasetError(
                     f"{self.panoptic_json}: annotation {annotation.get('file_name')} refers to "
                     f"image_id {annotation.get('image_id')!r}, which is not in 'images'"
                 )
-            if "file_name" not in annotation or "segments_info" not in annotation:
-                raise DatasetError(
-                    f"{self.panoptic_json}: the annotation of image_id {annotation['image_id']!r} "
-                    "lacks 'file_name' or 'segments_info'"
-                )
             for segment in annotation["segments_info"]:
+                _require_fields(segment, ("id", "category_id"), "segment", self.panoptic_json)
                 if segment["category_id"] not in self.category_index:
                     raise DatasetError(
                         f"{self.panoptic_json}: unknown category id {segment['category_id']} "
@@ -213,8 +231,6 @@ class PanopticDataset:
         segments, masks, labels = [], [], []
         sem_seg = np.full(panoptic.shape, IGNORE_LABEL, dtype=np.int64)
         for segment in annotation["segments_info"]:
-            if segment["id"] not in slot:  # described but drawn nowhere: nothing to learn from
-                continue
             label = self.category_index[segment["category_id"]]
             iscrowd = bool(segment.get("iscrowd", 0))
             info = {
@@ -223,7 +239,11 @@ class PanopticDataset:
                 "iscrowd": iscrowd,
                 "isthing": bool(self.categories[label]["isthing"]),
             }
+            # A segment listed but drawn nowhere stays in segments_info: panopticapi counts it
+            # as a false negative. It has no mask to learn from (transforms drop it).
             segments.append(info)
+            if segment["id"] not in slot:
+                continue
             if not iscrowd:
                 mask = inverse == slot[segment["id"]]
                 masks.append(mask)

@@ -43,8 +43,11 @@ def _evaluators(vocab, seen: list[bool], tasks: tuple[str, ...]) -> dict:
 def _add_instances(evaluator: InstanceEvaluator, sample: dict, instances: dict) -> None:
     """Ground-truth thing segments and predicted instances of one image."""
     infos = [s for s in sample["segments_info"] if s["isthing"]]
+    gt_masks = [sample["panoptic"] == s["id"] for s in infos]
+    # A thing listed in segments_info but drawn nowhere has no mask to match (PQ counts it).
+    infos = [s for s, mask in zip(infos, gt_masks, strict=True) if mask.any()]
     gt_masks = (
-        np.stack([sample["panoptic"] == s["id"] for s in infos])
+        np.stack([mask for mask in gt_masks if mask.any()])
         if infos
         else np.zeros((0,) + sample["panoptic"].shape, dtype=bool)
     )
