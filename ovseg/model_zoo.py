@@ -35,6 +35,8 @@ class ZooEntry:
     size: int | None = None  # bytes of the downloaded file, when known
     shipped_path: str | None = None  # package data, relative to ovseg/assets/
     meaningful: bool = True  # False for random-weight test models
+    # A toy model knows this vocabulary's world only (photos and other classes: nonsense).
+    toy_vocabulary: str | None = None
 
 
 MODEL_ZOO = {
@@ -55,6 +57,7 @@ MODEL_ZOO = {
         description="small FC-CLIP trained on the synthetic shapes world "
         "(ovseg synthetic-world): knows shapes and textures only (vocab synthetic_world)",
         shipped_path="synthetic_tiny/synthetic_tiny.safetensors",
+        toy_vocabulary="synthetic_world",
     ),
     "fcclip_tiny_parity": ZooEntry(
         name="fcclip_tiny_parity",
@@ -68,6 +71,48 @@ MODEL_ZOO = {
 DEFAULT_MODEL = "fcclip_convnext_large_coco"
 # Used, and said, when the default model's weights are missing: the first one shipped.
 FALLBACK_MODELS = ("synthetic_tiny",)
+
+
+def model_tag(name: str) -> str:
+    """The model's name as pictures show it: 'synthetic_tiny (toy: synthetic shapes only)'."""
+    if name.replace("-", "_") not in MODEL_ZOO:
+        return name
+    entry = get_entry(name)
+    if not entry.meaningful:
+        return f"{entry.name} (RANDOM weights)"
+    return f"{entry.name} (toy: synthetic shapes only)" if entry.toy_vocabulary else entry.name
+
+
+def model_caveat(name: str, classes: list | None = None) -> str | None:
+    """One short line saying when a model's outputs cannot be trusted, or None: a random
+    model; a toy model (its world only), naming the classes (synonym tuples or names) none
+    of whose names it was taught."""
+    if name.replace("-", "_") not in MODEL_ZOO:
+        return None  # a user's weights file: nothing known about it
+    entry = get_entry(name)
+    if not entry.meaningful:
+        return f"{entry.name} has RANDOM weights: its outputs mean nothing"
+    if entry.toy_vocabulary is None:
+        return None
+    from ovseg.vocabulary import load_vocabulary
+
+    known = {s.casefold() for s in load_vocabulary(entry.toy_vocabulary).synonyms}
+    synonym_lists = [(c,) if isinstance(c, str) else tuple(c) for c in classes or []]
+    unknown = [
+        synonyms[0]
+        for synonyms in synonym_lists
+        if not any(s.casefold() in known for s in synonyms)
+    ]
+    line = (
+        f"{entry.name} is a toy model of the synthetic shapes world "
+        f"(--vocab {entry.toy_vocabulary}): expect nonsense on photos"
+    )
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (
+            f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
+        )
+        line += f"; never taught: {shown}"
+    return line
 
 
 def fallback_model() -> str:

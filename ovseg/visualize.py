@@ -6,6 +6,7 @@ The data behind them (segments, label maps, JSON records) is :mod:`ovseg.results
 from __future__ import annotations
 
 import colorsys
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -29,7 +30,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> Image.Image:
+def overlay(
+    image: np.ndarray, segments: list[dict], *, alpha: float = 0.55, note: str | None = None
+) -> Image.Image:
     """Blend each segment's colour over the image, outline it, and add a legend panel.
 
     Args:
@@ -37,6 +40,7 @@ def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> 
         segments: dicts with ``mask`` (H, W) bool, ``label`` str, ``color`` (3,) uint8,
             optional ``box`` [x0, y0, x1, y1] drawn as a rectangle with an optional
             ``box_label`` written on it; drawn in list order.
+        note: a line under the legend (the model that made the result).
     """
     canvas = image.astype(np.float32).copy()
     for segment in segments:
@@ -58,7 +62,7 @@ def overlay(image: np.ndarray, segments: list[dict], *, alpha: float = 0.55) -> 
             draw.rectangle(list(segment["box"]), outline=colour, width=2)
             if segment.get("box_label"):
                 _box_label(draw, segment["box"], segment["box_label"], colour, font)
-    return _with_legend(picture, segments)
+    return _with_legend(picture, segments, note)
 
 
 def _box_label(draw: ImageDraw.ImageDraw, box, text: str, colour: tuple, font) -> None:
@@ -74,17 +78,22 @@ def _box_label(draw: ImageDraw.ImageDraw, box, text: str, colour: tuple, font) -
     )
 
 
-def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
+def _with_legend(picture: Image.Image, segments: list[dict], note: str | None) -> Image.Image:
     entries: dict[str, np.ndarray] = {}
     for segment in segments:
         entries.setdefault(segment["label"], segment["color"])
     font_size = max(11, min(22, picture.height // 28))
-    font = _font(font_size)
+    font, note_font = _font(font_size), _font(max(10, font_size - 2))
     row = font_size + 8
     measure = ImageDraw.Draw(picture)
     text_width = max([measure.textlength(name, font=font) for name in entries] + [60])
-    width = int(text_width) + row + 24
-    height = max(picture.height, row * (len(entries) + 1) + 8)
+    # The note wraps to the legend's width (at least ~24 characters a line).
+    note_lines = textwrap.wrap(note, max(24, int(text_width / (0.55 * font_size)))) if note else []
+    note_width = max([measure.textlength(line, font=note_font) for line in note_lines] + [0])
+    width = int(max(text_width + row, note_width)) + 24
+    note_row = font_size + 2
+    legend_height = row * (len(entries) + 1) + 8 + (note_row * len(note_lines) + 8)
+    height = max(picture.height, legend_height)
     board = Image.new("RGB", (picture.width + width, height), (255, 255, 255))
     board.paste(picture, (0, 0))
     draw = ImageDraw.Draw(board)
@@ -98,14 +107,20 @@ def _with_legend(picture: Image.Image, segments: list[dict]) -> Image.Image:
             outline=(0, 0, 0),
         )
         draw.text((x + row, y), name, fill=(0, 0, 0), font=font)
+    y = 6 + (len(entries) + 1) * row + 4
+    for line in note_lines:
+        draw.text((x, y), line, fill=(90, 90, 90), font=note_font)
+        y += note_row
     return board
 
 
-def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Image:
+def draw_result(
+    image: np.ndarray, segments: list[dict], task: str, *, note: str | None = None
+) -> Image.Image:
     """Overlay of :func:`ovseg.results.describe`'s segments on an image already at the output
     size, coloured by class (so the legend holds); instances are told apart by their outlines
     and their boxes, labelled with class and score. Segments marked ``shown: False`` (below
-    the score threshold) are not drawn."""
+    the score threshold) are not drawn. ``note`` goes under the legend (the model)."""
     segments = [s for s in segments if s.get("shown", True)]
     colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
     drawable = [
@@ -120,4 +135,4 @@ def draw_result(image: np.ndarray, segments: list[dict], task: str) -> Image.Ima
     ]
     if task == "instance":
         drawable = drawable[::-1]  # best on top
-    return overlay(image, drawable)
+    return overlay(image, drawable, note=note)

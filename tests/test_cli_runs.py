@@ -239,3 +239,34 @@ def test_semantic_scores_are_probabilities():
     _, segments = describe(result, "semantic")
     scores = {s["class"]: s["score"] for s in segments}
     assert scores == pytest.approx({"cat": 0.75, "sky": 2.5 / 4.0})
+
+
+def test_a_toy_model_says_so_on_stderr_in_the_json_and_in_the_legend(tmp_path, capsys):
+    """synthetic_tiny on a photo with everyday classes used to answer confidently with no
+    word that the model is a toy that never learnt these classes."""
+    image = save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    args = [image, "--classes", "person, cat, star", "--model", "synthetic_tiny"]
+    code, _, err = run(args + ["--output", out], capsys)
+    assert code == 0
+    caveats = [line for line in err.splitlines() if "toy model" in line]
+    assert len(caveats) == 1 and "never taught: person, cat" in caveats[0]
+    assert "star" not in caveats[0].split("never taught:")[1]
+    record = json.loads((out / "photo.json").read_text())
+    assert "toy model" in record["model_caveat"]
+    from ovseg.visualize import draw_result
+
+    picture = np.asarray(Image.open(image))
+    with_note = np.asarray(draw_result(picture, [], "panoptic", note="model: synthetic_tiny (toy)"))
+    without = np.asarray(draw_result(picture, [], "panoptic"))
+    assert with_note.shape[1] > without.shape[1]  # the legend widened for the note
+    drawn = np.asarray(Image.open(out / "photo_overlay.png"))
+    overlay = np.asarray(
+        draw_result(
+            picture, [], "panoptic", note="model: synthetic_tiny (toy: synthetic shapes only)"
+        )
+    )
+    assert drawn.shape[1] >= overlay.shape[1] - 1  # the legend made room for the note
+    # The synthetic world's own classes on the random parity model: random weights said.
+    code, _, err = run([image, "--vocab", "synthetic_world", "--output", out, *TINY], capsys)
+    assert code == 0 and "RANDOM weights" in err

@@ -112,6 +112,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict) -> dict:
     import numpy as np
 
+    from ovseg.model_zoo import model_caveat, model_tag
     from ovseg.preprocess import load_image, resize_image
     from ovseg.results import describe, image_record, label_map_image
     from ovseg.visualize import draw_result
@@ -119,11 +120,19 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
     image = load_image(image_path)
     result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
     label_map, segments = describe(result, args.task, score_threshold=args.score_threshold)
-    overlay = draw_result(resize_image(image, result["output_size"]), segments, args.task)
+    overlay = draw_result(
+        resize_image(image, result["output_size"]),
+        segments,
+        args.task,
+        note=f"model: {model_tag(settings['model'])}",
+    )
     record = image_record(
         result, segments, task=args.task, model=settings["model"], image=image_path
     )
     record["settings"] = settings
+    caveat = model_caveat(settings["model"], result["vocabulary"].classes)
+    if caveat:
+        record["model_caveat"] = caveat
     write_image_outputs(paths, overlay, label_map_image(np.asarray(label_map), args.task), record)
     return record
 
@@ -225,6 +234,7 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
 
 
 def run(args) -> int:
+    from ovseg.model_zoo import model_caveat
     from ovseg.predictor import load_predictor
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
@@ -262,6 +272,9 @@ def run(args) -> int:
         kinds = describe_guessed_kinds(predictor.vocabulary)
         if kinds:
             print(f"ovseg: {kinds}", file=sys.stderr)
+        caveat = model_caveat(predictor.model_name, predictor.vocabulary.classes)
+        if caveat:
+            print(f"ovseg: {caveat}", file=sys.stderr)
         failures = _segment_all(predictor, todo, args)
     finally:
         if created and not any(out_dir.iterdir()):

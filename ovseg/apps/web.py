@@ -66,6 +66,7 @@ class Demo:
         """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text."""
         from PIL import Image
 
+        from ovseg.model_zoo import model_caveat, model_tag
         from ovseg.preprocess import as_rgb_array
         from ovseg.results import (
             INSTANCE_SCORE_THRESHOLD,
@@ -89,21 +90,27 @@ class Demo:
         result = self.predictor.predict(array, vocabulary=vocabulary, tasks=(task,))
         seconds = time.perf_counter() - start
         label_map, segments = describe(result, task, score_threshold=INSTANCE_SCORE_THRESHOLD)
-        shown = np.asarray(Image.fromarray(array).resize(result["output_size"][::-1]))
-        overlay = np.asarray(draw_result(shown, segments, task))
+        picture = np.asarray(Image.fromarray(array).resize(result["output_size"][::-1]))
+        model = self.predictor.model_name
+        note = f"model: {model_tag(model)}"
+        overlay = np.asarray(draw_result(picture, segments, task, note=note))
         shown = [s for s in segments if s.get("shown", True)]
         rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in shown]
         stamp = f"{int(time.time() * 1000)}"
         label_path = self.workdir / f"labels_{stamp}.png"
         json_path = self.workdir / f"segments_{stamp}.json"
         label_map_image(np.asarray(label_map), task).save(label_path)
-        record = image_record(result, segments, task=task, model=self.predictor.model_name)
+        record = image_record(result, segments, task=task, model=model)
+        caveat = model_caveat(model, vocabulary.classes)
+        if caveat:
+            record["model_caveat"] = caveat
         json_path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
         reused = self.predictor.image_encodes == encodes
         self.runs += 1
         status = (
             f"Run {self.runs}: {len(shown)} segments in {seconds:.2f} s"
             f"{' (image features reused)' if reused else ''}. {self.model_note}"
+            + (f"\n\n**Caution:** {caveat}." if caveat else "")
         )
         return overlay, rows, str(label_path), str(json_path), status
 
