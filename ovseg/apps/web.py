@@ -130,12 +130,14 @@ class Demo:
         return mp4, frames_json, f"{record['frames']} frames at {fps:.1f} frames/s"
 
 
-def _tolerant_image_input(gr, **kwargs):
-    """An image input that hands files PIL cannot open to ovseg's loader, whose message says
-    what is wrong (gradio's own error comes before the handler runs, without one)."""
+def tolerant_image_input(gr, **kwargs):
+    """An image input that hands the uploaded file itself to ovseg's loader, as the command
+    line reads it: gradio's default image_mode="RGB" converts first, which turned a 16-bit
+    PNG white; files PIL cannot open reach the loader too, whose message says what is wrong
+    (gradio's own error comes before the handler runs, without one)."""
     from PIL import UnidentifiedImageError
 
-    component = gr.Image(**kwargs)
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
     preprocess = component.preprocess
 
     def lenient(payload):
@@ -173,9 +175,7 @@ def _image_tab(gr, demo: Demo) -> None:
     with gr.Tab("Image"):
         with gr.Row():
             with gr.Column():
-                image_in = _tolerant_image_input(
-                    gr, type="filepath", label="image", elem_id="input-image"
-                )
+                image_in = tolerant_image_input(gr, label="image", elem_id="input-image")
                 classes = gr.Textbox(
                     label="classes (comma separated; synonyms with /)",
                     value="star, ring, circle, grass, water, sky",
