@@ -9,6 +9,7 @@ per-frame segmentation with tracked instance ids, an overlay MP4 and per-frame J
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -60,10 +61,16 @@ class Demo:
         name = self.presets.get(preset)
         if name is not None:
             return load_vocabulary(name)
-        return parse_class_list(classes or "")
+        if not (classes or "").replace(",", "").strip():
+            raise DemoError(
+                'type the classes to find, like "cat, dog/puppy, sky" (commas between classes, '
+                "/ between synonyms), or pick a preset vocabulary"
+            )
+        return parse_class_list(classes)
 
-    def segment_image(self, image, classes: str, preset: str, task: str):
-        """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text."""
+    def segment_image(self, image, classes: str, preset: str, task: str, name: str = "image"):
+        """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text. The
+        downloads are named after the image (``name``) and the task."""
         from PIL import Image
 
         from ovseg.model_zoo import model_caveat, model_tag
@@ -96,9 +103,11 @@ class Demo:
         overlay = np.asarray(draw_result(picture, segments, task, note=note))
         shown = [s for s in segments if s.get("shown", True)]
         rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in shown]
-        stamp = f"{int(time.time() * 1000)}"
-        label_path = self.workdir / f"labels_{stamp}.png"
-        json_path = self.workdir / f"segments_{stamp}.json"
+        self.runs += 1
+        run_dir = self.workdir / f"run{self.runs}"  # one folder a run: names never collide
+        run_dir.mkdir()
+        label_path = run_dir / f"{name}_{task}_labels.png"
+        json_path = run_dir / f"{name}_{task}.json"
         label_map_image(np.asarray(label_map), task).save(label_path)
         record = image_record(result, segments, task=task, model=model)
         caveat = model_caveat(model, vocabulary.classes)
@@ -106,7 +115,6 @@ class Demo:
             record["model_caveat"] = caveat
         json_path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
         reused = self.predictor.image_encodes == encodes
-        self.runs += 1
         status = (
             f"Run {self.runs}: {len(shown)} segments in {seconds:.2f} s"
             f"{' (image features reused)' if reused else ''}. {self.model_note}"
@@ -159,9 +167,18 @@ def _guarded(gr, function):
         try:
             return function(*args)
         except (DemoError, ImageError, VideoError, ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(page_message(str(error)), print_exception=False) from None
 
     return wrapper
+
+
+_SERVER_PATH = re.compile(r"(?:/[^/\s:'\"]+)+/([^/\s:'\"]+)")
+
+
+def page_message(message: str) -> str:
+    """An error as the page shows it: the server's paths cut to file names (an upload's temp
+    folder means nothing to the person who uploaded it)."""
+    return _SERVER_PATH.sub(r"\1", message)
 
 
 def _image_tab(gr, demo: Demo) -> None:
@@ -170,7 +187,8 @@ def _image_tab(gr, demo: Demo) -> None:
 
     def run_image(image_path, classes, preset, task):
         image = load_image(image_path) if image_path else None
-        return demo.segment_image(image, classes, preset, task)
+        name = Path(image_path).stem if image_path else "image"
+        return demo.segment_image(image, classes, preset, task, name=name)
 
     with gr.Tab("Image"):
         with gr.Row():
@@ -267,6 +285,8 @@ def describe_model(name: str) -> str:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     import argparse
+    import os
+    import signal
     import sys
 
     from ovseg.apps.arguments import add_model_arguments
@@ -282,6 +302,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=8, help="requests waiting at most")
     parser.add_argument("--max-frames", type=int, default=150)
     args = parser.parse_args(argv)
+    # Gradio's usage analytics stay off unless the user turns them on (read at import).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from ovseg.predictor import load_predictor
 
@@ -300,18 +322,25 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     note = (
         describe_model(predictor.model_name)
         if predictor.model_name in model_zoo.MODEL_ZOO
-        else f"`{predictor.model_name}`"
+        else f"`{Path(predictor.model_name).name}`"
     )
     if messages:
-        note += (
-            f" (the real model's weights were not found: put "
-            f"{model_zoo.get_entry(model_zoo.DEFAULT_MODEL).filename} in "
-            f"{model_zoo.weights_dir()} to use it)"
-        )
+        real = model_zoo.get_entry(model_zoo.DEFAULT_MODEL).filename
+        note += f" (the real model's weights were not found: put {real} on the server to use it)"
+    for message in messages:
+        print(message, file=sys.stderr)
     demo = Demo(predictor, model_note=note, max_frames=args.max_frames)
-    app = build_app(demo)
-    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    # SIGTERM (a service manager, docker stop) ends the demo like Ctrl-C: downloads removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(
+        f"ovseg web demo: model {predictor.model_name} on {predictor.device}; downloads in "
+        f"{demo.workdir} (removed on exit); http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
+        app = build_app(demo)
+        app.queue(max_size=args.queue_size, default_concurrency_limit=1)
         app.launch(
             server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=False
         )
