@@ -20,7 +20,7 @@ setup(
             "configs/*.yaml",
             "configs/clip/*.json",
         ],
-        "ovseg.assets": ["synthetic_tiny/*", "examples/*"],
+        "ovseg.assets": ["synthetic_tiny/*", "examples/*", "fonts/*"],
     },
     entry_points={"console_scripts": ["ovseg = ovseg.apps.main:main"]},
     install_requires=[

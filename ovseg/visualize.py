@@ -6,7 +6,9 @@ The data behind them (segments, label maps, JSON records) is :mod:`ovseg.results
 from __future__ import annotations
 
 import colorsys
+import functools
 import textwrap
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -23,11 +25,17 @@ def palette(count: int) -> np.ndarray:
     return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
 
 
+# Shipped with ovseg (ovseg/assets/fonts/README.md): Latin, Greek, Cyrillic and CJK class
+# names are drawn as words; Pillow's default font draws boxes for all but ASCII.
+FONT_FILE = Path(__file__).resolve().parent / "assets" / "fonts" / "wqy-microhei.ttc"
+
+
+@functools.lru_cache(maxsize=16)
 def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed size
-        return ImageFont.load_default()
+    """The legend font at ``size`` pixels (Pillow's default if the shipped file is missing)."""
+    if FONT_FILE.is_file():
+        return ImageFont.truetype(str(FONT_FILE), size)
+    return ImageFont.load_default(size=size)
 
 
 def overlay(

@@ -270,3 +270,16 @@ def test_a_toy_model_says_so_on_stderr_in_the_json_and_in_the_legend(tmp_path, c
     # The synthetic world's own classes on the random parity model: random weights said.
     code, _, err = run([image, "--vocab", "synthetic_world", "--output", out, *TINY], capsys)
     assert code == 0 and "RANDOM weights" in err
+
+
+@pytest.mark.parametrize("name", ["naïve", "Straße", "猫", "ねこ", "고양이", "кот"])
+def test_class_names_in_any_script_are_drawn_as_words(name):
+    """Pillow's default font drew 'naïve', 'Straße', '猫' and 'ねこ' with missing-glyph boxes:
+    the legend font covers them (each letter's drawing differs from the missing glyph's)."""
+    from ovseg.visualize import _font
+
+    font = _font(20)
+    missing = np.asarray(font.getmask("\U000f0000"))  # a private-use code point: no glyph
+    for letter in name:
+        drawn = np.asarray(font.getmask(letter))
+        assert drawn.shape != missing.shape or (drawn != missing).any(), letter
