@@ -4,6 +4,7 @@ frames (ovseg.tracking), an overlay MP4 (H.264) and a per-frame JSON."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,33 @@ class VideoError(ValueError):
     """A video that cannot be used; the message says why."""
 
 
+def frame_times(path: str | Path) -> list[float]:
+    """Presentation time (s) of every frame the file holds, from ffmpeg's ``showinfo`` filter
+    (one decode pass). A variable-frame-rate file keeps its own frames and times: nothing is
+    duplicated to a constant rate. Raises VideoError when ffmpeg cannot read it."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    command += ["-map", "0:v:0", "-fps_mode", "passthrough", "-vf", "showinfo", "-f", "null", "-"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    except OSError as error:
+        raise VideoError(f"{Path(path).name}: ffmpeg could not run ({error})") from error
+    times = [float(t) for t in _PTS_TIME.findall(done.stderr)]
+    if done.returncode != 0 and not times:
+        raise VideoError(f"{Path(path).name} is not a video ffmpeg can read")
+    return times
+
+
+_PTS_TIME = re.compile(r"\] n:\s*\d+ pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
+
+
 def probe(path: str | Path) -> dict:
-    """{"size": (W, H), "fps": float, "frames": int (estimated)} of a video file."""
+    """{"size": (W, H), "fps": float (the stream's nominal rate), "frames": int, "times": [s]}
+    of a video file: the frames and their times are those the file holds (variable frame
+    rates included). Raises VideoError for a missing or unreadable file."""
     import imageio_ffmpeg
 
     path = Path(path)
@@ -31,9 +57,9 @@ def probe(path: str | Path) -> dict:
         reader.close()
     except (RuntimeError, OSError, StopIteration) as error:
         raise VideoError(f"{path} is not a video ffmpeg can read") from error
+    times = frame_times(path)
     fps = float(meta.get("fps") or 0) or 25.0
-    frames = int(round(float(meta.get("duration") or 0) * fps))
-    return {"size": tuple(meta["size"]), "fps": fps, "frames": frames}
+    return {"size": tuple(meta["size"]), "fps": fps, "frames": len(times), "times": times}
 
 
 def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
@@ -46,10 +72,13 @@ def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
 
 
 def read_frames(path: str | Path, max_frames: int):
-    """Yield (H, W, 3) uint8 RGB frames, at most ``max_frames``."""
+    """Yield (H, W, 3) uint8 RGB frames, the ones the file holds (never duplicated to a
+    constant rate), at most ``max_frames``."""
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    reader = imageio_ffmpeg.read_frames(
+        str(path), pix_fmt="rgb24", output_params=["-fps_mode", "passthrough"]
+    )
     meta = next(reader)
     width, height = meta["size"]
     try:
@@ -61,8 +90,20 @@ def read_frames(path: str | Path, max_frames: int):
         reader.close()
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """H.264 MP4 (browser-playable), written atomically; odd sizes are padded to even."""
+def repeats_for_times(times: list[float], fps: float) -> list[int]:
+    """How many times to write each frame at a constant ``fps`` so that frame i lasts until
+    frame i+1's time (the last frame one period): a variable-frame-rate video keeps its
+    timing, pauses included, in a constant-rate file."""
+    starts = [round((t - times[0]) * fps) for t in times]
+    ends = starts[1:] + [starts[-1] + 1]
+    return [max(1, end - start) for start, end in zip(starts, ends, strict=True)]
+
+
+def write_mp4(
+    path: Path, frames: list[np.ndarray], fps: float, *, repeats: list[int] | None = None
+) -> None:
+    """H.264 MP4 (browser-playable), written atomically; odd sizes are padded to even.
+    ``repeats``: how many times each frame is written (default once)."""
     import imageio_ffmpeg
 
     height, width = frames[0].shape[:2]
@@ -79,9 +120,11 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
             output_params=["-f", "mp4"],
         )
         writer.send(None)
-        for frame in frames:
+        for frame, count in zip(frames, repeats or [1] * len(frames), strict=True):
             padded = np.pad(frame, ((0, even_h - height), (0, even_w - width), (0, 0)))
-            writer.send(np.ascontiguousarray(padded).tobytes())
+            data = np.ascontiguousarray(padded).tobytes()
+            for _ in range(count):
+                writer.send(data)
         writer.close()
 
     atomic_write(path, write)
@@ -157,7 +200,8 @@ def segment_video(
         _, segments = describe(result, "panoptic")
         _track_frame(tracker, segments, frame.shape[:2])
         drawn.append(_draw_frame(frame, segments, colours))
-        records.append({"frame": index, "segments": segment_records(segments)})
+        time = info["times"][index] if index < len(info["times"]) else None
+        records.append({"frame": index, "time": time, "segments": segment_records(segments)})
         if progress is not None:
             progress(index + 1, max(info["frames"], index + 1))
     if not drawn:
@@ -173,7 +217,11 @@ def segment_video(
     stem = stem or path.stem
     video_path = out_dir / f"{stem}_overlay.mp4"
     json_path = out_dir / f"{stem}_frames.json"
-    write_mp4(video_path, _pad_to_largest(drawn), info["fps"])
+    # The overlay keeps the source's timing: each frame lasts until the next one's time.
+    fps = float(min(max(round(info["fps"]), 1), 60))  # a whole rate: exact timestamps
+    times = [r["time"] for r in records]
+    repeats = repeats_for_times(times, fps) if None not in times else None
+    write_mp4(video_path, _pad_to_largest(drawn), fps, repeats=repeats)
     try:
         write_text_atomic(json_path, json.dumps(record, ensure_ascii=False))
     except BaseException:

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ovseg.apps.predict import main
 from ovseg.video import probe, read_frames, write_mp4
@@ -71,3 +72,50 @@ def test_video_limits_and_bad_files(clip_path, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "not a video" in err and "\n" not in err
     assert not out.exists()
+
+
+def variable_rate_clip(tmp_path):
+    """30 frames: 29 at 10 frames/s, then the last one 2 s later (a pause): 4.9 s in all."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    folder = tmp_path / "vfr"
+    folder.mkdir()
+    lines = []
+    for t in range(30):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[10:30, 4 + t : 20 + t] = (220, 30, 30)
+        Image.fromarray(frame).save(folder / f"{t:03d}.png")
+        lines += [f"file '{folder / f'{t:03d}.png'}'", f"duration {2.0 if t == 28 else 0.1}"]
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    clip = tmp_path / "paused.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "concat", "-safe", "0", "-i"]
+        + [str(folder / "list.txt"), "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt"]
+        + ["yuv420p", str(clip)],
+        check=True,
+    )
+    return clip
+
+
+def test_a_variable_frame_rate_video_is_read_as_the_frames_it_holds(tmp_path, capsys):
+    """A 30-frame clip with a 2 s pause used to be read as a constant-rate stream (duplicated
+    frames: 137 for the issue's clip), pass a --max-frames check it should fail, and stop at
+    the limit silently with exit 0."""
+    clip = variable_rate_clip(tmp_path)
+    info = probe(clip)
+    assert info["frames"] == 30 and len(list(read_frames(clip, 1000))) == 30
+    assert info["times"][29] - info["times"][28] == pytest.approx(2.0, abs=0.05)
+    out = tmp_path / "out"
+    args = [str(clip), "--classes", "square", "--output", str(out), *TINY]
+    assert main(args + ["--max-frames", "29"]) == 2  # 30 > 29: refused up front
+    assert "30 frames" in capsys.readouterr().err
+    assert main(args) == 0
+    record = json.loads((out / "paused_frames.json").read_text())
+    assert record["frames"] == 30 and len(record["per_frame"]) == 30
+    times = [frame["time"] for frame in record["per_frame"]]
+    assert times[29] - times[28] == pytest.approx(2.0, abs=0.05)
+    overlay = probe(out / "paused_overlay.mp4")
+    duration = overlay["times"][-1] - overlay["times"][0] + 1 / overlay["fps"]
+    assert duration == pytest.approx(times[-1] - times[0] + 0.1, abs=0.25)  # timing kept
