@@ -143,21 +143,37 @@ def check_state_dict(
         )
 
 
-def load_weights(model: nn.Module, path: str | Path, *, clip_loaded: bool = False) -> None:
-    """Load an ovseg or official weights file into ``model``, strictly.
+def has_clip(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether an (ovseg) state dict holds the frozen CLIP's weights."""
+    return any(k.startswith(CLIP_PREFIX) for k in state_dict)
+
+
+def load_weights(
+    model: nn.Module,
+    path_or_state: str | Path | dict[str, torch.Tensor],
+    *,
+    clip_loaded: bool = False,
+    source: str | None = None,
+) -> None:
+    """Load an ovseg or official weights file (or a state dict read by
+    :func:`read_state_dict`) into ``model``, strictly.
 
     A file without CLIP weights is accepted only when ``clip_loaded`` (the CLIP was built with
-    its open_clip pretrained weights).
+    its open_clip pretrained weights). Raises :class:`WeightsError` listing what does not fit.
     """
-    state = read_state_dict(path)
-    has_clip = any(k.startswith(CLIP_PREFIX) for k in state)
-    if not has_clip and not clip_loaded:
+    if isinstance(path_or_state, dict):
+        state, source = path_or_state, source or "weights"
+    else:
+        state, source = read_state_dict(path_or_state), source or str(path_or_state)
+    with_clip = has_clip(state)
+    if not with_clip and not clip_loaded:
         raise WeightsError(
-            f"{path} has no CLIP weights and the CLIP was not loaded from open_clip: build the "
-            "model with load_clip_weights=True or use a file that includes them"
+            f"{source} holds no CLIP weights, and this model's CLIP has no open_clip pretrained "
+            "tag to load them from: use a weights file saved with its CLIP (ovseg train writes "
+            "it whenever the CLIP did not come from a tag; ovseg convert without --no-clip)"
         )
-    check_state_dict(model, state, allow_missing_clip=not has_clip, source=str(path))
-    model.load_state_dict(state, strict=has_clip)
+    check_state_dict(model, state, allow_missing_clip=not with_clip, source=source)
+    model.load_state_dict(state, strict=with_clip)
     if hasattr(model, "backbone"):
         model.backbone.reset_fingerprint()
 

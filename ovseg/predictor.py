@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg import model_zoo
-from ovseg.checkpoint import load_weights
+from ovseg.checkpoint import has_clip, load_weights, read_state_dict
 from ovseg.config import ModelConfig, load_config
 from ovseg.modeling import postprocess
 from ovseg.modeling.fcclip import FCCLIP, build_model
@@ -132,8 +132,11 @@ class OVSegPredictor:
             if weights is None:
                 raise FileNotFoundError(model_zoo.missing_weights_message(model))
         cfg = load_config(config or model_zoo.get_entry(model).config)
-        net = build_model(cfg)
-        load_weights(net, weights)
+        state = read_state_dict(weights)
+        # A file saved without the CLIP (its open_clip tag can load it) gets it by the tag.
+        clip_by_tag = bool(cfg.clip.pretrained) and not has_clip(state)
+        net = build_model(cfg, load_clip_weights=clip_by_tag)
+        load_weights(net, state, clip_loaded=clip_by_tag, source=str(weights))
         predictor = cls(net, cfg, **kwargs)
         predictor.model_name = str(explicit_weights) if explicit_weights else model
         return predictor

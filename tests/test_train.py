@@ -349,3 +349,37 @@ def test_leaving_the_group_stops_gloo_threads(tmp_path):
     for rank in (0, 1):
         before, after = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert after == before, f"{int(after) - int(before)} threads outlive the process group"
+
+
+def test_own_data_offline_end_to_end(tmp_path, capsys, monkeypatch):
+    """The README's offline path: write data, train from the shipped synthetic_tiny (its CLIP
+    in the file), predict with the result. The default config's CLIP tag used to retry a
+    download for a minute; a model trained from a weights file used to leave its CLIP out of
+    model_final unless --save-clip true was given, and predict failed naming a Python
+    parameter."""
+    from ovseg.apps.predict import main as predict_main
+    from ovseg.apps.synthetic_world import main as world_main
+    from ovseg.apps.train import main as train_main
+    from ovseg.assets import ASSETS_DIR
+
+    data = tmp_path / "data"
+    assert world_main(["--out", str(data), "--data-only", "4"]) == 0
+    split = data / "train"
+    paths = ["--images", split / "images", "--panoptic-json", split / "panoptic.json"]
+    paths += ["--panoptic-dir", split / "panoptic"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert train_main([str(a) for a in paths + ["--output", tmp_path / "real"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot get the CLIP weights" in err and "--init-weights" in err and "\n" not in err
+    shipped = ASSETS_DIR / "synthetic_tiny" / "synthetic_tiny.safetensors"
+    run_dir = tmp_path / "mine"
+    args = ["--config", "synthetic_tiny", "--init-weights", shipped, "--output", run_dir]
+    args += ["--max-iters", "2", "--batch-size", "2", "--crop-size", "64", "--num-points", "64"]
+    args += ["--num-workers", "0", "--no-progress", "--checkpoint-every", "2"]
+    assert train_main([str(a) for a in paths + args]) == 0
+    out = tmp_path / "out"
+    scene = data / "val" / "images" / "val_00000.png"
+    predict_args = [scene, "--weights", run_dir / "model_final.safetensors"]
+    predict_args += ["--config", "synthetic_tiny", "--vocab", "synthetic_world", "--output", out]
+    assert predict_main([str(a) for a in predict_args]) == 0, capsys.readouterr().err
+    assert (out / "val_00000.json").is_file()

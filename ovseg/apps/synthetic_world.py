@@ -83,11 +83,20 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         help="the official recipe: unlabelled (void, novel) pixels are the background of every "
         "matched mask; by default they are left out of the mask losses",
     )
+    parser.add_argument(
+        "--data-only",
+        type=int,
+        metavar="N",
+        help="only write N train and N/4 val scenes in COCO-panoptic format under --out "
+        "(data to train on, offline), then stop",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.ship_only:
         return _ship_or_say_why(out)
+    if args.data_only is not None:
+        return _write_data(out, args.data_only, args.seed, patterns=not args.plain_things)
 
     import torch
 
@@ -106,6 +115,22 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return 2
     print((out / "report.md").read_text())
     return _ship_or_say_why(out) if args.ship else 0
+
+
+def _write_data(out: Path, count: int, seed: int, *, patterns: bool) -> int:
+    """COCO-panoptic scenes of the synthetic world: out/train and out/val."""
+    from ovseg.synthetic.scenes import write_synthetic_panoptic
+
+    if count < 1:
+        print("error: --data-only needs at least 1 scene", file=sys.stderr)
+        return 2
+    for split, number in (("train", count), ("val", max(1, count // 4))):
+        path = write_synthetic_panoptic(out, number, split=split, seed=seed, patterns=patterns)
+        print(
+            f"{split}: --images {path.parent / 'images'} --panoptic-json {path} "
+            f"--panoptic-dir {path.parent / 'panoptic'}"
+        )
+    return 0
 
 
 def _ship_or_say_why(out: Path) -> int:

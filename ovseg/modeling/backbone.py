@@ -35,10 +35,66 @@ def build_open_clip_model(
             f"open_clip does not know the model '{model_name}': set clip.model_config_file "
             "to its open_clip JSON config"
         )
+    if pretrained:
+        _check_clip_weights_reachable(model_name, pretrained)
     # Without a tag open_clip warns that it initialised randomly; ovseg loads its own weights
     # file right after building, so that warning would only mislead.
     with _without_root_warnings(enabled=not pretrained):
-        return open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
+        try:
+            return open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
+        except (OSError, RuntimeError, ValueError) as error:
+            if not pretrained:
+                raise
+            raise CLIPWeightsError(
+                _clip_weights_message(model_name, pretrained, f"the download failed ({error})")
+            ) from error
+
+
+class CLIPWeightsError(RuntimeError):
+    """The open_clip pretrained weights a config names cannot be had; says what to do."""
+
+
+def _clip_weights_message(model_name: str, tag: str, problem: str) -> str:
+    return (
+        f"cannot get the CLIP weights {model_name} / {tag} from the Hugging Face hub: "
+        f"{problem}. Offline, start from a weights file that holds the CLIP instead: "
+        "--init-weights FILE (an FC-CLIP checkpoint; or, for --config synthetic_tiny, the "
+        "shipped ovseg/assets/synthetic_tiny/synthetic_tiny.safetensors), or put the open_clip "
+        "weights in the Hugging Face cache"
+    )
+
+
+def _check_clip_weights_reachable(model_name: str, tag: str) -> None:
+    """Fail at once, with what to do, when the tag's weights are not cached and cannot be
+    downloaded (HF_HUB_OFFLINE set, or no route to the hub) instead of after a minute of
+    retries. With a proxy configured the download is simply tried."""
+    import os
+    import socket
+
+    import open_clip
+
+    repo = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "").strip("/")
+    if not repo:
+        return  # a URL download: open_clip's own errors apply
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise CLIPWeightsError(
+            _clip_weights_message(model_name, tag, "they are not cached and HF_HUB_OFFLINE is set")
+        )
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError as error:
+        raise CLIPWeightsError(
+            _clip_weights_message(
+                model_name, tag, f"they are not cached and the hub cannot be reached ({error})"
+            )
+        ) from error
 
 
 @contextlib.contextmanager

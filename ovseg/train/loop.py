@@ -60,7 +60,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     load_clip_weights: bool = True  # open_clip pretrained tag (False: weights from init file)
-    save_clip: bool = False  # write the frozen CLIP into the final weights file too
+    # Write the frozen CLIP into the final weights even when open_clip can load it by its
+    # pretrained tag (a CLIP that came from anywhere else is always written, or the final
+    # weights could not be loaded).
+    save_clip: bool = False
 
 
 def train(
@@ -189,7 +192,10 @@ def _train_process(
                 _save_checkpoint(checkpoint_dir, done, net, optimizer, scheduler, scaler, cfg)
 
     if info.is_main and last == cfg.max_iters:
-        _save_final_weights(output_dir, net, model_cfg, cfg)
+        clip_from_tag = cfg.load_clip_weights and model_cfg.clip.pretrained and not init_weights
+        _save_final_weights(
+            output_dir, net, model_cfg, include_clip=cfg.save_clip or not clip_from_tag
+        )
     if info.is_main:
         run_log.close()
     return record
@@ -389,12 +395,14 @@ def _save_checkpoint(checkpoint_dir: Path, done: int, net, optimizer, scheduler,
     )
 
 
-def _save_final_weights(output_dir: Path, net, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
-    """The finished run's weights, as predictors load them (the CLIP only if cfg.save_clip)."""
+def _save_final_weights(
+    output_dir: Path, net, model_cfg: ModelConfig, *, include_clip: bool
+) -> None:
+    """The finished run's weights, as predictors load them."""
     save_weights(
         _unwrap(net).state_dict(),
         output_dir / "model_final.safetensors",
-        include_clip=cfg.save_clip,
+        include_clip=include_clip,
         metadata={"config": model_cfg.name},
     )
 
