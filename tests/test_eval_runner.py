@@ -152,3 +152,38 @@ def test_a_listed_segment_missing_from_the_png_is_a_false_negative(tmp_path):
         sample["panoptic"], sample["segments_info"], drawn, [{"id": 7, "category_id": 0}]
     )
     assert evaluator.compute()["All"]["pq"] == pytest.approx(200 / 3)
+
+
+def test_task_agreement_counts_pixels_per_class(tmp_path, capsys):
+    """ovseg agreement: semantic says cat on the left half and sky on the right; panoptic
+    finds the cat on half of its pixels and no segment elsewhere."""
+    from PIL import Image
+
+    from ovseg.apps.agreement import agreement, format_table
+    from ovseg.vocabulary import as_vocabulary
+
+    class Stub:
+        vocabulary = None
+
+        def set_vocabulary(self, vocab):
+            self.vocabulary = as_vocabulary(vocab)
+
+        def predict(self, image, tasks, short_side=None):
+            sem = torch.zeros(2, 4, 4)
+            sem[0, :, :2], sem[1, :, 2:] = 1.0, 1.0
+            ids = torch.zeros(4, 4, dtype=torch.int32)
+            ids[:2, :2] = 5
+            return {
+                "sem_seg": sem,
+                "panoptic_seg": ids,
+                "segments_info": [{"id": 5, "category_id": 0}],
+            }
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    report = agreement(Stub(), [path, path], ["cat", "sky"])
+    assert report["pixels"] == 32 and report["agree"] == pytest.approx(8 / 32)
+    cat, sky = report["per_class"]["cat"], report["per_class"]["sky"]
+    assert (cat["agree"], cat["none"], cat["panoptic_agreeing"]) == (0.5, 0.5, 1.0)
+    assert (sky["agree"], sky["none"]) == (0.0, 1.0)
+    assert "cat" in format_table(report)

@@ -42,6 +42,7 @@ SCRIPTS = {
     "tools/bench_pq.py": "bench-pq",
     "tools/bench_demo.py": "bench-demo",
     "tools/synthetic_world.py": "synthetic-world",
+    "tools/task_agreement.py": "agreement",
 }
 
 

@@ -23,6 +23,10 @@ COMMANDS = {
     "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),
     "bench-pq": ("bench_pq", "PQ evaluator speed (tools/bench_pq.py)"),
     "bench-demo": ("bench_demo", "web-demo latencies without a browser (tools/bench_demo.py)"),
+    "agreement": (
+        "agreement",
+        "how far panoptic and semantic agree, per class (tools/task_agreement.py)",
+    ),
     "synthetic-world": (
         "synthetic_world",
         "the synthetic open-vocabulary experiment (tools/synthetic_world.py)",
