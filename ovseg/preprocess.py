@@ -3,6 +3,7 @@ on uint8), normalise on the 0..255 scale, zero-pad to a multiple of 32."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -18,13 +19,11 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message says why."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array.
-
-    EXIF orientation is applied; grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit
-    images are converted. Missing, non-image, truncated and empty files raise ImageError.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def _opened_image(path: str | Path):
+    """The PIL image of a file, its header read and its size checked against the pixel limit;
+    PIL's errors (inside the ``with`` block too) become ImageError saying what is wrong."""
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -40,9 +39,7 @@ def load_image(path: str | Path) -> np.ndarray:
                     f"{path} is {image.width}x{image.height} pixels, above the "
                     f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first"
                 )
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb_uint8(image)
+            yield image
     except Image.DecompressionBombError as error:
         raise ImageError(f"{path} is too large to decode safely: downscale it first") from error
     except UnidentifiedImageError as error:
@@ -51,30 +48,26 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path} is truncated or corrupt ({error})") from error
 
 
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit
+    images are converted. Missing, non-image, truncated and empty files raise ImageError.
+    """
+    from PIL import ImageOps
+
+    with _opened_image(path) as image:
+        image.load()
+        return to_rgb_uint8(ImageOps.exif_transpose(image))
+
+
 def probe_image(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image file from its header, without decoding the pixels. Raises ImageError
     for what :func:`load_image` refuses up front: missing, empty, not an image, too large."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-    except UnidentifiedImageError as error:
-        raise ImageError(f"{path} is not an image file PIL can read") from error
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path} is truncated or corrupt ({error})") from error
+    with _opened_image(path) as image:
+        width, height = image.size
     if width * height == 0:
         raise ImageError(f"{path} has 0 pixels")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(
-            f"{path} is {width}x{height} pixels, above the "
-            f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit: downscale it first"
-        )
     return height, width
 
 

@@ -1,4 +1,6 @@
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,31 @@ def parity_predictor():
     return OVSegPredictor.from_pretrained(
         weights=PARITY_WEIGHTS, config="fcclip_tiny_parity", device="cpu", text_cache_dir=cache
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process, *, seconds: float = 120, log: Path | None = None) -> None:
+    """Until a server started as ``process`` accepts connections on ``port``; fails with its
+    log if it ends first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, log.read_text() if log else "the server ended"
+            time.sleep(0.5)
+    raise AssertionError(f"nothing listens on port {port} after {seconds} s")
+
+
+def run_main(main, args, capsys) -> tuple[int, str, str]:
+    """Call a command's ``main`` with ``args`` (made strings): (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PARITY
+from conftest import PARITY, run_main
 from ovseg.apps.predict import main
 
 TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64"]
@@ -23,9 +23,7 @@ def photo(tmp_path):
 
 
 def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(main, args, capsys)
 
 
 def outputs_of(directory):

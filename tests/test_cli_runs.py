@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_main
 from ovseg.apps import predict
 from ovseg.apps.predict import main
 
@@ -21,9 +22,7 @@ def save(path, height=48, width=80, seed=0):
 
 
 def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(main, args, capsys)
 
 
 @pytest.mark.parametrize(

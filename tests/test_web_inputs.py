@@ -67,16 +67,12 @@ def test_sigterm_removes_the_downloads_and_the_console_names_the_model(tmp_path)
     import os
     import re
     import signal
-    import socket
     import subprocess
     import sys
-    import time
 
-    from conftest import PARITY_WEIGHTS
+    from conftest import PARITY_WEIGHTS, free_port, wait_for_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, OVSEG_CACHE=str(tmp_path / "cache"))
     process = subprocess.Popen(
         [sys.executable, "-m", "ovseg", "app", "--weights", str(PARITY_WEIGHTS)]
@@ -94,13 +90,7 @@ def test_sigterm_removes_the_downloads_and_the_console_names_the_model(tmp_path)
         assert "fcclip_tiny_official.pth" in line
         workdir = re.search(r"downloads in (\S+)", line).group(1)
         assert os.path.isdir(workdir)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_port(port, process)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert not os.path.exists(workdir)

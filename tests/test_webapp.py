@@ -4,7 +4,6 @@ Skips with the reason when Chromium or Playwright is missing (CI installs them: 
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PARITY_WEIGHTS
+from conftest import PARITY_WEIGHTS, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,12 +23,6 @@ if CHROMIUM is None:
     pytest.skip(
         "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +50,7 @@ def app_url(tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None, Path(log.name).read_text()
-            time.sleep(0.5)
+    wait_for_port(port, process, log=Path(log.name))
     yield f"http://127.0.0.1:{port}/"
     process.terminate()
     process.wait(timeout=30)

@@ -6,18 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from ovseg.apps.arguments import add_dataset_arguments, dataset_from_arguments
+from ovseg.apps.arguments import add_dataset_arguments, boolean, dataset_from_arguments
 from ovseg.train.loop import TrainConfig
-
-
-def _boolean(text: str) -> bool:
-    """true / false (also 1 / 0, yes / no), anything else is refused, not read as false."""
-    value = text.lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write true or false")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -50,7 +40,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         if isinstance(value, bool):
             parser.add_argument(
                 flag,
-                type=_boolean,
+                type=boolean,
                 default=value,
                 metavar="BOOL",
                 help=f"(default: {value})",
