@@ -155,20 +155,8 @@ def _train_process(
     # ---- logging (rank 0)
     run_log = None
     if info.is_main:
-        run_config = {
-            "model": config_to_dict(model_cfg),
-            "train": dataclasses.asdict(cfg),
-            "classes": vocabulary.names,
-            "world_size": info.world_size,
-        }
-        run_log = RunLog(
-            output_dir,
-            run_config,
-            max_iters=cfg.max_iters,
-            start=start,
-            tensorboard=tensorboard,
-            progress=progress,
-        )
+        run_config = _run_config(model_cfg, cfg, vocabulary, info)
+        run_log = RunLog(output_dir, run_config, cfg.max_iters, start, tensorboard, progress)
 
     # ---- the loop: one optimizer step per global batch
     record: dict = {}
@@ -192,10 +180,7 @@ def _train_process(
                 _save_checkpoint(checkpoint_dir, done, net, optimizer, scheduler, scaler, cfg)
 
     if info.is_main and last == cfg.max_iters:
-        clip_from_tag = cfg.load_clip_weights and model_cfg.clip.pretrained and not init_weights
-        _save_final_weights(
-            output_dir, net, model_cfg, include_clip=cfg.save_clip or not clip_from_tag
-        )
+        _save_final_weights(output_dir, net, model_cfg, cfg, init_weights=init_weights)
     if info.is_main:
         run_log.close()
     return record
@@ -395,10 +380,23 @@ def _save_checkpoint(checkpoint_dir: Path, done: int, net, optimizer, scheduler,
     )
 
 
+def _run_config(model_cfg: ModelConfig, cfg: TrainConfig, vocabulary, info: DistInfo) -> dict:
+    """config.json of the run folder."""
+    return {
+        "model": config_to_dict(model_cfg),
+        "train": dataclasses.asdict(cfg),
+        "classes": vocabulary.names,
+        "world_size": info.world_size,
+    }
+
+
 def _save_final_weights(
-    output_dir: Path, net, model_cfg: ModelConfig, *, include_clip: bool
+    output_dir: Path, net, model_cfg: ModelConfig, cfg: TrainConfig, *, init_weights
 ) -> None:
-    """The finished run's weights, as predictors load them."""
+    """The finished run's weights, as predictors load them: with the frozen CLIP whenever it
+    did not come from an open_clip tag (nothing else could give it back), or if asked."""
+    clip_from_tag = cfg.load_clip_weights and model_cfg.clip.pretrained and not init_weights
+    include_clip = cfg.save_clip or not clip_from_tag
     save_weights(
         _unwrap(net).state_dict(),
         output_dir / "model_final.safetensors",

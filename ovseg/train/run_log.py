@@ -17,7 +17,6 @@ class RunLog:
         self,
         output_dir: Path,
         run_config: dict,
-        *,
         max_iters: int,
         start: int,
         tensorboard: bool,
