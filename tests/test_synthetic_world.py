@@ -25,8 +25,8 @@ def test_region_pairs_are_boxes_on_the_test_grid(tmp_path):
     import numpy as np
 
     from ovseg.data import PanopticDataset
+    from ovseg.synthetic.caption_pairs import region_pairs
     from ovseg.synthetic.scenes import write_synthetic_panoptic
-    from ovseg.synthetic.world import region_pairs
 
     json_path = write_synthetic_panoptic(tmp_path, 6, size=(64, 80), seed=1, split="val")
     dataset = PanopticDataset(json_path.parent / "images", json_path, json_path.parent / "panoptic")

@@ -112,7 +112,6 @@ def render_scene(
     """One scene -> image (H, W, 3) uint8, panoptic (H, W) int32, segments_info, caption.
     With ``patterns`` every thing wears its class's surface pattern, else it is plain."""
     h, w = size_hw
-    things = [c for c in CATEGORIES if c.isthing]
     stuffs = [c for c in CATEGORIES if not c.isthing]
     num_regions = int(rng.integers(1, 4))
     region_stuff = [stuffs[k] for k in rng.choice(len(stuffs), size=num_regions, replace=False)]
@@ -122,33 +121,11 @@ def render_scene(
         image[regions == k] = TEXTURES[category.name](rng, h, w)[regions == k]
     # owner: -1 - region index for stuff, else the index of the thing drawn on top
     owner = -1 - regions
-
-    placed = []
-    for _ in range(int(rng.integers(0, max_things + 1))):
-        category = things[int(rng.integers(len(things)))]
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        radius = rng.uniform(0.1, 0.25) * min(h, w)
-        center = (rng.uniform(0, w), rng.uniform(0, h))
-        max_angle = np.deg2rad(MAX_ROTATION.get(category.name, 180.0))
-        angle = rng.uniform(-max_angle, max_angle)
-        shade = rng.normal(0, 6, size=(h, w, 1))
-        mask = draw_shape(SHAPES[category.name], size_hw, center, radius, angle)
-        base = np.asarray(COLOURS[colour], dtype=np.float64)
-        paint = base + shade
-        if patterns:
-            tone = surface_pattern(category.name, size_hw, center, rng)
-            accent = np.asarray(ACCENTS.get(category.name, base), dtype=np.float64)
-            paint = np.where(tone[..., None], accent + shade, paint)
-        placed.append((category, colour, mask, paint))
+    placed = [
+        _place_thing(rng, size_hw, patterns) for _ in range(int(rng.integers(0, max_things + 1)))
+    ]
     # Later things occlude earlier ones; drop those left (almost) invisible, then composite.
-    covered = np.zeros((h, w), dtype=bool)
-    visible = []
-    for category, colour, mask, paint in reversed(placed):
-        visible_area = (mask & ~covered).sum()
-        if visible_area >= max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * mask.sum()):
-            visible.append((category, colour, mask, paint))
-            covered |= mask
-    visible.reverse()
+    visible = _visible_things(placed, size_hw)
     for index, (_, _, mask, paint) in enumerate(visible):
         edge = outline(mask)
         image[mask] = paint[mask]
@@ -162,27 +139,10 @@ def render_scene(
     owners += [(index, category, colour) for index, (category, colour, *_) in enumerate(visible)]
     for segment_id, (key, category, colour) in zip(ids, owners, strict=True):
         mask = owner == key
-        area = int(mask.sum())
-        if area == 0:
+        if not mask.any():
             continue
         panoptic[mask] = segment_id
-        ys, xs = np.nonzero(mask)
-        bbox = [
-            int(xs.min()),
-            int(ys.min()),
-            int(xs.max() - xs.min() + 1),
-            int(ys.max() - ys.min() + 1),
-        ]
-        segment = {
-            "id": segment_id,
-            "category_id": category.id,
-            "iscrowd": 0,
-            "bbox": bbox,
-            "area": area,
-        }
-        if colour is not None:
-            segment["colour"] = colour  # an extra key: object captions for CLIP training
-        segments.append(segment)
+        segments.append(_segment_record(segment_id, category, colour, mask))
     present = {s["category_id"] for s in segments}
     caption = make_caption(
         [(c.name, colour) for c, colour, _, _ in visible],
@@ -190,6 +150,68 @@ def render_scene(
     )
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     return image, panoptic, segments, caption
+
+
+def _place_thing(
+    rng: np.random.Generator, size_hw: tuple[int, int], patterns: bool
+) -> tuple[SyntheticCategory, str, np.ndarray, np.ndarray]:
+    """A random thing: (category, colour name, its (H, W) bool mask, its (H, W, 3) float
+    paint: the colour with per-pixel shading, and its class's accent pattern if ``patterns``)."""
+    h, w = size_hw
+    things = [c for c in CATEGORIES if c.isthing]
+    category = things[int(rng.integers(len(things)))]
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    radius = rng.uniform(0.1, 0.25) * min(h, w)
+    center = (rng.uniform(0, w), rng.uniform(0, h))
+    max_angle = np.deg2rad(MAX_ROTATION.get(category.name, 180.0))
+    angle = rng.uniform(-max_angle, max_angle)
+    shade = rng.normal(0, 6, size=(h, w, 1))
+    mask = draw_shape(SHAPES[category.name], size_hw, center, radius, angle)
+    base = np.asarray(COLOURS[colour], dtype=np.float64)
+    paint = base + shade
+    if patterns:
+        tone = surface_pattern(category.name, size_hw, center, rng)
+        accent = np.asarray(ACCENTS.get(category.name, base), dtype=np.float64)
+        paint = np.where(tone[..., None], accent + shade, paint)
+    return category, colour, mask, paint
+
+
+def _visible_things(placed: list[tuple], size_hw: tuple[int, int]) -> list[tuple]:
+    """The placed things (drawn in order: later ones occlude earlier ones) left visible enough
+    to read as their shape (MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION), in drawing order."""
+    covered = np.zeros(size_hw, dtype=bool)
+    visible = []
+    for category, colour, mask, paint in reversed(placed):
+        visible_area = (mask & ~covered).sum()
+        if visible_area >= max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * mask.sum()):
+            visible.append((category, colour, mask, paint))
+            covered |= mask
+    visible.reverse()
+    return visible
+
+
+def _segment_record(
+    segment_id: int, category: SyntheticCategory, colour: str | None, mask: np.ndarray
+) -> dict[str, Any]:
+    """The COCO-panoptic segments_info entry of a non-empty (H, W) bool ``mask``: id,
+    category_id, iscrowd, bbox (x, y, w, h), area, and for things their ``colour``."""
+    ys, xs = np.nonzero(mask)
+    bbox = [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
+    segment = {
+        "id": segment_id,
+        "category_id": category.id,
+        "iscrowd": 0,
+        "bbox": bbox,
+        "area": int(mask.sum()),
+    }
+    if colour is not None:
+        segment["colour"] = colour  # an extra key: object captions for CLIP training
+    return segment
 
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
