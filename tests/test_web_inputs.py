@@ -97,3 +97,21 @@ def test_sigterm_removes_the_downloads_and_the_console_names_the_model(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_page_says_when_the_model_cannot_be_trusted(parity_predictor):
+    from ovseg.apps.web import TYPED, Demo
+
+    demo = Demo(parity_predictor, model_note="test")
+    name = parity_predictor.model_name
+    try:
+        parity_predictor.model_name = "fcclip_tiny_parity"  # as the zoo names it
+        image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        *_, json_path, status = demo.segment_image(image, "cat", TYPED, "semantic")
+        assert "**Caution:**" in status and "RANDOM weights" in status
+        import json
+
+        assert "RANDOM weights" in json.loads(open(json_path).read())["model_caveat"]
+    finally:
+        parity_predictor.model_name = name
+        demo.close()
