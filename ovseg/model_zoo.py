@@ -105,7 +105,7 @@ def model_caveat(name: str, classes: list | None = None) -> str | None:
     ]
     line = (
         f"{entry.name} is a toy model of the synthetic shapes world "
-        f"(--vocab {entry.toy_vocabulary}): expect nonsense on photos"
+        f"(vocabulary {entry.toy_vocabulary}): expect nonsense on photos"
     )
     if unknown:
         shown = ", ".join(unknown[:6]) + (
