@@ -176,12 +176,14 @@ def segment_video(
     progress=None,
     stem: str | None = None,
     extra: dict | None = None,
+    info: dict | None = None,
 ) -> dict:
     """Panoptic segmentation of every frame with the predictor's current vocabulary.
 
     Things carry a ``track_id`` that stays with the object across frames. Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
-    defaults to the video's file stem; ``extra`` fields are added to the JSON record).
+    defaults to the video's file stem; ``extra`` fields are added to the JSON record; ``info``:
+    the file's :func:`probe`, when the caller has it already).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
@@ -190,7 +192,7 @@ def segment_video(
     from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
-    info = probe(path)
+    info = info or probe(path)
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     colours = palette(64)

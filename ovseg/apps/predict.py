@@ -109,7 +109,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return images
 
 
-def process_image(predictor, image_path: Path, args, paths: dict, settings: dict) -> dict:
+def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
     import numpy as np
 
     from ovseg.model_zoo import model_caveat, model_tag
@@ -137,7 +137,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
     return record
 
 
-def process_video(predictor, video_path: Path, args, paths: dict, settings: dict) -> dict:
+def process_video(predictor, video_path: Path, args, paths: dict, settings: dict, info) -> dict:
     """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
     from tqdm import tqdm
 
@@ -158,20 +158,23 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             progress=advance,
             stem=paths["json"].name.removesuffix("_frames.json"),
             extra={"settings": settings},
+            info=info,
         )
 
 
-def check_input(path: Path, max_frames: int) -> None:
+def check_input(path: Path, max_frames: int) -> dict | None:
     """Refuse, before any model is loaded, an input that is no image or video at all (missing,
     empty, not an image format, too large) or a video above ``max_frames`` (ImageError /
-    VideoError saying why)."""
+    VideoError saying why). Returns a video's probe (None for an image)."""
     from ovseg.preprocess import probe_image
     from ovseg.video import check_frame_limit, probe
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        check_frame_limit(path, probe(path), max_frames)
-    else:
-        probe_image(path)
+        info = probe(path)
+        check_frame_limit(path, info, max_frames)
+        return info
+    probe_image(path)
+    return None
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
@@ -205,7 +208,8 @@ def _check_arguments(args) -> None:
 
 
 def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
-    """-> (todo [(input, output paths, settings)], bad [(input, error)], skipped count)."""
+    """-> (todo [(input, output paths, settings, video probe or None)], bad [(input, error)],
+    skipped count)."""
     from ovseg.predictor import model_label
     from ovseg.preprocess import ImageError
     from ovseg.video import VideoError
@@ -225,11 +229,11 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
             skipped += 1
             continue
         try:
-            check_input(image, args.max_frames)
+            info = check_input(image, args.max_frames)
         except (ImageError, VideoError) as error:
             bad.append((image, error))
             continue
-        todo.append((image, paths, settings))
+        todo.append((image, paths, settings, info))
     return todo, bad, skipped
 
 
@@ -297,11 +301,11 @@ def _segment_all(predictor, todo: list, args) -> int:
     failures = done = 0
     bar = tqdm(todo, desc="segmenting", unit="file", disable=len(todo) == 1, file=sys.stderr)
     try:
-        for image_path, paths, settings in bar:
+        for image_path, paths, settings, info in bar:
             is_video = image_path.suffix.lower() in VIDEO_SUFFIXES
             try:
                 process = process_video if is_video else process_image
-                record = process(predictor, image_path, args, paths, settings)
+                record = process(predictor, image_path, args, paths, settings, info)
             except (ImageError, VideoError) as error:
                 failures += 1
                 bar.write(f"error: {error}", file=sys.stderr)
