@@ -1,7 +1,7 @@
 """Vocabularies (class lists with synonyms) and prompt templates, read from data files.
 
 A vocabulary file has one class per line, ``KIND<TAB>syn1, syn2, ...`` with KIND ``thing`` or
-``stuff`` (optional: without it the kind is guessed, see :func:`guess_is_thing`); ``#`` starts a
+``stuff`` (optional: without it the kind is guessed, see :func:`guess_kind`); ``#`` starts a
 comment line. On the command line, classes are separated by commas and synonyms by ``/``:
 ``"person/child, zebra, traffic cone/pylon"``. In Python, a list has one entry per class
 (:func:`as_vocabulary`).
@@ -303,11 +303,6 @@ def guess_kind(synonyms: tuple[str, ...]) -> tuple[bool, str]:
     if any(s.casefold() in known_stuff for s in synonyms):
         return False, "stuff name"
     return True, "default"
-
-
-def guess_is_thing(synonyms: tuple[str, ...]) -> bool:
-    """A class is stuff when one of its names is a stuff class of COCO or ADE20K, else a thing."""
-    return guess_kind(synonyms)[0]
 
 
 def seen_class_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> list[bool]:

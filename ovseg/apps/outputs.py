@@ -38,10 +38,9 @@ def output_stems(inputs: list[Path]) -> dict[Path, str]:
     return stems
 
 
-def output_paths(directory: Path, image: Path, stem: str | None = None) -> dict[str, Path]:
-    """The files one input writes: overlay, labels and JSON (an image); overlay and per-frame
-    JSON (a video)."""
-    stem = stem or image.stem
+def output_paths(directory: Path, image: Path, stem: str) -> dict[str, Path]:
+    """The files one input writes, named ``stem`` (see :func:`output_stems`): overlay, labels
+    and JSON (an image); overlay and per-frame JSON (a video)."""
     if image.suffix.lower() in VIDEO_SUFFIXES:
         return {
             "overlay": directory / f"{stem}_overlay.mp4",
