@@ -211,7 +211,7 @@ class OVSegPredictor:
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
         with autocast:
-            outputs = self.model.encode_image(pixels, aux_classes=False)
+            outputs = self.model.encode_image(pixels, aux_classes=False, aux_outputs=False)
         self.image_encodes += 1
         features = ImageFeatures(
             pred_embeds=outputs["pred_embeds"].float(),

@@ -257,3 +257,43 @@ def test_sampling_matches_grid_sample_float32_large():
         value.float(), shapes, locations.float(), weights.float()
     )
     torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def grid_sample_sampling(value, shapes, locations, weights):
+    """Deformable DETR's ms_deform_attn_core_pytorch: per-level grid_sample, then weights."""
+    batch, _, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = locations.shape
+    grids = 2 * locations - 1
+    sampled = []
+    for level, (value_l, (h, w)) in enumerate(
+        zip(value.split([h * w for h, w in shapes], dim=1), shapes, strict=True)
+    ):
+        value_map = value_l.flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, h, w)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(value_map, grid, align_corners=False, padding_mode="zeros"))
+    stacked = torch.stack(sampled, -2).flatten(-2)  # (B*heads, head_dim, Nq, levels*points)
+    w = weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (stacked * w).sum(-1).view(batch, heads * head_dim, queries)
+    return out.transpose(1, 2)
+
+
+def test_gradients_match_grid_sample_formulation():
+    """Training backpropagates into values, sampling locations and attention weights exactly as
+    through the grid_sample formulation (locations strictly inside cells: floor is flat)."""
+    torch.manual_seed(7)
+    shapes = [(5, 4), (3, 6), (2, 2)]
+    tokens = sum(h * w for h, w in shapes)
+    inputs = [
+        torch.randn(2, tokens, 2, 3, dtype=torch.float64),
+        torch.rand(2, 7, 2, 3, 2, 2, dtype=torch.float64) * 1.3 - 0.15,
+        torch.rand(2, 7, 2, 3, 2, dtype=torch.float64),
+    ]
+    grads = []
+    for fn in (multi_scale_deformable_sampling, grid_sample_sampling):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        out = fn(leaves[0], shapes, leaves[1], leaves[2])
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((out.detach(), [leaf.grad for leaf in leaves]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for ours, theirs in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(ours, theirs)

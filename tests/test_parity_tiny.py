@@ -137,3 +137,17 @@ def test_inference_shortcut_changes_nothing(parity_predictor):
     for key in ("pred_embeds", "pred_masks", "clip_embeds"):
         torch.testing.assert_close(fast[key], full[key], rtol=0, atol=0)
     assert all(aux["pred_embeds"] is None for aux in fast["aux_outputs"])
+
+
+def test_inference_without_aux_outputs_matches_full(parity_predictor):
+    """Attention masks computed at each level's size (no earlier full-size masks) give the
+    same final outputs to float rounding, and no aux outputs."""
+    model = parity_predictor.model
+    pixels = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.encode_image(pixels)
+        fast = model.encode_image(pixels, aux_classes=False, aux_outputs=False)
+    for key in ("pred_embeds", "pred_masks", "clip_embeds"):
+        torch.testing.assert_close(fast[key], full[key], rtol=1e-5, atol=1e-5)
+    assert fast["aux_outputs"] == []
+    assert len(full["aux_outputs"]) == model.transformer_decoder.num_layers

@@ -37,17 +37,26 @@ class FCCLIP(nn.Module):
         self.beta = beta
 
     def encode_image(
-        self, images: torch.Tensor, *, aux_classes: bool = True, out_vocab: bool = True
+        self,
+        images: torch.Tensor,
+        *,
+        aux_classes: bool = True,
+        out_vocab: bool = True,
+        aux_outputs: bool = True,
     ) -> dict[str, torch.Tensor | list]:
         """images (B, 3, H, W), normalised and padded to a multiple of 32 ->
         pred_embeds (B, Q, D) in-vocabulary class embeddings, pred_masks (B, Q, H/4, W/4),
         clip_embeds (B, Q, D) mask-pooled frozen-CLIP embeddings, aux_outputs, and the
         intermediate maps (features, mask_features, multi_scale_features).
         ``aux_classes=False`` (inference) skips the earlier layers' class heads;
-        ``out_vocab=False`` (training) skips the mask-pooled CLIP embeddings."""
+        ``out_vocab=False`` (training) skips the mask-pooled CLIP embeddings;
+        ``aux_outputs=False`` (inference) skips the earlier layers' predictions altogether
+        (see :meth:`TransformerDecoder.forward`)."""
         features = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(features)
-        outputs = self.transformer_decoder(multi_scale, mask_features, aux_classes=aux_classes)
+        outputs = self.transformer_decoder(
+            multi_scale, mask_features, aux_classes=aux_classes, aux_outputs=aux_outputs
+        )
         if out_vocab:
             pooled = mask_pooling(features["clip_vis_dense"], outputs["pred_masks"].detach())
             outputs["clip_embeds"] = self.backbone.project_pooled(pooled)
@@ -97,7 +106,7 @@ class FCCLIP(nn.Module):
                 "pred_masks": outputs["pred_masks"],
                 "aux_outputs": aux,
             }
-        outputs = self.encode_image(images, aux_classes=False)
+        outputs = self.encode_image(images, aux_classes=False, aux_outputs=False)
         logits = self.classify(outputs, classifier, seen)
         return {"pred_logits": logits["ensemble"], "pred_masks": outputs["pred_masks"]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -157,18 +158,31 @@ class TransformerDecoder(nn.Module):
             class_embed = self.class_embed(pooled + decoded)
         if target_size is None:
             return class_embed, mask_logits, None
-        attn_mask = F.interpolate(
+        attn_logits = F.interpolate(
             mask_logits, size=target_size, mode="bilinear", align_corners=False
         )
-        attn_mask = (
-            attn_mask.sigmoid()
+        return class_embed, mask_logits, self._attention_mask(attn_logits)
+
+    def _attention_mask(self, attn_logits: torch.Tensor) -> torch.Tensor:
+        """Mask logits at a level's size (B, Q, h, w) -> (B*heads, Q, h*w) bool, True where
+        the query may not attend (mask probability < 0.5)."""
+        return (
+            attn_logits.sigmoid()
             .flatten(2)
             .unsqueeze(1)
             .repeat(1, self.num_heads, 1, 1)
             .flatten(0, 1)
             < 0.5
         ).detach()
-        return class_embed, mask_logits, attn_mask
+
+    def _attention_mask_only(self, queries, level_mask_features):
+        """Inference shortcut for an intermediate layer: only its attention mask, computed at
+        the level's size from mask features resized there first. Bilinear resizing is linear
+        per channel, so resize(embed . features) == embed . resize(features): the same logits
+        (to float rounding) as :meth:`prediction_heads` without the full-size mask product."""
+        mask_embed = self.mask_embed(self.decoder_norm(queries).transpose(0, 1))
+        attn_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, level_mask_features)
+        return None, None, self._attention_mask(attn_logits)
 
     def forward(
         self,
@@ -176,13 +190,18 @@ class TransformerDecoder(nn.Module):
         mask_features: torch.Tensor,
         *,
         aux_classes: bool = True,
+        aux_outputs: bool = True,
     ) -> dict[str, torch.Tensor | list]:
         """multi_scale_features: maps at strides 32, 16, 8 (B, C, h, w); mask_features
         (B, C, H/4, W/4). Returns pred_embeds (B, Q, D) and pred_masks (B, Q, H/4, W/4) of the
         last layer and aux_outputs: the earlier predictions (initial queries + all layers but
         the last), each a dict with the same keys. ``aux_classes=False`` skips the class head
         of the earlier predictions (their pred_embeds are None): inference needs only the
-        last one, and the masks and final outputs are unchanged."""
+        last one, and the masks and final outputs are unchanged. ``aux_outputs=False``
+        (inference) also skips the earlier full-size masks: aux_outputs is empty and each
+        layer's attention mask is computed at its level's size (:meth:`_attention_mask_only`),
+        equal to float rounding (a logit within ~1e-6 of 0 may flip its attention bit).
+        """
         sources, positions, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
             sizes.append(feature.shape[-2:])
@@ -198,9 +217,20 @@ class TransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         queries = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        predictions = [
-            self.prediction_heads(queries, mask_features, sizes[0], with_class=aux_classes)
-        ]
+        if aux_outputs:
+            heads = partial(self.prediction_heads, mask_features=mask_features)
+        else:
+            level_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                for size in sizes
+            ]
+
+            def heads(queries, target_size, *, with_class):
+                if target_size is None:  # the last layer: full-size masks and classes
+                    return self.prediction_heads(queries, mask_features, None)
+                return self._attention_mask_only(queries, level_features[sizes.index(target_size)])
+
+        predictions = [heads(queries, target_size=sizes[0], with_class=aux_classes)]
         for i in range(self.num_layers):
             level = i % self.num_levels
             attn_mask = predictions[-1][2]
@@ -217,15 +247,15 @@ class TransformerDecoder(nn.Module):
             queries = self.transformer_ffn_layers[i](queries)
             last = i == self.num_layers - 1
             predictions.append(
-                self.prediction_heads(
+                heads(
                     queries,
-                    mask_features,
-                    None if last else sizes[(i + 1) % self.num_levels],
+                    target_size=None if last else sizes[(i + 1) % self.num_levels],
                     with_class=aux_classes or last,
                 )
             )
+        aux = [{"pred_embeds": e, "pred_masks": m} for e, m, _ in predictions[:-1]]
         return {
             "pred_embeds": predictions[-1][0],
             "pred_masks": predictions[-1][1],
-            "aux_outputs": [{"pred_embeds": e, "pred_masks": m} for e, m, _ in predictions[:-1]],
+            "aux_outputs": aux if aux_outputs else [],
         }
