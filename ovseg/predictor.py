@@ -318,9 +318,6 @@ class OVSegPredictor:
         class_logits = self.model.classify(image_outputs, self._classifier, self._seen)["ensemble"][
             0
         ]
-        masks = F.interpolate(
-            features.pred_masks, size=features.padded_hw, mode="bilinear", align_corners=False
-        )[0]
         out_hw = self.output_size(*features.image_size)
         result = {
             "image_size": tuple(features.image_size),
@@ -331,24 +328,44 @@ class OVSegPredictor:
         }
         if tasks == ("semantic",):
             # Semantic-only configs score at padded resolution, then crop and resize.
+            masks = _upsample(features.pred_masks[0], features.padded_hw)
             scores = postprocess.semantic_inference(class_logits, masks)
             result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
             return result
-        masks = postprocess.resize_to_original(masks, features.resized_hw, out_hw)
-        is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
+
+        def output_masks(index=None):
+            """Mask logits of the queries ``index`` (all when None) at the output size: up to
+            the padded input, cropped, resized (two bilinear steps, as the official code).
+            Resizing is per query, so resizing only the queries a task reads is exact."""
+            if all_masks is not None:
+                return all_masks if index is None else all_masks[index]
+            low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
+            if low.shape[0] == 0:
+                return low.new_zeros((0, *out_hw))
+            masks = _upsample(low, features.padded_hw)
+            return postprocess.resize_to_original(masks, features.resized_hw, out_hw)
+
+        all_masks = None
         if "semantic" in tasks:
-            result["sem_seg"] = postprocess.semantic_inference(class_logits, masks)
+            all_masks = output_masks()
+            result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
+        is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
         if "panoptic" in tasks:
+            keep = postprocess.panoptic_queries(class_logits, inf.object_mask_threshold)
             result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
-                class_logits,
-                masks,
+                class_logits[keep],
+                output_masks(keep),
                 is_thing,
                 object_mask_threshold=inf.object_mask_threshold,
                 overlap_threshold=inf.overlap_threshold,
             )
         if "instance" in tasks:
-            result["instances"] = postprocess.instance_inference(
-                class_logits, masks, is_thing, detections_per_image=inf.detections_per_image
+            scores, labels, query = postprocess.instance_queries(
+                class_logits, is_thing, detections_per_image=inf.detections_per_image
+            )
+            unique, inverse = query.unique(return_inverse=True)
+            result["instances"] = postprocess.instance_results(
+                scores, labels, output_masks(unique)[inverse]
             )
         return result
 
@@ -359,6 +376,11 @@ class OVSegPredictor:
     def _require_vocabulary(self) -> None:
         if self._classifier is None:
             raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
+
+
+def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(Q, h, w) -> (Q, *size), bilinear, align_corners=False."""
+    return F.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:

@@ -171,3 +171,51 @@ def test_extreme_aspect_ratios_are_segmented(parity_predictor, height, width):
     result = parity_predictor.predict(image, vocabulary=["cat", "sky"], short_side=64)
     assert result["panoptic_seg"].shape == (height, width)
     assert result["sem_seg"].shape == (2, height, width)
+
+
+def test_one_task_resizes_only_its_queries_and_changes_nothing(parity_predictor):
+    """Panoptic and instance alone resize only the masks they read; the results are
+    bit-identical to post-processing every query's full-size mask."""
+    import torch.nn.functional as F
+
+    from ovseg.modeling import postprocess
+
+    predictor = parity_predictor
+    predictor.set_vocabulary(["cat", "dog", "sky", "grass", "road"])
+    image = np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    features = predictor.encode(image, short_side=96)
+    logits = predictor.segment(features, tasks="semantic")["class_logits"]
+    full = F.interpolate(features.pred_masks, size=features.padded_hw, mode="bilinear")[0]
+    full = postprocess.resize_to_original(full, features.resized_hw, features.image_size)
+    is_thing = torch.tensor(predictor.vocabulary.is_thing)
+    inf = predictor.cfg.inference
+    panoptic, segments = postprocess.panoptic_inference(
+        logits, full, is_thing, object_mask_threshold=inf.object_mask_threshold
+    )
+    instances = postprocess.instance_inference(
+        logits, full, is_thing, detections_per_image=inf.detections_per_image
+    )
+    assert segments and len(instances["scores"]) > 0
+    for tasks in (("panoptic",), ("instance",), ("panoptic", "semantic", "instance")):
+        result = predictor.segment(features, tasks=tasks)
+        if "panoptic" in tasks:
+            assert torch.equal(result["panoptic_seg"], panoptic)
+            assert result["segments_info"] == segments
+        if "instance" in tasks:
+            for key, value in instances.items():
+                assert torch.equal(result["instances"][key], value), key
+
+
+def test_no_usable_query_gives_empty_outputs(parity_predictor):
+    """Every query below the object threshold: an empty panoptic map, no crash."""
+    predictor = parity_predictor
+    inference = predictor.cfg.inference
+    threshold = inference.object_mask_threshold
+    inference.object_mask_threshold = 1.0
+    try:
+        image = np.zeros((40, 50, 3), dtype=np.uint8)
+        result = predictor.predict(image, vocabulary=["cat"], tasks="panoptic", short_side=64)
+    finally:
+        inference.object_mask_threshold = threshold
+    assert result["segments_info"] == []
+    assert not result["panoptic_seg"].any()

@@ -25,6 +25,15 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     return torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
 
 
+def panoptic_queries(
+    class_logits: torch.Tensor, object_mask_threshold: float = 0.0
+) -> torch.Tensor:
+    """(Q, K+1) -> (Q,) bool: the queries panoptic inference can use (not "no object", score
+    above the threshold). Only their masks need resizing to the output size."""
+    scores, labels = F.softmax(class_logits, dim=-1).max(-1)
+    return labels.ne(class_logits.shape[-1] - 1) & (scores > object_mask_threshold)
+
+
 def panoptic_inference(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -34,14 +43,14 @@ def panoptic_inference(
     overlap_threshold: float = 0.8,
 ) -> tuple[torch.Tensor, list[dict]]:
     """(Q, K+1), (Q, H, W), is_thing (K,) bool -> int32 map (H, W) (0 = no segment) and
-    segments [{"id", "isthing", "category_id", "score"}]. Stuff of one class is one segment."""
-    num_classes = class_logits.shape[-1] - 1
+    segments [{"id", "isthing", "category_id", "score"}]. Stuff of one class is one segment.
+    Passing only the :func:`panoptic_queries` rows of both gives the same result."""
     scores, labels = F.softmax(class_logits, dim=-1).max(-1)
-    masks = mask_logits.sigmoid()
-    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep]
-    height, width = masks.shape[-2:]
-    panoptic = torch.zeros((height, width), dtype=torch.int32, device=masks.device)
+    keep = panoptic_queries(class_logits, object_mask_threshold)
+    cur_scores, cur_classes = scores[keep], labels[keep]
+    cur_masks = mask_logits[keep].sigmoid()
+    height, width = mask_logits.shape[-2:]
+    panoptic = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
     segments: list[dict] = []
     if cur_masks.shape[0] == 0:
         return panoptic, segments
@@ -98,18 +107,17 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def instance_inference(
+def instance_queries(
     class_logits: torch.Tensor,
-    mask_logits: torch.Tensor,
     is_thing: torch.Tensor,
     *,
     detections_per_image: int = 100,
     things_only: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Top-k (query, class) pairs by class probability, scored by class prob x mean mask prob.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k (query, class) pairs by class probability (Mask2Former instance inference).
 
-    Returns masks (N, H, W) bool, boxes (N, 4) from the masks, scores (N,), labels (N,),
-    sorted by score (the official code leaves the top-k unsorted; the set is the same).
+    (Q, K+1), is_thing (K,) -> class scores (N,), labels (N,), query index (N,) of each pair,
+    N <= detections_per_image (things only when ``things_only``); a query may appear twice.
     """
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
     probs = F.softmax(class_logits, dim=-1)[:, :-1]
@@ -121,10 +129,21 @@ def instance_inference(
     if things_only:
         keep = is_thing.to(labels.device)[labels]
         scores, labels, query = scores[keep], labels[keep], query[keep]
-    selected = mask_logits[query]
-    masks = selected > 0
+    return scores, labels, query
+
+
+def instance_results(
+    scores: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Score each pair of :func:`instance_queries` by class prob x mean mask prob inside its
+    binarised mask. mask_logits (N, H, W): the pairs' own queries' logits.
+
+    Returns masks (N, H, W) bool, boxes (N, 4) from the masks, scores (N,), labels (N,),
+    sorted by score (the official code leaves the top-k unsorted; the set is the same).
+    """
+    masks = mask_logits > 0
     flat = masks.flatten(1).float()
-    mask_scores = (selected.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
+    mask_scores = (mask_logits.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
     scores = scores * mask_scores
     order = scores.argsort(descending=True)
     masks = masks[order]
@@ -134,3 +153,19 @@ def instance_inference(
         "scores": scores[order],
         "labels": labels[order],
     }
+
+
+def instance_inference(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    is_thing: torch.Tensor,
+    *,
+    detections_per_image: int = 100,
+    things_only: bool = True,
+) -> dict[str, torch.Tensor]:
+    """:func:`instance_queries` then :func:`instance_results`: (Q, K+1), (Q, H, W), is_thing
+    (K,) -> masks (N, H, W) bool, boxes (N, 4), scores (N,), labels (N,) sorted by score."""
+    scores, labels, query = instance_queries(
+        class_logits, is_thing, detections_per_image=detections_per_image, things_only=things_only
+    )
+    return instance_results(scores, labels, mask_logits[query])

@@ -55,6 +55,42 @@ def _init_xavier(module: nn.Module) -> None:
             nn.init.xavier_uniform_(parameter)
 
 
+def masked_cross_attention(
+    attention: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+) -> torch.Tensor:
+    """``attention(query, key, value, attn_mask=~allowed repeated per head)`` with the module's
+    own weights, without materialising a (B * heads, Q, HW) mask: the boolean mask is
+    broadcast over heads inside ``scaled_dot_product_attention`` (what
+    ``nn.MultiheadAttention`` does after building the per-head float mask).
+
+    Args:
+        query: (Q, B, C); key, value: (S, B, C) (sequence first, as nn.MultiheadAttention).
+        allowed: (B, Q, S) bool, True where the query may attend.
+    Returns:
+        (Q, B, C).
+    """
+    num_queries, batch, channels = query.shape
+    heads = attention.num_heads
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+
+    def split_heads(x, weight, bias):  # (L, B, C) -> (B, heads, L, C / heads)
+        return F.linear(x, weight, bias).view(x.shape[0], batch, heads, -1).permute(1, 2, 0, 3)
+
+    attended = F.scaled_dot_product_attention(
+        split_heads(query, w_q, b_q),
+        split_heads(key, w_k, b_k),
+        split_heads(value, w_v, b_v),
+        attn_mask=allowed.unsqueeze(1),
+    )  # (B, heads, Q, C / heads)
+    attended = attended.permute(2, 0, 1, 3).reshape(num_queries, batch, channels)
+    return attention.out_proj(attended)
+
+
 class CrossAttentionLayer(nn.Module):
     def __init__(self, d_model: int, num_heads: int) -> None:
         super().__init__()
@@ -62,14 +98,11 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         _init_xavier(self)
 
-    def forward(self, queries, memory, *, attn_mask, memory_pos, query_pos):
-        attended = self.multihead_attn(
-            query=queries + query_pos,
-            key=memory + memory_pos,
-            value=memory,
-            attn_mask=attn_mask,
-            need_weights=False,
-        )[0]
+    def forward(self, queries, memory, *, allowed, memory_pos, query_pos):
+        """queries (Q, B, C), memory (S, B, C), allowed (B, Q, S) bool -> (Q, B, C)."""
+        attended = masked_cross_attention(
+            self.multihead_attn, queries + query_pos, memory + memory_pos, memory, allowed
+        )
         return self.norm(queries + attended)
 
 
@@ -147,8 +180,8 @@ class TransformerDecoder(nn.Module):
 
     def prediction_heads(self, queries, mask_features, target_size, *, with_class=True):
         """queries (Q, B, C) -> class embeddings (B, Q, D) (None unless ``with_class``), mask
-        logits (B, Q, H/4, W/4) and the boolean attention mask (B*heads, Q, h*w) for a level of
-        ``target_size`` (None when ``target_size`` is None)."""
+        logits (B, Q, H/4, W/4) and the attention mask (B, Q, h*w) bool, True where the query
+        may attend, for a level of ``target_size`` (None when ``target_size`` is None)."""
         decoded = self.decoder_norm(queries).transpose(0, 1)
         mask_embed = self.mask_embed(decoded)
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
@@ -163,17 +196,14 @@ class TransformerDecoder(nn.Module):
         )
         return class_embed, mask_logits, self._attention_mask(attn_logits)
 
-    def _attention_mask(self, attn_logits: torch.Tensor) -> torch.Tensor:
-        """Mask logits at a level's size (B, Q, h, w) -> (B*heads, Q, h*w) bool, True where
-        the query may not attend (mask probability < 0.5)."""
-        return (
-            attn_logits.sigmoid()
-            .flatten(2)
-            .unsqueeze(1)
-            .repeat(1, self.num_heads, 1, 1)
-            .flatten(0, 1)
-            < 0.5
-        ).detach()
+    @staticmethod
+    def _attention_mask(attn_logits: torch.Tensor) -> torch.Tensor:
+        """Mask logits at a level's size (B, Q, h, w) -> (B, Q, h*w) bool, True where the
+        query may attend (mask probability >= 0.5); a query whose mask blocks everything
+        attends everywhere instead (Mask2Former). The same mask for every head."""
+        allowed = (attn_logits.sigmoid().flatten(2) >= 0.5).detach()
+        allowed[~allowed.any(-1)] = True
+        return allowed
 
     def _attention_mask_only(self, queries, level_mask_features):
         """Inference shortcut for an intermediate layer: only its attention mask, computed at
@@ -233,13 +263,10 @@ class TransformerDecoder(nn.Module):
         predictions = [heads(queries, target_size=sizes[0], with_class=aux_classes)]
         for i in range(self.num_layers):
             level = i % self.num_levels
-            attn_mask = predictions[-1][2]
-            # A query whose mask blocks everything attends everywhere instead.
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             queries = self.transformer_cross_attention_layers[i](
                 queries,
                 sources[level],
-                attn_mask=attn_mask,
+                allowed=predictions[-1][2],
                 memory_pos=positions[level],
                 query_pos=query_pos,
             )
