@@ -31,6 +31,7 @@ from ovseg.modeling import postprocess
 from ovseg.modeling.fcclip import FCCLIP, build_model
 from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
 from ovseg.modeling.transformer_decoder import mask_pooling
+from ovseg.precision import choose_precision, mlp_probe_shape, quantize_int8
 from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
 from ovseg.vocabulary import (
     Vocabulary,
@@ -42,6 +43,7 @@ from ovseg.vocabulary import (
 )
 
 TASKS = ("panoptic", "semantic", "instance")
+RESIZE_CHUNK = 16  # queries resized to the output size at a time in post-processing
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -82,13 +84,22 @@ class ImageFeatures:
 
 
 class OVSegPredictor:
+    """Images + vocabulary in, results out (see the module docstring).
+
+    ``precision``: "fp32" (default; the exact path, the official outputs), "bf16" / "fp16"
+    (autocast), "int8" (CPU: dynamically quantized MLP and projection layers) or "auto" (the
+    fastest path the hardware runs natively, measured; see :mod:`ovseg.precision`). The
+    choice and its reason are in ``self.precision``; ValueError for an unknown one or int8 on
+    a GPU.
+    """
+
     def __init__(
         self,
         model: FCCLIP,
         cfg: ModelConfig,
         *,
         device: str | torch.device | None = "cpu",
-        dtype: torch.dtype = torch.float32,
+        precision: str = "fp32",
         text_cache_dir: str | Path | None = None,
         feature_cache_size: int = 4,
         max_output_pixels: int = 2048 * 1024,
@@ -96,8 +107,13 @@ class OVSegPredictor:
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
-        self.dtype = dtype
         self.model = model.to(self.device).eval()
+        # fp32 is the exact path; see ovseg.precision for the fast ones and "auto".
+        self.precision = choose_precision(
+            precision, self.device, probe_shape=mlp_probe_shape(self.model)
+        )
+        if self.precision.precision == "int8":
+            quantize_int8(self.model)
         self.text_encoder = TextEncoder(
             model.backbone,
             load_templates(cfg.text.templates),
@@ -207,9 +223,8 @@ class OVSegPredictor:
             inf.size_divisibility,
             device=self.device,
         )
-        autocast = torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
-        )
+        dtype = self.precision.autocast_dtype
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         with autocast:
             outputs = self.model.encode_image(pixels, aux_classes=False, aux_outputs=False)
         self.image_encodes += 1
@@ -340,10 +355,15 @@ class OVSegPredictor:
             if all_masks is not None:
                 return all_masks if index is None else all_masks[index]
             low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
-            if low.shape[0] == 0:
-                return low.new_zeros((0, *out_hw))
-            masks = _upsample(low, features.padded_hw)
-            return postprocess.resize_to_original(masks, features.resized_hw, out_hw)
+            masks = low.new_empty((low.shape[0], *out_hw))
+            # A few queries at a time: the padded-size maps (the largest tensors of
+            # post-processing) never exist for all queries at once.
+            for start in range(0, low.shape[0], RESIZE_CHUNK):
+                chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
+                masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
+                    chunk, features.resized_hw, out_hw
+                )
+            return masks
 
         all_masks = None
         if "semantic" in tasks:

@@ -33,6 +33,7 @@ def run(args, capsys):
         ["--classes", "thing:cat, dog/puppy"],
         ["--short-side", "96"],
         ["--max-output-pixels", "5000"],
+        ["--precision", "fp32"],
     ],
 )
 def test_outputs_are_redone_when_the_settings_change(tmp_path, capsys, change):

@@ -41,6 +41,7 @@ SCRIPTS = {
     "tools/bench_train.py": "bench-train",
     "tools/bench_pq.py": "bench-pq",
     "tools/bench_demo.py": "bench-demo",
+    "tools/bench_matmul.py": "bench-matmul",
     "tools/synthetic_world.py": "synthetic-world",
     "tools/task_agreement.py": "agreement",
 }

@@ -29,7 +29,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--short-side", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="the first N images only")
     parser.add_argument("--json", help="write the table here too")
-    add_model_arguments(parser)
+    add_model_arguments(parser, precision="fp32")
     return parser
 
 
@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         vocabulary = as_vocabulary(args.vocab)
         images = collect_images([args.images])[: args.limit]
         predictor = load_predictor(
-            args.model, weights=args.weights, config=args.config, device=args.device
+            args.model,
+            weights=args.weights,
+            config=args.config,
+            device=args.device,
+            precision=args.precision,
         )
         report = agreement(predictor, images, vocabulary, args.short_side)
     except (UsageError, ImageError, ValueError, FileNotFoundError, RuntimeError) as error:

@@ -1,14 +1,20 @@
 """``ovseg bench`` (and ``tools/benchmark.py``): per-stage latency and peak memory of FC-CLIP
-inference.
+inference, per precision, with the hardware detected, the backbone's achieved GFLOP/s against
+the machine's measured peak, and the fast path's agreement with fp32.
 
-Runs with random weights unless --weights is given: speed and memory do not depend on them.
+Runs with random weights unless --weights is given: speed and memory do not depend on them
+(except post-processing, which resizes only the masks a task reads: with --task all the
+semantic output reads every query, as the official COCO panoptic config computes all three).
+Agreement needs trained weights: it compares the fast path with fp32 on the shipped
+synthetic_tiny model (its val scenes) and on the official tiny parity fixture when the
+checkout has it (tests/data/parity_tiny).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import platform
 import resource
 import statistics
 import tempfile
@@ -19,7 +25,12 @@ import torch
 
 from ovseg.assets import EXAMPLES_DIR
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TASK_CHOICES = {
+    "all": ("semantic", "panoptic", "instance"),
+    "panoptic": ("panoptic",),
+    "semantic": ("semantic",),
+    "instance": ("instance",),
+}
 
 
 def peak_rss_mib() -> float:
@@ -79,7 +90,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--short-side", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,auto",
+        help="comma-separated precisions to time, each against the first (default: fp32,auto)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab", default="coco", help="vocabulary classified against")
     parser.add_argument(
@@ -87,33 +102,55 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default="ade150",
         help="second vocabulary for the vocabulary-switch timing",
     )
-    parser.add_argument("--task", default="panoptic", choices=("panoptic", "semantic", "instance"))
+    parser.add_argument("--task", default="all", choices=sorted(TASK_CHOICES))
     parser.add_argument(
         "--text",
-        action="store_true",
-        help="also time building the --switch-vocab text classifier from scratch "
-        "and from the disk cache",
+        nargs="?",
+        const="ade150",
+        default=None,
+        metavar="VOCABS",
+        help="also time building these vocabularies' text classifiers (comma-separated; "
+        "default ade150) from scratch, from the disk cache, and per prompt the official way "
+        "(open_clip's encode_text over the full 77-token context)",
     )
+    parser.add_argument(
+        "--no-agreement", action="store_true", help="skip the fast path's agreement check"
+    )
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak probe")
     parser.add_argument("--json", default=None, help="write the results here")
     return parser
 
 
-def _time_text_classifier(predictor, vocabulary, report: dict) -> None:
-    """Build the text classifier from scratch, then from the disk cache alone."""
+def _time_text_classifier(predictor, vocabulary) -> dict:
+    """Build a vocabulary's text classifier from scratch, then from the disk cache alone; and
+    the official per-prompt cost on a sample of its prompts (open_clip's encode_text over the
+    whole context, as the official code encodes every run)."""
+    report = {}
     start = time.perf_counter()
     predictor.text_encoder(vocabulary)
-    report["text_classifier_build_s"] = time.perf_counter() - start
-    report["text_classifier_prompts"] = len(vocabulary.synonyms) * len(
-        predictor.text_encoder.templates
-    )
+    report["build_s"] = time.perf_counter() - start
+    prompts = [t.format(s) for s in vocabulary.synonyms for t in predictor.text_encoder.templates]
+    report["prompts"] = len(prompts)
     predictor.text_encoder.clear_memory()
     start = time.perf_counter()
     predictor.text_encoder(vocabulary)
-    report["text_classifier_from_disk_cache_s"] = time.perf_counter() - start
+    report["from_disk_cache_s"] = time.perf_counter() - start
+    sample = prompts[:: max(1, len(prompts) // 256)][:256]
+    backbone = predictor.model.backbone
+    tokens = backbone.tokenize(sample)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for batch in tokens.split(128):
+            backbone.clip.encode_text(batch.to(predictor.device))
+        _sync(predictor.device)
+    report["official_per_prompt_s"] = (time.perf_counter() - start) / len(sample)
+    report["ovseg_per_prompt_s"] = report["build_s"] / len(prompts)
+    return report
 
 
 def _time_stages(predictor, image, args, vocab, switch_vocab) -> dict[str, float]:
     """One timed run of the public steps: encode (by stage), segment, vocabulary switch."""
+    tasks = TASK_CHOICES[args.task]
     clock = StageClock(predictor.model, predictor.device)
     predictor.clear_cache()
     predictor.set_vocabulary(vocab)
@@ -126,91 +163,179 @@ def _time_stages(predictor, image, args, vocab, switch_vocab) -> dict[str, float
     finally:
         clock.remove()
     start = time.perf_counter()
-    predictor.segment(features, tasks=args.task)
+    predictor.segment(features, tasks=tasks)
     _sync(predictor.device)
     times["ensemble_postprocess"] = time.perf_counter() - start
     times["total"] = sum(times.values())
     # A vocabulary switch on a cached image: classification + post-processing only.
     start = time.perf_counter()
-    predictor.segment(features, vocabulary=switch_vocab, tasks=args.task)
+    predictor.segment(features, vocabulary=switch_vocab, tasks=tasks)
     _sync(predictor.device)
     times["vocabulary_switch"] = time.perf_counter() - start
     return times
 
 
-def run(args) -> dict:
+def _build(args, cfg, precision: str, text_cache: str):
     from ovseg.checkpoint import load_weights
-    from ovseg.config import load_config
     from ovseg.modeling.fcclip import build_model
     from ovseg.predictor import OVSegPredictor
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if args.weights:
+        load_weights(model, args.weights)
+    return OVSegPredictor(
+        model, cfg, device=args.device, precision=precision, text_cache_dir=text_cache
+    )
+
+
+def _backbone_gflop(predictor, height: int, width: int) -> float:
+    """Floating-point operations (GFLOP, 2 per multiply-add) of one backbone forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pixels = torch.zeros(1, 3, height, width, device=predictor.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        predictor.model.backbone(pixels)
+    return counter.get_total_flops() / 1e9
+
+
+def run(args) -> dict:
+    from ovseg.config import load_config
+    from ovseg.precision import detect_hardware
     from ovseg.preprocess import load_image
     from ovseg.vocabulary import as_vocabulary
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cfg = load_config(args.config)
-    model = build_model(cfg)
-    if args.weights:
-        load_weights(model, args.weights)
     text_cache = tempfile.mkdtemp(prefix="ovseg-bench-text-")
-    predictor = OVSegPredictor(
-        model, cfg, device=args.device, dtype=DTYPES[args.dtype], text_cache_dir=text_cache
-    )
     image = load_image(args.image)
+    hardware = detect_hardware(args.device)
     report = {
         "config": cfg.name,
         "weights": args.weights or "random",
-        "device": str(predictor.device),
+        "device": args.device,
+        "hardware": hardware.describe(),
         "threads": args.threads,
-        "dtype": args.dtype,
         "short_side": args.short_side,
         "task": args.task,
         "vocab": args.vocab,
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
         "image_size": list(image.shape[:2]),
-        "resized_size": list(predictor.network_input_size(*image.shape[:2], args.short_side)),
-        "model_loaded_peak_rss_mib": peak_rss_mib(),
+        "runs": {},
     }
     vocab, switch_vocab = as_vocabulary(args.vocab), as_vocabulary(args.switch_vocab)
-    if args.text:
-        _time_text_classifier(predictor, switch_vocab, report)
-    predictor.set_vocabulary(switch_vocab)  # text cached before any timing below
-    runs = [
-        _time_stages(predictor, image, args, vocab, switch_vocab) for _ in range(args.repeats + 1)
-    ][1:]  # the first run warms up and is not counted
-    stages = {key: [times[key] for times in runs] for key in runs[0]}
-    report["seconds_median"] = {k: statistics.median(v) for k, v in stages.items()}
-    report["seconds_all"] = stages
+    for requested in args.precisions.split(","):
+        predictor = _build(args, cfg, requested, text_cache)
+        loaded_rss = peak_rss_mib()
+        choice = predictor.precision
+        label = requested if requested == choice.precision else f"{requested}={choice.precision}"
+        report["resized_size"] = list(
+            predictor.network_input_size(*image.shape[:2], args.short_side)
+        )
+        if args.text and "text" not in report:
+            report["text"] = {
+                name: _time_text_classifier(predictor, as_vocabulary(name))
+                for name in args.text.split(",")
+            }
+        if choice.precision == "fp32" and "backbone_gflop" not in report:
+            padded = [
+                -(-s // cfg.inference.size_divisibility) * cfg.inference.size_divisibility
+                for s in report["resized_size"]
+            ]
+            report["backbone_gflop"] = _backbone_gflop(predictor, *padded)
+        predictor.set_vocabulary(switch_vocab)  # text cached before any timing below
+        runs = [
+            _time_stages(predictor, image, args, vocab, switch_vocab)
+            for _ in range(args.repeats + 1)
+        ][1:]  # the first run warms up and is not counted
+        stages = {key: [times[key] for times in runs] for key in runs[0]}
+        report["runs"][label] = {
+            "precision": choice.as_record(),
+            "seconds_median": {k: statistics.median(v) for k, v in stages.items()},
+            "seconds_all": stages,
+            # Process peaks: after building this model, and after its runs (Linux ru_maxrss).
+            "model_loaded_peak_rss_mib": loaded_rss,
+            "peak_rss_mib": peak_rss_mib(),
+        }
+        del predictor
+        gc.collect()
     report["peak_rss_mib"] = peak_rss_mib()
-    if predictor.device.type == "cuda":
+    if args.device.startswith("cuda"):
         report["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    report["vocabulary_switch_fraction_of_total"] = (
-        report["seconds_median"]["vocabulary_switch"] / report["seconds_median"]["total"]
-    )
+    fast = {run["precision"]["precision"] for run in report["runs"].values()} - {"fp32"}
+    if not args.no_peak:
+        from ovseg.apps.bench_matmul import peak_matmul_gflops
+
+        report["matmul_peak"] = [
+            peak_matmul_gflops(p, device=args.device) for p in ["fp32", *sorted(fast)]
+        ]
+    fp32_run = report["runs"].get("fp32")
+    if fp32_run and "backbone_gflop" in report:
+        rate = report["backbone_gflop"] / fp32_run["seconds_median"]["backbone"]
+        report["backbone_gflops_fp32"] = rate
+        if report.get("matmul_peak"):
+            report["backbone_fraction_of_peak"] = rate / report["matmul_peak"][0]["gflops"]
+    if not args.no_agreement:
+        from ovseg.apps.bench_agreement import fast_path_agreement
+
+        report["agreement"] = [fast_path_agreement(p, device=args.device) for p in sorted(fast)]
     return report
 
 
 def format_table(report: dict) -> str:
+    labels = list(report["runs"])
+    medians = [report["runs"][label]["seconds_median"] for label in labels]
     lines = [
-        f"{report['config']} ({report['weights']} weights) on {report['device']}, "
-        f"{report['threads']} threads, {report['dtype']}, image {report['image_size']} -> "
+        f"{report['hardware']}, torch {report['torch']}, {report['threads']} threads",
+        f"{report['config']} ({report['weights']} weights), image {report['image_size']} -> "
         f"{report['resized_size']}, task {report['task']}, vocab {report['vocab']}",
-        f"{'stage':<24}{'median s':>10}",
+        f"{'stage (median s)':<24}" + "".join(f"{label:>14}" for label in labels),
     ]
-    for stage, seconds in report["seconds_median"].items():
-        lines.append(f"{stage:<24}{seconds:>10.3f}")
-    lines.append(f"{'switch / total':<24}{report['vocabulary_switch_fraction_of_total']:>10.1%}")
-    lines.append(f"{'peak RSS (MiB)':<24}{report['peak_rss_mib']:>10.0f}")
-    if "text_classifier_build_s" in report:
-        lines.append(
-            f"{'text build (s)':<24}{report['text_classifier_build_s']:>10.2f}"
-            f"  ({report['text_classifier_prompts']} prompts)"
+    for stage in medians[0]:
+        row = f"{stage:<24}" + "".join(f"{m[stage]:>14.3f}" for m in medians)
+        if len(labels) > 1 and medians[0][stage] > 0:
+            ratios = ", ".join(f"{m[stage] / medians[0][stage]:.2f}x" for m in medians[1:])
+            row += f"   ({ratios} of {labels[0]})"
+        lines.append(row)
+    for label in labels:
+        choice = report["runs"][label]["precision"]
+        lines.append(f"{label}: {choice['reason']}")
+    if "backbone_gflops_fp32" in report:
+        line = (
+            f"backbone: {report['backbone_gflop']:.0f} GFLOP, "
+            f"{report['backbone_gflops_fp32']:.0f} GFLOP/s in fp32"
         )
+        if "backbone_fraction_of_peak" in report:
+            line += f" = {report['backbone_fraction_of_peak']:.0%} of the measured matmul peak"
+        lines.append(line)
+    for peak in report.get("matmul_peak", []):
+        lines.append(f"matmul peak {peak['precision']:<5}{peak['gflops']:>8.0f} GFLOP/s")
+    for agreement in report.get("agreement", []):
+        lines.append(format_agreement(agreement))
+    for label in labels:
+        run = report["runs"][label]
         lines.append(
-            f"{'text from cache (s)':<24}{report['text_classifier_from_disk_cache_s']:>10.3f}"
+            f"peak RSS {label}: {run['model_loaded_peak_rss_mib']:.0f} MiB with the model "
+            f"loaded, {run['peak_rss_mib']:.0f} MiB after its runs (process peaks so far)"
+        )
+    for name, text in report.get("text", {}).items():
+        lines.append(
+            f"text {name}: {text['build_s']:.1f} s cold for {text['prompts']} prompts "
+            f"({text['ovseg_per_prompt_s'] * 1e3:.1f} ms a prompt; the official full-context "
+            f"encode {text['official_per_prompt_s'] * 1e3:.1f} ms a prompt, ratio "
+            f"{text['ovseg_per_prompt_s'] / text['official_per_prompt_s']:.2f}); from the disk "
+            f"cache {text['from_disk_cache_s']:.3f} s"
         )
     return "\n".join(lines)
+
+
+def format_agreement(agreement: dict) -> str:
+    parts = [
+        f"{case['name']}: semantic argmax {case['semantic_agreement']:.2%}, panoptic segments "
+        f"{case['segments_fast']} vs {case['segments_fp32']}"
+        for case in agreement["cases"]
+    ]
+    return f"{agreement['precision']} vs fp32: " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         "dataset (PQ, mIoU, AP) or a semantic-PNG dataset (mIoU), with the dataset's own "
         "vocabulary.",
     )
-    add_model_arguments(parser, default="fcclip_convnext_large_coco")
+    add_model_arguments(parser, default="fcclip_convnext_large_coco", precision="fp32")
     add_dataset_arguments(parser, semantic=True)
     parser.add_argument("--tasks", default="panoptic,semantic,instance")
     parser.add_argument("--output", help="directory for results.json and saved predictions")
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     try:
         dataset = dataset_from_arguments(args)
         predictor = OVSegPredictor.from_pretrained(
-            args.model, weights=args.weights, config=args.config, device=args.device
+            args.model,
+            weights=args.weights,
+            config=args.config,
+            device=args.device,
+            precision=args.precision,
         )
         report = evaluate(
             predictor,

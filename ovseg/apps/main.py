@@ -22,6 +22,10 @@ COMMANDS = {
     "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),
     "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),
     "bench-pq": ("bench_pq", "PQ evaluator speed (tools/bench_pq.py)"),
+    "bench-matmul": (
+        "bench_matmul",
+        "the machine's peak matrix-product rate per precision (tools/bench_matmul.py)",
+    ),
     "bench-demo": ("bench_demo", "web-demo latencies without a browser (tools/bench_demo.py)"),
     "agreement": (
         "agreement",

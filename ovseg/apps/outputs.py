@@ -55,7 +55,8 @@ def output_paths(directory: Path, image: Path, stem: str) -> dict[str, Path]:
 
 def run_settings(args, model: str, vocabulary, image: Path) -> dict:
     """What an output depends on, recorded in its JSON (``settings``): the model, the classes
-    with their synonyms and given kinds, the task, the sizes, and the source file."""
+    with their synonyms and given kinds, the task, the precision asked for, the sizes, and the
+    source file."""
     stat = image.stat()
     given = [
         ("thing" if thing else "stuff") if source == "given" else None
@@ -70,6 +71,7 @@ def run_settings(args, model: str, vocabulary, image: Path) -> dict:
         "classes": [list(synonyms) for synonyms in vocabulary.classes],
         "given_kinds": given,
         "task": args.task,
+        "precision": args.precision,
         "short_side": args.short_side,
         "max_output_pixels": args.max_output_pixels,
         "score_threshold": args.score_threshold if args.task == "instance" else None,

@@ -238,6 +238,7 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
 
 
 def run(args) -> int:
+    from ovseg.apps.arguments import describe_precision
     from ovseg.model_zoo import model_caveat
     from ovseg.predictor import load_predictor
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
@@ -271,7 +272,11 @@ def run(args) -> int:
             device=args.device,
             log=print,
             max_output_pixels=args.max_output_pixels,
+            precision=args.precision,
         )
+        if predictor.precision.warning:
+            print(predictor.precision.warning, file=sys.stderr)
+        print(describe_precision(predictor), file=sys.stderr)
         predictor.set_vocabulary(vocabulary)
         kinds = describe_guessed_kinds(predictor.vocabulary)
         if kinds:

@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     # Gradio's usage analytics stay off unless the user turns them on (read at import).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+    from ovseg.apps.arguments import describe_precision
     from ovseg.predictor import load_predictor
 
     messages = []
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             config=args.config,
             device=args.device,
             log=lambda m, **_: messages.append(m),
+            precision=args.precision,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -329,6 +331,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         note += f" (the real model's weights were not found: put {real} on the server to use it)"
     for message in messages:
         print(message, file=sys.stderr)
+    if predictor.precision.warning:
+        print(predictor.precision.warning, file=sys.stderr)
+    print(describe_precision(predictor), file=sys.stderr)
     demo = Demo(predictor, model_note=note, max_frames=args.max_frames)
     # SIGTERM (a service manager, docker stop) ends the demo like Ctrl-C: downloads removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -1,0 +1,339 @@
+"""Numeric precision of the image network, chosen for the hardware it runs on.
+
+``fp32`` is the exact path (the official outputs). The fast paths trade a little agreement for
+speed, and only pay where the hardware has them natively:
+
+- ``bf16`` / ``fp16``: autocast of the image network (the pixel decoder stays fp32). Native on
+  GPUs and on CPUs with AMX or AVX512-BF16 (fp16: AVX512-FP16 / AMX-FP16); elsewhere a CPU
+  emulates them and is several times *slower* than fp32.
+- ``int8``: dynamic quantization of the frozen ConvNeXt's MLP linear layers (weights int8 per
+  output channel, activations int8 per call; ~80% of the backbone's work), CPU only.
+- ``auto`` (the front ends' default): on a GPU bf16 (fp16 where bf16 is not supported); on a
+  CPU the fastest of fp32 and the fast paths the CPU has natively, measured once on the
+  model's own dominant layer shape and cached, and fp32 unless a fast path is clearly faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# A fast path must beat fp32 by this factor on the probe for ``auto`` to take it.
+MIN_SPEEDUP = 1.15
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the precision choice depends on. ``name``: CPU model or GPU name; ``isa``: the
+    CPU instruction set torch dispatches to (e.g. AVX2, AVX512) or the GPU's compute
+    capability (e.g. sm_90)."""
+
+    device: str
+    name: str
+    isa: str
+    native_bf16: bool
+    native_fp16: bool
+    int8: bool
+
+    def describe(self) -> str:
+        natives = [n for n, ok in (("bf16", self.native_bf16), ("fp16", self.native_fp16)) if ok]
+        return (
+            f"{self.name} ({self.device}, {self.isa}; native {', '.join(natives) or 'fp32 only'}"
+            f"{'; int8 kernels' if self.int8 else ''})"
+        )
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, ARM ``Features``); empty
+    where there is no /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _int8_engine() -> bool:
+    engines = torch.backends.quantized.supported_engines
+    return any(e in engines for e in ("x86", "fbgemm", "qnnpack"))
+
+
+def detect_hardware(device: str | torch.device = "cpu") -> Hardware:
+    """The :class:`Hardware` of a torch device (cpu or cuda[:N])."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return Hardware(
+            device=f"cuda:{index}",
+            name=torch.cuda.get_device_name(index),
+            isa=f"sm_{major}{minor}",
+            native_bf16=torch.cuda.is_bf16_supported(),
+            native_fp16=True,
+            int8=False,
+        )
+    flags = cpu_flags()
+    return Hardware(
+        device="cpu",
+        name=_cpu_name(),
+        isa=torch.backends.cpu.get_cpu_capability(),
+        native_bf16=bool(flags & {"amx_bf16", "avx512_bf16", "bf16"}),
+        native_fp16=bool(flags & {"amx_fp16", "avx512_fp16", "fphp"}),
+        int8=_int8_engine(),
+    )
+
+
+@dataclass
+class PrecisionChoice:
+    """The precision in use and why. ``probe``: seconds of one pass of the probe layer per
+    precision measured (empty when nothing was measured)."""
+
+    requested: str
+    precision: str
+    reason: str
+    hardware: Hardware
+    probe: dict[str, float] = field(default_factory=dict)
+    warning: str | None = None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return AUTOCAST_DTYPES.get(self.precision)
+
+    def as_record(self) -> dict:
+        record = asdict(self)
+        record["hardware"] = asdict(self.hardware)
+        return record
+
+
+def check_precision(precision: str) -> str:
+    """Raise ValueError naming the choices for an unknown precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
+def mlp_probe_shape(model: nn.Module, short_side: int = 640) -> tuple[int, int, int]:
+    """(tokens, channels, hidden) of the backbone stage with the most MLP work on a
+    ``short_side`` square image: the layer shape the precision probe times."""
+    trunk = model.backbone.clip.visual.trunk
+    best, best_work = (1, 1, 1), -1
+    stride = 4
+    for stage in trunk.stages:
+        shapes = [_linear_shape(m) for m in stage.modules() if _linear_shape(m)]
+        if shapes:
+            fc1 = max(shapes, key=lambda shape: shape[0] * shape[1])
+            tokens = max(1, (short_side // stride) ** 2)
+            work = tokens * fc1[0] * fc1[1] * len(shapes)
+            if work > best_work:
+                best, best_work = (tokens, *fc1), work
+        stride *= 2
+    return best
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    """A 1x1 convolution that is a linear layer over channels (ConvNeXt's conv_mlp)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding == (0, 0)
+        and module.groups == 1
+        and module.dilation == (1, 1)
+    )
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a linear layer or a pointwise convolution, else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if _is_pointwise(module):
+        return module.in_channels, module.out_channels
+    return None
+
+
+class PointwiseAsLinear(nn.Module):
+    """A 1x1 convolution run as a linear layer over the channels of (B, C, H, W) maps, so that
+    it can be quantized like one (same values: a 1x1 convolution is that linear layer)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.flatten(1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """The int8 path, in place: dynamically quantized int8 linear layers (per-output-channel
+    weights) for the frozen ConvNeXt trunk's stage MLPs (linear layers, or the 1x1
+    convolutions of a conv_mlp ConvNeXt) and for the pixel decoder encoder's value / output
+    projections and feed-forward layers. The deformable attention's sampling offsets and
+    weights stay fp32 (they place the samples). Raises RuntimeError where torch has no
+    quantized engine."""
+    if not _int8_engine():
+        raise RuntimeError("this torch build has no int8 engine: use --precision fp32 or bf16")
+    trunk = model.backbone.clip.visual.trunk
+    _replace_pointwise(trunk.stages)
+    trunk.stages = _quantize_linears(trunk.stages)
+    for layer in model.pixel_decoder.transformer.encoder.layers:
+        attention = layer.self_attn
+        for owner, name in (
+            (attention, "value_proj"),
+            (attention, "output_proj"),
+            (layer, "linear1"),
+            (layer, "linear2"),
+        ):
+            setattr(owner, name, _quantize_linears(nn.Sequential(getattr(owner, name)))[0])
+    return model
+
+
+def _replace_pointwise(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if _is_pointwise(child):
+            setattr(module, name, PointwiseAsLinear(child))
+        else:
+            _replace_pointwise(child)
+
+
+def _quantize_linears(module: nn.Module) -> nn.Module:
+    """Dynamically quantize every nn.Linear inside ``module``, in place (no second copy of
+    the weights); returns it."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao's deprecation notes; the API works in 2.14
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def probe_speeds(
+    shape: tuple[int, int, int], precisions: list[str], *, repeats: int = 3
+) -> dict[str, float]:
+    """Seconds (best of ``repeats``) of one ConvNeXt MLP (linear, GELU, linear) of ``shape``
+    (tokens, channels, hidden) on the CPU in each precision, with random weights."""
+    tokens, channels, hidden = shape
+    generator = torch.Generator().manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
+    x = torch.randn(tokens, channels, generator=generator)
+    seconds = {}
+    for precision in precisions:
+        net = _quantize_linears(copy.deepcopy(mlp)) if precision == "int8" else mlp
+        dtype = AUTOCAST_DTYPES.get(precision)
+        autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        best = float("inf")
+        with torch.no_grad(), autocast:
+            net(x)  # warm-up: first-call allocation and kernel selection
+            for _ in range(repeats):
+                start = time.perf_counter()
+                net(x)
+                best = min(best, time.perf_counter() - start)
+        seconds[precision] = best
+    return seconds
+
+
+def _probe_cache_path() -> Path:
+    root = os.environ.get("OVSEG_CACHE") or Path.home() / ".cache" / "ovseg"
+    return Path(root) / "precision_probe.json"
+
+
+def cached_probe(
+    hardware: Hardware, shape: tuple[int, int, int], precisions: list[str]
+) -> dict[str, float]:
+    """:func:`probe_speeds`, remembered per CPU, torch version, thread count and shape in
+    ``$OVSEG_CACHE/precision_probe.json`` (an unwritable cache only costs the re-measure)."""
+    key = f"{hardware.name}|{hardware.isa}|torch {torch.__version__}|{torch.get_num_threads()}t"
+    key += f"|{'x'.join(map(str, shape))}"
+    path = _probe_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    known = cache.get(key, {})
+    missing = [p for p in precisions if p not in known]
+    if missing:
+        known.update(probe_speeds(shape, missing))
+        cache[key] = known
+        try:
+            from ovseg.fileio import write_text_atomic
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(cache, indent=1))
+        except OSError:
+            pass
+    return {p: known[p] for p in precisions}
+
+
+def choose_precision(
+    requested: str, device: str | torch.device, *, probe_shape: tuple[int, int, int]
+) -> PrecisionChoice:
+    """Resolve ``requested`` (one of :data:`PRECISIONS`) on ``device``.
+
+    Raises ValueError for an unknown precision or int8 on a GPU. A bf16 / fp16 request on a
+    CPU without native support is honoured but carries a ``warning`` with its measured cost.
+    """
+    check_precision(requested)
+    hardware = detect_hardware(device)
+    on_gpu = hardware.device.startswith("cuda")
+    if requested == "int8":
+        if on_gpu:
+            raise ValueError("--precision int8 runs on the CPU only: use bf16 or fp16 on a GPU")
+        if not hardware.int8:
+            raise ValueError("this torch build has no int8 engine: use --precision fp32")
+    if requested != "auto":
+        choice = PrecisionChoice(requested, requested, "asked for", hardware)
+        native = {"bf16": hardware.native_bf16, "fp16": hardware.native_fp16}
+        if not on_gpu and requested in native and not native[requested]:
+            choice.probe = cached_probe(hardware, probe_shape, ["fp32", requested])
+            ratio = choice.probe[requested] / choice.probe["fp32"]
+            choice.warning = (
+                f"ovseg: {requested} is not native on this CPU ({hardware.name}, no AMX / "
+                f"AVX512-{requested.upper()}): measured {ratio:.1f}x the fp32 time on the "
+                "backbone's main layer; --precision auto picks the fastest path here"
+            )
+        return choice
+    if on_gpu:
+        precision = "bf16" if hardware.native_bf16 else "fp16"
+        return PrecisionChoice("auto", precision, f"GPU with native {precision}", hardware)
+    candidates = [p for p, ok in (("int8", hardware.int8), ("bf16", hardware.native_bf16)) if ok]
+    if not candidates:
+        return PrecisionChoice("auto", "fp32", "no native fast path on this CPU", hardware)
+    probe = cached_probe(hardware, probe_shape, ["fp32", *candidates])
+    fastest = min(candidates, key=probe.__getitem__)
+    speedup = probe["fp32"] / probe[fastest]
+    if speedup < MIN_SPEEDUP:
+        reason = f"no fast path beats fp32 by {MIN_SPEEDUP}x here (best: {fastest} {speedup:.2f}x)"
+        return PrecisionChoice("auto", "fp32", reason, hardware, probe)
+    reason = f"measured fastest on this CPU: {speedup:.2f}x fp32 on the backbone's main layer"
+    return PrecisionChoice("auto", fastest, reason, hardware, probe)

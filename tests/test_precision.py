@@ -1,0 +1,156 @@
+"""The precision choice: hardware rules, the measured auto choice, the int8 path's layers and
+its agreement with fp32, and the bf16 trap's warning."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_main
+from ovseg import precision as P
+from ovseg.apps import bench, bench_matmul
+from ovseg.apps.bench_agreement import fast_path_agreement
+
+
+def hardware(**overrides):
+    fields = {
+        "device": "cpu",
+        "name": "Test CPU",
+        "isa": "AVX2",
+        "native_bf16": False,
+        "native_fp16": False,
+        "int8": True,
+    }
+    fields.update(overrides)
+    return P.Hardware(**fields)
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """Pretend hardware and probe timings: (hardware overrides, {precision: seconds})."""
+
+    def install(timings, **overrides):
+        monkeypatch.setattr(P, "detect_hardware", lambda device: hardware(**overrides))
+        monkeypatch.setattr(
+            P, "cached_probe", lambda hw, shape, precisions: {p: timings[p] for p in precisions}
+        )
+
+    return install
+
+
+def test_unknown_precision_names_the_choices():
+    with pytest.raises(ValueError, match="choose from auto, fp32, bf16, fp16, int8"):
+        P.choose_precision("fp64", "cpu", probe_shape=(1, 1, 1))
+
+
+def test_auto_takes_the_measured_fastest_native_path(fake_cpu):
+    fake_cpu({"fp32": 1.0, "int8": 0.4, "bf16": 0.5}, native_bf16=True)
+    choice = P.choose_precision("auto", "cpu", probe_shape=(8, 4, 16))
+    assert choice.precision == "int8" and "2.50x" in choice.reason
+
+
+def test_auto_never_takes_a_path_that_is_not_clearly_faster(fake_cpu):
+    fake_cpu({"fp32": 1.0, "int8": 0.95, "bf16": 0.2})  # bf16 not native: never a candidate
+    choice = P.choose_precision("auto", "cpu", probe_shape=(8, 4, 16))
+    assert choice.precision == "fp32"
+    assert "bf16" not in choice.probe
+
+
+def test_auto_without_any_fast_path_is_fp32(fake_cpu):
+    fake_cpu({"fp32": 1.0}, int8=False)
+    assert P.choose_precision("auto", "cpu", probe_shape=(8, 4, 16)).precision == "fp32"
+
+
+def test_bf16_without_native_support_warns_with_its_measured_cost(fake_cpu):
+    fake_cpu({"fp32": 1.0, "bf16": 7.0})
+    choice = P.choose_precision("bf16", "cpu", probe_shape=(8, 4, 16))
+    assert choice.precision == "bf16"  # asked for: honoured, but said
+    assert "not native" in choice.warning and "7.0x the fp32 time" in choice.warning
+
+
+def test_gpu_auto_is_bf16_and_int8_is_refused(monkeypatch):
+    gpu = hardware(device="cuda:0", name="GPU", isa="sm_90", native_bf16=True, int8=False)
+    monkeypatch.setattr(P, "detect_hardware", lambda device: gpu)
+    assert P.choose_precision("auto", "cuda", probe_shape=(1, 1, 1)).precision == "bf16"
+    with pytest.raises(ValueError, match="CPU only"):
+        P.choose_precision("int8", "cuda", probe_shape=(1, 1, 1))
+
+
+def test_probe_is_measured_once_and_cached(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        P, "probe_speeds", lambda shape, precisions: calls.append(precisions) or {"fp32": 1.0}
+    )
+    hw = hardware()
+    assert P.cached_probe(hw, (4, 8, 16), ["fp32"]) == {"fp32": 1.0}
+    assert P.cached_probe(hw, (4, 8, 16), ["fp32"]) == {"fp32": 1.0}
+    assert calls == [["fp32"]]
+    cached = json.loads((tmp_path / "cache" / "precision_probe.json").read_text())
+    assert list(cached.values()) == [{"fp32": 1.0}]
+
+
+def test_real_probe_times_every_precision_asked():
+    seconds = P.probe_speeds((16, 8, 32), ["fp32", "int8", "bf16"], repeats=1)
+    assert set(seconds) == {"fp32", "int8", "bf16"} and all(s > 0 for s in seconds.values())
+
+
+def test_pointwise_convolution_as_linear_is_the_same_layer():
+    conv = nn.Conv2d(6, 10, kernel_size=1)
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(P.PointwiseAsLinear(conv)(x), conv(x))
+
+
+def is_quantized(module):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return isinstance(module, DynamicQuantizedLinear)
+
+
+def test_int8_quantizes_every_backbone_mlp_layer(parity_predictor):
+    """The official tiny model's ConvNeXt (a conv_mlp one): both MLP layers of every block;
+    the pixel decoder's projections and feed-forward layers, not its sampling offsets."""
+    import copy
+
+    model = copy.deepcopy(parity_predictor.model)
+    trunk = model.backbone.clip.visual.trunk
+    blocks = sum(len(stage.blocks) for stage in trunk.stages)
+    probe_shape = P.mlp_probe_shape(model)
+    P.quantize_int8(model)
+    quantized = [m for m in trunk.stages.modules() if is_quantized(m)]
+    assert len(quantized) == 2 * blocks
+    for layer in model.pixel_decoder.transformer.encoder.layers:
+        modules = dict(layer.named_modules())
+        assert is_quantized(modules["linear1"]) and is_quantized(modules["self_attn.value_proj"])
+        assert type(modules["self_attn.sampling_offsets"]) is nn.Linear
+    assert probe_shape[1:] in {(m.in_features, m.out_features) for m in quantized}
+
+
+def test_int8_agrees_with_fp32_on_the_trained_tiny_model():
+    """The fast path's agreement goal (>= 99% semantic argmax, the same panoptic segment
+    counts) on the shipped synthetic_tiny's val scenes, whose MLPs are trained (not hidden
+    behind 1e-6 layer scales as in a random model)."""
+    result = fast_path_agreement("int8")
+    case = next(c for c in result["cases"] if c["name"] == "synthetic_tiny")
+    assert case["images"] == 3
+    assert case["semantic_agreement"] >= 0.99
+    assert case["segments_fast"] == case["segments_fp32"] and case["same_segment_counts"] == 3
+
+
+def test_matmul_peak_probe_reports_a_rate():
+    result = bench_matmul.peak_matmul_gflops("int8", sizes=(64, 128), repeats=1)
+    assert result["gflops"] > 0 and result["size"] in (64, 128)
+
+
+def test_bench_reports_stages_per_precision(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--config", "fcclip_tiny_test", "--short-side", "64", "--repeats", "1"]
+    args += ["--precisions", "fp32,int8", "--no-agreement", "--text", "coco", "--json", str(out)]
+    assert run_main(bench.main, args, capsys)[0] == 0
+    report = json.loads(out.read_text())
+    assert list(report["runs"]) == ["fp32", "int8"]
+    for run in report["runs"].values():
+        assert run["seconds_median"]["backbone"] > 0
+    assert report["backbone_gflop"] > 0 and report["matmul_peak"][0]["gflops"] > 0
+    text = report["text"]["coco"]
+    assert text["prompts"] > 133 and text["official_per_prompt_s"] > 0
