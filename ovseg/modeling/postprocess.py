@@ -19,10 +19,23 @@ def resize_to_original(
     return maps[0] if squeeze else maps
 
 
-def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """(Q, K+1), (Q, H, W) -> per-class scores (K, H, W)."""
-    probs = F.softmax(class_logits, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
+def semantic_inference(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, *, block: int = 8192
+) -> torch.Tensor:
+    """(Q, K+1), (Q, H, W) -> per-class scores (K, H, W): sum over queries of class
+    probability x mask probability (Mask2Former ``semantic_inference``).
+
+    Done ``block`` pixels at a time: each block's mask probabilities are made in cache and
+    multiplied at once, instead of a (Q, H, W) probability map in memory (the same sums).
+    """
+    probs = F.softmax(class_logits, dim=-1)[..., :-1].T.contiguous()  # (K, Q)
+    flat = mask_logits.reshape(mask_logits.shape[0], -1)
+    scores = flat.new_empty((probs.shape[0], flat.shape[1]))
+    for start in range(0, flat.shape[1], block):
+        torch.mm(
+            probs, flat[:, start : start + block].sigmoid(), out=scores[:, start : start + block]
+        )
+    return scores.view(probs.shape[0], *mask_logits.shape[-2:])
 
 
 def panoptic_queries(
