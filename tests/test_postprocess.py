@@ -316,9 +316,7 @@ def test_semantic_inference_in_pixel_blocks_is_the_einsum():
     generator = torch.Generator().manual_seed(2)
     class_logits = torch.randn(7, 5, generator=generator)
     mask_logits = torch.randn(7, 9, 13, generator=generator)
-    expected = torch.einsum(
-        "qc,qhw->chw", class_logits.softmax(-1)[:, :-1], mask_logits.sigmoid()
-    )
+    expected = torch.einsum("qc,qhw->chw", class_logits.softmax(-1)[:, :-1], mask_logits.sigmoid())
     for block in (1, 10, 117, 5000):
         actual = semantic_inference(class_logits, mask_logits, block=block)
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)

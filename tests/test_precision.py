@@ -126,11 +126,12 @@ def test_int8_quantizes_every_backbone_mlp_layer(parity_predictor):
     assert probe_shape[1:] in {(m.in_features, m.out_features) for m in quantized}
 
 
-def test_int8_agrees_with_fp32_on_the_trained_tiny_model():
+@pytest.mark.parametrize("fast", ["int8", "bf16"])
+def test_fast_paths_agree_with_fp32_on_the_trained_tiny_model(fast):
     """The fast path's agreement goal (>= 99% semantic argmax, the same panoptic segment
     counts) on the shipped synthetic_tiny's val scenes, whose MLPs are trained (not hidden
     behind 1e-6 layer scales as in a random model)."""
-    result = fast_path_agreement("int8")
+    result = fast_path_agreement(fast)
     case = next(c for c in result["cases"] if c["name"] == "synthetic_tiny")
     assert case["images"] == 3
     assert case["semantic_agreement"] >= 0.99
@@ -154,3 +155,22 @@ def test_bench_reports_stages_per_precision(tmp_path, capsys):
     assert report["backbone_gflop"] > 0 and report["matmul_peak"][0]["gflops"] > 0
     text = report["text"]["coco"]
     assert text["prompts"] > 133 and text["official_per_prompt_s"] > 0
+
+
+def test_predict_says_the_precision_it_runs(tmp_path, capsys):
+    from PIL import Image
+
+    from ovseg.apps.predict import main
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    args = [image, "--classes", "cat, sky", "--model", "fcclip_tiny_parity", "--short-side", "64"]
+    code, _, err = run_main(
+        main, [*args, "--precision", "int8", "--output", tmp_path / "o"], capsys
+    )
+    assert code == 0 and "precision int8 (asked for)" in err
+    record = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
+    assert record["settings"]["precision"] == "int8"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*args, "--precision", "int4"]])
+    assert exit_info.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
