@@ -9,6 +9,7 @@ import json
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -109,6 +110,32 @@ def _without_root_warnings(enabled: bool):
         logger.setLevel(level)
 
 
+class InPlaceGELU(nn.Module):
+    """GELU that overwrites its input when no gradient is being recorded (the frozen
+    trunk's inference): the same values as ``F.gelu``, without allocating (and page-faulting)
+    a second copy of the MLP's widest activation. With autograd recording it is plain GELU."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.gelu(x, approximate=self.approximate)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
+
+
+def _gelu_in_place(stages: nn.Module) -> None:
+    """Give every ConvNeXt block MLP in ``stages`` an :class:`InPlaceGELU` (GELU modules of
+    torch or timm, exact or tanh-approximated; other activations are left alone)."""
+    for module in stages.modules():
+        act = getattr(module, "act", None)
+        if isinstance(act, InPlaceGELU) or type(act).__name__ not in ("GELU", "GELUTanh"):
+            continue
+        default = "tanh" if type(act).__name__ == "GELUTanh" else "none"
+        module.act = InPlaceGELU(getattr(act, "approximate", default))
+
+
 class CLIPBackbone(nn.Module):
     """Frozen open_clip ConvNeXt CLIP. Always in eval mode, never trained.
 
@@ -136,6 +163,7 @@ class CLIPBackbone(nn.Module):
             parameter.requires_grad_(False)
         self.clip.eval()
         self._text_fingerprint: str | None = None
+        _gelu_in_place(trunk.stages)
 
     def train(self, mode: bool = True) -> CLIPBackbone:
         # The CLIP stays in eval mode whatever the rest of the model does.

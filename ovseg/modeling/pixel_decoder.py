@@ -20,7 +20,7 @@ class ConvNorm(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(super().forward(x))
-        return F.relu(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -44,7 +44,7 @@ class DeformableEncoderLayer(nn.Module):
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableTransformer(nn.Module):

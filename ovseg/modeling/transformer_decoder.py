@@ -127,7 +127,7 @@ class FFNLayer(nn.Module):
         _init_xavier(self)
 
     def forward(self, x):
-        return self.norm(x + self.linear2(F.relu(self.linear1(x))))
+        return self.norm(x + self.linear2(F.relu(self.linear1(x), inplace=True)))
 
 
 class TransformerDecoder(nn.Module):
