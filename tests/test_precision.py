@@ -69,6 +69,15 @@ def test_bf16_without_native_support_warns_with_its_measured_cost(fake_cpu):
     assert "not native" in choice.warning and "7.0x the fp32 time" in choice.warning
 
 
+def test_native_bf16_that_measures_slower_still_warns(fake_cpu):
+    """Flags can claim bf16 while the kernels do not use it (a limited oneDNN, a VM)."""
+    fake_cpu({"fp32": 1.0, "bf16": 4.0}, native_bf16=True)
+    choice = P.choose_precision("bf16", "cpu", probe_shape=(8, 4, 16))
+    assert "4.0x the fp32 time" in choice.warning
+    fake_cpu({"fp32": 1.0, "bf16": 0.5}, native_bf16=True)
+    assert P.choose_precision("bf16", "cpu", probe_shape=(8, 4, 16)).warning is None
+
+
 def test_gpu_auto_is_bf16_and_int8_is_refused(monkeypatch):
     gpu = hardware(device="cuda:0", name="GPU", isa="sm_90", native_bf16=True, int8=False)
     monkeypatch.setattr(P, "detect_hardware", lambda device: gpu)
