@@ -176,8 +176,10 @@ class PixelDecoder(nn.Module):
         refs = reference_points(spatial_shapes, batch, src.device)
         for layer in self.transformer.encoder.layers:
             src = layer(src, pos, refs, spatial_shapes)
+        # Channels-last views of the tokens (no copy), the layout of the backbone's maps: the
+        # top-down resize and the sum with the res2 lateral then run in one layout.
         maps = [
-            z.transpose(1, 2).reshape(batch, -1, h, w)
+            z.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
             for z, (h, w) in zip(
                 src.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes, strict=True
             )
