@@ -20,6 +20,7 @@ import contextlib
 import copy
 import functools
 import json
+import math
 import os
 import platform
 import time
@@ -240,14 +241,25 @@ def _quantize_linears(module: nn.Module) -> nn.Module:
 
 
 def probe_speeds(
-    shape: tuple[int, int, int], precisions: list[str], *, repeats: int = 3
+    shape: tuple[int, int, int],
+    precisions: list[str],
+    *,
+    repeats: int = 5,
+    min_seconds: float = 0.02,
 ) -> dict[str, float]:
-    """Seconds (best of ``repeats``) of one ConvNeXt MLP (linear, GELU, linear) of ``shape``
-    (tokens, channels, hidden) on the CPU in each precision, with random weights."""
+    """Seconds of one ConvNeXt MLP (linear, GELU, linear) of ``shape`` (tokens, channels,
+    hidden) on the CPU in each precision, with random weights: the best of ``repeats`` timed
+    loops, each at least ``min_seconds`` long in fp32 (small layers run many times a loop, so
+    that timer noise does not decide)."""
     tokens, channels, hidden = shape
     generator = torch.Generator().manual_seed(0)
     mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
     x = torch.randn(tokens, channels, generator=generator)
+    with torch.no_grad():
+        mlp(x)
+        start = time.perf_counter()
+        mlp(x)
+        calls = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
     seconds = {}
     for precision in precisions:
         net = _quantize_linears(copy.deepcopy(mlp)) if precision == "int8" else mlp
@@ -258,8 +270,9 @@ def probe_speeds(
             net(x)  # warm-up: first-call allocation and kernel selection
             for _ in range(repeats):
                 start = time.perf_counter()
-                net(x)
-                best = min(best, time.perf_counter() - start)
+                for _ in range(calls):
+                    net(x)
+                best = min(best, (time.perf_counter() - start) / calls)
         seconds[precision] = best
     return seconds
 
