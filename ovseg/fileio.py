@@ -2,7 +2,7 @@
 
 A file is written to a temporary name in its target directory, then renamed onto the target
 (``os.replace`` is atomic on POSIX and Windows within one file system), so an interrupted run,
-a full disk or a crash never leaves a half-written output behind.
+a full disk or a crash never leaves a half-written output behind. Also where caches live.
 """
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where ovseg keeps its caches (text embeddings, the precision probe): ``$OVSEG_CACHE``,
+    else ``~/.cache/ovseg``."""
+    return Path(os.environ.get("OVSEG_CACHE") or Path.home() / ".cache" / "ovseg")
 
 
 def temp_path_beside(path: str | Path) -> str:

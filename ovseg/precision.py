@@ -7,8 +7,9 @@ speed, and only pay where the hardware has them natively:
   GPUs and on CPUs with AMX or AVX512-BF16 (fp16: AVX512-FP16 / AMX-FP16); elsewhere a CPU
   emulates them and is several times *slower* than fp32. Asked for on a CPU, they are
   measured against fp32 (once, cached) and warn when not native or slower.
-- ``int8``: dynamic quantization of the frozen ConvNeXt's MLP linear layers (weights int8 per
-  output channel, activations int8 per call; ~80% of the backbone's work), CPU only.
+- ``int8``: dynamic quantization of the frozen ConvNeXt's MLP layers (~80% of the backbone's
+  work) and of the pixel decoder's projections and feed-forward layers (weights int8 per
+  output channel, activations int8 per call), CPU only.
 - ``auto`` (the front ends' default): on a GPU bf16 (fp16 where bf16 is not supported); on a
   CPU the fastest of fp32 and the fast paths the CPU has natively, measured once on the
   model's own dominant layer shape and cached, and fp32 unless a fast path is clearly faster.
@@ -21,7 +22,6 @@ import copy
 import functools
 import json
 import math
-import os
 import platform
 import time
 import warnings
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ovseg.fileio import cache_root, write_text_atomic
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,29 +61,29 @@ class Hardware:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, ARM ``Features``); empty
-    where there is no /proc/cpuinfo."""
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo; empty where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where unknown."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = _cpuinfo()
+    name = info.get("model name") or info.get("Model") or info.get("Hardware")
+    return name or platform.processor() or platform.machine()
 
 
 def _int8_engine() -> bool:
@@ -150,7 +152,7 @@ def mlp_probe_shape(model: nn.Module, short_side: int = 640) -> tuple[int, int, 
     best, best_work = (1, 1, 1), -1
     stride = 4
     for stage in trunk.stages:
-        shapes = [_linear_shape(m) for m in stage.modules() if _linear_shape(m)]
+        shapes = [shape for m in stage.modules() if (shape := _linear_shape(m))]
         if shapes:
             fc1 = max(shapes, key=lambda shape: shape[0] * shape[1])
             tokens = max(1, (short_side // stride) ** 2)
@@ -209,7 +211,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise RuntimeError("this torch build has no int8 engine: use --precision fp32 or bf16")
     trunk = model.backbone.clip.visual.trunk
     _replace_pointwise(trunk.stages)
-    trunk.stages = _quantize_linears(trunk.stages)
+    trunk.stages = quantize_linears(trunk.stages)
     for layer in model.pixel_decoder.transformer.encoder.layers:
         attention = layer.self_attn
         for owner, name in (
@@ -218,7 +220,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             (layer, "linear1"),
             (layer, "linear2"),
         ):
-            setattr(owner, name, _quantize_linears(nn.Sequential(getattr(owner, name)))[0])
+            setattr(owner, name, quantize_linears(nn.Sequential(getattr(owner, name)))[0])
     return model
 
 
@@ -230,9 +232,9 @@ def _replace_pointwise(module: nn.Module) -> None:
             _replace_pointwise(child)
 
 
-def _quantize_linears(module: nn.Module) -> nn.Module:
-    """Dynamically quantize every nn.Linear inside ``module``, in place (no second copy of
-    the weights); returns it."""
+def quantize_linears(module: nn.Module) -> nn.Module:
+    """Dynamically quantize every nn.Linear inside ``module`` to int8 (per-output-channel
+    weights), in place (no second copy of the weights); returns it."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # torch.ao's deprecation notes; the API works in 2.14
@@ -262,7 +264,7 @@ def probe_speeds(
         calls = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
     seconds = {}
     for precision in precisions:
-        net = _quantize_linears(copy.deepcopy(mlp)) if precision == "int8" else mlp
+        net = quantize_linears(copy.deepcopy(mlp)) if precision == "int8" else mlp
         dtype = AUTOCAST_DTYPES.get(precision)
         autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
         best = float("inf")
@@ -277,11 +279,6 @@ def probe_speeds(
     return seconds
 
 
-def _probe_cache_path() -> Path:
-    root = os.environ.get("OVSEG_CACHE") or Path.home() / ".cache" / "ovseg"
-    return Path(root) / "precision_probe.json"
-
-
 def cached_probe(
     hardware: Hardware, shape: tuple[int, int, int], precisions: list[str]
 ) -> dict[str, float]:
@@ -289,7 +286,7 @@ def cached_probe(
     ``$OVSEG_CACHE/precision_probe.json`` (an unwritable cache only costs the re-measure)."""
     key = f"{hardware.name}|{hardware.isa}|torch {torch.__version__}|{torch.get_num_threads()}t"
     key += f"|{'x'.join(map(str, shape))}"
-    path = _probe_cache_path()
+    path = cache_root() / "precision_probe.json"
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -300,9 +297,6 @@ def cached_probe(
         known.update(probe_speeds(shape, missing))
         cache[key] = known
         try:
-            from ovseg.fileio import write_text_atomic
-
-            path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, json.dumps(cache, indent=1))
         except OSError:
             pass
@@ -314,8 +308,9 @@ def choose_precision(
 ) -> PrecisionChoice:
     """Resolve ``requested`` (one of :data:`PRECISIONS`) on ``device``.
 
-    Raises ValueError for an unknown precision or int8 on a GPU. A bf16 / fp16 request on a
-    CPU without native support is honoured but carries a ``warning`` with its measured cost.
+    Raises ValueError for an unknown precision, int8 on a GPU, or int8 without an int8 engine.
+    A bf16 / fp16 request on a CPU is honoured, but carries a ``warning`` with its measured
+    cost where the CPU has no native support or it measures slower than fp32.
     """
     check_precision(requested)
     hardware = detect_hardware(device)

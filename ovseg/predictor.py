@@ -348,33 +348,24 @@ class OVSegPredictor:
             result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
             return result
 
-        def output_masks(index=None):
-            """Mask logits of the queries ``index`` (all when None) at the output size: up to
-            the padded input, cropped, resized (two bilinear steps, as the official code).
-            Resizing is per query, so resizing only the queries a task reads is exact."""
-            if all_masks is not None:
-                return all_masks if index is None else all_masks[index]
-            low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
-            masks = low.new_empty((low.shape[0], *out_hw))
-            # A few queries at a time: the padded-size maps (the largest tensors of
-            # post-processing) never exist for all queries at once.
-            for start in range(0, low.shape[0], RESIZE_CHUNK):
-                chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
-                masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
-                    chunk, features.resized_hw, out_hw
-                )
-            return masks
-
-        all_masks = None
+        all_masks = None  # every query at the output size: only semantic reads them all
         if "semantic" in tasks:
-            all_masks = output_masks()
+            all_masks = _output_masks(features, out_hw)
             result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
+
+        def masks_of(index):
+            return (
+                all_masks[index]
+                if all_masks is not None
+                else _output_masks(features, out_hw, index)
+            )
+
         is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
         if "panoptic" in tasks:
             keep = postprocess.panoptic_queries(class_logits, inf.object_mask_threshold)
             result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
                 class_logits[keep],
-                output_masks(keep),
+                masks_of(keep),
                 is_thing,
                 object_mask_threshold=inf.object_mask_threshold,
                 overlap_threshold=inf.overlap_threshold,
@@ -385,7 +376,7 @@ class OVSegPredictor:
             )
             unique, inverse = query.unique(return_inverse=True)
             result["instances"] = postprocess.instance_results(
-                scores, labels, output_masks(unique)[inverse]
+                scores, labels, masks_of(unique)[inverse]
             )
         return result
 
@@ -396,6 +387,21 @@ class OVSegPredictor:
     def _require_vocabulary(self) -> None:
         if self._classifier is None:
             raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
+
+
+def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:
+    """Mask logits of the queries ``index`` (all when None) at the output size ``out_hw``: up
+    to the padded input, cropped, resized (two bilinear steps, as the official code). Resizing
+    is per query, so resizing only the queries a task reads is exact; a few queries at a time,
+    so the padded-size maps (the largest tensors of post-processing) never exist for all."""
+    low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
+    masks = low.new_empty((low.shape[0], *out_hw))
+    for start in range(0, low.shape[0], RESIZE_CHUNK):
+        chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
+        masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
+            chunk, features.resized_hw, out_hw
+        )
+    return masks
 
 
 def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -134,6 +134,16 @@ def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized)
 
 
+def padded_size(height: int, width: int, size_divisibility: int = 32) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of ``size_divisibility`` (the network input)."""
+    if size_divisibility <= 1:
+        return height, width
+    return (
+        -(-height // size_divisibility) * size_divisibility,
+        -(-width // size_divisibility) * size_divisibility,
+    )
+
+
 def normalize_and_pad(
     images: list[np.ndarray],
     mean,
@@ -153,9 +163,7 @@ def normalize_and_pad(
         / std_t
         for im in images
     ]
-    height = max(t.shape[1] for t in tensors)
-    width = max(t.shape[2] for t in tensors)
-    if size_divisibility > 1:
-        height = -(-height // size_divisibility) * size_divisibility
-        width = -(-width // size_divisibility) * size_divisibility
+    height, width = padded_size(
+        max(t.shape[1] for t in tensors), max(t.shape[2] for t in tensors), size_divisibility
+    )
     return torch.stack([F.pad(t, (0, width - t.shape[2], 0, height - t.shape[1])) for t in tensors])

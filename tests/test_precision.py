@@ -183,3 +183,25 @@ def test_predict_says_the_precision_it_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in [*args, "--precision", "int4"]])
     assert exit_info.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "main, args, message",
+    [
+        (bench.main, ["--precisions", "fp32,fp64"], "unknown precision 'fp64'"),
+        (bench_matmul.main, ["--precisions", "int4"], "unknown precision 'int4'"),
+        (bench_matmul.main, ["--precisions", "auto"], "auto is not one"),
+    ],
+)
+def test_benchmarks_refuse_unknown_precisions(main, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_says_a_missing_image_in_one_line(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--config", "fcclip_tiny_test", "--image", tmp_path / "none.jpg", "--json", out]
+    code, _, err = run_main(bench.main, args, capsys)
+    assert code == 2 and err.startswith("error:") and "none.jpg" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -97,23 +97,17 @@ def format_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.apps.outputs import UsageError
     from ovseg.apps.predict import collect_images
     from ovseg.fileio import write_text_atomic
-    from ovseg.predictor import load_predictor
     from ovseg.preprocess import ImageError
     from ovseg.vocabulary import as_vocabulary
 
     try:
         vocabulary = as_vocabulary(args.vocab)
         images = collect_images([args.images])[: args.limit]
-        predictor = load_predictor(
-            args.model,
-            weights=args.weights,
-            config=args.config,
-            device=args.device,
-            precision=args.precision,
-        )
+        predictor = load_predictor_from_arguments(args)
         report = agreement(predictor, images, vocabulary, args.short_side)
     except (UsageError, ImageError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

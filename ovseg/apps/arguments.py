@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def boolean(text: str) -> bool:
@@ -13,6 +14,16 @@ def boolean(text: str) -> bool:
     if value in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write true or false")
+
+
+def precision_list(text: str) -> list[str]:
+    """Comma-separated precisions, each one of ovseg.precision.PRECISIONS; else refused."""
+    from ovseg.precision import check_precision
+
+    try:
+        return [check_precision(name.strip()) for name in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_model_arguments(
@@ -89,7 +100,29 @@ def dataset_from_arguments(args: argparse.Namespace):
     )
 
 
-def describe_precision(predictor) -> str:
-    """One line for stderr: the precision in use, why, and on what hardware."""
+def load_predictor_from_arguments(args, **kwargs):
+    """:func:`ovseg.predictor.load_predictor` with the model arguments of
+    :func:`add_model_arguments` (--model / --weights / --config / --device / --precision);
+    ``kwargs`` go to it too (``log``, ``max_output_pixels``)."""
+    from ovseg.predictor import load_predictor
+
+    return load_predictor(
+        args.model,
+        weights=args.weights,
+        config=args.config,
+        device=args.device,
+        precision=args.precision,
+        **kwargs,
+    )
+
+
+def say_precision(predictor) -> None:
+    """On stderr: the precision's warning if any, then one line with the precision in use,
+    why, and on what hardware."""
     choice = predictor.precision
-    return f"ovseg: precision {choice.precision} ({choice.reason}) on {choice.hardware.describe()}"
+    if choice.warning:
+        print(choice.warning, file=sys.stderr)
+    print(
+        f"ovseg: precision {choice.precision} ({choice.reason}) on {choice.hardware.describe()}",
+        file=sys.stderr,
+    )

@@ -17,6 +17,7 @@ import gc
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +84,8 @@ class StageClock:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from ovseg.apps.arguments import precision_list
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--config", default="fcclip_convnext_large_coco")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
@@ -92,6 +95,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--precisions",
+        type=precision_list,
         default="fp32,auto",
         help="comma-separated precisions to time, each against the first (default: fp32,auto)",
     )
@@ -202,7 +206,7 @@ def _backbone_gflop(predictor, height: int, width: int) -> float:
 def run(args) -> dict:
     from ovseg.config import load_config
     from ovseg.precision import detect_hardware
-    from ovseg.preprocess import load_image
+    from ovseg.preprocess import load_image, padded_size, shortest_edge_size
     from ovseg.vocabulary import as_vocabulary
 
     torch.set_num_threads(args.threads)
@@ -221,27 +225,24 @@ def run(args) -> dict:
         "vocab": args.vocab,
         "torch": torch.__version__,
         "image_size": list(image.shape[:2]),
+        "resized_size": list(
+            shortest_edge_size(*image.shape[:2], args.short_side, cfg.inference.max_size_test)
+        ),
         "runs": {},
     }
     vocab, switch_vocab = as_vocabulary(args.vocab), as_vocabulary(args.switch_vocab)
-    for requested in args.precisions.split(","):
+    for requested in args.precisions:
         predictor = _build(args, cfg, requested, text_cache)
         loaded_rss = peak_rss_mib()
         choice = predictor.precision
         label = requested if requested == choice.precision else f"{requested}={choice.precision}"
-        report["resized_size"] = list(
-            predictor.network_input_size(*image.shape[:2], args.short_side)
-        )
         if args.text and "text" not in report:
             report["text"] = {
                 name: _time_text_classifier(predictor, as_vocabulary(name))
                 for name in args.text.split(",")
             }
         if choice.precision == "fp32" and "backbone_gflop" not in report:
-            padded = [
-                -(-s // cfg.inference.size_divisibility) * cfg.inference.size_divisibility
-                for s in report["resized_size"]
-            ]
+            padded = padded_size(*report["resized_size"], cfg.inference.size_divisibility)
             report["backbone_gflop"] = _backbone_gflop(predictor, *padded)
         predictor.set_vocabulary(switch_vocab)  # text cached before any timing below
         runs = [
@@ -339,8 +340,15 @@ def format_agreement(agreement: dict) -> str:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    from ovseg.checkpoint import WeightsError
+    from ovseg.preprocess import ImageError
+
     args = build_parser(prog).parse_args(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError, ImageError, WeightsError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(format_table(report))
     if args.json:
         from ovseg.fileio import atomic_write

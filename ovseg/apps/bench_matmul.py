@@ -25,14 +25,15 @@ def peak_matmul_gflops(
     quantized nn.Linear, weights and activations int8, as ``--precision int8`` runs).
     Returns {"precision", "gflops", "size"} for the best size.
     """
-    from ovseg.precision import AUTOCAST_DTYPES, _quantize_linears
+    from ovseg.precision import AUTOCAST_DTYPES, quantize_linears
 
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = {"precision": precision, "gflops": 0.0, "size": None}
     generator = torch.Generator().manual_seed(0)
     for n in sizes:
         a = torch.randn(n, n, generator=generator).to(device)
         if precision == "int8":
-            layer = _quantize_linears(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False)))
+            layer = quantize_linears(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False)))
 
             def product(a=a, layer=layer):
                 return layer(a)
@@ -44,7 +45,6 @@ def peak_matmul_gflops(
             def product(a=a, b=b):
                 return a @ b
 
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         with torch.no_grad():
             product()
             sync()
@@ -61,10 +61,16 @@ def peak_matmul_gflops(
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    from ovseg.apps.arguments import precision_list
     from ovseg.precision import detect_hardware
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument(
+        "--precisions",
+        type=precision_list,
+        default="fp32,bf16,int8",
+        help="comma-separated: fp32, bf16, fp16, int8 (default: fp32,bf16,int8)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results here too")
@@ -73,8 +79,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     hardware = detect_hardware(args.device)
     print(f"{hardware.describe()}, torch {torch.__version__}, {args.threads} threads")
     results = []
-    for precision in args.precisions.split(","):
+    if "auto" in args.precisions:
+        parser.error("--precisions: name the precisions to measure (auto is not one)")
+    for precision in args.precisions:
         if precision == "int8" and (args.device != "cpu" or not hardware.int8):
+            print(f"{precision:<6}skipped: int8 kernels run on a CPU with an int8 engine only")
             continue
         result = peak_matmul_gflops(precision, device=args.device)
         results.append(result)

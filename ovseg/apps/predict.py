@@ -238,9 +238,8 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
 
 
 def run(args) -> int:
-    from ovseg.apps.arguments import describe_precision
+    from ovseg.apps.arguments import load_predictor_from_arguments, say_precision
     from ovseg.model_zoo import model_caveat
-    from ovseg.predictor import load_predictor
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
     _check_arguments(args)
@@ -265,18 +264,10 @@ def run(args) -> int:
         return 0
     created = check_writable(out_dir)
     try:
-        predictor = load_predictor(
-            args.model,
-            weights=args.weights,
-            config=args.config,
-            device=args.device,
-            log=print,
-            max_output_pixels=args.max_output_pixels,
-            precision=args.precision,
+        predictor = load_predictor_from_arguments(
+            args, log=print, max_output_pixels=args.max_output_pixels
         )
-        if predictor.precision.warning:
-            print(predictor.precision.warning, file=sys.stderr)
-        print(describe_precision(predictor), file=sys.stderr)
+        say_precision(predictor)
         predictor.set_vocabulary(vocabulary)
         kinds = describe_guessed_kinds(predictor.vocabulary)
         if kinds:

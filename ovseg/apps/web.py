@@ -305,19 +305,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     # Gradio's usage analytics stay off unless the user turns them on (read at import).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from ovseg.apps.arguments import describe_precision
-    from ovseg.predictor import load_predictor
+    from ovseg.apps.arguments import load_predictor_from_arguments, say_precision
 
     messages = []
     try:
-        predictor = load_predictor(
-            args.model,
-            weights=args.weights,
-            config=args.config,
-            device=args.device,
-            log=lambda m, **_: messages.append(m),
-            precision=args.precision,
-        )
+        predictor = load_predictor_from_arguments(args, log=lambda m, **_: messages.append(m))
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -331,9 +323,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         note += f" (the real model's weights were not found: put {real} on the server to use it)"
     for message in messages:
         print(message, file=sys.stderr)
-    if predictor.precision.warning:
-        print(predictor.precision.warning, file=sys.stderr)
-    print(describe_precision(predictor), file=sys.stderr)
+    say_precision(predictor)
     demo = Demo(predictor, model_note=note, max_frames=args.max_frames)
     # SIGTERM (a service manager, docker stop) ends the demo like Ctrl-C: downloads removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

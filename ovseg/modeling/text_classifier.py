@@ -4,7 +4,6 @@ and class logits that take the max over each class's synonyms."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ovseg.fileio import cache_root
 from ovseg.modeling.backbone import CLIPBackbone
 from ovseg.vocabulary import Vocabulary
 
@@ -99,8 +99,7 @@ def _load_cached(path: Path, rows: int) -> torch.Tensor | None:
 
 
 def default_text_cache_dir() -> Path:
-    root = os.environ.get("OVSEG_CACHE") or Path.home() / ".cache" / "ovseg"
-    return Path(root) / "text"
+    return cache_root() / "text"
 
 
 class TextEncoder:
