@@ -38,6 +38,8 @@ setup(
         "pycocotools",
         "scipy",
         "imageio-ffmpeg",
+        # SAM's prompt encoder / mask decoder (ovseg.sam): pure Python, Apache-2.0, no deps.
+        "segment-anything==1.0",
     ],
     extras_require={
         # setuptools >= 70.1 builds wheels without the separate 'wheel' package (install test)

@@ -115,8 +115,10 @@ def check_state_dict(
     *,
     allow_missing_clip: bool = False,
     source: str = "weights",
+    hint: str = "check that --config/--model matches the weights",
 ) -> None:
-    """Raise :class:`WeightsError` listing missing, unexpected and mis-shaped keys."""
+    """Raise :class:`WeightsError` listing missing, unexpected and mis-shaped keys, ending with
+    ``hint`` (what to do)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     if allow_missing_clip:
@@ -138,8 +140,7 @@ def check_state_dict(
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{len(keys)} {label}: {'; '.join(keys[:5])}{more}")
         raise WeightsError(
-            f"{source} do not fit this model architecture ({' | '.join(parts)}): check that "
-            "--config/--model matches the weights"
+            f"{source} do not fit this model architecture ({' | '.join(parts)}): {hint}"
         )
 
 

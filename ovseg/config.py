@@ -72,6 +72,22 @@ class InferenceConfig:
 
 
 @dataclass
+class PromptHeadConfig:
+    """SAM's prompt encoder + mask decoder on the frozen CLIP (ovseg.sam.prompt_head). Off in
+    the official model; the decoder defaults are SAM's own sizes."""
+
+    enabled: bool = False
+    in_features: tuple[str, ...] = ("res3", "res4", "res5")
+    # The image embedding's stride (SAM's: 16); masks come out at a quarter of it.
+    embedding_stride: int = 16
+    embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass
 class ModelConfig:
     name: str = "fcclip_convnext_large_coco"
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -79,6 +95,7 @@ class ModelConfig:
     transformer_decoder: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
     text: TextConfig = field(default_factory=TextConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    prompt_head: PromptHeadConfig = field(default_factory=PromptHeadConfig)
 
 
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

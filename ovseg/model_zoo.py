@@ -37,6 +37,7 @@ class ZooEntry:
     meaningful: bool = True  # False for random-weight test models
     # A toy model knows this vocabulary's world only (photos and other classes: nonsense).
     toy_vocabulary: str | None = None
+    weights_flag: str = "--weights"  # the command-line option that takes a weights file
 
 
 MODEL_ZOO = {
@@ -131,17 +132,19 @@ def weights_dir() -> Path:
     return Path(os.environ.get("OVSEG_WEIGHTS") or Path.home() / ".cache" / "ovseg" / "weights")
 
 
-def get_entry(name: str) -> ZooEntry:
-    """The zoo entry of ``name``; '-' and '_' are the same ('synthetic-tiny')."""
+def get_entry(name: str, *, zoo: dict[str, ZooEntry] | None = None) -> ZooEntry:
+    """The entry of ``name`` in ``zoo`` (default: the ovseg models, :data:`MODEL_ZOO`; SAM's
+    is ``ovseg.sam.zoo.SAM_ZOO``); '-' and '_' are the same ('synthetic-tiny')."""
+    zoo = MODEL_ZOO if zoo is None else zoo
     key = name.replace("-", "_")
-    if key not in MODEL_ZOO:
-        raise KeyError(f"unknown model '{name}': choose one of {', '.join(MODEL_ZOO)}")
-    return MODEL_ZOO[key]
+    if key not in zoo:
+        raise KeyError(f"unknown model '{name}': choose one of {', '.join(zoo)}")
+    return zoo[key]
 
 
-def local_weights(name: str) -> Path | None:
+def local_weights(name: str, *, zoo: dict[str, ZooEntry] | None = None) -> Path | None:
     """The weights file of a zoo model if it is on this machine, else None."""
-    entry = get_entry(name)
+    entry = get_entry(name, zoo=zoo)
     candidates = [weights_dir() / entry.filename]
     if entry.shipped_path:
         candidates.append(ASSETS_DIR / entry.shipped_path)
@@ -168,21 +171,21 @@ def browser_page(url: str) -> str:
     return url
 
 
-def manual_fetch_steps(name: str) -> str:
+def manual_fetch_steps(name: str, *, zoo: dict[str, ZooEntry] | None = None) -> str:
     """How to put a zoo model's weights in place by hand (the one wording used by
     :func:`missing_weights_message` and every :class:`DownloadError`)."""
-    entry = get_entry(name)
+    entry = get_entry(name, zoo=zoo)
     where = weights_dir() / entry.filename
     fetch = f"open {browser_page(entry.url)} in a browser, download " if entry.url else "download "
     return (
         f"{fetch}{entry.filename} and put it at {where} "
-        "(or set OVSEG_WEIGHTS to the folder that holds it, or pass --weights FILE)"
+        f"(or set OVSEG_WEIGHTS to the folder that holds it, or pass {entry.weights_flag} FILE)"
     )
 
 
-def missing_weights_message(name: str) -> str:
+def missing_weights_message(name: str, *, zoo: dict[str, ZooEntry] | None = None) -> str:
     """Why a zoo model cannot be loaded here and how to get its weights."""
-    return f"no weights for model '{name}': {manual_fetch_steps(name)}"
+    return f"no weights for model '{name}': {manual_fetch_steps(name, zoo=zoo)}"
 
 
 def sha256_of(path: Path) -> str:
@@ -281,7 +284,9 @@ def _received_problem(entry: ZooEntry, announced: int, received: int, sha256: st
     return None
 
 
-def download_weights(name: str, *, progress: bool = True) -> Path:
+def download_weights(
+    name: str, *, progress: bool = True, zoo: dict[str, ZooEntry] | None = None
+) -> Path:
     """Download a zoo model's official weights into the weights directory (atomic).
 
     Returns the weights file (the one already here, if any). Raises ``FileNotFoundError`` for a
@@ -290,19 +295,19 @@ def download_weights(name: str, *, progress: bool = True) -> Path:
     that does not begin like a torch or safetensors file, fewer bytes than its Content-Length
     (truncated), a size other than the recorded one, or a failed sha256.
     """
-    entry = get_entry(name)
-    existing = local_weights(name)
+    entry = get_entry(name, zoo=zoo)
+    existing = local_weights(name, zoo=zoo)
     if existing is not None:
         return existing
     if entry.url is None:
-        raise FileNotFoundError(missing_weights_message(name))
+        raise FileNotFoundError(missing_weights_message(name, zoo=zoo))
     target = weights_dir() / entry.filename
     source = _source_of(entry.url)
 
     def refuse(problem: str) -> DownloadError:
         return DownloadError(
             f"could not download the weights of model '{name}': {problem}; nothing was kept. "
-            f"To fetch the file by hand: {manual_fetch_steps(name)}"
+            f"To fetch the file by hand: {manual_fetch_steps(name, zoo=zoo)}"
         )
 
     def read(response, size: int) -> bytes:

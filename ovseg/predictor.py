@@ -30,7 +30,6 @@ from ovseg.config import ModelConfig, load_config
 from ovseg.modeling import postprocess
 from ovseg.modeling.fcclip import FCCLIP, build_model
 from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
-from ovseg.modeling.transformer_decoder import mask_pooling
 from ovseg.precision import choose_precision, mlp_probe_shape, quantize_int8
 from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
 from ovseg.vocabulary import (
@@ -72,6 +71,8 @@ class ImageFeatures:
     logits; clip_dense (1, C, Hp/32, Wp/32): the frozen CLIP's dense map, before its head.
     image_size (H, W): the input image; resized_hw: the network input before padding;
     padded_hw (Hp, Wp): the network input (a multiple of the size divisibility).
+    prompt_embedding (1, C, Hp/16, Wp/16): the prompt head's image embedding (None without
+    a prompt head).
     """
 
     pred_embeds: torch.Tensor
@@ -81,6 +82,7 @@ class ImageFeatures:
     image_size: tuple[int, int]
     resized_hw: tuple[int, int]
     padded_hw: tuple[int, int]
+    prompt_embedding: torch.Tensor | None = None
 
 
 class OVSegPredictor:
@@ -227,6 +229,8 @@ class OVSegPredictor:
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         with autocast:
             outputs = self.model.encode_image(pixels, aux_classes=False, aux_outputs=False)
+            head = self.model.prompt_head
+            prompt_embedding = None if head is None else head.embed_image(outputs["features"])
         self.image_encodes += 1
         features = ImageFeatures(
             pred_embeds=outputs["pred_embeds"].float(),
@@ -236,6 +240,7 @@ class OVSegPredictor:
             image_size=tuple(array.shape[:2]),
             resized_hw=resized_hw,
             padded_hw=tuple(pixels.shape[-2:]),
+            prompt_embedding=None if prompt_embedding is None else prompt_embedding.float(),
         )
         if self.feature_cache_size > 0:
             self._features[key] = features
@@ -251,23 +256,108 @@ class OVSegPredictor:
     def pool_masks(self, features: ImageFeatures, masks) -> torch.Tensor:
         """Frozen-CLIP embeddings of given masks, pooled the FC-CLIP way (mask pooling of the
         dense CLIP map, then the CLIP image head), as the out-of-vocabulary head sees a mask.
+        A mask too small to cover a cell of the stride-32 map once binarised is pooled with
+        soft area weights instead (:func:`ovseg.sam.labels.pool_mask_logits`).
 
         Args:
             masks: (N, H, W) bool array or tensor at ``features.image_size``.
         Returns:
             (N, D) float, L2-normalised (compare with text embeddings by dot product).
         """
+        from ovseg.sam.labels import pool_mask_logits
+
         masks = torch.as_tensor(np.asarray(masks), device=self.device)
         if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(features.image_size):
             raise ValueError(
                 f"masks must be (N, H, W) at the image size {tuple(features.image_size)}, got "
                 f"{tuple(masks.shape)}"
             )
+        if masks.shape[0] == 0:
+            return torch.zeros((0, self.model.backbone.embed_dim), device=self.device)
         resized = F.interpolate(masks[None].float(), size=features.resized_hw, mode="nearest")
-        logits = torch.full((1, len(masks), *features.padded_hw), -1.0, device=self.device)
-        logits[..., : features.resized_hw[0], : features.resized_hw[1]] = resized * 2 - 1
-        pooled = mask_pooling(features.clip_dense, logits)
-        return F.normalize(self.model.backbone.project_pooled(pooled)[0].float(), dim=-1)
+        logits = torch.full((len(masks), *features.padded_hw), -1.0, device=self.device)
+        logits[:, : features.resized_hw[0], : features.resized_hw[1]] = resized[0] * 2 - 1
+        pooled, _ = pool_mask_logits(features.clip_dense, logits)
+        return F.normalize(self.model.backbone.project_pooled(pooled[None])[0].float(), dim=-1)
+
+    def prompt_head_masks(self, features: ImageFeatures, prompts):
+        """The model's prompt head's masks for a :class:`ovseg.sam.prompts.Prompts`: a
+        :class:`ovseg.sam.masks.MaskSet` at the image size (one mask per prompt object)."""
+        from ovseg.sam.masks import MaskSet
+        from ovseg.sam.prompt_head import predict_prompt_masks
+
+        masks, scores = predict_prompt_masks(self.model.prompt_head, features, prompts)
+        return MaskSet(masks, scores, [p.describe() for p in prompts.objects()])
+
+    @torch.no_grad()
+    def segment_masks(
+        self,
+        image,
+        masks,
+        *,
+        mask_scores=None,
+        vocabulary: VocabularyLike | None = None,
+        tasks: tuple[str, ...] | str = TASKS,
+    ) -> dict:
+        """Label any masks (SAM's, a user's) with the vocabulary, the way the
+        out-of-vocabulary branch labels a query mask, and build panoptic / semantic /
+        instance outputs from them (see :func:`ovseg.sam.segment.segment_masks`).
+
+        Args:
+            image: a path, PIL image or (H, W[, C]) array.
+            masks: (N, H, W) bool at the image size; mask_scores: (N,) in [0, 1] (default 1).
+        """
+        from ovseg.sam.segment import segment_masks
+
+        tasks = _check_tasks(tasks)
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self._require_vocabulary()
+        return segment_masks(self, image, masks, mask_scores=mask_scores, tasks=tasks)
+
+    @torch.no_grad()
+    def segment_prompts(
+        self,
+        image,
+        *,
+        points=None,
+        point_labels=None,
+        boxes=None,
+        prompts=None,
+        vocabulary: VocabularyLike | None = None,
+        sam=None,
+    ) -> dict:
+        """Masks for clicks and boxes, each with its open-vocabulary classes.
+
+        Args:
+            image: a path, PIL image or (H, W[, C]) array.
+            points: (P, 2) x, y pixels (x the column); point_labels: (P,) 1 positive / 0
+                negative (default all positive); boxes: (B, 4) x0, y0, x1, y1 pixels. Each
+                box is one object; the points are one more, or refine the box when there is
+                exactly one (:mod:`ovseg.sam.prompts`).
+            prompts: an :class:`ovseg.sam.prompts.Prompts` instead of the three above.
+            sam: a :class:`ovseg.sam.masks.SamMasks` to draw masks with; None uses the
+                model's prompt head (the same image pass as :meth:`encode`).
+        Returns:
+            see :func:`ovseg.sam.segment.segment_prompts`: ``instances`` in prompt order and
+            ``prompts`` [{"prompt", "mask_score", "top_classes"}].
+        Raises :class:`ovseg.sam.prompts.PromptError` for bad prompts; ValueError with no
+        vocabulary or no mask source.
+        """
+        from ovseg.sam.segment import segment_prompts
+
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self._require_vocabulary()
+        return segment_prompts(
+            self,
+            image,
+            points=points,
+            point_labels=point_labels,
+            boxes=boxes,
+            prompts=prompts,
+            sam=sam,
+        )
 
     # ---------------------------------------------------------------- prediction
     def output_size(self, height: int, width: int) -> tuple[int, int]:

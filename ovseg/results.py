@@ -30,11 +30,15 @@ def mask_to_rle(mask: np.ndarray) -> dict:
 def _semantic_segments(result: dict, score_threshold: float) -> tuple[np.ndarray, list[dict]]:
     vocab = result["vocabulary"]
     scores = result["sem_seg"]
-    label_np = scores.argmax(0).cpu().numpy()
+    dtype = np.uint8 if len(vocab) < 255 else np.uint16
+    label_np = scores.argmax(0).cpu().numpy().astype(dtype)
+    # A pixel no mask scores (masks given from outside, e.g. SAM's) is void, not class 0.
+    covered = (scores.sum(0) > 0).cpu().numpy()
+    label_np[~covered] = np.iinfo(dtype).max
     # The per-pixel class distribution: each class's share of the pixel's scores (0..1).
     best = (scores.max(0).values / scores.sum(0).clamp(min=1e-12)).cpu()
     segments = []
-    for class_id in np.unique(label_np).tolist():
+    for class_id in np.unique(label_np[covered]).tolist():
         mask = label_np == class_id
         segments.append(
             {
@@ -46,8 +50,7 @@ def _semantic_segments(result: dict, score_threshold: float) -> tuple[np.ndarray
                 "mask": mask,
             }
         )
-    dtype = np.uint8 if len(vocab) < 255 else np.uint16
-    return label_np.astype(dtype), segments
+    return label_np, segments
 
 
 def _panoptic_segments(result: dict, score_threshold: float) -> tuple[np.ndarray, list[dict]]:
@@ -101,6 +104,7 @@ _SEGMENTS_OF_TASK = {
     "semantic": _semantic_segments,
     "panoptic": _panoptic_segments,
     "instance": _instance_segments,
+    "prompts": _instance_segments,  # one instance per prompted object, in prompt order
 }
 
 
@@ -110,9 +114,11 @@ def describe(
     """Turn a predictor result into (label map, segments) for one task.
 
     Label maps: ``semantic`` class index per pixel (uint8, or uint16 above 254 classes; the
-    value 255 / 65535 is never a class); ``panoptic`` segment ids (int32, 0 = none, saved as
-    COCO panoptic RGB); ``instance`` 1-based instance index of the instances scoring at least
-    ``score_threshold`` (0 = none, higher score on top).
+    value 255 / 65535 is never a class: it marks pixels no mask scored); ``panoptic``
+    segment ids (int32, 0 = none, saved as COCO panoptic RGB); ``instance`` 1-based instance
+    index of the instances scoring at least ``score_threshold`` (0 = none, higher score on
+    top); ``prompts`` the same for prompted masks (:meth:`OVSegPredictor.segment_prompts`;
+    index = the prompt object's, 1-based).
     Segments: id, class, class_id, isthing, score, area (pixels), box [x0, y0, x1, y1]
     (exclusive end), mask ((H, W) bool); instances also ``shown`` (score >= threshold).
     Scores are in [0, 1]: panoptic, the query's class probability; instance, class probability

@@ -39,7 +39,13 @@ def _font(size: int):
 
 
 def overlay(
-    image: np.ndarray, segments: list[dict], *, alpha: float = 0.55, note: str | None = None
+    image: np.ndarray,
+    segments: list[dict],
+    *,
+    alpha: float = 0.55,
+    note: str | None = None,
+    prompts=None,
+    prompt_scale: float = 1.0,
 ) -> Image.Image:
     """Blend each segment's colour over the image, outline it, and add a legend panel.
 
@@ -49,6 +55,8 @@ def overlay(
             optional ``box`` [x0, y0, x1, y1] drawn as a rectangle with an optional
             ``box_label`` written on it; drawn in list order.
         note: a line under the legend (the model that made the result).
+        prompts: an :class:`ovseg.sam.prompts.Prompts` to mark on top (positive points green,
+            negative red, boxes yellow), its coordinates times ``prompt_scale``.
     """
     canvas = image.astype(np.float32).copy()
     for segment in segments:
@@ -70,7 +78,23 @@ def overlay(
             draw.rectangle(list(segment["box"]), outline=colour, width=2)
             if segment.get("box_label"):
                 _box_label(draw, segment["box"], segment["box_label"], colour, font)
+    if prompts is not None:
+        _draw_prompts(draw, prompts, prompt_scale, radius=max(4, min(picture.size) // 60))
     return _with_legend(picture, segments, note)
+
+
+def _draw_prompts(draw: ImageDraw.ImageDraw, prompts, scale: float, radius: int) -> None:
+    """Boxes as yellow rectangles, points as green (positive) / red (negative) dots."""
+    for box in prompts.boxes * scale:
+        draw.rectangle([float(v) for v in box], outline=(255, 220, 0), width=2)
+    for (x, y), label in zip(prompts.points * scale, prompts.point_labels, strict=True):
+        colour = (40, 200, 60) if label == 1 else (230, 40, 40)
+        draw.ellipse(
+            [x - radius, y - radius, x + radius, y + radius],
+            fill=colour,
+            outline=(255, 255, 255),
+            width=2,
+        )
 
 
 def _box_label(draw: ImageDraw.ImageDraw, box, text: str, colour: tuple, font) -> None:
@@ -123,24 +147,33 @@ def _with_legend(picture: Image.Image, segments: list[dict], note: str | None) -
 
 
 def draw_result(
-    image: np.ndarray, segments: list[dict], task: str, *, note: str | None = None
+    image: np.ndarray,
+    segments: list[dict],
+    task: str,
+    *,
+    note: str | None = None,
+    prompts=None,
+    prompt_scale: float = 1.0,
 ) -> Image.Image:
     """Overlay of :func:`ovseg.results.describe`'s segments on an image already at the output
     size, coloured by class (so the legend holds); instances are told apart by their outlines
     and their boxes, labelled with class and score. Segments marked ``shown: False`` (below
-    the score threshold) are not drawn. ``note`` goes under the legend (the model)."""
+    the score threshold) are not drawn. ``note`` goes under the legend (the model).
+    ``task="prompts"``: prompted masks, drawn like instances, with ``prompts`` marked on top
+    (see :func:`overlay`)."""
     segments = [s for s in segments if s.get("shown", True)]
+    boxed = task in ("instance", "prompts")
     colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
     drawable = [
         {
             "mask": s["mask"],
             "label": s["class"],
             "color": colours[s["class_id"]],
-            "box": s["box"] if task == "instance" else None,
-            "box_label": f"{s['class']} {s['score']:.2f}" if task == "instance" else None,
+            "box": s["box"] if boxed else None,
+            "box_label": f"{s['class']} {s['score']:.2f}" if boxed else None,
         }
         for s in segments
     ]
     if task == "instance":
         drawable = drawable[::-1]  # best on top
-    return overlay(image, drawable, note=note)
+    return overlay(image, drawable, note=note, prompts=prompts, prompt_scale=prompt_scale)

@@ -42,6 +42,8 @@ SCRIPTS = {
     "tools/bench_pq.py": "bench-pq",
     "tools/bench_demo.py": "bench-demo",
     "tools/bench_matmul.py": "bench-matmul",
+    "tools/train_prompt_head.py": "train-prompt-head",
+    "tools/bench_prompts.py": "bench-prompts",
     "tools/synthetic_world.py": "synthetic-world",
     "tools/task_agreement.py": "agreement",
 }

@@ -148,18 +148,25 @@ def test_encode_then_segment_is_predict(parity_predictor):
 
 
 def test_pool_masks_embeds_given_masks_like_the_out_of_vocabulary_head(parity_predictor):
-    """Pooling a query's own binarised mask gives that query's frozen-CLIP embedding."""
+    """A mask is pooled as the out-of-vocabulary head pools a query's mask: mask pooling of
+    the dense CLIP map (binarised at its size), then the CLIP image head (tiny masks: see
+    test_sam's soft pooling)."""
+    from ovseg.modeling.transformer_decoder import mask_pooling
+
     predictor = parity_predictor
-    image = np.random.default_rng(6).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    features = predictor.encode(image, short_side=64)
-    query_masks = features.pred_masks[0] > 0  # (Q, 16, 16) at stride 4 of a 64x64 input
-    masks = query_masks.repeat_interleave(4, 1).repeat_interleave(4, 2)  # at the image size
-    keep = masks.flatten(1).any(1)
-    pooled = predictor.pool_masks(features, masks[keep].numpy())
-    assert pooled.shape == (int(keep.sum()), features.clip_embeds.shape[-1])
-    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(len(pooled)))
-    expected = torch.nn.functional.normalize(features.clip_embeds[0][keep], dim=-1)
-    assert (pooled * expected).sum(-1).min() > 0.99
+    image = np.random.default_rng(6).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    features = predictor.encode(image, short_side=128)
+    masks = torch.zeros(3, 128, 128, dtype=torch.bool)
+    masks[0, :64, :64] = True
+    masks[1, 32:, :] = True
+    masks[2] = True
+    pooled = predictor.pool_masks(features, masks.numpy())
+    assert pooled.shape == (3, features.clip_embeds.shape[-1])
+    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(3))
+    logits = masks[None].float() * 2 - 1  # the image is the whole padded input here
+    expected = predictor.model.backbone.project_pooled(mask_pooling(features.clip_dense, logits))
+    expected = torch.nn.functional.normalize(expected[0], dim=-1)
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="at the image size"):
         predictor.pool_masks(features, np.zeros((2, 10, 10), bool))
 

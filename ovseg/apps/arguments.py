@@ -58,6 +58,91 @@ def add_model_arguments(
     )
 
 
+def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
+    """--masks / --sam-model / --sam-weights / --points / --boxes."""
+    from ovseg.sam.prompts import MAX_BOXES, MAX_POINTS
+    from ovseg.sam.zoo import DEFAULT_SAM, SAM_ARCHITECTURES
+
+    group = parser.add_argument_group("masks from SAM, and prompts")
+    group.add_argument(
+        "--masks",
+        choices=("model", "sam"),
+        default="model",
+        help="where masks come from: the model's own mask generator, or Segment Anything "
+        "(automatic masks, or the --points / --boxes prompts), each labelled by the model's "
+        "frozen CLIP (default: model)",
+    )
+    group.add_argument(
+        "--sam-model",
+        default=DEFAULT_SAM,
+        choices=tuple(SAM_ARCHITECTURES),
+        help="SAM architecture (default: %(default)s; 'tiny' is a random-weight test model)",
+    )
+    group.add_argument(
+        "--sam-weights",
+        help="SAM checkpoint file (default: the official file of --sam-model in $OVSEG_WEIGHTS)",
+    )
+    group.add_argument(
+        "--sam-points-per-side",
+        type=int,
+        default=32,
+        help="automatic masks: prompt grid points per image side (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sam-min-iou",
+        type=float,
+        default=0.88,
+        help="automatic masks: keep masks whose predicted IoU is at least this (0..1; "
+        "default: %(default)s, SAM's)",
+    )
+    group.add_argument(
+        "--sam-min-stability",
+        type=float,
+        default=0.95,
+        help="automatic masks: keep masks at least this stable (0..1; default: %(default)s)",
+    )
+    group.add_argument(
+        "--points",
+        help='clicks "x,y[,1|0]; ..." in image pixels (x the column; 1 positive, the default, '
+        f"0 negative; at most {MAX_POINTS}): together they prompt one object",
+    )
+    group.add_argument(
+        "--boxes",
+        help=f'boxes "x0,y0,x1,y1; ..." in image pixels (at most {MAX_BOXES}), one object each; '
+        "with exactly one box, --points refine it",
+    )
+
+
+def load_sam_from_arguments(args, device):
+    """The :class:`ovseg.sam.masks.SamMasks` of --sam-model / --sam-weights, or None when
+    --masks is not sam. FileNotFoundError / WeightsError as :func:`ovseg.sam.zoo.load_sam`."""
+    if args.masks != "sam":
+        return None
+    from ovseg.sam.masks import SamMasks
+    from ovseg.sam.zoo import load_sam
+
+    sam = load_sam(args.sam_model, weights=args.sam_weights, device=device)
+    return SamMasks(
+        sam,
+        name=args.sam_weights or f"sam_{args.sam_model}",
+        points_per_side=args.sam_points_per_side,
+        pred_iou_thresh=args.sam_min_iou,
+        stability_score_thresh=args.sam_min_stability,
+    )
+
+
+def check_sam_arguments(args) -> None:
+    """Refuse bad SAM options before anything is loaded (ValueError saying which)."""
+    if args.sam_points_per_side < 1:
+        raise ValueError("--sam-points-per-side must be at least 1")
+    for option, value in (
+        ("--sam-min-iou", args.sam_min_iou),
+        ("--sam-min-stability", args.sam_min_stability),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{option} {value} is not in 0..1")
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, semantic: bool = False) -> None:
     """A built-in dataset (--dataset) or the paths of one."""
     group = parser.add_argument_group("data (a built-in dataset, or the paths of one)")

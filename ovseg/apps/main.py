@@ -17,6 +17,14 @@ COMMANDS = {
     "predict": ("predict", "segment images or videos for classes you name (demo/predict.py)"),
     "app": ("web", "the Gradio web demo (demo/app.py)"),
     "train": ("train", "train on a COCO-panoptic format dataset (tools/train.py)"),
+    "train-prompt-head": (
+        "train_prompt_head",
+        "train a prompt head (SAM's decoder on the frozen CLIP) (tools/train_prompt_head.py)",
+    ),
+    "bench-prompts": (
+        "bench_prompts",
+        "prompted-mask IoU, labels and cost in the synthetic world (tools/bench_prompts.py)",
+    ),
     "eval": ("eval", "PQ / mIoU / AP of a model on a dataset (tools/eval.py)"),
     "bench": ("bench", "per-stage inference latency and memory (tools/benchmark.py)"),
     "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),

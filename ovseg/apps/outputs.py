@@ -76,11 +76,24 @@ def run_settings(args, model: str, vocabulary, image: Path) -> dict:
         "max_output_pixels": args.max_output_pixels,
         "score_threshold": args.score_threshold if args.task == "instance" else None,
         "max_frames": args.max_frames if image.suffix.lower() in VIDEO_SUFFIXES else None,
+        "masks": _mask_settings(args),
         "source": {
             "path": str(image.resolve()),
             "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
         },
+    }
+
+
+def _mask_settings(args) -> dict:
+    """Where masks came from and the prompts, as recorded in ``settings``."""
+    masks = getattr(args, "masks", "model")
+    return {
+        "source": masks,
+        "sam_model": args.sam_model if masks == "sam" else None,
+        "sam_weights": args.sam_weights if masks == "sam" else None,
+        "points": getattr(args, "points", None),
+        "boxes": getattr(args, "boxes", None),
     }
 
 

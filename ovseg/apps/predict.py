@@ -26,7 +26,7 @@ MIN_OUTPUT_PIXELS = 64 * 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.apps.arguments import add_model_arguments, add_sam_arguments
     from ovseg.vocabulary import SHIPPED_VOCABULARIES
 
     parser = argparse.ArgumentParser(
@@ -35,7 +35,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "instance segmentation. Writes NAME_overlay.png, NAME_labels.png and NAME.json per "
         "image into --output.",
         epilog='Example: ovseg predict photo.jpg --classes "zebra, traffic cone/pylon, sky" '
-        "--task panoptic --output out/",
+        "--task panoptic --output out/. Prompts: ovseg predict photo.jpg --vocab ade150 "
+        '--points "320,240" --boxes "10,20,200,300" (masks from the model\'s prompt head, or '
+        "from SAM with --masks sam) give one mask per object with its classes.",
     )
     parser.add_argument("inputs", nargs="*", help="image or video files and/or directories of them")
     parser.add_argument(
@@ -86,6 +88,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="redo inputs whose outputs exist and were made with the same settings",
     )
+    add_sam_arguments(parser)
     return parser
 
 
@@ -118,22 +121,38 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
     from ovseg.visualize import draw_result
 
     image = load_image(image_path)
-    result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
-    label_map, segments = describe(result, args.task, score_threshold=args.score_threshold)
+    task = "prompts" if args.prompts is not None else args.task
+    if args.prompts is not None:
+        result = predictor.segment_prompts(image, prompts=args.prompts, sam=args.sam_masks)
+    elif args.sam_masks is not None:
+        from ovseg.sam.segment import segment_automatic
+
+        result = segment_automatic(predictor, image, args.sam_masks, tasks=(args.task,))
+    else:
+        result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
+    label_map, segments = describe(result, task, score_threshold=args.score_threshold)
+    if task == "prompts":
+        for segment in segments:
+            segment["shown"] = True  # every prompt's mask is drawn, whatever its score
+    source = "" if args.masks == "model" else f", masks: {args.sam_masks.name}"
     overlay = draw_result(
         resize_image(image, result["output_size"]),
         segments,
-        args.task,
-        note=f"model: {model_tag(settings['model'])}",
+        task,
+        note=f"model: {model_tag(settings['model'])}{source}",
+        prompts=args.prompts,
+        prompt_scale=result["output_size"][0] / result["image_size"][0],
     )
-    record = image_record(
-        result, segments, task=args.task, model=settings["model"], image=image_path
-    )
+    record = image_record(result, segments, task=task, model=settings["model"], image=image_path)
+    if task == "prompts":
+        record["prompts"] = result["prompts"]
+    if args.sam_masks is not None:
+        record["masks_from"] = args.sam_masks.name
     record["settings"] = settings
     caveat = model_caveat(settings["model"], result["vocabulary"].classes)
     if caveat:
         record["model_caveat"] = caveat
-    write_image_outputs(paths, overlay, label_map_image(np.asarray(label_map), args.task), record)
+    write_image_outputs(paths, overlay, label_map_image(np.asarray(label_map), task), record)
     return record
 
 
@@ -179,6 +198,7 @@ def check_input(path: Path, max_frames: int) -> dict | None:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    args.prompts = args.sam_masks = None
     try:
         return run(args)
     except (UsageError, ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
@@ -205,6 +225,16 @@ def _check_arguments(args) -> None:
         resolve_device(args.device)
     if not args.inputs and not args.examples:
         raise UsageError("name an image, video or directory to segment (or --examples)")
+    if args.points or args.boxes:
+        from ovseg.sam.prompts import parse_prompts
+
+        args.prompts = parse_prompts(args.points, args.boxes)  # image bounds: per image
+    if args.masks == "sam":
+        from ovseg.apps.arguments import check_sam_arguments
+        from ovseg.sam.zoo import sam_weights
+
+        check_sam_arguments(args)
+        sam_weights(args.sam_model, args.sam_weights)  # missing weights: say where, now
 
 
 def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
@@ -212,6 +242,7 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
     skipped count)."""
     from ovseg.predictor import model_label
     from ovseg.preprocess import ImageError
+    from ovseg.sam.prompts import PromptError
     from ovseg.video import VideoError
 
     images = collect_images(args.inputs)
@@ -230,15 +261,40 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
             continue
         try:
             info = check_input(image, args.max_frames)
-        except (ImageError, VideoError) as error:
+            _check_prompts_fit(image, info, args)
+        except (ImageError, VideoError, PromptError) as error:
             bad.append((image, error))
             continue
         todo.append((image, paths, settings, info))
     return todo, bad, skipped
 
 
+def _check_prompts_fit(path: Path, video_info, args) -> None:
+    """Prompts and SAM masks are for images; prompts must lie inside the image
+    (PromptError saying which)."""
+    from ovseg.preprocess import probe_image
+    from ovseg.sam.prompts import PromptError, make_prompts
+
+    if video_info is not None and (args.prompts is not None or args.masks == "sam"):
+        raise PromptError(f"{path}: --points, --boxes and --masks sam work on images, not videos")
+    if args.prompts is not None:
+        try:
+            make_prompts(
+                args.prompts.points,
+                args.prompts.point_labels,
+                args.prompts.boxes,
+                image_size=probe_image(path),
+            )
+        except PromptError as error:
+            raise PromptError(f"{path}: {error}") from None
+
+
 def run(args) -> int:
-    from ovseg.apps.arguments import load_predictor_from_arguments, say_precision
+    from ovseg.apps.arguments import (
+        load_predictor_from_arguments,
+        load_sam_from_arguments,
+        say_precision,
+    )
     from ovseg.model_zoo import model_caveat
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
@@ -268,6 +324,13 @@ def run(args) -> int:
             args, log=print, max_output_pixels=args.max_output_pixels
         )
         say_precision(predictor)
+        args.sam_masks = load_sam_from_arguments(args, predictor.device)
+        if args.prompts is not None and args.sam_masks is None:
+            if predictor.model.prompt_head is None:
+                raise UsageError(
+                    f"model {predictor.model_name} has no prompt head for --points / --boxes: "
+                    "add --masks sam (with SAM weights), or use a model with one (synthetic_tiny)"
+                )
         predictor.set_vocabulary(vocabulary)
         kinds = describe_guessed_kinds(predictor.vocabulary)
         if kinds:

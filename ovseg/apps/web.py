@@ -2,8 +2,11 @@
 
 Image tab: upload or pick an example, name classes or pick a preset vocabulary, choose the
 task; see the overlay with its legend, a table of segments, and download the label PNG and the
-JSON. Changing only the classes reuses the image features (the predictor's cache). Video tab:
-per-frame segmentation with tracked instance ids, an overlay MP4 and per-frame JSON.
+JSON. Changing only the classes reuses the image features (the predictor's cache). Prompts
+tab: click positive / negative points and box corners on the image; each prompt object's mask
+comes back with its top classes (masks from the model's prompt head, or from SAM when the demo
+was started with SAM weights). Video tab: per-frame segmentation with tracked instance ids, an
+overlay MP4 and per-frame JSON.
 """
 
 from __future__ import annotations
@@ -41,11 +44,43 @@ class DemoError(ValueError):
     """Shown in the page as a message."""
 
 
-class Demo:
-    """State of a running demo: one predictor, a temp directory for downloads."""
+CLICK_MODES = ("positive point", "negative point", "box corner")
 
-    def __init__(self, predictor, *, model_note: str, max_frames: int = 150) -> None:
+
+def empty_prompts() -> dict:
+    """The prompt tab's state: points [[x, y]], labels [1 | 0], boxes [[x0, y0, x1, y1]] and
+    the first corner of a box being drawn (or None)."""
+    return {"points": [], "labels": [], "boxes": [], "corner": None}
+
+
+def add_click(state: dict, mode: str, x: float, y: float) -> dict:
+    """A click at image pixel (x, y) in ``mode`` (one of CLICK_MODES) added to a copy of the
+    state: a point, or a box corner (the second corner closes the box)."""
+    state = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+    if mode == "box corner":
+        if state["corner"] is None:
+            state["corner"] = [x, y]
+        else:
+            (x0, y0), (x1, y1) = state["corner"], (x, y)
+            state["boxes"].append([min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1])
+            state["corner"] = None
+    elif mode in CLICK_MODES:
+        state["points"].append([x, y])
+        state["labels"].append(1 if mode == "positive point" else 0)
+    else:
+        raise DemoError(f"unknown click mode '{mode}': choose one of {', '.join(CLICK_MODES)}")
+    return state
+
+
+class Demo:
+    """State of a running demo: one predictor (and optionally a SAM for prompts), a temp
+    directory for downloads."""
+
+    def __init__(
+        self, predictor, *, model_note: str, max_frames: int = 150, sam_masks=None
+    ) -> None:
         self.predictor = predictor
+        self.sam_masks = sam_masks
         self.model_note = model_note
         self.max_frames = max_frames
         self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-demo-"))
@@ -121,6 +156,72 @@ class Demo:
             + (f"\n\n**Caution:** {caveat}." if caveat else "")
         )
         return overlay, rows, str(label_path), str(json_path), status
+
+    def prompt_source(self) -> str | None:
+        """What draws prompted masks here ("SAM ..." / "the model's prompt head"), or None."""
+        if self.sam_masks is not None:
+            return f"SAM ({self.sam_masks.name})"
+        if self.predictor.model.prompt_head is not None:
+            return "the model's prompt head"
+        return None
+
+    def segment_prompts(self, image, state: dict, classes: str, preset: str):
+        """-> overlay (prompts and masks drawn), table rows [prompt, mask score, top classes],
+        status text. An image with no prompts yet is shown as it is."""
+        from ovseg.model_zoo import model_tag
+        from ovseg.preprocess import as_rgb_array, resize_image
+        from ovseg.results import describe
+        from ovseg.sam.prompts import make_prompts
+        from ovseg.visualize import draw_result
+
+        if image is None:
+            raise DemoError("upload an image first (or pick an example)")
+        source = self.prompt_source()
+        if source is None:
+            raise DemoError(
+                f"model {self.predictor.model_name} has no prompt head: start the demo with "
+                "--sam-weights FILE (a SAM checkpoint) to click on objects"
+            )
+        array = as_rgb_array(image)
+        if not state["points"] and not state["boxes"]:
+            hint = "click the box's second corner" if state["corner"] else "click the image"
+            return array, [], f"No prompt yet: {hint}."
+        prompts = make_prompts(
+            state["points"] or None,
+            state["labels"] or None,
+            state["boxes"] or None,
+            image_size=array.shape[:2],
+        )
+        self.predictor.set_vocabulary(self.vocabulary(classes, preset))
+        start = time.perf_counter()
+        encodes = self.predictor.image_encodes
+        result = self.predictor.segment_prompts(array, prompts=prompts, sam=self.sam_masks)
+        seconds = time.perf_counter() - start
+        _, segments = describe(result, "prompts")
+        for segment in segments:
+            segment["shown"] = True
+        overlay = draw_result(
+            resize_image(array, result["output_size"]),
+            segments,
+            "prompts",
+            note=f"model: {model_tag(self.predictor.model_name)}",
+            prompts=prompts,
+            prompt_scale=result["output_size"][0] / array.shape[0],
+        )
+        rows = [
+            [
+                p["prompt"],
+                round(p["mask_score"], 3),
+                ", ".join(f"{c['class']} {c['score']:.2f}" for c in p["top_classes"][:3]),
+            ]
+            for p in result["prompts"]
+        ]
+        reused = " (image features reused)" if self.predictor.image_encodes == encodes else ""
+        return (
+            np.asarray(overlay),
+            rows,
+            f"{len(rows)} prompted mask(s) from {source} in {seconds:.2f} s{reused}.",
+        )
 
     def segment_video(self, video_path, classes: str, preset: str, progress=None):
         from ovseg.video import segment_video
@@ -233,6 +334,78 @@ def _image_tab(gr, demo: Demo) -> None:
         )
 
 
+def _prompt_tab(gr, demo: Demo) -> None:
+    from ovseg.assets import example_images
+    from ovseg.preprocess import load_image
+
+    def redraw(image_path, state, classes, preset):
+        image = load_image(image_path) if image_path else None
+        return demo.segment_prompts(image, state, classes, preset)
+
+    def click(image_path, state, mode, classes, preset, event: gr.SelectData):
+        if not image_path:
+            raise DemoError("upload an image first (or pick an example)")
+        height, width = load_image(image_path).shape[:2]
+        shown_h, shown_w = demo.predictor.output_size(height, width)  # the canvas's picture
+        x, y = event.index
+        if x >= shown_w or y >= shown_h:  # the legend beside the picture
+            return gr.skip(), state, gr.skip(), "Click on the picture, not the legend."
+        state = add_click(state, mode, x * width / shown_w, y * height / shown_h)
+        overlay, rows, status = redraw(image_path, state, classes, preset)
+        return overlay, state, rows, status
+
+    def clear(image_path):
+        image = load_image(image_path) if image_path else None
+        return image, empty_prompts(), [], "Prompts cleared."
+
+    with gr.Tab("Prompts"):
+        state = gr.State(empty_prompts())
+        source = demo.prompt_source()
+        gr.Markdown(
+            f"Click objects: masks from {source}, labelled by the frozen CLIP."
+            if source
+            else "This model has no prompt head: start the demo with `--sam-weights FILE`."
+        )
+        with gr.Row():
+            with gr.Column():
+                image_in = tolerant_image_input(gr, label="image", elem_id="prompt-image")
+                mode = gr.Radio(
+                    list(CLICK_MODES), value=CLICK_MODES[0], label="a click adds", elem_id="mode"
+                )
+                classes = gr.Textbox(
+                    label="classes (comma separated; synonyms with /)",
+                    value="star, ring, circle, square, triangle, heart, grass, water, sky",
+                    elem_id="prompt-classes",
+                )
+                preset = gr.Dropdown(
+                    list(demo.presets), value=TYPED, label="or a preset vocabulary"
+                )
+                with gr.Row():
+                    relabel = gr.Button("Label again", elem_id="relabel")
+                    reset = gr.Button("Clear prompts", elem_id="clear-prompts")
+            with gr.Column():
+                canvas = gr.Image(label="click here", elem_id="prompt-canvas", interactive=False)
+                status = gr.Markdown(elem_id="prompt-status")
+                table = gr.Dataframe(
+                    headers=["prompt", "mask score", "top classes"],
+                    label="prompted masks",
+                    elem_id="prompt-table",
+                    interactive=False,
+                )
+        gr.Examples([str(p) for p in example_images()], inputs=image_in, label="examples")
+        image_in.change(_guarded(gr, clear), [image_in], [canvas, state, table, status])
+        reset.click(_guarded(gr, clear), [image_in], [canvas, state, table, status])
+        canvas.select(
+            _guarded(gr, click),
+            [image_in, state, mode, classes, preset],
+            [canvas, state, table, status],
+            concurrency_limit=1,
+        )
+        relabel.click(
+            _guarded(gr, redraw), [image_in, state, classes, preset], [canvas, table, status]
+        )
+
+
 def _video_tab(gr, demo: Demo) -> None:
     def run_video(video, classes, preset, progress=gr.Progress()):  # noqa: B008 (gradio idiom)
         return demo.segment_video(
@@ -274,6 +447,7 @@ def build_app(demo: Demo):
             f"semantic or instance segmentation. **Model:** {demo.model_note}"
         )
         _image_tab(gr, demo)
+        _prompt_tab(gr, demo)
         _video_tab(gr, demo)
     return app
 
@@ -301,6 +475,19 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--queue-size", type=int, default=8, help="requests waiting at most")
     parser.add_argument("--max-frames", type=int, default=150)
+    from ovseg.sam.zoo import DEFAULT_SAM, SAM_ARCHITECTURES
+
+    parser.add_argument(
+        "--sam-weights",
+        help="a SAM checkpoint: the Prompts tab draws masks with SAM (default: the model's "
+        "prompt head, if it has one)",
+    )
+    parser.add_argument(
+        "--sam-model",
+        default=DEFAULT_SAM,
+        choices=tuple(SAM_ARCHITECTURES),
+        help="the architecture of --sam-weights (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     # Gradio's usage analytics stay off unless the user turns them on (read at import).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -310,6 +497,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     messages = []
     try:
         predictor = load_predictor_from_arguments(args, log=lambda m, **_: messages.append(m))
+        sam_masks = None
+        if args.sam_weights:
+            from ovseg.sam.masks import SamMasks
+            from ovseg.sam.zoo import load_sam
+
+            sam = load_sam(args.sam_model, weights=args.sam_weights, device=predictor.device)
+            sam_masks = SamMasks(sam, name=Path(args.sam_weights).name)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -324,7 +518,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     for message in messages:
         print(message, file=sys.stderr)
     say_precision(predictor)
-    demo = Demo(predictor, model_note=note, max_frames=args.max_frames)
+    demo = Demo(predictor, model_note=note, max_frames=args.max_frames, sam_masks=sam_masks)
     # SIGTERM (a service manager, docker stop) ends the demo like Ctrl-C: downloads removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(

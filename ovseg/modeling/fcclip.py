@@ -27,11 +27,14 @@ class FCCLIP(nn.Module):
         *,
         alpha: float = 0.4,
         beta: float = 0.8,
+        prompt_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
+        # Optional (ovseg.sam.prompt_head): promptable masks from the same frozen CLIP maps.
+        self.prompt_head = prompt_head
         self.void_embedding = nn.Embedding(1, backbone.embed_dim)
         self.alpha = alpha
         self.beta = beta
@@ -150,10 +153,16 @@ def _assemble(cfg: ModelConfig, clip_model: nn.Module) -> FCCLIP:
         num_layers=td.num_layers,
         embed_dim=backbone.embed_dim,
     )
+    prompt_head = None
+    if cfg.prompt_head.enabled:
+        from ovseg.sam.prompt_head import build_prompt_head
+
+        prompt_head = build_prompt_head(backbone.feature_channels, cfg.prompt_head)
     return FCCLIP(
         backbone,
         pixel_decoder,
         transformer_decoder,
         alpha=cfg.inference.out_vocab_weight_seen,
         beta=cfg.inference.out_vocab_weight_unseen,
+        prompt_head=prompt_head,
     )

@@ -1,0 +1,166 @@
+"""The prompt head: SAM's prompt encoder and mask decoder on the frozen CLIP's maps, its
+training (loss falls, resume replays the run), and prompts through a model that has one."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ovseg.config import PromptHeadConfig
+from ovseg.sam.prompt_head import build_prompt_head
+from ovseg.sam.training import (
+    PromptTrainConfig,
+    centre_point,
+    correction_clicks,
+    jittered_box,
+    prompt_loss,
+    train_prompt_head,
+)
+
+CHANNELS = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
+SMALL = PromptHeadConfig(
+    enabled=True, embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32
+)
+
+
+def small_head(**changes):
+    torch.manual_seed(0)
+    return build_prompt_head(CHANNELS, dataclasses.replace(SMALL, **changes)).eval()
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes", "both", "mask"])
+def test_prompt_encoding_equals_sam_prompt_encoder_at_its_own_size(kind):
+    head = small_head()
+    encoder = head.prompt_encoder  # built for a 1024x1024 input and a 64x64 embedding
+    points = torch.tensor([[[100.0, 200.0], [500.0, 30.0]], [[7.0, 9.0], [1000.0, 1000.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]])
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [0.0, 0.0, 1023.0, 1023.0]])
+    masks = torch.randn(2, 1, 256, 256)
+    inputs = {
+        "points": ((points, labels), None, None),
+        "boxes": (None, boxes, None),
+        "both": ((points, labels), boxes, None),
+        "mask": ((points, labels), None, masks),
+    }[kind]
+    with torch.no_grad():
+        expected = encoder(*inputs)
+        ours = head.encode_prompts(
+            inputs[0][0] if inputs[0] else None,
+            inputs[0][1] if inputs[0] else None,
+            inputs[1],
+            inputs[2],
+            input_hw=(1024, 1024),
+            embedding_hw=(64, 64),
+        )
+    assert torch.allclose(ours[0], expected[0], atol=1e-6)
+    assert torch.allclose(ours[1], expected[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_head_runs_on_any_padded_size(stride):
+    head = small_head(embedding_stride=stride)
+    features = {
+        name: torch.randn(1, c, 96 // s, 160 // s)
+        for (name, c), s in zip(CHANNELS.items(), (4, 8, 16, 32), strict=True)
+    }
+    with torch.no_grad():
+        embedding = head.embed_image(features)
+        logits, iou = head(
+            embedding,
+            input_hw=(96, 160),
+            points=torch.tensor([[[40.0, 30.0]]]),
+            point_labels=torch.ones(1, 1),
+        )
+    assert embedding.shape == (1, 32, 96 // stride, 160 // stride)
+    assert logits.shape == (1, 3, 96 // head.mask_stride, 160 // head.mask_stride)
+    assert iou.shape == (1, 3)
+
+
+def test_prompt_sampling_helpers():
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 10:26] = True
+    x, y = centre_point(mask)  # on the ridge farthest (5 px) from every edge
+    assert y in (9.0, 10.0) and 14 <= x <= 21
+    rng = np.random.default_rng(0)
+    box = jittered_box(mask, rng)
+    assert 0 <= box[0] < box[2] <= 30 and 0 <= box[1] < box[3] <= 20
+    logits = torch.full((1, 20, 30), -5.0)
+    logits[0, 5:15, 10:18] = 5  # the left half: the object was missed on the right
+    points, labels = correction_clicks(logits, torch.from_numpy(mask)[None].float(), rng)
+    x, y = points[0]
+    assert labels.tolist() == [1] and mask[int(y), int(x)] and x >= 18
+
+
+def test_loss_takes_the_best_of_the_multimask_outputs():
+    targets = torch.zeros(1, 8, 8)
+    targets[0, :4] = 1
+    good = torch.where(targets[0] > 0, 10.0, -10.0)
+    logits = torch.stack([-good, good, -good])[None]
+    loss, best, iou = prompt_loss(logits, torch.ones(1, 3), targets, PromptTrainConfig())
+    assert best.tolist() == [1] and iou.tolist() == [1.0]
+    # the IoU head is told the true IoU of every output (1, 0, 0 here): only it adds loss
+    assert abs(float(loss) - (2 / 3)) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def synthetic_scenes(tmp_path_factory):
+    from ovseg.data import PanopticDataset
+    from ovseg.synthetic.scenes import write_synthetic_panoptic
+
+    root = tmp_path_factory.mktemp("scenes")
+    json_path = write_synthetic_panoptic(root, 4, split="train", size=(64, 80))
+    return PanopticDataset(json_path.parent / "images", json_path, json_path.parent / "panoptic")
+
+
+def head_predictor(parity_predictor):
+    import copy
+
+    predictor = copy.copy(parity_predictor)
+    predictor.model = copy.deepcopy(parity_predictor.model)
+    inference = dataclasses.replace(predictor.cfg.inference, min_size_test=64, max_size_test=128)
+    predictor.cfg = dataclasses.replace(predictor.cfg, inference=inference)
+    cfg = dataclasses.replace(SMALL, embedding_stride=8)
+    torch.manual_seed(0)
+    predictor.model.prompt_head = build_prompt_head(predictor.model.backbone.feature_channels, cfg)
+    predictor._features = type(parity_predictor._features)()
+    return predictor
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(parity_predictor, synthetic_scenes, tmp_path):
+    cfg = PromptTrainConfig(iterations=30, batch_size=2, lr=2e-3, checkpoint_every=15)
+    first = head_predictor(parity_predictor)
+    result = train_prompt_head(
+        first, synthetic_scenes, tmp_path / "a", cfg, log=lambda *a, **k: None
+    )
+    losses = np.array([row[1] for row in result["losses"]])
+    assert losses[-8:].mean() < 0.8 * losses[:8].mean()
+    for parameter in first.model.backbone.parameters():
+        assert parameter.grad is None  # the CLIP is never trained
+    # Interrupted after 15 iterations, then resumed: the same weights as uninterrupted.
+    second = head_predictor(parity_predictor)
+    train_prompt_head(
+        second, synthetic_scenes, tmp_path / "b", cfg, stop_after=15, log=lambda *a, **k: None
+    )
+    third = head_predictor(parity_predictor)
+    resumed = train_prompt_head(
+        third, synthetic_scenes, tmp_path / "b", cfg, log=lambda *a, **k: None
+    )
+    assert len(resumed["losses"]) == 30
+    for (key, a), b in zip(
+        first.model.prompt_head.state_dict().items(),
+        third.model.prompt_head.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, atol=1e-5), key
+
+
+def test_prompts_through_the_head_need_no_second_image_pass(parity_predictor):
+    predictor = head_predictor(parity_predictor)
+    image = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    predictor.segment(predictor.encode(image), vocabulary=["cat", "dog"])
+    before = predictor.image_encodes
+    result = predictor.segment_prompts(image, points=[[10, 20]], boxes=[[30, 5, 70, 50]])
+    assert predictor.image_encodes == before
+    assert result["instances"]["masks"].shape == (1, 64, 80)  # one box: the point refines it
+    assert result["prompts"][0]["prompt"] == "box 30,5,70,50 + positive point at 10,20"
