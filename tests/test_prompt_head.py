@@ -164,3 +164,60 @@ def test_prompts_through_the_head_need_no_second_image_pass(parity_predictor):
     assert predictor.image_encodes == before
     assert result["instances"]["masks"].shape == (1, 64, 80)  # one box: the point refines it
     assert result["prompts"][0]["prompt"] == "box 30,5,70,50 + positive point at 10,20"
+
+
+def test_distillation_takes_the_teachers_masks_as_targets(parity_predictor, synthetic_scenes):
+    from ovseg.sam.masks import SamMasks
+    from ovseg.sam.training import image_step, network_inputs
+    from ovseg.sam.zoo import build_sam
+
+    torch.manual_seed(0)
+    teacher = SamMasks(build_sam("tiny"))
+    predictor = head_predictor(parity_predictor)
+    head = predictor.model.prompt_head
+    pixels, per_sample = network_inputs(predictor, [synthetic_scenes[0]])
+    with torch.no_grad():
+        embedding = head.embed_image(predictor.model.backbone(pixels))
+    image, masks = per_sample[0]
+    cfg = PromptTrainConfig(correction_rate=0.0)
+    padded = tuple(pixels.shape[-2:])
+    supervised, _ = image_step(head, embedding, padded, masks, cfg, np.random.default_rng(0))
+    distilled, _ = image_step(
+        head, embedding, padded, masks, cfg, np.random.default_rng(0), teacher, image
+    )
+    assert teacher.image_encodes == 1  # one image: the teacher encodes it once
+    assert supervised.detach().item() != distilled.detach().item()  # other targets, same prompts
+
+
+def test_train_command_writes_a_model_that_answers_clicks(tmp_path, capsys):
+    from conftest import run_main
+    from ovseg.apps import predict, train_prompt_head
+
+    out = tmp_path / "run"
+    code, _, err = run_main(
+        train_prompt_head.main,
+        [
+            "--model", "fcclip_tiny_parity", "--output", out, "--synthetic-world", 3,
+            "--iterations", 2, "--batch-size", 1, "--embed-dim", 16,
+            "--decoder-mlp-dim", 32, "--decoder-num-heads", 2,
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
+    image = tmp_path / "scene.png"
+    image.write_bytes((out / "data" / "train" / "images" / "train_00000.png").read_bytes())
+    code, _, err = run_main(
+        predict.main,
+        [
+            image, "--weights", out / "model.safetensors", "--config", out / "config.yaml",
+            "--vocab", "synthetic_world", "--points", "40,30", "--short-side", "64",
+            "--output", tmp_path / "pred",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    import json
+
+    record = json.loads((tmp_path / "pred" / "scene.json").read_text())
+    assert record["task"] == "prompts" and len(record["prompts"]) == 1
