@@ -230,7 +230,10 @@ class OVSegPredictor:
         with autocast:
             outputs = self.model.encode_image(pixels, aux_classes=False, aux_outputs=False)
             head = self.model.prompt_head
-            prompt_embedding = None if head is None else head.embed_image(outputs["features"])
+            prompt_embedding = None
+            if head is not None:
+                maps = {**outputs["features"], "mask_features": outputs["mask_features"]}
+                prompt_embedding = head.embed_image(maps)
         self.image_encodes += 1
         features = ImageFeatures(
             pred_embeds=outputs["pred_embeds"].float(),

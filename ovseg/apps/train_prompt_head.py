@@ -37,6 +37,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add_dataset_arguments(parser)
     parser.add_argument("--embed-dim", type=int, default=None, help="head width (default: config)")
+    parser.add_argument(
+        "--in-features",
+        help="comma-separated maps the neck reads: res2..res5 (the frozen CLIP) and "
+        "mask_features (the pixel decoder's) (default: config, res3,res4,res5)",
+    )
     parser.add_argument("--decoder-mlp-dim", type=int, default=None)
     parser.add_argument(
         "--embedding-stride", type=int, default=None, help="8, 16 (SAM's) or 32 (default: config)"
@@ -107,7 +112,7 @@ def run(args) -> int:
     from ovseg.checkpoint import save_weights
     from ovseg.config import config_to_dict
     from ovseg.fileio import write_text_atomic
-    from ovseg.sam.prompt_head import build_prompt_head
+    from ovseg.sam.prompt_head import build_prompt_head, head_input_channels
     from ovseg.sam.training import train_prompt_head
 
     cfg_train = PromptTrainConfig(
@@ -122,9 +127,11 @@ def run(args) -> int:
         if getattr(args, name) is not None:
             setattr(head_cfg, name, getattr(args, name))
     head_cfg.enabled = True
+    if args.in_features:
+        head_cfg.in_features = tuple(name.strip() for name in args.in_features.split(","))
     if predictor.model.prompt_head is None:
         predictor.model.prompt_head = build_prompt_head(
-            predictor.model.backbone.feature_channels, head_cfg
+            head_input_channels(predictor.model), head_cfg
         ).to(predictor.device)
     if args.synthetic_world:
         dataset = synthetic_training_set(out / "data", args.synthetic_world)

@@ -157,7 +157,8 @@ def _assemble(cfg: ModelConfig, clip_model: nn.Module) -> FCCLIP:
     if cfg.prompt_head.enabled:
         from ovseg.sam.prompt_head import build_prompt_head
 
-        prompt_head = build_prompt_head(backbone.feature_channels, cfg.prompt_head)
+        channels = {**backbone.feature_channels, "mask_features": pixel_decoder.mask_dim}
+        prompt_head = build_prompt_head(channels, cfg.prompt_head)
     return FCCLIP(
         backbone,
         pixel_decoder,

@@ -131,6 +131,7 @@ class PixelDecoder(nn.Module):
             num_points,
         )
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
+        self.mask_dim = mask_dim
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.constant_(self.mask_features.bias, 0)
         # One FPN level (stride 8 -> 4): lateral 1x1 on res2, output 3x3.

@@ -47,7 +47,9 @@ class PromptNeck(nn.Module):
         total = 0
         for name in self.in_features:
             x = self.lateral[name](features[name].float())
-            if tuple(x.shape[-2:]) != tuple(size):
+            if x.shape[-2] > size[0]:  # finer maps are averaged down, coarser ones upsampled
+                x = F.interpolate(x, size=size, mode="area")
+            elif tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             total = total + x
         return self.fuse(total)
@@ -175,8 +177,23 @@ class PromptHead(nn.Module):
         )
 
 
+def head_input_channels(model) -> dict[str, int]:
+    """The maps a prompt head can read from an FC-CLIP model's image pass, by name: the frozen
+    CLIP's res2..res5 and the pixel decoder's stride-4 ``mask_features``."""
+    return {**model.backbone.feature_channels, "mask_features": model.pixel_decoder.mask_dim}
+
+
+@torch.no_grad()
+def head_inputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The maps of :func:`head_input_channels` for normalised, padded images (B, 3, H, W)."""
+    features = model.backbone(images)
+    mask_features, _ = model.pixel_decoder(features)
+    return {**features, "mask_features": mask_features}
+
+
 def build_prompt_head(feature_channels: dict[str, int], cfg: PromptHeadConfig) -> PromptHead:
-    """The prompt head for a backbone's ``feature_channels`` (ValueError for a level it lacks)."""
+    """The prompt head over maps of ``feature_channels`` (name -> channels, see
+    :func:`head_input_channels`); ValueError for an input it lacks."""
     if cfg.embedding_stride not in (8, 16, 32):
         raise ValueError(
             f"prompt_head.embedding_stride must be 8, 16 or 32, got {cfg.embedding_stride}"
@@ -184,7 +201,7 @@ def build_prompt_head(feature_channels: dict[str, int], cfg: PromptHeadConfig) -
     missing = [name for name in cfg.in_features if name not in feature_channels]
     if missing:
         raise ValueError(
-            f"prompt_head.in_features {missing} are not backbone levels "
+            f"prompt_head.in_features {missing} are not maps of the image pass "
             f"({', '.join(feature_channels)})"
         )
     return PromptHead(feature_channels, cfg)
@@ -194,7 +211,10 @@ def build_prompt_head(feature_channels: dict[str, int], cfg: PromptHeadConfig) -
 def predict_prompt_masks(head: PromptHead, features, prompts) -> tuple[np.ndarray, np.ndarray]:
     """Masks of a :class:`ovseg.sam.prompts.Prompts` from an image's cached
     ``ImageFeatures.prompt_embedding``: per prompt object one mask at the image size (bool) and
-    its predicted IoU. A single point takes the best of the three ambiguity-aware masks."""
+    its predicted IoU. A single point takes, of the three ambiguity-aware masks, the one with
+    the best predicted IoU among those that contain the click (all three if none does): the
+    small head's IoU prediction alone picks worse (synthetic world val, things: mean IoU 0.09
+    by predicted IoU alone vs 0.24 with the rule, oracle 0.30, at 1000 iterations)."""
     from ovseg.modeling.postprocess import resize_to_original
 
     height, width = features.image_size
@@ -221,7 +241,15 @@ def predict_prompt_masks(head: PromptHead, features, prompts) -> tuple[np.ndarra
             boxes=boxes,
             multimask=single_point,
         )
-        best = int(iou[0].argmax())
+        candidates = range(logits.shape[1])
+        if single_point:  # keep the masks that contain the click, if any does
+            low = logits[0] > 0
+            x, y = (points[0, 0] / head.mask_stride).long().tolist()
+            inside = [
+                k for k in candidates if low[k, min(y, low.shape[1] - 1), min(x, low.shape[2] - 1)]
+            ]
+            candidates = inside or candidates
+        best = max(candidates, key=lambda k: float(iou[0, k]))
         low = F.interpolate(
             logits[:, best : best + 1],
             size=features.padded_hw,

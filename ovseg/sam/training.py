@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ovseg.preprocess import normalize_and_pad, resize_image
+from ovseg.sam.prompt_head import head_inputs
 
 
 @dataclass
@@ -295,9 +296,7 @@ def train_prompt_head(
             group["lr"] = lr
         index = rng.choice(len(dataset), size=min(cfg.batch_size, len(dataset)), replace=False)
         pixels, per_sample = network_inputs(predictor, [dataset[int(i)] for i in index])
-        with torch.no_grad():
-            features = predictor.model.backbone(pixels)
-        embeddings = head.embed_image(features)
+        embeddings = head.embed_image(head_inputs(predictor.model, pixels))
         padded_hw = tuple(pixels.shape[-2:])
         losses, ious = [], []
         for b, (image, masks) in enumerate(per_sample):
