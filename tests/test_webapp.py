@@ -101,3 +101,48 @@ def test_segment_switch_classes_and_error(app_url, browser, tmp_path):
     page.click("#run")
     page.get_by_text("not an image", exact=False).first.wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
+
+
+@pytest.fixture(scope="module")
+def tiny_app_url(tmp_path_factory):
+    """The demo on the shipped synthetic_tiny, which has a prompt head."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        GRADIO_ANALYTICS_ENABLED="False",
+        OVSEG_CACHE=str(tmp_path_factory.mktemp("cache")),
+    )
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "demo" / "app.py"), "--model", "synthetic_tiny"]
+        + ["--precision", "fp32", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, process, log=Path(log.name))
+    yield f"http://127.0.0.1:{port}/"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_a_click_on_a_shipped_scene_gives_the_object_and_its_class(tiny_app_url, browser):
+    page = browser.new_page()
+    page.goto(tiny_app_url)
+    page.get_by_role("tab", name="Prompts").click()
+    scene = ROOT / "ovseg" / "assets" / "examples" / "synthetic_val_00000.png"
+    page.set_input_files("#prompt-image input[type=file]", str(scene))
+    page.get_by_text("Prompts cleared", exact=False).first.wait_for(timeout=60_000)
+    canvas = page.locator("#prompt-canvas img")
+    canvas.wait_for(timeout=60_000)
+    box = canvas.bounding_box()  # the 160x128 scene, no legend before the first click
+    page.mouse.click(box["x"] + box["width"] * 91 / 160, box["y"] + box["height"] * 16 / 128)
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#prompt-status'); "
+        "return s && s.innerText.includes('prompted mask'); }",
+        timeout=120_000,
+    )
+    table = page.locator("#prompt-table").text_content()
+    assert "positive point at" in table and "triangle" in table, table
+    assert "Traceback" not in page.content()

@@ -11,6 +11,7 @@ overlay MP4 and per-frame JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -264,6 +265,7 @@ def _guarded(gr, function):
     from ovseg.preprocess import ImageError
     from ovseg.video import VideoError
 
+    @functools.wraps(function)  # gradio reads the signature (a gr.SelectData parameter)
     def wrapper(*args):
         try:
             return function(*args)
@@ -353,6 +355,10 @@ def _prompt_tab(gr, demo: Demo) -> None:
         state = add_click(state, mode, x * width / shown_w, y * height / shown_h)
         overlay, rows, status = redraw(image_path, state, classes, preset)
         return overlay, state, rows, status
+
+    # gradio passes the click's SelectData to the parameter annotated with the class itself
+    # (this module's annotations are strings, and gr is not a global here).
+    click.__annotations__["event"] = gr.SelectData
 
     def clear(image_path):
         image = load_image(image_path) if image_path else None
