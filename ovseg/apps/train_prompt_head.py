@@ -96,18 +96,19 @@ def synthetic_training_set(root: Path, scenes: int):
 
 
 def load_base_predictor(model: str, weights, config, device):
-    """The model (its prompt head, if any, removed) as an fp32 predictor, and its config."""
+    """The model as an fp32 predictor, and its config (a prompt head it has is replaced by a
+    new one in :func:`run`)."""
     from ovseg import model_zoo
     from ovseg.config import load_config
     from ovseg.predictor import OVSegPredictor
 
     cfg = load_config(config or model_zoo.get_entry(model).config)
-    if cfg.prompt_head.enabled and weights is None:
-        raise ValueError(f"{model} has a prompt head already: pass its --weights and --config")
     return OVSegPredictor.from_pretrained(model, weights=weights, config=config, device=device), cfg
 
 
 def run(args) -> int:
+    import torch
+
     from ovseg.apps.arguments import dataset_from_arguments
     from ovseg.checkpoint import save_weights
     from ovseg.config import config_to_dict
@@ -129,10 +130,10 @@ def run(args) -> int:
     head_cfg.enabled = True
     if args.in_features:
         head_cfg.in_features = tuple(name.strip() for name in args.in_features.split(","))
-    if predictor.model.prompt_head is None:
-        predictor.model.prompt_head = build_prompt_head(
-            head_input_channels(predictor.model), head_cfg
-        ).to(predictor.device)
+    torch.manual_seed(cfg_train.seed)  # a new head, initialised by the seed (resuming loads it)
+    predictor.model.prompt_head = build_prompt_head(
+        head_input_channels(predictor.model), head_cfg
+    ).to(predictor.device)
     if args.synthetic_world:
         dataset = synthetic_training_set(out / "data", args.synthetic_world)
     else:
