@@ -25,8 +25,8 @@ if CHROMIUM is None:
     )
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def serve_demo(tmp_path_factory, model_args: list[str]):
+    """Start demo/app.py with ``model_args`` on a free port; yields its URL, stops it after."""
     port = free_port()
     env = dict(
         os.environ,
@@ -36,16 +36,7 @@ def app_url(tmp_path_factory):
     )
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "demo" / "app.py"),
-            "--weights",
-            str(PARITY_WEIGHTS),
-            "--config",
-            "fcclip_tiny_parity",
-            "--port",
-            str(port),
-        ],
+        [sys.executable, str(ROOT / "demo" / "app.py"), *model_args, "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -54,6 +45,13 @@ def app_url(tmp_path_factory):
     yield f"http://127.0.0.1:{port}/"
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    yield from serve_demo(
+        tmp_path_factory, ["--weights", str(PARITY_WEIGHTS), "--config", "fcclip_tiny_parity"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +104,7 @@ def test_segment_switch_classes_and_error(app_url, browser, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_app_url(tmp_path_factory):
     """The demo on the shipped synthetic_tiny, which has a prompt head."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        GRADIO_ANALYTICS_ENABLED="False",
-        OVSEG_CACHE=str(tmp_path_factory.mktemp("cache")),
-    )
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo" / "app.py"), "--model", "synthetic_tiny"]
-        + ["--precision", "fp32", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(port, process, log=Path(log.name))
-    yield f"http://127.0.0.1:{port}/"
-    process.terminate()
-    process.wait(timeout=30)
+    yield from serve_demo(tmp_path_factory, ["--model", "synthetic_tiny", "--precision", "fp32"])
 
 
 def test_a_click_on_a_shipped_scene_gives_the_object_and_its_class(tiny_app_url, browser):

@@ -145,11 +145,12 @@ def run(args) -> dict:
             },
         }
     if not args.no_cost:
-        report["cost"] = cost(predictor, dataset_image(args))
+        report["cost"] = cost(predictor, example_scene())
     return report
 
 
-def dataset_image(args) -> np.ndarray:
+def example_scene() -> np.ndarray:
+    """The shipped synthetic scene the timings run on."""
     from ovseg.assets import ASSETS_DIR
     from ovseg.preprocess import load_image
 
