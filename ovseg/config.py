@@ -85,6 +85,10 @@ class PromptHeadConfig:
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
     iou_head_hidden_dim: int = 256
+    # A box also marks the embedding cells it covers with a learned vector (added to SAM's
+    # dense prompt embedding): a small head trained briefly cannot learn box geometry from
+    # SAM's two corner tokens alone.
+    dense_box: bool = True
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ovseg.config import PromptHeadConfig
-from ovseg.sam.prompt_head import build_prompt_head
+from ovseg.sam.prompt_head import box_coverage, build_prompt_head
 from ovseg.sam.training import (
     PromptTrainConfig,
     centre_point,
@@ -31,7 +31,7 @@ def small_head(**changes):
 
 @pytest.mark.parametrize("kind", ["points", "boxes", "both", "mask"])
 def test_prompt_encoding_equals_sam_prompt_encoder_at_its_own_size(kind):
-    head = small_head()
+    head = small_head(dense_box=False)
     encoder = head.prompt_encoder  # built for a 1024x1024 input and a 64x64 embedding
     points = torch.tensor([[[100.0, 200.0], [500.0, 30.0]], [[7.0, 9.0], [1000.0, 1000.0]]])
     labels = torch.tensor([[1, 0], [1, 1]])
@@ -55,6 +55,33 @@ def test_prompt_encoding_equals_sam_prompt_encoder_at_its_own_size(kind):
         )
     assert torch.allclose(ours[0], expected[0], atol=1e-6)
     assert torch.allclose(ours[1], expected[1], atol=1e-6)
+
+
+def test_box_coverage_is_the_share_of_each_cell_inside_the_box():
+    # 4x supersampled pixels of a 32x48 input, boxes on quarter pixels, 8-pixel cells
+    boxes = torch.tensor(
+        [[3.25, 5.5, 20.75, 30.0], [0.0, 0.0, 48.0, 32.0], [10.0, 9.0, 10.5, 9.25]]
+    )
+    coverage = box_coverage(boxes, (32, 48), (4, 6))
+    ys, xs = np.mgrid[0:128, 0:192] / 4 + 1 / 8  # sub-pixel centres
+    for box, cover in zip(boxes.numpy(), coverage.numpy(), strict=True):
+        inside = (xs >= box[0]) & (xs < box[2]) & (ys >= box[1]) & (ys < box[3])
+        expected = inside.reshape(4, 32, 6, 32).mean(axis=(1, 3))
+        assert np.allclose(cover, expected, atol=1e-6)
+
+
+def test_a_box_marks_the_cells_it_covers_in_the_dense_embedding():
+    head = small_head()
+    box = torch.tensor([[8.0, 8.0, 24.0, 16.0]])  # cells (1, 1..2) of a 4x6 grid of stride 8
+    with torch.no_grad():
+        _, dense = head.encode_prompts(
+            None, None, box, None, input_hw=(32, 48), embedding_hw=(4, 6)
+        )
+        _, plain = small_head(dense_box=False).encode_prompts(
+            None, None, box, None, input_hw=(32, 48), embedding_hw=(4, 6)
+        )
+    changed = (dense - plain).abs().amax(1)[0] > 0
+    assert changed.nonzero().tolist() == [[1, 1], [1, 2]]
 
 
 @pytest.mark.parametrize("stride", [8, 16])
@@ -219,3 +246,50 @@ def test_train_command_writes_a_model_that_answers_clicks(tmp_path, capsys):
 
     record = json.loads((tmp_path / "pred" / "scene.json").read_text())
     assert record["task"] == "prompts" and len(record["prompts"]) == 1
+
+
+def test_a_whole_small_sam_trains_and_loads_back_as_a_teacher(synthetic_scenes, tmp_path):
+    from ovseg.checkpoint import save_weights
+    from ovseg.sam.masks import SamMasks
+    from ovseg.sam.prompts import make_prompts
+    from ovseg.sam.training import train_sam
+    from ovseg.sam.zoo import build_sam, load_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    patch = sam.image_encoder.patch_embed.proj.weight.detach().clone()
+    cfg = PromptTrainConfig(
+        iterations=30, batch_size=2, lr=2e-3, checkpoint_every=30, focal_weight=20.0
+    )
+    result = train_sam(sam, synthetic_scenes, tmp_path / "run", cfg, log=lambda *a, **k: None)
+    losses = np.array([row[1] for row in result["losses"]])
+    assert losses[-8:].mean() < 0.8 * losses[:8].mean()
+    assert not torch.equal(sam.image_encoder.patch_embed.proj.weight, patch)  # encoder trained
+    assert not sam.training
+    save_weights(sam.state_dict(), tmp_path / "sam_tiny.safetensors")
+    loaded = load_sam("tiny", weights=tmp_path / "sam_tiny.safetensors")  # strict
+    image = synthetic_scenes[0]["image"]
+    click = make_prompts([[30, 20]])
+    assert np.array_equal(
+        SamMasks(sam).prompted(image, click).masks, SamMasks(loaded).prompted(image, click).masks
+    )
+
+
+def test_train_command_trains_a_sam_teacher(tmp_path, capsys):
+    from conftest import run_main
+    from ovseg.apps import train_prompt_head
+    from ovseg.sam.zoo import load_sam
+
+    out = tmp_path / "teacher"
+    arguments = ["--output", out, "--synthetic-world", 2, "--iterations", 2, "--batch-size", 1]
+    code, _, err = run_main(train_prompt_head.main, [*arguments, "--train-sam", "tiny"], capsys)
+    assert code == 0, err
+    load_sam("tiny", weights=out / "sam_tiny.safetensors")
+    code, _, err = run_main(
+        train_prompt_head.main,
+        [*arguments, "--train-sam", "tiny", "--teacher-sam", "tiny", "--no-resume"],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1 and "drop --teacher-sam" in err
+    code, _, err = run_main(train_prompt_head.main, [*arguments, "--train-sam", "vit_q"], capsys)
+    assert code == 2 and "unknown SAM model 'vit_q'" in err

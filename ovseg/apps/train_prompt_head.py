@@ -48,10 +48,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--decoder-num-heads", type=int, default=None)
     parser.add_argument(
+        "--dense-box",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a box also marks the embedding cells it covers (default: config, on)",
+    )
+    parser.add_argument(
         "--teacher-sam",
         help="distil from this SAM (vit_b / vit_l / vit_h / tiny) instead of the dataset's masks",
     )
     parser.add_argument("--teacher-weights", help="the teacher SAM's checkpoint")
+    parser.add_argument(
+        "--train-sam",
+        metavar="ARCH",
+        help="train a whole SAM of this architecture instead (e.g. tiny: image encoder "
+        "included, initialised by --seed), writing OUTPUT/sam_ARCH.safetensors: a teacher for "
+        "--teacher-sam ARCH --teacher-weights, or SAM masks with --sam-model ARCH --sam-weights",
+    )
     parser.add_argument(
         "--no-resume", action="store_true", help="start again, ignoring checkpoints"
     )
@@ -109,7 +122,6 @@ def load_base_predictor(model: str, weights, config, device):
 def run(args) -> int:
     import torch
 
-    from ovseg.apps.arguments import dataset_from_arguments
     from ovseg.checkpoint import save_weights
     from ovseg.config import config_to_dict
     from ovseg.fileio import write_text_atomic
@@ -122,9 +134,17 @@ def run(args) -> int:
     if cfg_train.iterations < 1 or cfg_train.batch_size < 1:
         raise ValueError("--iterations and --batch-size must be at least 1")
     out = Path(args.output)
+    if args.train_sam:
+        return run_train_sam(args, cfg_train, out)
     predictor, cfg = load_base_predictor(args.model, args.weights, args.config, args.device)
     head_cfg = cfg.prompt_head
-    for name in ("embed_dim", "decoder_mlp_dim", "decoder_num_heads", "embedding_stride"):
+    for name in (
+        "embed_dim",
+        "decoder_mlp_dim",
+        "decoder_num_heads",
+        "embedding_stride",
+        "dense_box",
+    ):
         if getattr(args, name) is not None:
             setattr(head_cfg, name, getattr(args, name))
     head_cfg.enabled = True
@@ -134,10 +154,7 @@ def run(args) -> int:
     predictor.model.prompt_head = build_prompt_head(
         head_input_channels(predictor.model), head_cfg
     ).to(predictor.device)
-    if args.synthetic_world:
-        dataset = synthetic_training_set(out / "data", args.synthetic_world)
-    else:
-        dataset = dataset_from_arguments(args)
+    dataset = training_dataset(args, out)
     teacher = None
     if args.teacher_sam:
         from ovseg.sam.masks import SamMasks
@@ -163,6 +180,41 @@ def run(args) -> int:
     save_weights(predictor.model.state_dict(), out / "model.safetensors")
     write_text_atomic(out / "losses.json", json.dumps(result["losses"]))
     print(f"prompt head trained ({result['iterations']} iterations) -> {out}", file=sys.stderr)
+    return 0
+
+
+def training_dataset(args, out: Path):
+    """The synthetic world (``--synthetic-world``) or the dataset of the dataset arguments."""
+    from ovseg.apps.arguments import dataset_from_arguments
+
+    if args.synthetic_world:
+        return synthetic_training_set(out / "data", args.synthetic_world)
+    return dataset_from_arguments(args)
+
+
+def run_train_sam(args, cfg_train: PromptTrainConfig, out: Path) -> int:
+    """``--train-sam ARCH``: a whole SAM trained on the dataset with the head's recipe."""
+    import torch
+
+    from ovseg.checkpoint import save_weights
+    from ovseg.fileio import write_text_atomic
+    from ovseg.sam.training import train_sam
+    from ovseg.sam.zoo import build_sam
+
+    if args.teacher_sam:
+        raise ValueError("--train-sam trains from the dataset's masks: drop --teacher-sam")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg_train.seed)
+    sam = build_sam(args.train_sam, device=device)
+    dataset = training_dataset(args, out)
+    result = train_sam(sam, dataset, out / "checkpoints", cfg_train, resume=not args.no_resume)
+    path = out / f"sam_{args.train_sam}.safetensors"
+    save_weights(sam.state_dict(), path)
+    write_text_atomic(out / "losses.json", json.dumps(result["losses"]))
+    print(
+        f"SAM {args.train_sam} trained ({result['iterations']} iterations) -> {path}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -55,42 +55,12 @@ class PromptNeck(nn.Module):
         return self.fuse(total)
 
 
-class PromptHead(nn.Module):
-    """Neck + SAM ``PromptEncoder`` + SAM ``MaskDecoder`` (multimask: 3 masks + 1 single)."""
+class PromptDecoder(nn.Module):
+    """SAM's ``PromptEncoder`` + ``MaskDecoder`` called with each image's own sizes. Subclasses
+    set ``prompt_encoder``, ``mask_decoder``, ``mask_stride`` (pixels of the input per mask
+    cell) and ``box_embed`` (an ``nn.Embedding(1, C)`` or None) and give ``embed_image``."""
 
-    def __init__(self, feature_channels: dict[str, int], cfg: PromptHeadConfig) -> None:
-        from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
-
-        super().__init__()
-        dim = cfg.embed_dim
-        self.embedding_stride = cfg.embedding_stride
-        self.mask_stride = cfg.embedding_stride // 4  # the decoder upsamples 4x
-        self.neck = PromptNeck({k: feature_channels[k] for k in cfg.in_features}, dim)
-        # The sizes given here are unused: ovseg passes each image's own (see encode_prompts).
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=dim,
-            image_embedding_size=(64, 64),
-            input_image_size=(1024, 1024),
-            mask_in_chans=16,
-        )
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth,
-                embedding_dim=dim,
-                mlp_dim=cfg.decoder_mlp_dim,
-                num_heads=cfg.decoder_num_heads,
-            ),
-            transformer_dim=dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        )
-
-    def embed_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Backbone maps (res2..res5, (B, C_l, H/s, W/s)) -> image embedding (B, C, H/e,
-        W/e), e = ``embedding_stride`` (the size of the backbone map of that stride)."""
-        level = LEVEL_OF_STRIDE[self.embedding_stride]
-        return self.neck(features, tuple(features[level].shape[-2:]))
+    mask_stride: int
 
     def encode_prompts(
         self,
@@ -142,6 +112,9 @@ class PromptHead(nn.Module):
             dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
                 batch, -1, *embedding_hw
             )
+        if boxes is not None and self.box_embed is not None:
+            cover = box_coverage(boxes, input_hw, embedding_hw)
+            dense = dense + cover[:, None] * self.box_embed.weight.reshape(1, -1, 1, 1)
         return torch.cat(sparse, dim=1), dense
 
     def forward(
@@ -175,6 +148,65 @@ class PromptHead(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
+
+
+class PromptHead(PromptDecoder):
+    """Neck + SAM ``PromptEncoder`` + SAM ``MaskDecoder`` (multimask: 3 masks + 1 single),
+    plus, with ``dense_box``, a learned vector added to the dense prompt embedding in the cells
+    a box covers (:func:`box_coverage`)."""
+
+    def __init__(self, feature_channels: dict[str, int], cfg: PromptHeadConfig) -> None:
+        from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+        super().__init__()
+        dim = cfg.embed_dim
+        self.embedding_stride = cfg.embedding_stride
+        self.mask_stride = cfg.embedding_stride // 4  # the decoder upsamples 4x
+        self.neck = PromptNeck({k: feature_channels[k] for k in cfg.in_features}, dim)
+        # The sizes given here are unused: ovseg passes each image's own (see encode_prompts).
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(64, 64),
+            input_image_size=(1024, 1024),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=dim,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_num_heads,
+            ),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        )
+        self.box_embed = nn.Embedding(1, dim) if cfg.dense_box else None
+
+    def embed_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone maps (res2..res5, (B, C_l, H/s, W/s)) -> image embedding (B, C, H/e,
+        W/e), e = ``embedding_stride`` (the size of the backbone map of that stride)."""
+        level = LEVEL_OF_STRIDE[self.embedding_stride]
+        return self.neck(features, tuple(features[level].shape[-2:]))
+
+
+def box_coverage(boxes: torch.Tensor, input_hw, embedding_hw) -> torch.Tensor:
+    """The share of each embedding cell inside each box: boxes (N, 4) x0, y0, x1, y1 in pixels
+    of an input of ``input_hw`` -> (N, h, w) in [0, 1] for an embedding of ``embedding_hw``
+    (cell (i, j) spans pixels [j s_x, (j + 1) s_x) x [i s_y, (i + 1) s_y))."""
+    (height, width), (h, w) = input_hw, embedding_hw
+    device = boxes.device
+
+    def overlap(low, high, cells, size):
+        step = size / cells
+        start = torch.arange(cells, device=device, dtype=torch.float32) * step
+        inside = torch.minimum(high[:, None], start + step) - torch.maximum(low[:, None], start)
+        return (inside / step).clamp(0, 1)
+
+    x = overlap(boxes[:, 0], boxes[:, 2], w, width)
+    y = overlap(boxes[:, 1], boxes[:, 3], h, height)
+    return y[:, :, None] * x[:, None, :]
 
 
 def head_input_channels(model) -> dict[str, int]:

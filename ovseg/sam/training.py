@@ -1,5 +1,6 @@
 """Training the prompt head on the frozen CLIP: supervised from panoptic masks, or distilled
-from a SAM teacher. Reads top to bottom: prompts, losses, one step, the loop.
+from a SAM teacher; and a whole small SAM trained the same way (a teacher for the synthetic
+world). Reads top to bottom: prompts, losses, one step, the models, the loop.
 
 Supervised (SAM's recipe at small scale): per image up to ``masks_per_image`` segments, each
 prompted by one point (its centre, the interior point farthest from the edge, or a random
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ovseg.preprocess import normalize_and_pad, resize_image
-from ovseg.sam.prompt_head import head_inputs
+from ovseg.sam.prompt_head import PromptDecoder, head_inputs
 
 
 @dataclass
@@ -232,6 +233,48 @@ def teacher_targets(teacher, image: np.ndarray, group, padded_hw, device, stride
     return low_res_targets(np.stack(masks), padded_hw, device, stride)
 
 
+class SamPromptModel(PromptDecoder):
+    """A whole ``segment_anything`` ``Sam`` (image encoder included) as a trainable prompt
+    model: the same training step as the head, the SAM's own image encoder in place of the
+    neck on the frozen CLIP. Its state dict is the ``Sam``'s (loadable by
+    :func:`ovseg.sam.zoo.load_sam`)."""
+
+    def __init__(self, sam) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.box_embed = None
+        self.mask_stride = self.image_encoder.patch_embed.proj.stride[0] // 4
+        self.register_buffer("pixel_mean", sam.pixel_mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", sam.pixel_std.clone(), persistent=False)
+
+    def embed_batch(self, samples, device):
+        """Samples -> (image embeddings (B, C, S/16, S/16) with gradients, padded (S, S), per
+        sample (resized image, masks at it)): SAM's preprocessing, the longest side resized to
+        its input size S, normalised, padded at the bottom right."""
+        size = self.image_encoder.img_size
+        arrays, per_sample = [], []
+        for sample in samples:
+            image = sample["image"]
+            scale = size / max(image.shape[:2])
+            hw = (int(image.shape[0] * scale + 0.5), int(image.shape[1] * scale + 0.5))
+            resized = resize_image(image, hw)
+            per_sample.append((resized, _resize_masks(sample["masks"], hw)))
+            arrays.append(resized)
+        mean = self.pixel_mean.flatten().tolist()
+        std = self.pixel_std.flatten().tolist()
+        pixels = normalize_and_pad(arrays, mean, std, size).to(device)  # (B, 3, S, S)
+        return self.image_encoder(pixels), (size, size), per_sample
+
+
+def _resize_masks(masks: np.ndarray, hw) -> np.ndarray:
+    if not len(masks):
+        return masks
+    resized = F.interpolate(torch.from_numpy(masks)[None].float(), size=hw, mode="nearest")[0]
+    return resized.bool().numpy()
+
+
 def network_inputs(predictor, samples):
     """Samples of a panoptic dataset -> (pixels (B, 3, Hp, Wp), per sample (resized image,
     masks (S, h, w) bool at the network input))."""
@@ -241,15 +284,8 @@ def network_inputs(predictor, samples):
         image = sample["image"]
         hw = predictor.network_input_size(*image.shape[:2])
         resized = resize_image(image, hw)
-        masks = sample["masks"]
-        if len(masks):
-            masks = (
-                F.interpolate(torch.from_numpy(masks)[None].float(), size=hw, mode="nearest")[0]
-                .bool()
-                .numpy()
-            )
         arrays.append(resized)
-        per_sample.append((resized, masks))
+        per_sample.append((resized, _resize_masks(sample["masks"], hw)))
     pixels = normalize_and_pad(arrays, inf.pixel_mean, inf.pixel_std, inf.size_divisibility)
     return pixels.to(predictor.device), per_sample
 
@@ -270,20 +306,58 @@ def train_prompt_head(
     ``cfg.checkpoint_every`` iterations (atomic; the run resumes from the last one when
     ``resume``; ``stop_after`` ends the run early at that iteration, with a checkpoint, as an
     interruption would); returns {"iterations", "losses" [(iteration, loss, mean IoU)]}."""
-    from ovseg.train.state import latest_checkpoint, load_training_state, save_training_state
-
     head = predictor.model.prompt_head
     if head is None:
         raise ValueError("the model has no prompt head: use a config with prompt_head.enabled")
+
+    def embed_batch(samples):
+        pixels, per_sample = network_inputs(predictor, samples)
+        with torch.no_grad():  # the CLIP and the pixel decoder stay frozen
+            features = head_inputs(predictor.model, pixels)
+        return head.embed_image(features), tuple(pixels.shape[-2:]), per_sample
+
+    return _train(head, embed_batch, dataset, out_dir, cfg, teacher, resume, stop_after, log)
+
+
+def train_sam(
+    sam,
+    dataset,
+    out_dir: str | Path,
+    cfg: PromptTrainConfig,
+    *,
+    resume: bool = True,
+    stop_after: int | None = None,
+    log=print,
+) -> dict:
+    """Train a whole ``Sam`` (all of it, from its current weights) on ``dataset`` with the
+    prompt head's recipe (:class:`SamPromptModel`): e.g. a small SAM teacher for distillation
+    in the synthetic world. Checkpoints and the return value as :func:`train_prompt_head`."""
+    model = SamPromptModel(sam)
+    device = next(model.parameters()).device
+
+    def embed_batch(samples):
+        return model.embed_batch(samples, device)
+
+    result = _train(model, embed_batch, dataset, out_dir, cfg, None, resume, stop_after, log)
+    sam.eval()
+    return result
+
+
+def _train(model, embed_batch, dataset, out_dir, cfg, teacher, resume, stop_after, log) -> dict:
+    """The loop of :func:`train_prompt_head` / :func:`train_sam`: ``embed_batch(samples)`` ->
+    (embeddings (B, C, h, w), padded (H, W), per sample (image, masks)); ``model`` a
+    :class:`PromptDecoder` whose parameters are all trained."""
+    from ovseg.train.state import latest_checkpoint, load_training_state, save_training_state
+
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
-    head.train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     last = latest_checkpoint(out_dir) if resume else None
     if last is not None:
         state = load_training_state(last)
-        head.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["iteration"]), [tuple(r) for r in state["history"].tolist()]
         log(f"resuming from {last} (iteration {start})", file=sys.stderr)
@@ -295,13 +369,11 @@ def train_prompt_head(
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = rng.choice(len(dataset), size=min(cfg.batch_size, len(dataset)), replace=False)
-        pixels, per_sample = network_inputs(predictor, [dataset[int(i)] for i in index])
-        embeddings = head.embed_image(head_inputs(predictor.model, pixels))
-        padded_hw = tuple(pixels.shape[-2:])
+        embeddings, padded_hw, per_sample = embed_batch([dataset[int(i)] for i in index])
         losses, ious = [], []
         for b, (image, masks) in enumerate(per_sample):
             loss, image_ious = image_step(
-                head, embeddings[b : b + 1], padded_hw, masks, cfg, rng, teacher, image
+                model, embeddings[b : b + 1], padded_hw, masks, cfg, rng, teacher, image
             )
             if loss is not None:
                 losses.append(loss)
@@ -311,7 +383,7 @@ def train_prompt_head(
         loss = torch.stack(losses).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         history.append((iteration + 1, float(loss.detach()), float(np.mean(ious))))
         if (iteration + 1) % 50 == 0 or iteration + 1 == cfg.iterations:
@@ -326,12 +398,12 @@ def train_prompt_head(
                 out_dir,
                 iteration + 1,
                 {
-                    "model": head.state_dict(),  # the head only
+                    "model": model.state_dict(),  # the trained part only
                     "optimizer": optimizer.state_dict(),
                     "iteration": iteration + 1,
                     "history": torch.tensor(history, dtype=torch.float64).reshape(-1, 3),
                     "config": {k: str(v) for k, v in asdict(cfg).items()},
                 },
             )
-    head.eval()
+    model.eval()
     return {"iterations": end, "losses": history}

@@ -89,6 +89,20 @@ SAM_ARCHITECTURES = {
         decoder_mlp_dim=64,
         decoder_num_heads=2,
     ),
+    # Random weights, ~0.6 M parameters, stride-8 patches at the synthetic world's 160-pixel
+    # side: a teacher trained there (``ovseg train-prompt-head --train-sam small``).
+    "small": SamArchitecture(
+        64,
+        4,
+        4,
+        (1, 3),
+        image_size=160,
+        patch_size=8,
+        window_size=10,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+    ),
 }
 
 
