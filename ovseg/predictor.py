@@ -62,6 +62,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+HEADS = ("fcclip", "pixel-text")  # predict(head=...): the model's masks, or pixel-text
+
+
 @dataclass
 class ImageFeatures:
     """The vocabulary-free part of one image's forward pass (:meth:`OVSegPredictor.encode`).
@@ -378,6 +381,7 @@ class OVSegPredictor:
         vocabulary: VocabularyLike | None = None,
         tasks: tuple[str, ...] | str = TASKS,
         short_side: int | None = None,
+        head: str = "fcclip",
     ) -> dict:
         """Segment one image: :meth:`encode` (cached) then :meth:`segment`.
 
@@ -388,14 +392,39 @@ class OVSegPredictor:
                 classes (see :func:`ovseg.vocabulary.as_vocabulary`).
             tasks: any of "panoptic", "semantic", "instance".
             short_side: test resize of the short side (default: the config's).
+            head: "fcclip" (the model's masks and classes) or "pixel-text" (semantic only:
+                every location of the frozen CLIP map matched with the classes' text, the
+                training-free baseline of :func:`ovseg.heatmap.pixel_text_semantic`).
         Returns:
-            the dict of :meth:`segment`.
+            the dict of :meth:`segment`. ValueError for an unknown head, or "pixel-text" with
+            a task other than semantic.
         """
         tasks = _check_tasks(tasks)
+        if head not in HEADS:
+            raise ValueError(f"unknown head '{head}': choose one of {', '.join(HEADS)}")
+        if head == "pixel-text" and tasks != ("semantic",):
+            raise ValueError("the pixel-text head gives semantic output only: use --task semantic")
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
-        return self.segment(self.encode(image, short_side=short_side), tasks=tasks)
+        features = self.encode(image, short_side=short_side)
+        if head == "pixel-text":
+            from ovseg.heatmap import pixel_text_semantic
+
+            return pixel_text_semantic(self, features)
+        return self.segment(features, tasks=tasks)
+
+    def heatmap(self, image, phrases, *, short_side: int | None = None) -> np.ndarray:
+        """Relevancy heat maps of free-form phrases ("red car"): (P, H, W) float32 in (0, 1)
+        at :meth:`output_size`, above 0.5 where a pixel matches the phrase better than the
+        canonical "object / things / stuff / texture" (LERF / LangSplat relevancy of the
+        frozen CLIP's per-location embeddings; :func:`ovseg.heatmap.relevancy_maps`). The
+        image features are cached: more phrases cost only text. ValueError for an empty
+        phrase."""
+        from ovseg.heatmap import check_phrases, relevancy_maps
+
+        phrases = check_phrases(phrases)  # before the image pass
+        return relevancy_maps(self, self.encode(image, short_side=short_side), phrases)
 
     @torch.no_grad()
     def segment(

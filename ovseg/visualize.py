@@ -177,3 +177,68 @@ def draw_result(
     if task == "instance":
         drawable = drawable[::-1]  # best on top
     return overlay(image, drawable, note=note, prompts=prompts, prompt_scale=prompt_scale)
+
+
+def turbo(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB (..., 3) of the Turbo colour map (Mikhailov
+    2019, Google's degree-5 polynomial approximation), dark blue through green to red."""
+    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
+    coefficients = np.array(
+        [
+            [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+            [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+            [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+        ]
+    )  # (3 channels, 6 powers)
+    powers = x ** np.arange(6)  # (..., 6)
+    return (np.clip(powers @ coefficients.T, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def draw_heatmap(
+    image: np.ndarray, relevancy: np.ndarray, phrase: str, *, note: str | None = None
+) -> Image.Image:
+    """A relevancy heat map over the image: the photo dimmed to grey, and Turbo colours blended
+    in where relevancy is above 0.5 (the phrase beats the canonical phrases), the more relevant
+    the more opaque. The colours run from 0.5 (blue) to the image's peak (red), as LangSplat
+    stretches each map to its own range, but never below 0.5: a map with no relevant pixel
+    stays grey. The colour bar is labelled with that range; a caption names the phrase.
+
+    Args:
+        image: (H, W, 3) uint8; relevancy: (H, W) in [0, 1] at the same size
+            (:meth:`ovseg.predictor.OVSegPredictor.heatmap`).
+        note: a line under the caption (the model that made it).
+    """
+    if relevancy.shape != image.shape[:2]:
+        raise ValueError(f"relevancy {relevancy.shape} and image {image.shape[:2]} differ in size")
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True) * 0.55 + 40
+    peak = float(relevancy.max())
+    top = max(peak, 0.5 + 1e-3)
+    strength = np.clip((relevancy - 0.5) / (top - 0.5), 0, 1)[..., None]  # 0 at 0.5, 1 at peak
+    alpha = np.where(strength > 0, 0.35 + 0.6 * strength, 0.0)
+    colours = turbo(strength[..., 0]).astype(np.float32)
+    picture = Image.fromarray((grey * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8))
+    font_size = max(11, min(22, picture.width // 30))
+    font, note_font = _font(font_size), _font(max(10, font_size - 2))
+    found = f"peak relevancy {peak:.2f}" if peak > 0.5 else "no pixel above 0.5"
+    caption = f"\u201c{phrase}\u201d  {found}"
+    per_line = max(16, int(picture.width / (0.55 * font_size)))
+    lines = [(line, font) for line in textwrap.wrap(caption, per_line)]
+    if note:
+        lines += [(line, note_font) for line in textwrap.wrap(note, int(per_line * 1.15))]
+    bar = font_size + 4
+    height = 8 + bar + 6 + sum(f.size + 4 for _, f in lines) + 6
+    board = Image.new("RGB", (picture.width, picture.height + height), (255, 255, 255))
+    board.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(board)
+    # colour bar: relevancy 0.5 (left) to the peak (right)
+    width = max(40, picture.width // 3)
+    ramp = turbo(np.linspace(0, 1, width))[None].repeat(bar, axis=0)
+    board.paste(Image.fromarray(ramp), (8, picture.height + 8))
+    label = f"relevancy 0.5 \u2192 {top:.2f}"
+    draw.text((8 + width + 6, picture.height + 8), label, fill=(0, 0, 0), font=note_font)
+    y = picture.height + 8 + bar + 6
+    for text, line_font in lines:
+        colour = (0, 0, 0) if line_font is font else (90, 90, 90)
+        draw.text((8, y), text, fill=colour, font=line_font)
+        y += line_font.size + 4
+    return board

@@ -126,3 +126,24 @@ def test_a_click_on_a_shipped_scene_gives_the_object_and_its_class(tiny_app_url,
     table = page.locator("#prompt-table").text_content()
     assert "positive point at" in table and "triangle" in table, table
     assert "Traceback" not in page.content()
+
+
+def test_heat_map_tab_shows_a_map_for_a_typed_phrase(tiny_app_url, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(tiny_app_url)
+    page.get_by_role("tab", name="Heat map").click()
+    scene = ROOT / "ovseg" / "assets" / "examples" / "synthetic_val_00000.png"
+    page.set_input_files("#heat-image input[type=file]", str(scene))
+    page.fill("#heat-phrases textarea", "triangle")
+    page.click("#heat-run")
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#heat-status'); "
+        "return s && s.innerText.includes('heat map(s)'); }",
+        timeout=120_000,
+    )
+    assert page.locator("#heat-maps img").count() == 1
+    page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
+    page.fill("#heat-phrases textarea", " ")
+    page.click("#heat-run")
+    page.get_by_text("type a phrase", exact=False).first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()

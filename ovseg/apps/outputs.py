@@ -5,6 +5,7 @@ ones."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,19 +39,36 @@ def output_stems(inputs: list[Path]) -> dict[Path, str]:
     return stems
 
 
-def output_paths(directory: Path, image: Path, stem: str) -> dict[str, Path]:
+def output_paths(
+    directory: Path,
+    image: Path,
+    stem: str,
+    *,
+    heatmaps: list[str] | None = None,
+    segment: bool = True,
+) -> dict[str, Path]:
     """The files one input writes, named ``stem`` (see :func:`output_stems`): overlay, labels
-    and JSON (an image); overlay and per-frame JSON (a video)."""
+    (when ``segment``) and JSON, and ``heatmap N`` per heat-map phrase (an image); overlay and
+    per-frame JSON (a video)."""
     if image.suffix.lower() in VIDEO_SUFFIXES:
         return {
             "overlay": directory / f"{stem}_overlay.mp4",
             "json": directory / f"{stem}_frames.json",
         }
-    return {
-        "overlay": directory / f"{stem}_overlay.png",
-        "labels": directory / f"{stem}_labels.png",
-        "json": directory / f"{stem}.json",
-    }
+    paths = {"json": directory / f"{stem}.json"}
+    if segment:
+        paths["overlay"] = directory / f"{stem}_overlay.png"
+        paths["labels"] = directory / f"{stem}_labels.png"
+    for index, phrase in enumerate(heatmaps or []):
+        paths[f"heatmap {index}"] = directory / f"{stem}_heatmap_{index + 1}{_slug(phrase)}.png"
+    return paths
+
+
+def _slug(phrase: str) -> str:
+    """A file-name part for a phrase: ``_red-car`` (ASCII letters and digits, at most 40), or
+    nothing when none is left (the heat map's number names it alone)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")[:40].strip("-")
+    return f"_{slug}" if slug else ""
 
 
 def run_settings(args, model: str, vocabulary, image: Path) -> dict:
@@ -58,19 +76,24 @@ def run_settings(args, model: str, vocabulary, image: Path) -> dict:
     with their synonyms and given kinds, the task, the precision asked for, the sizes, and the
     source file."""
     stat = image.stat()
-    given = [
-        ("thing" if thing else "stuff") if source == "given" else None
-        for thing, source in zip(
-            vocabulary.is_thing,
-            vocabulary.kind_sources or ["given"] * len(vocabulary),
-            strict=True,
-        )
-    ]
+    given = classes = None  # heat maps only
+    if vocabulary is not None:
+        classes = [list(synonyms) for synonyms in vocabulary.classes]
+        given = [
+            ("thing" if thing else "stuff") if source == "given" else None
+            for thing, source in zip(
+                vocabulary.is_thing,
+                vocabulary.kind_sources or ["given"] * len(vocabulary),
+                strict=True,
+            )
+        ]
     return {
         "model": model,
-        "classes": [list(synonyms) for synonyms in vocabulary.classes],
+        "classes": classes,
         "given_kinds": given,
-        "task": args.task,
+        "task": args.task if vocabulary is not None else None,
+        "head": getattr(args, "head", "fcclip"),
+        "heatmaps": getattr(args, "heatmap", None),
         "precision": args.precision,
         "short_side": args.short_side,
         "max_output_pixels": args.max_output_pixels,
@@ -124,14 +147,14 @@ def check_writable(directory: Path) -> bool:
     return created
 
 
-def write_image_outputs(paths: dict[str, Path], overlay, labels, record: dict) -> None:
-    """Write the three files through temp names and rename them together: no partial outputs."""
-    atomic_write_many(
-        {
-            paths["overlay"]: lambda tmp: overlay.save(tmp, format="PNG"),
-            paths["labels"]: lambda tmp: labels.save(tmp, format="PNG"),
-            paths["json"]: lambda tmp: Path(tmp).write_text(
-                json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
-            ),
-        }
-    )
+def write_outputs(outputs: dict) -> None:
+    """Write one input's files (path -> PIL image, saved as PNG, or a JSON record) through
+    temp names and rename them together: no partial outputs."""
+
+    def writer(value):
+        if isinstance(value, dict):
+            text = json.dumps(value, ensure_ascii=False, indent=1)
+            return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+        return lambda tmp: value.save(tmp, format="PNG")
+
+    atomic_write_many({path: writer(value) for path, value in outputs.items()})

@@ -14,7 +14,7 @@ from ovseg.apps.outputs import (
     output_paths,
     output_stems,
     run_settings,
-    write_image_outputs,
+    write_outputs,
 )
 from ovseg.results import INSTANCE_SCORE_THRESHOLD
 from ovseg.video import DEFAULT_MAX_FRAMES, VIDEO_SUFFIXES
@@ -45,7 +45,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="also segment the example images shipped with ovseg (3 photos, 3 synthetic scenes)",
     )
-    names = parser.add_mutually_exclusive_group(required=True)
+    names = parser.add_mutually_exclusive_group()
     names.add_argument(
         "--classes",
         help='class names separated by commas, synonyms by "/": "person/child, zebra, sky"',
@@ -55,6 +55,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"a shipped vocabulary ({', '.join(SHIPPED_VOCABULARIES)}) or a vocabulary file",
     )
     parser.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
+    parser.add_argument(
+        "--head",
+        choices=("fcclip", "pixel-text"),
+        default="fcclip",
+        help="fcclip: the model's masks and classes (default); pixel-text: with --task "
+        "semantic, every location of the frozen CLIP map matched with the class names "
+        "(training-free baseline)",
+    )
+    parser.add_argument(
+        "--heatmap",
+        action="append",
+        metavar="TEXT",
+        help='a relevancy heat map for this phrase, e.g. --heatmap "red car" (repeat for more): '
+        "writes NAME_heatmap_N_TEXT.png; without --classes / --vocab only heat maps are made",
+    )
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
     add_model_arguments(parser)
     parser.add_argument(
@@ -113,14 +128,36 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
+
+    from ovseg.preprocess import load_image
+
+    image = load_image(image_path)
+    outputs = {}  # path -> what to write there
+    record = {"image": str(image_path)}
+    if "json" in paths and "labels" in paths:
+        record = _segmentation(predictor, image, image_path, args, settings, paths, outputs)
+    if args.heatmap:
+        record["heatmaps"] = _heatmaps(predictor, image, args, settings, paths, outputs)
+        if "labels" not in paths:
+            size = predictor.output_size(*image.shape[:2])
+            record |= {"image_size": list(image.shape[:2]), "output_size": list(size)}
+            record |= {"task": "heatmap", "model": settings["model"]}
+    record["settings"] = settings
+    outputs[paths["json"]] = record
+    write_outputs(outputs)
+    return record
+
+
+def _segmentation(predictor, image, image_path, args, settings, paths, outputs) -> dict:
+    """Segment one image (the task, prompts or SAM masks); its overlay and label map go into
+    ``outputs``; returns its JSON record."""
     import numpy as np
 
     from ovseg.model_zoo import model_caveat, model_tag
-    from ovseg.preprocess import load_image, resize_image
+    from ovseg.preprocess import resize_image
     from ovseg.results import describe, image_record, label_map_image
     from ovseg.visualize import draw_result
 
-    image = load_image(image_path)
     task = "prompts" if args.prompts is not None else args.task
     if args.prompts is not None:
         result = predictor.segment_prompts(image, prompts=args.prompts, sam=args.sam_masks)
@@ -129,13 +166,17 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
 
         result = segment_automatic(predictor, image, args.sam_masks, tasks=(args.task,))
     else:
-        result = predictor.predict(image, tasks=(args.task,), short_side=args.short_side)
+        result = predictor.predict(
+            image, tasks=(args.task,), short_side=args.short_side, head=args.head
+        )
     label_map, segments = describe(result, task, score_threshold=args.score_threshold)
     if task == "prompts":
         for segment in segments:
             segment["shown"] = True  # every prompt's mask is drawn, whatever its score
     source = "" if args.masks == "model" else f", masks: {args.sam_masks.name}"
-    overlay = draw_result(
+    if args.head == "pixel-text":
+        source += ", pixel-text head"
+    outputs[paths["overlay"]] = draw_result(
         resize_image(image, result["output_size"]),
         segments,
         task,
@@ -143,17 +184,43 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
         prompts=args.prompts,
         prompt_scale=result["output_size"][0] / result["image_size"][0],
     )
+    outputs[paths["labels"]] = label_map_image(np.asarray(label_map), task)
     record = image_record(result, segments, task=task, model=settings["model"], image=image_path)
     if task == "prompts":
         record["prompts"] = result["prompts"]
     if args.sam_masks is not None:
         record["masks_from"] = args.sam_masks.name
-    record["settings"] = settings
+    if args.head != "fcclip":
+        record["head"] = args.head
     caveat = model_caveat(settings["model"], result["vocabulary"].classes)
     if caveat:
         record["model_caveat"] = caveat
-    write_image_outputs(paths, overlay, label_map_image(np.asarray(label_map), task), record)
     return record
+
+
+def _heatmaps(predictor, image, args, settings, paths, outputs) -> list[dict]:
+    """One relevancy heat map picture per ``--heatmap`` phrase into ``outputs``; returns their
+    JSON entries (phrase, file, peak relevancy, share of pixels above 0.5)."""
+    from ovseg.model_zoo import model_tag
+    from ovseg.preprocess import resize_image
+    from ovseg.visualize import draw_heatmap
+
+    maps = predictor.heatmap(image, args.heatmap, short_side=args.short_side)
+    shown = resize_image(image, maps.shape[1:])
+    entries = []
+    for index, (phrase, relevancy) in enumerate(zip(args.heatmap, maps, strict=True)):
+        path = paths[f"heatmap {index}"]
+        note = f"model: {model_tag(settings['model'])}"
+        outputs[path] = draw_heatmap(shown, relevancy, phrase, note=note)
+        entries.append(
+            {
+                "phrase": phrase,
+                "file": path.name,
+                "peak_relevancy": round(float(relevancy.max()), 4),
+                "relevant_share": round(float((relevancy > 0.5).mean()), 4),
+            }
+        )
+    return entries
 
 
 def process_video(predictor, video_path: Path, args, paths: dict, settings: dict, info) -> dict:
@@ -225,6 +292,17 @@ def _check_arguments(args) -> None:
         resolve_device(args.device)
     if not args.inputs and not args.examples:
         raise UsageError("name an image, video or directory to segment (or --examples)")
+    if args.classes is None and args.vocab is None and not args.heatmap:
+        raise UsageError("name the classes with --classes or --vocab (or ask for --heatmap TEXT)")
+    if args.heatmap:
+        from ovseg.heatmap import check_phrases
+
+        args.heatmap = check_phrases(args.heatmap)
+    if args.head == "pixel-text":
+        if args.task != "semantic":
+            raise UsageError("--head pixel-text gives semantic output only: add --task semantic")
+        if args.points or args.boxes or args.masks == "sam":
+            raise UsageError("--head pixel-text makes no masks: drop --points, --boxes, --masks")
     if args.points or args.boxes:
         from ovseg.sam.prompts import parse_prompts
 
@@ -254,7 +332,9 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
     model = model_label(args.model, args.weights)
     todo, bad, skipped = [], [], 0
     for image in images:
-        paths = output_paths(out_dir, image, stems[image])
+        paths = output_paths(
+            out_dir, image, stems[image], heatmaps=args.heatmap, segment=vocabulary is not None
+        )
         settings = run_settings(args, model, vocabulary, image)
         if not args.overwrite and is_up_to_date(paths, settings):
             skipped += 1
@@ -277,6 +357,8 @@ def _check_prompts_fit(path: Path, video_info, args) -> None:
 
     if video_info is not None and (args.prompts is not None or args.masks == "sam"):
         raise PromptError(f"{path}: --points, --boxes and --masks sam work on images, not videos")
+    if video_info is not None and args.heatmap:
+        raise PromptError(f"{path}: --heatmap works on images, not videos")
     if args.prompts is not None:
         try:
             make_prompts(
@@ -299,9 +381,11 @@ def run(args) -> int:
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
     _check_arguments(args)
-    vocabulary = (
-        parse_class_list(args.classes) if args.classes is not None else as_vocabulary(args.vocab)
-    )
+    vocabulary = None  # heat maps only
+    if args.classes is not None:
+        vocabulary = parse_class_list(args.classes)
+    elif args.vocab is not None:
+        vocabulary = as_vocabulary(args.vocab)
     out_dir = Path(args.output)
     todo, bad, skipped = _plan(args, vocabulary, out_dir)
     if skipped:
@@ -331,13 +415,14 @@ def run(args) -> int:
                     f"model {predictor.model_name} has no prompt head for --points / --boxes: "
                     "add --masks sam (with SAM weights), or use a model with one (synthetic_tiny)"
                 )
-        predictor.set_vocabulary(vocabulary)
-        kinds = describe_guessed_kinds(predictor.vocabulary)
-        if kinds:
-            print(f"ovseg: {kinds}", file=sys.stderr)
-        caveat = model_caveat(predictor.model_name, predictor.vocabulary.classes)
-        if caveat:
-            print(f"ovseg: {caveat}", file=sys.stderr)
+        if vocabulary is not None:
+            predictor.set_vocabulary(vocabulary)
+            kinds = describe_guessed_kinds(predictor.vocabulary)
+            if kinds:
+                print(f"ovseg: {kinds}", file=sys.stderr)
+            caveat = model_caveat(predictor.model_name, predictor.vocabulary.classes)
+            if caveat:
+                print(f"ovseg: {caveat}", file=sys.stderr)
         failures = _segment_all(predictor, todo, args)
     finally:
         if created and not any(out_dir.iterdir()):
@@ -383,8 +468,17 @@ def _summary(image_path: Path, record: dict, paths: dict) -> str:
     out_dir = paths["json"].parent
     if "per_frame" in record:
         return f"{image_path}: {record['frames']} frames -> {out_dir}"
+    heat = ""
+    if "heatmaps" in record:
+        peaks = ", ".join(
+            f"{h['phrase']!r} peak {h['peak_relevancy']:.2f}" for h in record["heatmaps"]
+        )
+        heat = f"heat maps: {peaks}"
+        if "segments" not in record:
+            return f"{image_path}: {heat} -> {out_dir}"
+        heat = f"; {heat}"
     shown = [s for s in record["segments"] if s.get("shown", True)]
     found = ", ".join(sorted({s["class"] for s in shown})) or "nothing"
     hidden = len(record["segments"]) - len(shown)
     below = f"; {hidden} below --score-threshold in the JSON only" if hidden else ""
-    return f"{image_path}: {len(shown)} segments ({found}{below}) -> {out_dir}"
+    return f"{image_path}: {len(shown)} segments ({found}{below}){heat} -> {out_dir}"

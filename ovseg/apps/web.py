@@ -5,8 +5,8 @@ task; see the overlay with its legend, a table of segments, and download the lab
 JSON. Changing only the classes reuses the image features (the predictor's cache). Prompts
 tab: click positive / negative points and box corners on the image; each prompt object's mask
 comes back with its top classes (masks from the model's prompt head, or from SAM when the demo
-was started with SAM weights). Video tab: per-frame segmentation with tracked instance ids, an
-overlay MP4 and per-frame JSON.
+was started with SAM weights). Heat map tab: relevancy heat maps for any phrases. Video tab:
+per-frame segmentation with tracked instance ids, an overlay MP4 and per-frame JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ovseg import model_zoo
+from ovseg.apps.web_heatmap import heatmap_tab
 
 TYPED = "(type classes)"
 
@@ -104,6 +105,14 @@ class Demo:
             )
         return parse_class_list(classes)
 
+    def check_image_size(self, array: np.ndarray) -> None:
+        """DemoError for an image above ``MAX_IMAGE_PIXELS``."""
+        if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+            raise DemoError(
+                f"the image has {array.shape[1]}x{array.shape[0]} pixels; the limit "
+                f"is {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+            )
+
     def segment_image(self, image, classes: str, preset: str, task: str, name: str = "image"):
         """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text. The
         downloads are named after the image (``name``) and the task."""
@@ -122,11 +131,7 @@ class Demo:
         if image is None:
             raise DemoError("upload an image first (or pick an example)")
         array = as_rgb_array(image)
-        if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
-            raise DemoError(
-                f"the image has {array.shape[1]}x{array.shape[0]} pixels; the limit "
-                f"is {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
-            )
+        self.check_image_size(array)
         vocabulary = self.vocabulary(classes, preset)
         start = time.perf_counter()
         encodes = self.predictor.image_encodes
@@ -454,6 +459,7 @@ def build_app(demo: Demo):
         )
         _image_tab(gr, demo)
         _prompt_tab(gr, demo)
+        heatmap_tab(gr, demo, functools.partial(_guarded, gr))
         _video_tab(gr, demo)
     return app
 

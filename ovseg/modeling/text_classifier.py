@@ -178,16 +178,21 @@ class TextEncoder:
         per_synonym = per_prompt.reshape(len(synonyms), len(self.templates), -1).mean(dim=1)
         return F.normalize(per_synonym, dim=-1)
 
-    def __call__(self, vocab: Vocabulary) -> TextClassifier:
-        synonyms = vocab.synonyms
-        key = self._key(synonyms)
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts (class synonyms or free-form phrases) -> (N, D) L2-normalised embeddings,
+        each the mean over the prompt templates (:meth:`encode_synonyms`), cached in memory
+        and on disk by the text tower, the templates and the texts."""
+        key = self._key(texts)
         embeddings = self._memory.get(key)
         path = self.cache_dir / f"{key}.safetensors"
         if embeddings is None and self.use_disk_cache and path.is_file():
-            embeddings = _load_cached(path, len(synonyms))
+            embeddings = _load_cached(path, len(texts))
         if embeddings is None:
-            embeddings = self.encode_synonyms(synonyms).cpu()
+            embeddings = self.encode_synonyms(texts).cpu()
             if self.use_disk_cache:
                 self._save_or_give_up(embeddings, path)
         self._memory[key] = embeddings
-        return TextClassifier(embeddings, vocab.num_synonyms)
+        return embeddings
+
+    def __call__(self, vocab: Vocabulary) -> TextClassifier:
+        return TextClassifier(self.encode_texts(vocab.synonyms), vocab.num_synonyms)
