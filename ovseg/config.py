@@ -92,6 +92,32 @@ class PromptHeadConfig:
 
 
 @dataclass
+class TextContextConfig:
+    """Context-aware text (ovseg.modeling.text_context) and DenseCLIP's pixel-text auxiliary
+    loss. All off in the official model; switching one on adds its parameters."""
+
+    learnable_context: int = 0  # N learned context vectors replacing the templates (DenseCLIP: 8)
+    visual_context_layers: int = 0  # DenseCLIP's visual-context decoder (its default: 3)
+    visual_context_width: int = 256
+    visual_context_heads: int = 4
+    visual_context_gamma: float = 1e-4  # initial per-channel scale of the update
+    cdt: bool = False  # MAFT+'s content-dependent transfer of the out-of-vocabulary classifier
+    cdt_heads: int = 8
+    cdt_loss_weight: float = 2.0  # its training signal: CE of the matched queries' CLIP labels
+    pixel_text_loss_weight: float = 0.0  # DenseCLIP's auxiliary loss on pixel-text score maps
+    pixel_text_temperature: float = 0.07
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.learnable_context
+            or self.visual_context_layers
+            or self.cdt
+            or self.pixel_text_loss_weight > 0
+        )
+
+
+@dataclass
 class ModelConfig:
     name: str = "fcclip_convnext_large_coco"
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -100,6 +126,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     prompt_head: PromptHeadConfig = field(default_factory=PromptHeadConfig)
+    text_context: TextContextConfig = field(default_factory=TextContextConfig)
 
 
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

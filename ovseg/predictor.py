@@ -125,6 +125,7 @@ class OVSegPredictor:
             batch_size=cfg.text.batch_size,
             cache_dir=text_cache_dir,
             use_disk_cache=use_disk_text_cache,
+            context=None if model.text_context is None else model.text_context.context,
         )
         self.train_vocabulary = load_vocabulary(cfg.text.train_vocabulary)
         self.feature_cache_size = feature_cache_size
@@ -451,7 +452,11 @@ class OVSegPredictor:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
         inf = self.cfg.inference
-        image_outputs = {"pred_embeds": features.pred_embeds, "clip_embeds": features.clip_embeds}
+        image_outputs = {
+            "pred_embeds": features.pred_embeds,
+            "clip_embeds": features.clip_embeds,
+            "clip_vis_dense": features.clip_dense,
+        }
         class_logits = self.model.classify(image_outputs, self._classifier, self._seen)["ensemble"][
             0
         ]

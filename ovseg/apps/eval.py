@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         action="store_true",
         help="also write COCO panoptic format predictions",
     )
+    parser.add_argument(
+        "--head",
+        choices=("fcclip", "pixel-text"),
+        default="fcclip",
+        help="pixel-text: score the training-free pixel-text semantic output (semantic only)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             save_predictions=args.save_predictions,
             limit=args.limit,
             num_workers=args.num_workers,
+            head=args.head,
         )
     except (ValueError, FileNotFoundError, WeightsError, DatasetError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -99,10 +99,12 @@ def evaluate(
     limit: int | None = None,
     num_workers: int = 2,
     progress: bool = True,
+    head: str = "fcclip",
 ) -> dict:
     """Run ``predictor`` over ``dataset`` with the dataset's vocabulary and score it.
 
     Panoptic datasets support all three tasks; semantic datasets only "semantic".
+    ``head="pixel-text"`` scores the training-free pixel-text semantic output (semantic only).
     Returns {"panoptic": ..., "semantic": ..., "instance": ..., "images": n, "seconds": s}.
     Raises ValueError for an image above the predictor's ``max_output_pixels``.
     """
@@ -113,6 +115,8 @@ def evaluate(
     predictor.feature_cache_size = 0  # every image is new
     has_panoptic = hasattr(dataset, "categories")
     tasks = tuple(t for t in tasks if has_panoptic or t == "semantic")
+    if head == "pixel-text":
+        tasks = tuple(t for t in tasks if t == "semantic")
     evaluators = _evaluators(vocab, predictor.seen, tasks)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(
@@ -126,7 +130,7 @@ def evaluate(
     for sample in tqdm(
         loader, total=count, desc="evaluating", unit="image", disable=not progress, file=sys.stderr
     ):
-        result = predictor.predict(sample["image"], tasks=tasks)
+        result = predictor.predict(sample["image"], tasks=tasks, head=head)
         if result["output_size"] != result["image_size"]:
             raise ValueError(
                 f"image {sample['file_name']} is larger than max_output_pixels: "

@@ -201,11 +201,18 @@ class CLIPBackbone(nn.Module):
         The text tower is causal, so positions after the last end-of-text token cannot change
         the pooled token: the sequence is cut there (same values, much less work).
         """
-        clip = self.clip
         eot_positions = tokens.argmax(dim=-1)
         length = int(eot_positions.max().item()) + 1
-        x = clip.token_embedding(tokens[:, :length])
-        x = x + clip.positional_embedding[:length]
+        return self.text_tower(self.clip.token_embedding(tokens[:, :length]), eot_positions)
+
+    def text_tower(self, token_embeddings: torch.Tensor, eot_positions: torch.Tensor):
+        """The frozen text tower from token embeddings on: (N, L, width) embedded tokens (L at
+        most the context length) and (N,) end-of-text positions -> (N, embed_dim), not
+        normalised. Gradients reach ``token_embeddings`` (learned context vectors,
+        :mod:`ovseg.modeling.text_context`); the tower's own weights stay frozen."""
+        clip = self.clip
+        length = token_embeddings.shape[1]
+        x = token_embeddings + clip.positional_embedding[:length]
         attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
         x = clip.transformer(x, attn_mask=attn_mask)
         x = clip.ln_final(x)

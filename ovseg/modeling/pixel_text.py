@@ -32,6 +32,20 @@ def dense_clip_embeddings(backbone, clip_dense: torch.Tensor) -> torch.Tensor:
     return embeddings.transpose(1, 2).reshape(batch, -1, height, width)
 
 
+def pixel_text_similarity(pixel_embeddings: torch.Tensor, classifier: TextClassifier):
+    """Cosine of each pixel with each class: (B, D, h, w) L2-normalised pixel embeddings and a
+    classifier of K classes ((S, D) or per image (B, S, D) embeddings) -> (B, K, h, w), the max
+    over each class's synonyms."""
+    text = classifier.embeddings.to(pixel_embeddings)
+    equation = "bdhw,sd->bshw" if text.dim() == 2 else "bdhw,bsd->bshw"
+    raw = torch.einsum(equation, pixel_embeddings, text)  # (B, S, h, w)
+    pad = raw.new_full((raw.shape[0], 1, *raw.shape[2:]), float("-inf"))
+    padded = torch.cat([raw, pad], dim=1)
+    index = classifier.synonym_index.to(raw.device)
+    index = torch.where(index > raw.shape[1], raw.shape[1], index)  # the void slot -> pad
+    return padded[:, index].amax(dim=2)
+
+
 def pixel_text_logits(
     pixel_embeddings: torch.Tensor, classifier: TextClassifier, logit_scale: torch.Tensor
 ) -> torch.Tensor:
@@ -39,14 +53,22 @@ def pixel_text_logits(
     classes -> (B, K, h, w) logits, exp(logit_scale) (clamped at 100, CLIP's) x cosine, the max
     over each class's synonyms (as :func:`ovseg.modeling.text_classifier.classification_logits`
     does for masks; DenseCLIP's score map, eq. 4, with synonyms)."""
-    text = classifier.embeddings.to(pixel_embeddings)
     scale = torch.clamp(logit_scale.exp(), max=100)
-    raw = scale * torch.einsum("bdhw,sd->bshw", pixel_embeddings, text)  # (B, S, h, w)
-    pad = raw.new_full((raw.shape[0], 1, *raw.shape[2:]), float("-inf"))
-    padded = torch.cat([raw, pad], dim=1)
-    index = classifier.synonym_index.to(raw.device)
-    index = torch.where(index > raw.shape[1], raw.shape[1], index)  # the void slot -> pad
-    return padded[:, index].amax(dim=2)
+    return scale * pixel_text_similarity(pixel_embeddings, classifier)
+
+
+def pixel_text_loss(
+    score_maps: torch.Tensor, semantic: torch.Tensor, *, ignore_index: int = 255
+) -> torch.Tensor:
+    """DenseCLIP's auxiliary segmentation loss: (B, K, h, w) score-map logits (cosine divided
+    by the temperature) upsampled bilinearly to the (B, H, W) semantic targets (class ids,
+    ``ignore_index`` for void), pixel cross-entropy, mean over labelled pixels (0 if none)."""
+    logits = F.interpolate(
+        score_maps.float(), size=semantic.shape[-2:], mode="bilinear", align_corners=False
+    )
+    if not bool((semantic != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, semantic.long(), ignore_index=ignore_index)
 
 
 def relevancy(

@@ -20,18 +20,22 @@ from ovseg.vocabulary import Vocabulary
 class TextClassifier:
     """Text embeddings of a vocabulary.
 
-    embeddings: (S, D) L2-normalised, one row per synonym, class-major.
+    embeddings: (S, D) L2-normalised, one row per synonym, class-major; or (B, S, D), one
+        classifier per image (text adapted to each image, :mod:`ovseg.modeling.text_context`).
     num_synonyms: synonyms per class, length K.
+    context_tokens: (S, context) token ids of the synonyms' prompts with learned-context
+        placeholders, when a model with learned context recomputes ``embeddings`` in training.
     """
 
     embeddings: torch.Tensor
     num_synonyms: list[int]
+    context_tokens: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if sum(self.num_synonyms) != self.embeddings.shape[0]:
+        if sum(self.num_synonyms) != self.embeddings.shape[-2]:
             raise ValueError("num_synonyms does not add up to the number of embedding rows")
         # (K, max synonyms) column index into [embeddings; void; -inf pad], padded with the pad.
-        num_rows = self.embeddings.shape[0]
+        num_rows = self.embeddings.shape[-2]
         width = max(self.num_synonyms)
         index = torch.full((len(self.num_synonyms), width), num_rows + 1, dtype=torch.long)
         start = 0
@@ -45,7 +49,12 @@ class TextClassifier:
         return len(self.num_synonyms)
 
     def to(self, device: torch.device | str) -> TextClassifier:
-        return TextClassifier(self.embeddings.to(device), list(self.num_synonyms))
+        tokens = None if self.context_tokens is None else self.context_tokens.to(device)
+        return TextClassifier(self.embeddings.to(device), list(self.num_synonyms), tokens)
+
+    def with_embeddings(self, embeddings: torch.Tensor) -> TextClassifier:
+        """The same classes with other embeddings ((S, D) or (B, S, D))."""
+        return TextClassifier(embeddings, list(self.num_synonyms), self.context_tokens)
 
 
 def classification_logits(
@@ -58,16 +67,23 @@ def classification_logits(
 
     Args:
         embeddings: (B, Q, D) query embeddings (not normalised).
-        classifier: text embeddings of K classes with S synonyms in all.
+        classifier: text embeddings of K classes with S synonyms in all, (S, D) or one set per
+            image (B, S, D).
         void_embedding: (1, D) learned void embedding (not normalised).
         logit_scale: scalar log temperature; exp() is clamped at 100.
     Returns:
         (B, Q, K+1) logits, the last column is void.
     """
-    text = torch.cat([classifier.embeddings, F.normalize(void_embedding, dim=-1)], dim=0)
+    void = F.normalize(void_embedding, dim=-1)
     x = F.normalize(embeddings, dim=-1)
     scale = torch.clamp(logit_scale.exp(), max=100)
-    raw = scale * x @ text.T  # (B, Q, S+1)
+    if classifier.embeddings.dim() == 2:
+        text = torch.cat([classifier.embeddings, void], dim=0)
+        raw = scale * x @ text.T  # (B, Q, S+1)
+    else:
+        per_image = classifier.embeddings
+        text = torch.cat([per_image, void.to(per_image)[None].expand(len(per_image), -1, -1)], 1)
+        raw = scale * torch.einsum("bqd,bsd->bqs", x, text)
     pad = raw.new_full(raw.shape[:-1] + (1,), float("-inf"))
     padded = torch.cat([raw, pad], dim=-1)
     index = classifier.synonym_index.to(raw.device)
@@ -117,8 +133,11 @@ class TextEncoder:
         batch_size: int = 128,
         cache_dir: str | Path | None = None,
         use_disk_cache: bool = True,
+        context=None,
     ) -> None:
         self.backbone = backbone
+        # A model's learned context (ovseg.modeling.text_context) replaces the templates.
+        self.context = context
         self.templates = list(templates)
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_text_cache_dir()
@@ -146,6 +165,8 @@ class TextEncoder:
     def _key(self, synonyms: list[str]) -> str:
         digest = hashlib.sha256(self.backbone.text_fingerprint().encode())
         digest.update("\x1e".join(self.templates).encode())
+        if self.context is not None:  # learned context instead of templates: its values
+            digest.update(self.context.context.detach().float().cpu().numpy().tobytes())
         digest.update(b"\x1d")
         digest.update("\x1e".join(synonyms).encode())
         return digest.hexdigest()[:32]
@@ -172,7 +193,18 @@ class TextEncoder:
         return encoded[inverse]
 
     def encode_synonyms(self, synonyms: list[str]) -> torch.Tensor:
-        """Synonyms -> (S, D): normalise each prompt, mean over templates, normalise again."""
+        """Synonyms -> (S, D): normalise each prompt, mean over templates, normalise again; with
+        a learned context, the context's prompt of each synonym instead."""
+        if self.context is not None:
+            with torch.no_grad():
+                device = self.context.context.device
+                return (
+                    self.context(
+                        self.backbone, self.context.tokens(self.backbone, synonyms).to(device)
+                    )
+                    .float()
+                    .cpu()
+                )
         prompts = [template.format(s) for s in synonyms for template in self.templates]
         per_prompt = F.normalize(self.encode_prompts(prompts), dim=-1)
         per_synonym = per_prompt.reshape(len(synonyms), len(self.templates), -1).mean(dim=1)

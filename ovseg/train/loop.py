@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_weights, save_weights
 from ovseg.config import ModelConfig, config_to_dict
 from ovseg.modeling.fcclip import build_model
-from ovseg.modeling.text_classifier import TextEncoder
+from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
 from ovseg.train import state as ckpt
 from ovseg.train.data import AugmentedSamples, IterationBatchSampler, collate, derived_seed
 from ovseg.train.distributed import (
@@ -132,8 +132,15 @@ def _train_process(
     model = _build_model(model_cfg, cfg, info, init_weights=init_weights)
     vocabulary = dataset.vocabulary
     classifier = _text_classifier(model, model_cfg, vocabulary, info.device)
+    text_cfg = model_cfg.text_context
     criterion = SetCriterion(
-        len(vocabulary), LossConfig(num_points=cfg.num_points, ignore_void=cfg.ignore_void)
+        len(vocabulary),
+        LossConfig(
+            num_points=cfg.num_points,
+            ignore_void=cfg.ignore_void,
+            cdt_weight=text_cfg.cdt_loss_weight,
+            pixel_text_weight=text_cfg.pixel_text_loss_weight,
+        ),
     )
     num_queries = model_cfg.transformer_decoder.num_queries
 
@@ -229,14 +236,23 @@ def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, info: DistInfo, *, in
     return model
 
 
-def _text_classifier(model, model_cfg: ModelConfig, vocabulary, device) -> torch.Tensor:
-    """The training vocabulary's text embeddings, from the model's own frozen CLIP."""
+def _text_classifier(model, model_cfg: ModelConfig, vocabulary, device) -> TextClassifier:
+    """The training vocabulary's text embeddings, from the model's own frozen CLIP. With a
+    learned context it also carries the prompts' tokens: the model recomputes the embeddings
+    in every forward, so that gradients reach the context."""
+    context = None if model.text_context is None else model.text_context.context
     encoder = TextEncoder(
         model.backbone,
         load_templates(model_cfg.text.templates),
         batch_size=model_cfg.text.batch_size,
+        use_disk_cache=context is None,
+        context=context,
     )
-    return encoder(vocabulary).to(device)
+    classifier = encoder(vocabulary)
+    if context is not None:
+        tokens = context.tokens(model.backbone, vocabulary.synonyms)
+        classifier = TextClassifier(classifier.embeddings, classifier.num_synonyms, tokens)
+    return classifier.to(device)
 
 
 def _build_optimizer(model, cfg: TrainConfig, info: DistInfo):

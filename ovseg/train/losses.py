@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ovseg.modeling.pixel_text import pixel_text_loss
 from ovseg.train.matcher import hungarian_match
 from ovseg.train.point_sampling import labelled_at, point_sample, uncertain_points
 
@@ -25,6 +26,11 @@ class LossConfig:
     # costs, so that unlabeled regions - e.g. novel classes - are not taught to be no mask.
     # Off in the official recipe, where a matched mask's target is 0 on void pixels.
     ignore_void: bool = False
+    # Text context (ovseg.modeling.text_context): CDT's CE on the out-of-vocabulary logits of
+    # the matched queries, and DenseCLIP's pixel-text auxiliary loss; used when the model
+    # returns those outputs.
+    cdt_weight: float = 2.0
+    pixel_text_weight: float = 0.0
 
 
 def sigmoid_ce_loss(
@@ -159,7 +165,27 @@ class SetCriterion:
             )
             losses[f"loss_mask{suffix}"] = mask_loss
             losses[f"loss_dice{suffix}"] = dice
+            if not suffix and "out_vocab_logits" in outputs:
+                losses["loss_cdt"] = self.loss_matched_labels(
+                    outputs["out_vocab_logits"], targets, matches, num_masks
+                )
+        if "pixel_text_logits" in outputs:
+            semantic = semantic_targets(targets, outputs["pixel_text_logits"].shape[0])
+            losses["loss_pixeltext"] = pixel_text_loss(outputs["pixel_text_logits"], semantic)
         return losses
+
+    def loss_matched_labels(self, logits, targets, matches, num_masks) -> torch.Tensor:
+        """CE over the K classes (no void) of the matched queries' logits (B, Q, K+1), summed
+        and divided by the global number of target masks (MAFT+'s CDT is trained by the
+        classification of the masks it sees)."""
+        picked, labels = [], []
+        for b, (pred_index, target_index) in enumerate(matches):
+            picked.append(logits[b, pred_index, :-1])
+            labels.append(targets[b]["labels"][target_index])
+        picked, labels = torch.cat(picked), torch.cat(labels)
+        if not len(labels):
+            return logits.sum() * 0.0
+        return F.cross_entropy(picked.float(), labels, reduction="sum") / num_masks
 
     def class_weight_sum(self, num_queries: int, batch: int, num_targets: int) -> float:
         """Sum of cross-entropy weights over a batch: matched queries weigh 1, the rest
@@ -172,5 +198,19 @@ class SetCriterion:
             "ce": self.cfg.class_weight,
             "mask": self.cfg.mask_weight,
             "dice": self.cfg.dice_weight,
+            "cdt": self.cfg.cdt_weight,
+            "pixeltext": self.cfg.pixel_text_weight,
         }
         return sum(weights[name.split("_")[1]] * value for name, value in losses.items())
+
+
+def semantic_targets(targets: list[dict], batch: int, *, void: int = 255) -> torch.Tensor:
+    """Per image, the class of each pixel from its target masks ((N, H, W), labels (N,)),
+    ``void`` where no mask covers it: (B, H, W) int64 (the images share the padded size)."""
+    height, width = targets[0]["masks"].shape[-2:]
+    device = targets[0]["masks"].device
+    semantic = torch.full((batch, height, width), void, dtype=torch.int64, device=device)
+    for b, target in enumerate(targets):
+        for mask, label in zip(target["masks"], target["labels"], strict=True):
+            semantic[b][mask > 0.5] = label
+    return semantic
