@@ -46,6 +46,7 @@ SCRIPTS = {
     "tools/bench_prompts.py": "bench-prompts",
     "tools/synthetic_world.py": "synthetic-world",
     "tools/task_agreement.py": "agreement",
+    "tools/text_ablation.py": "text-ablation",
 }
 
 

@@ -26,6 +26,10 @@ COMMANDS = {
         "prompted-mask IoU, labels and cost in the synthetic world (tools/bench_prompts.py)",
     ),
     "eval": ("eval", "PQ / mIoU / AP of a model on a dataset (tools/eval.py)"),
+    "text-ablation": (
+        "text_ablation",
+        "context-aware text ablation in the synthetic world (tools/text_ablation.py)",
+    ),
     "bench": ("bench", "per-stage inference latency and memory (tools/benchmark.py)"),
     "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),
     "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),

@@ -284,11 +284,20 @@ def train_base_segmentation(
     classes only (novel pixels are void). Writes out/init_with_clip.safetensors and the run
     under out/segmentation (model_final.safetensors last)."""
     from ovseg.checkpoint import save_weights
-    from ovseg.data import LargeScaleJitter
-    from ovseg.train.loop import TrainConfig, train
 
     init_path = out / "init_with_clip.safetensors"
     save_weights(model.state_dict(), init_path)
+    train_segmentation(model_cfg, world, cfg, out, init_path, progress=progress)
+
+
+def train_segmentation(
+    model_cfg, world: World, cfg: WorldConfig, out: Path, init_path: Path, *, progress: bool
+) -> None:
+    """Phase 3's training run from the weights file ``init_path`` (its CLIP frozen) into
+    out/segmentation, with the world's recipe (``cfg``: iterations, batch, crop, seed)."""
+    from ovseg.data import LargeScaleJitter
+    from ovseg.train.loop import TrainConfig, train
+
     seg_cfg = TrainConfig(
         max_iters=cfg.seg_iters,
         batch_size=cfg.seg_batch,
@@ -315,6 +324,7 @@ def train_base_segmentation(
         out / "segmentation",
         transform=LargeScaleJitter(crop_size=cfg.seg_crop, min_scale=0.5, max_scale=1.5),
         init_weights=str(init_path),
+        resume="auto" if (out / "segmentation" / "checkpoints").is_dir() else None,
         progress=progress,
     )
 
