@@ -125,6 +125,7 @@ def run(args) -> dict:
                             predictor.model,
                             predictor.pool_masks(features, masks),
                             predictor.classifier,
+                            features.clip_dense,
                         )
                         row["top1"] = int(probs[0].argmax()) == int(label)
                     if teacher is not None:

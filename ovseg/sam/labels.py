@@ -50,10 +50,15 @@ def pool_mask_logits(
     return pooled, soft
 
 
-def class_probabilities(model, clip_embeds: torch.Tensor, classifier) -> torch.Tensor:
+def class_probabilities(
+    model, clip_embeds: torch.Tensor, classifier, clip_vis_dense: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N, D) mask-pooled CLIP embeddings -> (N, K) class probabilities of the
     out-of-vocabulary classifier (softmax over the K classes, void left out as in
-    FC-CLIP's ensemble)."""
+    FC-CLIP's ensemble). ``clip_vis_dense`` (1, C, h, w), the image's dense CLIP map: a
+    model with MAFT+'s CDT adapts the classifier to the image (``FCCLIP.adapted_text``)."""
+    if clip_vis_dense is not None:
+        classifier = model.adapted_text(classifier, clip_vis_dense)[1]
     logits = model.out_vocab_logits(clip_embeds[None], classifier)[0]
     return logits[:, :-1].float().softmax(-1)
 

@@ -49,7 +49,10 @@ def segment_masks(
     features = predictor.encode(image)
     masks_np = np.asarray(masks).astype(bool)
     probs = class_probabilities(
-        predictor.model, predictor.pool_masks(features, masks_np), predictor.classifier
+        predictor.model,
+        predictor.pool_masks(features, masks_np),
+        predictor.classifier,
+        features.clip_dense,
     )
     scores = torch.ones(len(masks_np)) if mask_scores is None else torch.as_tensor(mask_scores)
     out_hw = predictor.output_size(*features.image_size)
@@ -132,7 +135,10 @@ def segment_prompts(
 
 def _prompted_result(predictor, features, mask_set: MaskSet) -> dict:
     probs = class_probabilities(
-        predictor.model, predictor.pool_masks(features, mask_set.masks), predictor.classifier
+        predictor.model,
+        predictor.pool_masks(features, mask_set.masks),
+        predictor.classifier,
+        features.clip_dense,
     )
     out_hw = predictor.output_size(*features.image_size)
     masks = masks_at_output(predictor, mask_set.masks, features.image_size, out_hw)
