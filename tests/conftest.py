@@ -38,6 +38,18 @@ def parity_predictor():
     )
 
 
+@pytest.fixture
+def image(tmp_path):
+    """A 48x80 random RGB PNG, tmp_path/photo.png (command-line tests)."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on now."""
     with socket.socket() as s:

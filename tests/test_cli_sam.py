@@ -3,7 +3,6 @@ one line with exit 2 and nothing written."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,14 +12,6 @@ from ovseg.apps.predict import main
 from ovseg.sam.zoo import build_sam
 
 TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64", "--classes", "cat, dog, sky"]
-
-
-@pytest.fixture
-def image(tmp_path):
-    array = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(array).save(path)
-    return path
 
 
 @pytest.fixture

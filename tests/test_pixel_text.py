@@ -95,14 +95,6 @@ def test_pixel_text_semantic_is_class_probabilities_at_the_image_size(parity_pre
         parity_predictor.predict(image, tasks="panoptic", head="pixel-text")
 
 
-@pytest.fixture
-def image(tmp_path):
-    array = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(array).save(path)
-    return path
-
-
 def test_heatmap_command_writes_one_picture_per_phrase(image, tmp_path, capsys):
     out = tmp_path / "out"
     args = [image, *TINY, "--heatmap", "red car", "--heatmap", "斑马", "--output", out]
