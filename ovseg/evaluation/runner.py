@@ -130,7 +130,9 @@ def evaluate(
     for sample in tqdm(
         loader, total=count, desc="evaluating", unit="image", disable=not progress, file=sys.stderr
     ):
-        result = predictor.predict(sample["image"], tasks=tasks, head=head)
+        # head only when asked for: any object with predict(image, tasks=...) can be scored
+        extra = {} if head == "fcclip" else {"head": head}
+        result = predictor.predict(sample["image"], tasks=tasks, **extra)
         if result["output_size"] != result["image_size"]:
             raise ValueError(
                 f"image {sample['file_name']} is larger than max_output_pixels: "
