@@ -134,7 +134,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
     image = load_image(image_path)
     outputs = {}  # path -> what to write there
     record = {"image": str(image_path)}
-    if "json" in paths and "labels" in paths:
+    if "labels" in paths:  # classes were named: segment too
         record = _segmentation(predictor, image, image_path, args, settings, paths, outputs)
     if args.heatmap:
         record["heatmaps"] = _heatmaps(predictor, image, args, settings, paths, outputs)
