@@ -40,6 +40,8 @@ setup(
         "imageio-ffmpeg",
         # SAM's prompt encoder / mask decoder (ovseg.sam): pure Python, Apache-2.0, no deps.
         "segment-anything==1.0",
+        # PLY point clouds (language fields' 3D selections, nerfstudio's init points): MIT
+        "trimesh>=4",
     ],
     extras_require={
         # setuptools >= 70.1 builds wheels without the separate 'wheel' package (install test)
