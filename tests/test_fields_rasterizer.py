@@ -233,3 +233,17 @@ def test_bad_poses_are_refused_in_one_line():
     scaled[:3, :3] *= 2
     with pytest.raises(ValueError, match="not a rotation"):
         Camera(scaled, 10.0, 10.0, 5.0, 5.0, 10, 10, "v0")
+
+
+def test_recomputed_chunks_give_the_same_gradients():
+    scene = [t.float().clone().requires_grad_(True) for t in _scene()]
+    camera = _camera()
+    grads = []
+    for checkpoint_above in (0, 1 << 30):  # every chunk recomputed / none
+        for t in scene:
+            t.grad = None
+        out = _render(*scene, camera, chunk_elements=500, checkpoint_above=checkpoint_above)
+        (out["features"].square().sum() + out["depth"].sum()).backward()
+        grads.append([t.grad.clone() for t in scene])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -165,15 +165,29 @@ def _place_thing(
     center = (rng.uniform(0, w), rng.uniform(0, h))
     max_angle = np.deg2rad(MAX_ROTATION.get(category.name, 180.0))
     angle = rng.uniform(-max_angle, max_angle)
-    shade = rng.normal(0, 6, size=(h, w, 1))
     mask = draw_shape(SHAPES[category.name], size_hw, center, radius, angle)
+    paint = thing_paint(rng, category.name, colour, size_hw, center, patterns)
+    return category, colour, mask, paint
+
+
+def thing_paint(
+    rng: np.random.Generator,
+    name: str,
+    colour: str,
+    size_hw: tuple[int, int],
+    center_xy: tuple[float, float],
+    patterns: bool,
+) -> np.ndarray:
+    """(H, W, 3) float paint of a thing of class ``name``: its colour with per-pixel shading,
+    and its class's accent pattern around ``center_xy`` if ``patterns``."""
+    shade = rng.normal(0, 6, size=(*size_hw, 1))
     base = np.asarray(COLOURS[colour], dtype=np.float64)
     paint = base + shade
     if patterns:
-        tone = surface_pattern(category.name, size_hw, center, rng)
-        accent = np.asarray(ACCENTS.get(category.name, base), dtype=np.float64)
+        tone = surface_pattern(name, size_hw, center_xy, rng)
+        accent = np.asarray(ACCENTS.get(name, base), dtype=np.float64)
         paint = np.where(tone[..., None], accent + shade, paint)
-    return category, colour, mask, paint
+    return paint
 
 
 def _visible_things(placed: list[tuple], size_hw: tuple[int, int]) -> list[tuple]:

@@ -1,0 +1,299 @@
+"""Fitting Gaussians to posed views: colours and geometry first (3D Gaussian Splatting's
+recipe, shortened for CPUs), then the language latents with the geometry frozen (LangSplat).
+
+Both loops save a checkpoint every ``checkpoint_every`` iterations (parameters, optimizer
+state, iteration, densification statistics) and, given the same checkpoint path, go on from
+it: a stopped fit resumes where it was and ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovseg.fields.camera import Camera
+from ovseg.fields.gaussians import GaussianCloud
+from ovseg.fields.rasterizer import render
+from ovseg.fileio import atomic_write
+
+PARAMETERS = ("means", "log_scales", "quaternions", "opacity_logits", "sh", "latents")
+
+
+@dataclass
+class FitConfig:
+    """The RGB fit. Learning rates are 3DGS's (means' scaled by the scene extent and decayed
+    exponentially to 1/100); densification every ``densify_every`` iterations in
+    [densify_from, densify_until): Gaussians whose mean screen-space gradient (in NDC units,
+    as 3DGS measures it) exceeds ``densify_grad`` are cloned when small (max scale <=
+    ``percent_dense`` x extent) and split in two when large; those with opacity under
+    ``prune_opacity`` or larger than ``prune_scale`` x extent are removed."""
+
+    iterations: int = 600
+    ssim_weight: float = 0.2  # loss = (1 - w) L1 + w (1 - SSIM), 3DGS's lambda
+    lr_means: float = 1.6e-4
+    lr_means_final: float = 1.6e-6
+    lr_sh: float = 2.5e-3
+    lr_opacity: float = 0.05
+    lr_scales: float = 5e-3
+    lr_quaternions: float = 1e-3
+    densify_from: int = 100
+    densify_until: int = 400
+    densify_every: int = 100
+    densify_grad: float = 2e-4
+    percent_dense: float = 0.01
+    prune_opacity: float = 0.005
+    prune_scale: float = 0.1
+    max_gaussians: int = 60_000
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class LatentFitConfig:
+    """The language-latent fit: L1 between the rendered latent and the view's encoded
+    feature map over pixels that have one (LangSplat; its learning rate 2.5e-3)."""
+
+    iterations: int = 300
+    lr: float = 2.5e-3
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class View:
+    """A training view: its camera and target image (H, W, 3) float in [0, 1]."""
+
+    camera: Camera
+    image: torch.Tensor
+
+
+def scene_extent(cameras: list[Camera]) -> float:
+    """3DGS's "cameras extent": 1.1 x the largest distance of a camera centre from their
+    mean (world units)."""
+    centres = torch.stack([c.centre for c in cameras])
+    return 1.1 * float((centres - centres.mean(0)).norm(dim=1).max().clamp_min(1e-6))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) of two (H, W, C) images in [0, 1] with a Gaussian window
+    (11 px, sigma 1.5, zero padding, C1 = 0.01^2, C2 = 0.03^2: 3DGS's ``ssim``)."""
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    channels = x.shape[1]
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, kernel, padding=window // 2, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    return value.mean()
+
+
+def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float) -> torch.optim.Adam:
+    groups = [
+        {"params": [cloud.means], "lr": cfg.lr_means * extent, "name": "means"},
+        {"params": [cloud.sh], "lr": cfg.lr_sh, "name": "sh"},
+        {"params": [cloud.opacity_logits], "lr": cfg.lr_opacity, "name": "opacity_logits"},
+        {"params": [cloud.log_scales], "lr": cfg.lr_scales, "name": "log_scales"},
+        {"params": [cloud.quaternions], "lr": cfg.lr_quaternions, "name": "quaternions"},
+    ]
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+
+def _means_lr(cfg: FitConfig, extent: float, iteration: int) -> float:
+    t = min(1.0, iteration / max(cfg.iterations, 1))
+    return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
+
+
+def fit_rgb(
+    cloud: GaussianCloud,
+    views: list[View],
+    cfg: FitConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit ``cloud``'s geometry and colours to ``views`` (one random view per iteration).
+
+    ``checkpoint``: a file to save to and resume from; ``max_steps``: stop after this many
+    iterations in this call (a later call with the same checkpoint goes on).
+    Returns {"loss": mean loss of the last 50 iterations, "gaussians": final count,
+    "iteration": where it stopped}."""
+    from tqdm import tqdm
+
+    if not views:
+        raise ValueError("fit_rgb: no training views")
+    extent = scene_extent([v.camera for v in views])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randint(len(views), (cfg.iterations,), generator=generator)
+    state = _load_checkpoint(checkpoint, cloud, cfg_dict=asdict(cfg))
+    start = state.get("iteration", 0)
+    optimizer = _optimizer(cloud, cfg, extent)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    grad_sum = state.get("grad_sum", torch.zeros(len(cloud)))
+    grad_count = state.get("grad_count", torch.zeros(len(cloud)))
+    losses: list[float] = list(state.get("losses", []))
+    end = cfg.iterations if max_steps is None else min(cfg.iterations, start + max_steps)
+    bar = tqdm(range(start, end), desc="fit colours", disable=not progress,
+               initial=start, total=cfg.iterations)  # fmt: skip
+    for iteration in bar:
+        optimizer.param_groups[0]["lr"] = _means_lr(cfg, extent, iteration)
+        view = views[int(order[iteration])]
+        out = render(cloud, view.camera, background=torch.zeros(3))
+        means2d = out["projection"].means2d
+        means2d.retain_grad()
+        image = out["features"]
+        loss = (1 - cfg.ssim_weight) * (image - view.image).abs().mean() + cfg.ssim_weight * (
+            1 - ssim(image, view.image)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().item())
+        with torch.no_grad():
+            visible = out["projection"].visible
+            camera = view.camera
+            # pixel gradients -> NDC units, as 3DGS's threshold is stated in
+            ndc = means2d.grad * torch.tensor([camera.width / 2, camera.height / 2])
+            grad_sum[visible] += ndc[visible].norm(dim=1)
+            grad_count[visible] += 1
+            step = iteration + 1
+            if cfg.densify_from <= step < cfg.densify_until and step % cfg.densify_every == 0:
+                # seeded by the step, so a resumed fit splits like an uninterrupted one
+                noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                _densify_and_prune(cloud, grad_sum / grad_count.clamp_min(1), cfg, extent, noise)
+                optimizer = _optimizer(cloud, cfg, extent)
+                grad_sum = torch.zeros(len(cloud))
+                grad_count = torch.zeros(len(cloud))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", gaussians=len(cloud))
+        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
+            _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses,
+                             grad_sum=grad_sum, grad_count=grad_count)  # fmt: skip
+    return {"loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+            "gaussians": len(cloud), "iteration": end}  # fmt: skip
+
+
+def _densify_and_prune(cloud, mean_grad, cfg, extent, generator) -> None:
+    max_scale = cloud.scales.max(dim=1).values
+    wanted = mean_grad > cfg.densify_grad
+    room = cfg.max_gaussians - len(cloud)
+    if room <= 0:
+        wanted[:] = False
+    elif int(wanted.sum()) > room:  # keep the largest gradients within the cap
+        threshold = mean_grad[wanted].topk(room).values.min()
+        wanted &= mean_grad >= threshold
+    clone = wanted & (max_scale <= cfg.percent_dense * extent)
+    split = wanted & ~clone
+    params = {name: getattr(cloud, name).detach() for name in PARAMETERS}
+    new = {name: value[clone] for name, value in params.items()}
+    if bool(split.any()):
+        from ovseg.fields.gaussians import quaternion_to_rotation
+
+        scales = cloud.scales.detach()[split].repeat(2, 1)
+        rotation = quaternion_to_rotation(params["quaternions"][split]).repeat(2, 1, 1)
+        noise = torch.randn(scales.shape, generator=generator) * scales
+        samples = params["means"][split].repeat(2, 1) + (rotation @ noise[..., None])[..., 0]
+        children = {name: value[split].repeat(2, *[1] * (value.dim() - 1))
+                    for name, value in params.items()}  # fmt: skip
+        children["means"] = samples
+        children["log_scales"] = (scales / 1.6).log()
+        for name in PARAMETERS:
+            new[name] = torch.cat([new[name], children[name]])
+    keep = ~split
+    keep &= cloud.opacities.detach() >= cfg.prune_opacity
+    keep &= max_scale <= cfg.prune_scale * extent
+    cloud.keep(keep)
+    cloud.append(new)
+
+
+def fit_latents(
+    cloud: GaussianCloud,
+    cameras: list[Camera],
+    targets: list[torch.Tensor],
+    valid: list[torch.Tensor],
+    cfg: LatentFitConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit ``cloud.latents`` (geometry and colours frozen) so each view renders its target
+    latent map: targets[i] (H, W, L), valid[i] (H, W) bool (pixels with a feature)."""
+    from tqdm import tqdm
+
+    if not cameras:
+        raise ValueError("fit_latents: no views")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randint(len(cameras), (cfg.iterations,), generator=generator)
+    state = _load_checkpoint(checkpoint, cloud, cfg_dict=asdict(cfg))
+    start = state.get("iteration", 0)
+    for name in PARAMETERS:
+        getattr(cloud, name).requires_grad_(name == "latents")
+    optimizer = torch.optim.Adam([cloud.latents], lr=cfg.lr, eps=1e-15)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    losses: list[float] = list(state.get("losses", []))
+    end = cfg.iterations if max_steps is None else min(cfg.iterations, start + max_steps)
+    bar = tqdm(range(start, end), desc="fit language", disable=not progress,
+               initial=start, total=cfg.iterations)  # fmt: skip
+    for iteration in bar:
+        index = int(order[iteration])
+        out = render(cloud, cameras[index], what="latent")
+        mask = valid[index]
+        loss = (out["features"][mask] - targets[index][mask]).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        step = iteration + 1
+        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
+            _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses)
+    for name in PARAMETERS:
+        getattr(cloud, name).requires_grad_(True)
+    return {"loss": float(np.mean(losses[-50:])) if losses else float("nan"), "iteration": end}
+
+
+def _save_checkpoint(path, cloud, cfg_dict, iteration, optimizer, losses, **extra) -> None:
+    state = {
+        "config": cfg_dict,
+        "iteration": iteration,
+        "gaussians": {name: getattr(cloud, name).detach().clone() for name in PARAMETERS},
+        "optimizer": optimizer.state_dict(),
+        "losses": losses,
+        **extra,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path, cloud, *, cfg_dict: dict) -> dict:
+    """The saved state (its Gaussians copied into ``cloud``), or {} with no checkpoint.
+    ValueError when the checkpoint was made with another configuration."""
+    if path is None or not Path(path).is_file():
+        return {}
+    state = torch.load(path, weights_only=True)
+    if state["config"] != cfg_dict:
+        changed = sorted(k for k in cfg_dict if state["config"].get(k) != cfg_dict[k])
+        raise ValueError(
+            f"{path} was saved with other settings ({', '.join(changed)}); delete it to start "
+            "over or use the same settings to resume"
+        )
+    cloud.keep(torch.zeros(len(cloud), dtype=torch.bool))
+    cloud.append(state["gaussians"])
+    return state
