@@ -47,6 +47,7 @@ SCRIPTS = {
     "tools/synthetic_world.py": "synthetic-world",
     "tools/task_agreement.py": "agreement",
     "tools/text_ablation.py": "text-ablation",
+    "tools/fields.py": "fields",
 }
 
 

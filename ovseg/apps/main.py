@@ -43,6 +43,10 @@ COMMANDS = {
         "agreement",
         "how far panoptic and semantic agree, per class (tools/task_agreement.py)",
     ),
+    "fields": (
+        "fields",
+        "3D language fields: fit Gaussians to posed views, query them with text (tools/fields.py)",
+    ),
     "synthetic-world": (
         "synthetic_world",
         "the synthetic open-vocabulary experiment (tools/synthetic_world.py)",

@@ -1,0 +1,176 @@
+"""``ovseg fields`` (and ``tools/fields.py``): 3D language fields, LangSplat-style, on CPU.
+
+    ovseg fields world runs/world3d --scenes 3          # synthetic posed scenes, offline
+    ovseg fields fit runs/world3d/scene_000 --out runs/field_000
+    ovseg fields query runs/field_000 --text star --text water --out runs/queries --ply
+
+``fit`` reads COLMAP models (sparse/0, text or binary) and nerfstudio / Blender
+transforms.json; it resumes an interrupted fit in the same --out folder. ``query`` renders
+any of the scene's views (held-out ones by default), writes a heat map and a mask per phrase,
+and with --ply the Gaussians coloured by relevancy, without refitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from ovseg.apps.arguments import add_model_arguments
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{world,fit,query}")
+    world = commands.add_parser("world", help="write synthetic 3D scenes (transforms.json)")
+    world.add_argument("out", help="folder for scene_000, scene_001, ...")
+    world.add_argument("--scenes", type=int, default=3)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--train-views", type=int, default=24)
+    world.add_argument("--test-views", type=int, default=6)
+
+    fit = commands.add_parser("fit", help="fit a language field to a posed scene")
+    fit.add_argument("scene", help="scene folder (COLMAP sparse/0 or transforms.json)")
+    fit.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
+    add_model_arguments(fit)
+    fit.add_argument("--iterations", type=int, default=600, help="colour-fit iterations")
+    fit.add_argument("--language-iterations", type=int, default=300)
+    fit.add_argument("--scale", type=float, default=1.0, help="fit the views at this scale")
+    fit.add_argument(
+        "--mask-vocabulary",
+        help="vocabulary whose panoptic segments are the masks (default: a toy model's own "
+        "world, else coco_panoptic); queries are not limited to it",
+    )
+    fit.add_argument("--threads", type=int, help="torch threads")
+    fit.add_argument("--no-progress", action="store_true")
+
+    query = commands.add_parser("query", help="heat maps, masks and PLY for text queries")
+    query.add_argument("field", help="a fitted field folder")
+    query.add_argument("--text", action="append", required=True, help="a phrase (repeatable)")
+    query.add_argument("--out", required=True, help="output folder")
+    query.add_argument(
+        "--view", action="append", help="view name (repeatable; default: the held-out views)"
+    )
+    query.add_argument("--size", type=int, help="render at this width (height follows)")
+    query.add_argument("--ply", action="store_true", help="also write relevancy-coloured PLY")
+    add_model_arguments(query)
+    return parser
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    from ovseg.fields.posed_images import PosedImagesError
+
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return {"world": _world, "fit": _fit, "query": _query}[args.command](args)
+    except (PosedImagesError, ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _world(args) -> int:
+    from ovseg.synthetic.world3d import write_scene3d
+
+    if args.scenes < 1 or args.train_views < 2 or args.test_views < 1:
+        raise ValueError("--scenes >= 1, --train-views >= 2 and --test-views >= 1, please")
+    for index in range(args.scenes):
+        out = write_scene3d(Path(args.out) / f"scene_{index:03d}", args.seed, index,
+                            train_views=args.train_views, test_views=args.test_views)  # fmt: skip
+        print(f"wrote {out}")
+    return 0
+
+
+def _fit(args) -> int:
+    from ovseg.apps.arguments import load_predictor_from_arguments
+    from ovseg.fields.field import FieldConfig, fit_field
+    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.fields.posed_images import load_posed_images
+
+    if args.iterations < 1 or args.language_iterations < 1 or not 0 < args.scale <= 1:
+        raise ValueError("--iterations and --language-iterations >= 1, 0 < --scale <= 1, please")
+    load_posed_images(args.scene)  # a bad scene fails before the model loads
+    predictor = load_predictor_from_arguments(args, log=print)
+    densify_until = max(1, int(args.iterations * 2 / 3))
+    cfg = FieldConfig(
+        colour=FitConfig(
+            iterations=args.iterations,
+            densify_until=densify_until,
+            densify_from=min(100, densify_until),
+        ),  # fmt: skip
+        language=LatentFitConfig(iterations=args.language_iterations),
+        image_scale=args.scale,
+        mask_vocabulary=args.mask_vocabulary,
+    )
+    meta = fit_field(args.scene, args.out, predictor, cfg, progress=not args.no_progress)
+    total = sum(meta["timings_s"].values())
+    print(
+        f"fitted {args.out}: {meta['gaussians']} Gaussians, colour L1+SSIM loss "
+        f"{meta['colour_loss']:.4f}, latent L1 {meta['language_loss']:.4f}, "
+        f"{total / 60:.1f} min"
+    )
+    return 0
+
+
+def _query(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ovseg.apps.arguments import load_predictor_from_arguments
+    from ovseg.apps.outputs import _slug
+    from ovseg.fields.field import LanguageField
+    from ovseg.fileio import atomic_write
+    from ovseg.heatmap import check_phrases
+    from ovseg.visualize import draw_heatmap
+
+    phrases = check_phrases(args.text)
+    if args.size is not None and args.size < 16:
+        raise ValueError("--size must be at least 16 pixels")
+    LanguageField.read_meta(args.field)  # a wrong folder fails before the model loads
+    predictor = load_predictor_from_arguments(args, log=print)
+    field = LanguageField.load(args.field, predictor)
+    scene = field.scene()
+    by_name = {camera.name: index for index, camera in enumerate(scene.cameras)}
+    names = (
+        args.view or [scene.cameras[i].name for i in scene.split("test")] or [scene.cameras[0].name]
+    )
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"no view named {', '.join(unknown)} in {field.meta['scene']}; views are "
+            f"{', '.join(list(by_name)[:8])}{' ...' if len(by_name) > 8 else ''}"
+        )
+    out = Path(args.out)
+    written = 0
+    for name in names:
+        camera = scene.cameras[by_name[name]]
+        if args.size is not None:
+            camera = camera.scaled(args.size / camera.width)
+        result = field.relevancy(camera, phrases)
+        rgb = (result["rgb"].numpy() * 255).round().astype(np.uint8)
+        atomic_write(out / f"{name}_render.png",
+                     lambda tmp, a=rgb: Image.fromarray(a).save(tmp, format="PNG"))  # fmt: skip
+        for number, phrase in enumerate(phrases, 1):
+            scores = result["relevancy"][number - 1].numpy()
+            stem = f"{name}_{number}{_slug(phrase)}"
+            picture = draw_heatmap(rgb, scores, phrase, note=f"field {Path(args.field).name}")
+            atomic_write(out / f"{stem}_heatmap.png",
+                         lambda tmp, p=picture: p.save(tmp, format="PNG"))  # fmt: skip
+            mask = ((scores > 0.5) * 255).astype(np.uint8)
+            atomic_write(
+                out / f"{stem}_mask.png",
+                lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"),
+            )
+            written += 2
+    if args.ply:
+        for number, phrase in enumerate(phrases, 1):
+            count = field.export_ply(out / f"relevancy_{number}{_slug(phrase)}.ply", phrase)
+            print(f"ply: {count} Gaussians for '{phrase}'")
+    print(f"wrote {written + len(names)} images for {len(names)} view(s) to {out}")
+    return 0

@@ -1,0 +1,394 @@
+"""A language field: Gaussians fitted to a scene's posed views, with a language latent that
+decodes to the frozen CLIP's embedding space, queried with any text in any camera.
+
+:func:`fit_field` runs LangSplat's pipeline on ovseg's parts, each stage resumable, into a
+field folder::
+
+    FIELD/field.json              what it was made from and with (scene, model, CLIP
+                                  fingerprint, settings), stage timings, and "complete"
+    FIELD/colour.pt               (a) the colour fit's checkpoint
+    FIELD/features/VIEW.npz       (b) each training view's segment map and embeddings
+    FIELD/autoencoder.safetensors (c) CLIP dim <-> latent
+    FIELD/language.pt             (d) the latent fit's checkpoint
+    FIELD/gaussians.safetensors   the finished Gaussians (colour, geometry, latents)
+
+:class:`LanguageField` loads a finished folder and answers queries (e) without refitting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg.fields.camera import Camera
+from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig, View, fit_latents, fit_rgb
+from ovseg.fields.gaussians import GaussianCloud
+from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
+from ovseg.fields.language import view_segments as _view_segments
+from ovseg.fields.posed_images import PosedImages, load_posed_images
+from ovseg.fields.rasterizer import render
+from ovseg.fileio import atomic_write, write_text_atomic
+
+FORMAT = "ovseg-language-field/1"
+
+
+class FieldError(ValueError):
+    """A field folder is missing, unfinished, or made with another model (message says)."""
+
+
+@dataclass
+class FieldConfig:
+    """Everything a fit depends on (stored in field.json; a resumed fit must match)."""
+
+    colour: FitConfig = field(default_factory=FitConfig)
+    language: LatentFitConfig = field(default_factory=LatentFitConfig)
+    latent_dim: int = 3
+    autoencoder_iterations: int = 2000
+    image_scale: float = 1.0  # views are fitted at this fraction of their size
+    mask_vocabulary: str | None = None  # None: the model's default vocabulary
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_views(scene: PosedImages, indices: list[int], scale: float = 1.0) -> list[View]:
+    """The views ``indices`` of ``scene`` with their images as (H, W, 3) floats in [0, 1],
+    resized by ``scale`` (cameras scaled with them)."""
+    from PIL import Image
+
+    views = []
+    for index in indices:
+        camera = scene.cameras[index]
+        with Image.open(scene.image_paths[index]) as image:
+            image = image.convert("RGB")
+            if scale != 1.0:
+                camera = camera.scaled(scale)
+                image = image.resize((camera.width, camera.height), Image.BILINEAR)
+            array = np.array(image, dtype=np.float32) / 255.0
+        views.append(View(camera, torch.from_numpy(array)))
+    return views
+
+
+def model_identity(predictor) -> dict:
+    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint."""
+    return {
+        "model": str(predictor.model_name),
+        "clip_fingerprint": predictor.model.backbone.text_fingerprint(),
+        "embed_dim": int(predictor.model.backbone.embed_dim),
+    }
+
+
+def default_mask_vocabulary(predictor) -> str:
+    """The vocabulary whose panoptic segments give a field its masks when none is chosen: a
+    toy model's own world, else COCO-panoptic's 133 classes (broad, like SAM's "everything";
+    the embeddings stay CLIP's, so queries are not limited to these names)."""
+    from ovseg import model_zoo
+
+    try:
+        entry = model_zoo.get_entry(str(predictor.model_name))
+    except KeyError:
+        return "coco_panoptic"
+    return entry.toy_vocabulary or "coco_panoptic"
+
+
+def fit_field(
+    scene_path: str | Path,
+    out: str | Path,
+    predictor,
+    cfg: FieldConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Fit a language field for the scene at ``scene_path`` (any format
+    :func:`~ovseg.fields.posed_images.load_posed_images` reads; its "train" views) into the
+    folder ``out``, resuming whatever stage a previous run left. Returns field.json's dict.
+
+    Raises PosedImagesError for a bad scene, FieldError when ``out`` holds a field of another
+    scene, model or settings, ValueError when the scene has no initial points.
+    """
+    cfg = cfg or FieldConfig()
+    out = Path(out)
+    scene = load_posed_images(scene_path)
+    train = scene.split("train")
+    if scene.points is None or len(scene.points) == 0:
+        raise ValueError(
+            f"{scene_path}: no 3D points to start the Gaussians from; give a COLMAP model with "
+            "points3D, or a transforms.json with ply_file_path"
+        )
+    identity = model_identity(predictor)
+    meta_path = out / "field.json"
+    meta = {
+        "format": FORMAT,
+        "scene": str(Path(scene_path).resolve()),
+        "train_views": [scene.cameras[i].name for i in train],
+        **identity,
+        "config": cfg.to_dict(),
+        "timings_s": {},
+        "complete": False,
+    }
+    if meta_path.is_file():
+        previous = json.loads(meta_path.read_text())
+        for key in ("scene", "model", "clip_fingerprint", "config", "train_views"):
+            if previous.get(key) != meta[key]:
+                raise FieldError(
+                    f"{out} holds a field made with another {key.replace('_', ' ')}; choose a "
+                    "new --out folder or delete this one"
+                )
+        meta["timings_s"] = previous.get("timings_s", {})
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    views = load_views(scene, train, cfg.image_scale)
+    _check_views_see_points(views, scene.points)
+
+    def timed(stage, work):
+        start = time.perf_counter()
+        result = work()
+        meta["timings_s"][stage] = meta["timings_s"].get(stage, 0.0) + time.perf_counter() - start
+        write_text_atomic(meta_path, json.dumps(meta, indent=1))
+        return result
+
+    # (a) colours and geometry
+    cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
+    colour_result = timed(
+        "colour",
+        lambda: fit_rgb(
+            cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress
+        ),  # fmt: skip
+    )
+    meta["colour_loss"], meta["gaussians"] = colour_result["loss"], len(cloud)
+    # (b) per-view masks and their CLIP embeddings, at the fitted views' size
+    predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
+    segment_maps, embeddings = timed(
+        "features",
+        lambda: _view_features(predictor, scene, train, views, out / "features", progress),
+    )
+    # (c) the scene's autoencoder
+    autoencoder = timed(
+        "autoencoder", lambda: _autoencoder(out, embeddings, segment_maps, cfg, progress)
+    )
+    # (d) latents on the frozen geometry
+    targets, valid = [], []
+    with torch.no_grad():
+        for segment_map, view_embeddings in zip(segment_maps, embeddings, strict=True):
+            latent = autoencoder.encode(view_embeddings) if len(view_embeddings) else None
+            target = torch.zeros(*segment_map.shape, cfg.latent_dim)
+            mask = torch.from_numpy(segment_map >= 0)
+            if latent is not None:
+                target[mask] = latent[torch.from_numpy(segment_map[segment_map >= 0])]
+            targets.append(target)
+            valid.append(mask)
+    language_result = timed(
+        "language",
+        lambda: fit_latents(
+            cloud,
+            [v.camera for v in views],
+            targets,
+            valid,
+            cfg.language,
+            checkpoint=out / "language.pt",
+            progress=progress,
+        ),  # fmt: skip
+    )
+    meta["language_loss"] = language_result["loss"]
+    from safetensors.torch import save_file
+
+    tensors = {name: getattr(cloud, name).detach().contiguous() for name in PARAMETERS}
+    atomic_write(out / "gaussians.safetensors", lambda tmp: save_file(tensors, tmp))
+    meta["complete"] = True
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return meta
+
+
+def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
+    for view in views:
+        pixels, depth = view.camera.project(points.float())
+        inside = (
+            (depth > 0) & (pixels[:, 0] >= 0) & (pixels[:, 0] < view.camera.width)
+            & (pixels[:, 1] >= 0) & (pixels[:, 1] < view.camera.height)
+        )  # fmt: skip
+        if not bool(inside.any()):
+            raise ValueError(
+                f"camera '{view.camera.name}' sees none of the scene's points: its pose is wrong "
+                "or in another coordinate frame; fix or drop this view"
+            )
+
+
+def _view_features(predictor, scene, indices, views, folder: Path, progress: bool):
+    """Each view's segments, found on its full-size image; the segment map is resized
+    (nearest) to the fitted view's size."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    segment_maps, embeddings = [], []
+    for index, view in tqdm(list(zip(indices, views, strict=True)), desc="view masks",
+                            disable=not progress):  # fmt: skip
+        path = folder / f"{view.camera.name}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                segment_map = saved["segment_map"]
+                view_embeddings = torch.from_numpy(saved["embeddings"])
+        else:
+            with Image.open(scene.image_paths[index]) as image:
+                array = np.asarray(image.convert("RGB"))
+            segment_map, view_embeddings = _view_segments(predictor, array)
+            size = (view.camera.width, view.camera.height)
+            if segment_map.shape[::-1] != size:
+                resized = Image.fromarray(segment_map.astype(np.int32)).resize(size, Image.NEAREST)
+                segment_map = np.asarray(resized).astype(np.int64)
+
+            def write(tmp, m=segment_map, e=view_embeddings):
+                with open(tmp, "wb") as file:
+                    np.savez(file, segment_map=m, embeddings=e.numpy())
+
+            atomic_write(path, write)
+        segment_maps.append(segment_map)
+        embeddings.append(view_embeddings)
+    return segment_maps, embeddings
+
+
+def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool):
+    from safetensors.torch import load_file, save_file
+
+    path = out / "autoencoder.safetensors"
+    dim = next((e.shape[1] for e in embeddings if len(e)), None)
+    if dim is None:
+        raise ValueError("no view gave a segment: nothing to ground language on")
+    model = LanguageAutoencoder(dim, cfg.latent_dim)
+    if path.is_file():
+        model.load_state_dict(load_file(path))
+        return model.eval()
+    stacked = torch.cat([e for e in embeddings if len(e)])
+    areas = torch.cat([
+        torch.from_numpy(np.bincount(m[m >= 0], minlength=len(e)).astype(np.float32))
+        for m, e in zip(segment_maps, embeddings, strict=True) if len(e)
+    ])  # fmt: skip
+    model, quality = train_autoencoder(
+        stacked, areas, latent_dim=cfg.latent_dim, iterations=cfg.autoencoder_iterations,
+        progress=progress,
+    )  # fmt: skip
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
+    meta_path = out / "field.json"
+    meta = json.loads(meta_path.read_text())
+    meta["autoencoder_cosine"] = quality
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return model
+
+
+class LanguageField:
+    """A finished field folder, loaded for queries.
+
+    ``LanguageField.load(folder, predictor)`` checks that ``predictor`` has the CLIP the field
+    was made with (FieldError otherwise): its text embeddings are compared with the field's.
+    """
+
+    def __init__(self, folder: Path, meta: dict, cloud: GaussianCloud, autoencoder, predictor):
+        self.folder, self.meta, self.cloud = folder, meta, cloud
+        self.autoencoder, self.predictor = autoencoder, predictor
+        self._canonical = None
+
+    @staticmethod
+    def read_meta(folder: str | Path) -> dict:
+        """field.json of a finished field folder (cheap: no model needed); FieldError when the
+        folder holds no field or an unfinished one."""
+        folder = Path(folder)
+        meta_path = folder / "field.json"
+        if not meta_path.is_file():
+            raise FieldError(f"{folder}: no field.json; fit a field there first (ovseg fields "
+                             "fit SCENE --out FOLDER)")  # fmt: skip
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise FieldError(f"{folder}: field.json is not an ovseg language field")
+        if not meta.get("complete") or not (folder / "gaussians.safetensors").is_file():
+            raise FieldError(f"{folder}: the fit did not finish; run the same 'ovseg fields fit' "
+                             "again to resume it")  # fmt: skip
+        return meta
+
+    @classmethod
+    def load(cls, folder: str | Path, predictor) -> LanguageField:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = cls.read_meta(folder)
+        identity = model_identity(predictor)
+        if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
+            raise FieldError(
+                f"{folder} was fitted with model '{meta['model']}' (CLIP "
+                f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
+                f"{identity['clip_fingerprint']}); query it with the model it was made with"
+            )
+        tensors = load_file(folder / "gaussians.safetensors")
+        cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS))
+        autoencoder = LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"])
+        autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
+        return cls(folder, meta, cloud.eval(), autoencoder.eval(), predictor)
+
+    def scene(self) -> PosedImages:
+        """The posed images the field was fitted on (all splits)."""
+        return load_posed_images(self.meta["scene"], check_images=False)
+
+    def _text(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from ovseg.fields.language import CANONICAL_PHRASES
+
+        encoder = self.predictor.text_encoder
+        if self._canonical is None:
+            self._canonical = encoder.encode_texts(list(CANONICAL_PHRASES)).float().cpu()
+        return encoder.encode_texts(phrases).float().cpu(), self._canonical
+
+    @torch.no_grad()
+    def render(self, camera: Camera) -> dict[str, torch.Tensor]:
+        """``rgb`` (H, W, 3) in [0, 1], ``latent`` (H, W, L), ``alpha`` (H, W)."""
+        out = render(self.cloud, camera, what="rgb+latent")
+        features = out["features"]
+        return {"rgb": features[..., :3].clamp(0, 1), "latent": features[..., 3:],
+                "alpha": out["alpha"]}  # fmt: skip
+
+    @torch.no_grad()
+    def relevancy(self, camera: Camera, phrases: list[str]) -> dict[str, torch.Tensor]:
+        """Render ``camera`` and score every pixel for each phrase: ``relevancy`` (P, H, W)
+        in (0, 1) (LangSplat's ratio against the canonical phrases; > 0.5 means relevant),
+        ``rgb`` (H, W, 3)."""
+        from ovseg.heatmap import check_phrases
+
+        phrases = check_phrases(phrases)
+        rendered = self.render(camera)
+        phrase_embeddings, canonical = self._text(phrases)
+        scores = latent_relevancy(self.autoencoder, rendered["latent"], phrase_embeddings,
+                                  canonical)  # fmt: skip
+        return {"relevancy": scores, "rgb": rendered["rgb"], "alpha": rendered["alpha"]}
+
+    @torch.no_grad()
+    def gaussian_relevancy(self, phrases: list[str]) -> torch.Tensor:
+        """(P, N) relevancy of each Gaussian's own latent (a 3D selection)."""
+        from ovseg.heatmap import check_phrases
+
+        phrase_embeddings, canonical = self._text(check_phrases(phrases))
+        return latent_relevancy(self.autoencoder, self.cloud.latents, phrase_embeddings,
+                                canonical)  # fmt: skip
+
+    def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
+        """Write the Gaussians' centres (opacity >= ``min_opacity``) as a PLY point cloud
+        coloured by relevancy to ``phrase`` (Turbo, 0.5 and below dark blue), with a float
+        ``relevancy`` property; returns the number of points."""
+        import trimesh
+
+        from ovseg.visualize import turbo
+
+        scores = self.gaussian_relevancy([phrase])[0]
+        keep = self.cloud.opacities.detach() >= min_opacity
+        points = self.cloud.means.detach()[keep].numpy()
+        values = scores[keep].numpy()
+        colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
+        rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
+        mesh = trimesh.Trimesh(
+            vertices=points, faces=np.zeros((0, 3), np.int64), vertex_colors=rgba,
+            vertex_attributes={"relevancy": values.astype(np.float32)}, process=False,
+        )  # fmt: skip
+        data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        return len(points)

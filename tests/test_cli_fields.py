@@ -1,0 +1,175 @@
+"""``ovseg fields``: a synthetic scene written, fitted and queried end to end with the shipped
+model; a resumed fit; and every bad input refused in one line with nothing written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovseg.apps.fields import main
+
+FIT = ["--model", "synthetic_tiny", "--iterations", "12", "--language-iterations", "10",
+       "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from ovseg.synthetic.world3d import write_scene3d
+
+    root = tmp_path_factory.mktemp("fields")
+    return write_scene3d(root / "scene", 0, 0, train_views=3, test_views=1, width=64, height=48)
+
+
+@pytest.fixture(scope="module")
+def field(scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("field") / "field"
+    assert main(["fit", str(scene), "--out", str(out), *FIT]) == 0
+    return out
+
+
+def test_fit_writes_a_complete_field(field):
+    meta = json.loads((field / "field.json").read_text())
+    assert meta["complete"] and meta["model"] == "synthetic_tiny"
+    assert meta["gaussians"] > 0 and set(meta["timings_s"]) == {
+        "colour", "features", "autoencoder", "language"
+    }  # fmt: skip
+    assert sorted(p.name for p in (field / "features").iterdir()) == [
+        "view_000.npz", "view_001.npz", "view_002.npz"
+    ]  # fmt: skip
+
+
+def test_query_writes_heat_maps_masks_and_ply(field, tmp_path, capsys):
+    out = tmp_path / "q"
+    code = main(["query", str(field), "--text", "star", "--text", "water", "--out", str(out),
+                 "--ply", "--model", "synthetic_tiny"])  # fmt: skip
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "relevancy_1_star.ply", "relevancy_2_water.ply", "view_003_1_star_heatmap.png",
+        "view_003_1_star_mask.png", "view_003_2_water_heatmap.png", "view_003_2_water_mask.png",
+        "view_003_render.png",
+    ]  # fmt: skip
+    render = np.asarray(Image.open(out / "view_003_render.png"))
+    assert render.shape == (48, 64, 3) and render.std() > 10  # a picture, not a flat colour
+    mask = np.asarray(Image.open(out / "view_003_2_water_mask.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    import trimesh
+
+    cloud = trimesh.load(out / "relevancy_1_star.ply", file_type="ply", process=False)
+    assert len(cloud.vertices) > 0
+
+
+def test_query_by_view_name_and_size(field, tmp_path):
+    out = tmp_path / "q"
+    assert main(["query", str(field), "--text", "sand", "--view", "view_001", "--size", "32",
+                 "--out", str(out), "--model", "synthetic_tiny"]) == 0  # fmt: skip
+    assert Image.open(out / "view_001_render.png").size == (32, 24)
+
+
+def test_an_interrupted_fit_resumes(scene, tmp_path):
+    from ovseg.fields.field import FieldConfig, fit_field
+    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.predictor import OVSegPredictor
+
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    cfg = FieldConfig(colour=FitConfig(iterations=8, densify_from=4, densify_until=6,
+                                       densify_every=2, checkpoint_every=4),
+                      language=LatentFitConfig(iterations=6, checkpoint_every=3),
+                      autoencoder_iterations=50)  # fmt: skip
+    straight = fit_field(scene, tmp_path / "a", predictor, cfg, progress=False)
+    # a run stopped inside the colour stage, after its first checkpoint (iteration 4 of 8)
+    from ovseg.fields.field import load_views
+    from ovseg.fields.fit import fit_rgb
+    from ovseg.fields.gaussians import GaussianCloud
+    from ovseg.fields.posed_images import load_posed_images
+
+    posed = load_posed_images(scene)
+    cloud = GaussianCloud.from_points(posed.points, posed.colours, latent_dim=3)
+    partial = tmp_path / "b"
+    views = load_views(posed, posed.split("train"))
+    stopped = fit_rgb(cloud, views, cfg.colour, checkpoint=partial / "colour.pt", max_steps=4,
+                      progress=False)  # fmt: skip
+    assert stopped["iteration"] == 4
+    resumed = fit_field(scene, partial, predictor, cfg, progress=False)
+    assert resumed["complete"] and resumed["gaussians"] == straight["gaussians"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "gaussians.safetensors")
+    b = load_file(partial / "gaussians.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_a_missing_scene_is_refused(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nope"), "--out", str(tmp_path / "f"), *FIT]) == 2
+    assert "no such file" in _one_line_error(capsys)
+    assert not (tmp_path / "f").exists()
+
+
+def test_missing_images_and_nan_poses_are_refused(scene, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "scene"
+    shutil.copytree(scene, broken)
+    (broken / "images" / "view_001.png").unlink()
+    assert main(["fit", str(broken), "--out", str(tmp_path / "f"), *FIT]) == 2
+    assert "view_001.png is missing" in _one_line_error(capsys)
+    shutil.copy(scene / "images" / "view_001.png", broken / "images" / "view_001.png")
+    meta = json.loads((broken / "transforms_train.json").read_text())
+    meta["frames"][1]["transform_matrix"][0][3] = math.nan
+    (broken / "transforms_train.json").write_text(json.dumps(meta))
+    assert main(["fit", str(broken), "--out", str(tmp_path / "f"), *FIT]) == 2
+    assert "NaN" in _one_line_error(capsys)
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_camera_that_sees_nothing_is_refused(scene, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "scene"
+    shutil.copytree(scene, broken)
+    meta = json.loads((broken / "transforms_train.json").read_text())
+    # below the ground, looking further down (OpenGL cameras look along their -z)
+    meta["frames"][2]["transform_matrix"] = np.eye(4).tolist()
+    meta["frames"][2]["transform_matrix"][2][3] = -5.0
+    (broken / "transforms_train.json").write_text(json.dumps(meta))
+    assert main(["fit", str(broken), "--out", str(tmp_path / "f"), *FIT]) == 2
+    assert "sees none of the scene's points" in _one_line_error(capsys)
+    assert not (tmp_path / "f" / "gaussians.safetensors").exists()
+
+
+def test_a_field_from_another_model_is_refused(field, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "field"
+    shutil.copytree(field, other)
+    meta = json.loads((other / "field.json").read_text())
+    meta["clip_fingerprint"], meta["model"] = "0123456789abcdef", "fcclip_convnext_large_coco"
+    (other / "field.json").write_text(json.dumps(meta))
+    out = tmp_path / "q"
+    code = main(["query", str(other), "--text", "star", "--out", str(out), "--model",
+                 "synthetic_tiny"])  # fmt: skip
+    assert code == 2
+    assert "fitted with model 'fcclip_convnext_large_coco'" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_unfinished_and_missing_fields_and_empty_phrases_are_refused(field, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["query", str(tmp_path), "--text", "x", "--out", str(out)]) == 2
+    assert "no field.json" in _one_line_error(capsys)
+    assert main(["query", str(field), "--text", " ", "--out", str(out)]) == 2
+    assert "empty" in _one_line_error(capsys)
+    assert main(["query", str(field), "--text", "x", "--view", "nope", "--out", str(out),
+                 "--model", "synthetic_tiny"]) == 2  # fmt: skip
+    assert "no view named nope" in _one_line_error(capsys)
+    assert not out.exists()
