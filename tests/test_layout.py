@@ -48,6 +48,7 @@ SCRIPTS = {
     "tools/task_agreement.py": "agreement",
     "tools/text_ablation.py": "text-ablation",
     "tools/fields.py": "fields",
+    "tools/bench_fields.py": "bench-fields",
 }
 
 

@@ -47,6 +47,10 @@ COMMANDS = {
         "fields",
         "3D language fields: fit Gaussians to posed views, query them with text (tools/fields.py)",
     ),
+    "bench-fields": (
+        "bench_fields",
+        "3D language fields measured in the synthetic 3D world (tools/bench_fields.py)",
+    ),
     "synthetic-world": (
         "synthetic_world",
         "the synthetic open-vocabulary experiment (tools/synthetic_world.py)",

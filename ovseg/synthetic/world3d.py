@@ -98,8 +98,8 @@ def make_scene3d(
             break
         category = things[int(rng.integers(len(things)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        radius = rng.uniform(0.2, 0.34) * TEXELS_PER_UNIT
-        centre_world = rng.uniform(-0.8, 0.8, size=2)
+        radius = rng.uniform(0.24, 0.4) * TEXELS_PER_UNIT
+        centre_world = rng.uniform(-0.85, 0.85, size=2)
         centre = (
             (centre_world[0] + half_extent) * TEXELS_PER_UNIT,
             (half_extent - centre_world[1]) * TEXELS_PER_UNIT,
@@ -145,7 +145,7 @@ def orbit_cameras(
     width: int = 160,
     height: int = 128,
     radius: float = 2.8,
-    elevations: tuple[float, ...] = (50.0, 62.0),
+    elevations: tuple[float, ...] = (68.0, 78.0),
     azimuth_offset: float = 0.0,
     fov_x_degrees: float = 50.0,
     prefix: str = "view",
@@ -282,7 +282,7 @@ def write_scene3d(
         test_views,
         width=width,
         height=height,
-        elevations=(56.0,),
+        elevations=(73.0,),
         azimuth_offset=180.0 / train_views,
         prefix="view",
         start=train_views,
