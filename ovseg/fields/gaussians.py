@@ -170,7 +170,7 @@ class GaussianCloud(nn.Module):
             setattr(self, name, nn.Parameter(merged))
 
 
-def _nearest_neighbour_distance(points: torch.Tensor, *, k: int, chunk: int = 4096) -> torch.Tensor:
+def _nearest_neighbour_distance(points: torch.Tensor, *, k: int, chunk: int = 1024) -> torch.Tensor:
     """(N,) root mean squared distance to the k nearest other points (3DGS's scale init)."""
     n = points.shape[0]
     if n == 1:

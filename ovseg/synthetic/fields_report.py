@@ -159,6 +159,52 @@ def render_timing(field, *, size: int = 256, repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+_PROBE = """
+import resource, sys, time, torch
+from ovseg.fields.camera import Camera, look_at
+from ovseg.fields.gaussians import GaussianCloud
+from ovseg.fields.rasterizer import render
+torch.manual_seed(0)
+count, size = int(sys.argv[1]), int(sys.argv[2])
+points = (torch.rand(count, 3) - 0.5) * torch.tensor([3.0, 3.0, 0.4])
+cloud = GaussianCloud.from_points(points, torch.rand(count, 3), opacity=0.5)
+camera = Camera(look_at((0.0, -1.0, 2.6), (0.0, 0.0, 0.0)), size, size, size / 2, size / 2,
+                size, size)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with torch.no_grad():
+    render(cloud, camera)
+forward = time.perf_counter() - start
+forward_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+render(cloud, camera)["features"].sum().backward()
+both = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(forward, both, before / 1024, forward_rss / 1024, after / 1024)
+"""
+
+
+def memory_probe(count: int = 50_000, size: int = 256) -> dict:
+    """Render ``count`` random Gaussians at size x size in a fresh process: seconds for a
+    forward pass and for forward + backward, and the process's peak RSS (MiB) before, after
+    the forward pass and after the backward pass."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(count), str(size)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    forward, both, before, forward_rss, after = map(float, done.stdout.split()[-5:])
+    return {
+        "gaussians": count,
+        "size": size,
+        "forward_s": forward,
+        "forward_backward_s": both,
+        "rss_start_mib": before,
+        "rss_forward_mib": forward_rss,
+        "rss_backward_mib": after,
+    }
+
+
 def figure(field, predictor, scene_dir: Path, phrase: str, out: Path) -> None:
     """A novel (held-out) view: the true image, the field's render, the field's heat map of
     ``phrase`` and ovseg's 2D heat map on the true image, side by side."""
@@ -256,6 +302,7 @@ def run(
         "gaussians": [m["gaussians"] for m in fits],
         "render_256_seconds": float(np.mean(renders)),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "probe": memory_probe(),
         "threads": torch.get_num_threads(),
         "novel_classes": sorted(n for n, s in seen.items() if not s),
     }
@@ -287,4 +334,13 @@ def markdown(report: dict) -> str:
         f"{report['render_256_seconds'] * 1000:.0f} ms; peak RSS {report['peak_rss_mib']:.0f} MiB; "
         f"{report['threads']} threads.",
     ]
+    probe = report.get("probe")
+    if probe:
+        lines.append(
+            f"{probe['gaussians']} random Gaussians at {probe['size']}x{probe['size']}: forward "
+            f"{probe['forward_s']:.2f} s, forward + backward {probe['forward_backward_s']:.2f} s;"
+            f" process peak RSS {probe['rss_start_mib']:.0f} MiB at start, "
+            f"{probe['rss_forward_mib']:.0f} after the forward pass, "
+            f"{probe['rss_backward_mib']:.0f} after the backward pass."
+        )
     return "\n".join(lines) + "\n"
