@@ -173,3 +173,18 @@ def test_unfinished_and_missing_fields_and_empty_phrases_are_refused(field, tmp_
                  "--model", "synthetic_tiny"]) == 2  # fmt: skip
     assert "no view named nope" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_a_scene_without_points_is_refused(scene, tmp_path, capsys):
+    from ovseg.fields.posed_images import load_posed_images, write_colmap
+
+    posed = load_posed_images(scene)
+    posed.points = posed.colours = None
+    colmap = tmp_path / "colmap"
+    (colmap / "images").mkdir(parents=True)
+    for path in posed.image_paths:
+        (colmap / "images" / path.name).write_bytes(path.read_bytes())
+    write_colmap(posed, colmap / "sparse" / "0")
+    assert main(["fit", str(colmap), "--out", str(tmp_path / "f"), *FIT]) == 2
+    assert "no 3D points" in _one_line_error(capsys)
+    assert not (tmp_path / "f").exists()

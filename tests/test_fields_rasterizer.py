@@ -247,3 +247,22 @@ def test_recomputed_chunks_give_the_same_gradients():
         grads.append([t.grad.clone() for t in scene])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_degree_one_colour_follows_the_view_direction():
+    from ovseg.fields.gaussians import SH_C0, SH_C1, sh_to_rgb
+
+    sh = torch.zeros(1, 4, 3)
+    sh[0, 0] = 0.2
+    sh[0, 3] = torch.tensor([0.5, 0.0, -0.5])  # the x basis function
+    for direction in ([1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]):
+        d = torch.tensor([direction])
+        expected = (SH_C0 * 0.2 - SH_C1 * d[0, 0] * sh[0, 3] + 0.5).clamp_min(0)
+        torch.testing.assert_close(sh_to_rgb(sh, d)[0], expected)
+    cloud = GaussianCloud.from_points(torch.zeros(1, 3), torch.full((1, 3), 0.5), sh_degree=1)
+    with torch.no_grad():
+        cloud.sh[0, 3] = torch.tensor([0.5, 0.0, -0.5])
+    left = cloud.colours(torch.tensor([-2.0, 0.0, 0.0]))
+    right = cloud.colours(torch.tensor([2.0, 0.0, 0.0]))
+    # seen from -x the direction is +x: red down, blue up (the basis is -C1 x)
+    assert left[0, 0] < 0.5 < right[0, 0] and left[0, 2] > 0.5 > right[0, 2]
