@@ -188,3 +188,48 @@ def test_a_scene_without_points_is_refused(scene, tmp_path, capsys):
     assert main(["fit", str(colmap), "--out", str(tmp_path / "f"), *FIT]) == 2
     assert "no 3D points" in _one_line_error(capsys)
     assert not (tmp_path / "f").exists()
+
+
+def test_sam_levels_fit_and_query(scene, tmp_path):
+    """Two mask levels (panoptic segments and the prompt head's small masks): a latent of
+    3 channels each, and each phrase answered at the level where it peaks."""
+    out = tmp_path / "field"
+    assert main(["fit", str(scene), "--out", str(out), *FIT, "--levels", "panoptic,small"]) == 0
+    from safetensors.torch import load_file
+
+    from ovseg.fields.field import LanguageField
+    from ovseg.predictor import OVSegPredictor
+
+    assert load_file(out / "gaussians.safetensors")["latents"].shape[1] == 6
+    saved = np.load(out / "features" / "view_000.npz")
+    assert {"panoptic_map", "small_map", "small_embeddings"} <= set(saved.files)
+    field = LanguageField.load(out, OVSegPredictor.from_pretrained("synthetic_tiny"))
+    camera = field.scene().cameras[0]
+    result = field.relevancy(camera, ["water", "star"])
+    assert result["relevancy"].shape == (2, 48, 64)
+    assert set(result["levels"]) <= {"panoptic", "small"}
+    for k, level in enumerate(result["levels"]):  # the chosen level's map, unchanged
+        index = field.levels.index(level)
+        phrases, canonical = field._text(["water", "star"])
+        from ovseg.fields.language import latent_relevancy
+
+        alone = latent_relevancy(field.autoencoder,
+                                 field.level_latents(result["latent"], index),
+                                 phrases[k : k + 1], canonical)[0]  # fmt: skip
+        torch.testing.assert_close(result["relevancy"][k], alone)
+
+
+def test_sam_levels_need_a_prompt_head(parity_predictor):
+    from ovseg.fields.language import view_levels
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="need a model with a prompt head"):
+        view_levels(parity_predictor, image, ("small",))
+    with pytest.raises(ValueError, match="unknown mask level huge"):
+        view_levels(parity_predictor, image, ("huge",))
+
+
+def test_unknown_levels_are_refused_before_anything_runs(scene, tmp_path, capsys):
+    assert main(["fit", str(scene), "--out", str(tmp_path / "f"), *FIT, "--levels", "tiny"]) == 2
+    assert "--levels: unknown" in _one_line_error(capsys)
+    assert not (tmp_path / "f").exists()

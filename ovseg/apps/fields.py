@@ -43,6 +43,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="vocabulary whose panoptic segments are the masks (default: a toy model's own "
         "world, else coco_panoptic); queries are not limited to it",
     )
+    fit.add_argument(
+        "--levels",
+        default="panoptic",
+        help="mask levels, comma-separated: panoptic (the panoptic segments) and small, "
+        "medium, large (LangSplat's SAM levels, from the model's prompt head); each adds a "
+        "3-channel latent (default: panoptic)",
+    )
     fit.add_argument("--threads", type=int, help="torch threads")
     fit.add_argument("--no-progress", action="store_true")
 
@@ -95,6 +102,7 @@ def _fit(args) -> int:
 
     if args.iterations < 1 or args.language_iterations < 1 or not 0 < args.scale <= 1:
         raise ValueError("--iterations and --language-iterations >= 1, 0 < --scale <= 1, please")
+    _levels(args.levels)
     load_posed_images(args.scene)  # a bad scene fails before the model loads
     predictor = load_predictor_from_arguments(args, log=print)
     densify_until = max(1, int(args.iterations * 2 / 3))
@@ -106,6 +114,7 @@ def _fit(args) -> int:
         ),  # fmt: skip
         language=LatentFitConfig(iterations=args.language_iterations),
         image_scale=args.scale,
+        levels=_levels(args.levels),
         mask_vocabulary=args.mask_vocabulary,
     )
     meta = fit_field(args.scene, args.out, predictor, cfg, progress=not args.no_progress)
@@ -116,6 +125,18 @@ def _fit(args) -> int:
         f"{total / 60:.1f} min"
     )
     return 0
+
+
+def _levels(text: str) -> tuple[str, ...]:
+    from ovseg.fields.language import LEVELS
+
+    levels = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [level for level in levels if level not in LEVELS]
+    if not levels or unknown:
+        raise ValueError(
+            f"--levels: unknown or no level {', '.join(unknown)}; choose from {', '.join(LEVELS)}"
+        )
+    return levels
 
 
 def _query(args) -> int:

@@ -29,7 +29,6 @@ from ovseg.fields.camera import Camera
 from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig, View, fit_latents, fit_rgb
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
-from ovseg.fields.language import view_segments as _view_segments
 from ovseg.fields.posed_images import PosedImages, load_posed_images
 from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write, write_text_atomic
@@ -47,13 +46,18 @@ class FieldConfig:
 
     colour: FitConfig = field(default_factory=FitConfig)
     language: LatentFitConfig = field(default_factory=LatentFitConfig)
-    latent_dim: int = 3
+    latent_dim: int = 3  # per mask level
+    # mask granularities (ovseg.fields.language.LEVELS): each gets latent_dim channels of
+    # its own, like LangSplat's three SAM levels (it fits three fields; one cloud with a
+    # latent per level renders them in one pass)
+    levels: tuple[str, ...] = ("panoptic",)
     autoencoder_iterations: int = 2000
     image_scale: float = 1.0  # views are fitted at this fraction of their size
     mask_vocabulary: str | None = None  # None: the model's default vocabulary
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON's view of the settings (tuples as lists), as field.json stores them."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 def load_views(scene: PosedImages, indices: list[int], scale: float = 1.0) -> list[View]:
@@ -153,7 +157,8 @@ def fit_field(
         return result
 
     # (a) colours and geometry
-    cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
+    latent_channels = cfg.latent_dim * len(cfg.levels)
+    cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=latent_channels)
     colour_result = timed(
         "colour",
         lambda: fit_rgb(
@@ -163,23 +168,34 @@ def fit_field(
     meta["colour_loss"], meta["gaussians"] = colour_result["loss"], len(cloud)
     # (b) per-view masks and their CLIP embeddings, at the fitted views' size
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
-    segment_maps, embeddings = timed(
+    per_view = timed(
         "features",
-        lambda: _view_features(predictor, scene, train, views, out / "features", progress),
-    )
-    # (c) the scene's autoencoder
+        lambda: _view_features(
+            predictor, scene, train, views, cfg.levels, out / "features", progress
+        ),  # fmt: skip
+    )  # per view: {level: (segment_map, embeddings)}
+    pairs = [levels[level] for levels in per_view for level in cfg.levels]
+    # (c) the scene's autoencoder, on every level's embeddings
     autoencoder = timed(
-        "autoencoder", lambda: _autoencoder(out, embeddings, segment_maps, cfg, progress)
+        "autoencoder",
+        lambda: _autoencoder(out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress),
     )
-    # (d) latents on the frozen geometry
+    # (d) latents on the frozen geometry: channels [k L, (k + 1) L) hold level k
     targets, valid = [], []
     with torch.no_grad():
-        for segment_map, view_embeddings in zip(segment_maps, embeddings, strict=True):
-            latent = autoencoder.encode(view_embeddings) if len(view_embeddings) else None
-            target = torch.zeros(*segment_map.shape, cfg.latent_dim)
-            mask = torch.from_numpy(segment_map >= 0)
-            if latent is not None:
-                target[mask] = latent[torch.from_numpy(segment_map[segment_map >= 0])]
+        for levels in per_view:
+            shape = next(iter(levels.values()))[0].shape
+            target = torch.zeros(*shape, latent_channels)
+            mask = torch.zeros(*shape, latent_channels, dtype=torch.bool)
+            for k, level in enumerate(cfg.levels):
+                segment_map, view_embeddings = levels[level]
+                channels = slice(k * cfg.latent_dim, (k + 1) * cfg.latent_dim)
+                covered = torch.from_numpy(segment_map >= 0)
+                if len(view_embeddings):
+                    latent = autoencoder.encode(view_embeddings)
+                    indices = torch.from_numpy(segment_map[segment_map >= 0])
+                    target[..., channels][covered] = latent[indices]
+                    mask[..., channels] = covered[..., None]
             targets.append(target)
             valid.append(mask)
     language_result = timed(
@@ -218,37 +234,47 @@ def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
             )
 
 
-def _view_features(predictor, scene, indices, views, folder: Path, progress: bool):
-    """Each view's segments, found on its full-size image; the segment map is resized
-    (nearest) to the fitted view's size."""
+def _view_features(predictor, scene, indices, views, levels, folder: Path, progress: bool):
+    """Each view's masks per level, found on its full-size image; segment maps are resized
+    (nearest) to the fitted view's size. Cached per view in ``folder``."""
     from PIL import Image
     from tqdm import tqdm
 
-    segment_maps, embeddings = [], []
+    from ovseg.fields.language import view_levels
+
+    per_view = []
     for index, view in tqdm(list(zip(indices, views, strict=True)), desc="view masks",
                             disable=not progress):  # fmt: skip
         path = folder / f"{view.camera.name}.npz"
         if path.is_file():
             with np.load(path) as saved:
-                segment_map = saved["segment_map"]
-                view_embeddings = torch.from_numpy(saved["embeddings"])
+                found = {
+                    level: (saved[f"{level}_map"], torch.from_numpy(saved[f"{level}_embeddings"]))
+                    for level in levels
+                }
         else:
             with Image.open(scene.image_paths[index]) as image:
                 array = np.asarray(image.convert("RGB"))
-            segment_map, view_embeddings = _view_segments(predictor, array)
+            found = view_levels(predictor, array, tuple(levels))
             size = (view.camera.width, view.camera.height)
-            if segment_map.shape[::-1] != size:
-                resized = Image.fromarray(segment_map.astype(np.int32)).resize(size, Image.NEAREST)
-                segment_map = np.asarray(resized).astype(np.int64)
+            for level, (segment_map, embeddings) in found.items():
+                if segment_map.shape[::-1] != size:
+                    resized = Image.fromarray(segment_map.astype(np.int32)).resize(
+                        size, Image.NEAREST
+                    )
+                    found[level] = (np.asarray(resized).astype(np.int64), embeddings)
+            arrays = {}
+            for level, (segment_map, embeddings) in found.items():
+                arrays[f"{level}_map"] = segment_map
+                arrays[f"{level}_embeddings"] = embeddings.numpy()
 
-            def write(tmp, m=segment_map, e=view_embeddings):
+            def write(tmp, arrays=arrays):
                 with open(tmp, "wb") as file:
-                    np.savez(file, segment_map=m, embeddings=e.numpy())
+                    np.savez(file, **arrays)
 
             atomic_write(path, write)
-        segment_maps.append(segment_map)
-        embeddings.append(view_embeddings)
-    return segment_maps, embeddings
+        per_view.append(found)
+    return per_view
 
 
 def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool):
@@ -290,7 +316,27 @@ class LanguageField:
     def __init__(self, folder: Path, meta: dict, cloud: GaussianCloud, autoencoder, predictor):
         self.folder, self.meta, self.cloud = folder, meta, cloud
         self.autoencoder, self.predictor = autoencoder, predictor
+        self.levels = tuple(meta["config"].get("levels", ["panoptic"]))
+        self.latent_dim = int(meta["config"]["latent_dim"])
         self._canonical = None
+
+    def level_latents(self, latents: torch.Tensor, level: int) -> torch.Tensor:
+        """The channels of mask level ``level`` (an index into ``self.levels``) of latents
+        (..., L x levels)."""
+        return latents[..., level * self.latent_dim : (level + 1) * self.latent_dim]
+
+    def _best_level(self, latents: torch.Tensor, phrases: list[str]) -> tuple[torch.Tensor, list]:
+        """Relevancy (P, ...) of each phrase at the mask level where it peaks highest
+        (LangSplat's choice among its three levels), and those levels' names."""
+        phrase_embeddings, canonical = self._text(phrases)
+        per_level = torch.stack([
+            latent_relevancy(self.autoencoder, self.level_latents(latents, k), phrase_embeddings,
+                             canonical)
+            for k in range(len(self.levels))
+        ])  # (levels, P, ...)  # fmt: skip
+        best = per_level.flatten(2).amax(2).argmax(0)  # (P,)
+        scores = per_level[best, torch.arange(len(phrases))]
+        return scores, [self.levels[int(k)] for k in best]
 
     @staticmethod
     def read_meta(folder: str | Path) -> dict:
@@ -351,25 +397,23 @@ class LanguageField:
     @torch.no_grad()
     def relevancy(self, camera: Camera, phrases: list[str]) -> dict[str, torch.Tensor]:
         """Render ``camera`` and score every pixel for each phrase: ``relevancy`` (P, H, W)
-        in (0, 1) (LangSplat's ratio against the canonical phrases; > 0.5 means relevant),
-        ``rgb`` (H, W, 3)."""
+        in (0, 1) (LangSplat's ratio against the canonical phrases; > 0.5 means relevant) at
+        the mask level where each phrase peaks (``levels``), ``rgb`` (H, W, 3), ``latent``."""
         from ovseg.heatmap import check_phrases
 
         phrases = check_phrases(phrases)
         rendered = self.render(camera)
-        phrase_embeddings, canonical = self._text(phrases)
-        scores = latent_relevancy(self.autoencoder, rendered["latent"], phrase_embeddings,
-                                  canonical)  # fmt: skip
-        return {"relevancy": scores, "rgb": rendered["rgb"], "alpha": rendered["alpha"]}
+        scores, levels = self._best_level(rendered["latent"], phrases)
+        return {"relevancy": scores, "levels": levels, "rgb": rendered["rgb"],
+                "alpha": rendered["alpha"], "latent": rendered["latent"]}  # fmt: skip
 
     @torch.no_grad()
     def gaussian_relevancy(self, phrases: list[str]) -> torch.Tensor:
         """(P, N) relevancy of each Gaussian's own latent (a 3D selection)."""
         from ovseg.heatmap import check_phrases
 
-        phrase_embeddings, canonical = self._text(check_phrases(phrases))
-        return latent_relevancy(self.autoencoder, self.cloud.latents, phrase_embeddings,
-                                canonical)  # fmt: skip
+        scores, _ = self._best_level(self.cloud.latents.detach(), check_phrases(phrases))
+        return scores
 
     def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
         """Write the Gaussians' centres (opacity >= ``min_opacity``) as a PLY point cloud

@@ -234,7 +234,8 @@ def fit_latents(
     progress: bool = True,
 ) -> dict:
     """Fit ``cloud.latents`` (geometry and colours frozen) so each view renders its target
-    latent map: targets[i] (H, W, L), valid[i] (H, W) bool (pixels with a feature)."""
+    latent map: targets[i] (H, W, L), valid[i] (H, W) or (H, W, L) bool (where a pixel has a
+    feature: per pixel, or per pixel and channel when mask levels cover different pixels)."""
     from tqdm import tqdm
 
     if not cameras:
@@ -256,6 +257,8 @@ def fit_latents(
         index = int(order[iteration])
         out = render(cloud, cameras[index], what="latent")
         mask = valid[index]
+        if mask.dim() == 2:  # one mask for every channel
+            mask = mask[..., None].expand_as(targets[index])
         loss = (out["features"][mask] - targets[index][mask]).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -52,6 +52,112 @@ def view_segments(predictor, image: np.ndarray) -> tuple[np.ndarray, torch.Tenso
     return segment_map, embeddings
 
 
+LEVELS = ("panoptic", "small", "medium", "large")
+
+
+def view_levels(
+    predictor, image: np.ndarray, levels: tuple[str, ...], *, points_per_side: int = 8
+) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
+    """A view's masks at several granularities, each as ``(segment_map, embeddings)`` like
+    :func:`view_segments`.
+
+    "panoptic": the panoptic segments. "small" / "medium" / "large": LangSplat's three SAM
+    levels from the model's prompt head: a ``points_per_side`` grid of clicks, each giving
+    SAM's three ambiguity-aware masks, sorted by area into the three levels (masks that miss
+    their click or cover under 0.5% of the image are dropped; within a level, a mask
+    overlapping a kept one at IoU > 0.7 is dropped, and smaller masks are painted over larger
+    ones). ValueError for an unknown level, or a SAM level when the model has no prompt head.
+    """
+    unknown = [level for level in levels if level not in LEVELS]
+    if unknown:
+        raise ValueError(
+            f"unknown mask level {', '.join(unknown)}: choose from {', '.join(LEVELS)}"
+        )
+    out = {}
+    if "panoptic" in levels:
+        out["panoptic"] = view_segments(predictor, image)
+    sam_levels = [level for level in levels if level != "panoptic"]
+    if sam_levels:
+        if predictor.model.prompt_head is None:
+            raise ValueError(
+                f"mask levels {', '.join(sam_levels)} need a model with a prompt head "
+                f"(SAM's decoder on the frozen CLIP); {predictor.model_name} has none: use "
+                "--levels panoptic"
+            )
+        masks_by_level = _prompt_head_levels(predictor, image, points_per_side)
+        features = predictor.encode(image)
+        for level in sam_levels:
+            masks = masks_by_level[level]
+            segment_map = np.full(image.shape[:2], -1, np.int64)
+            for index in np.argsort([-m.sum() for m in masks], kind="stable"):
+                segment_map[masks[index]] = index  # smaller masks painted last, on top
+            present = [i for i in range(len(masks)) if (segment_map == i).any()]
+            remap = np.full(len(masks) + 1, -1, np.int64)
+            remap[present] = np.arange(len(present))
+            segment_map = np.where(segment_map >= 0, remap[segment_map], -1)
+            kept = [masks[i] for i in present]
+            embeddings = (
+                predictor.pool_masks(features, np.stack(kept)).float().cpu()
+                if kept
+                else torch.zeros(0, predictor.model.backbone.embed_dim)
+            )
+            out[level] = (segment_map, embeddings)
+    return out
+
+
+@torch.no_grad()
+def _prompt_head_levels(predictor, image: np.ndarray, points_per_side: int) -> dict:
+    from ovseg.modeling.postprocess import resize_to_original
+
+    features = predictor.encode(image)
+    head = predictor.model.prompt_head
+    height, width = image.shape[:2]
+    grid = (np.arange(points_per_side) + 0.5) / points_per_side
+    xs, ys = np.meshgrid(grid * width, grid * height)
+    clicks = torch.tensor(np.stack([xs.ravel(), ys.ravel()], 1), dtype=torch.float32)
+    scale = torch.tensor([features.resized_hw[1] / width, features.resized_hw[0] / height])
+    points = (clicks * scale)[:, None].to(features.prompt_embedding.device)
+    logits, iou = head(
+        features.prompt_embedding,
+        input_hw=features.padded_hw,
+        points=points,
+        point_labels=torch.ones(len(points), 1, dtype=torch.long, device=points.device),
+        multimask=True,
+    )
+    upsampled = F.interpolate(logits, size=features.padded_hw, mode="bilinear",
+                              align_corners=False)  # fmt: skip
+    masks = (
+        resize_to_original(upsampled.flatten(0, 1), features.resized_hw, (height, width)).reshape(
+            len(points), 3, height, width
+        )
+        > 0
+    )
+    masks, iou = masks.cpu().numpy(), iou.float().cpu().numpy()
+    columns = np.clip(clicks[:, 0].long().numpy(), 0, width - 1)
+    rows = np.clip(clicks[:, 1].long().numpy(), 0, height - 1)
+    min_area = 0.005 * height * width
+    levels: dict[str, list] = {"small": [], "medium": [], "large": []}
+    for k in range(len(points)):
+        order = np.argsort(masks[k].reshape(3, -1).sum(1), kind="stable")
+        for level, index in zip(("small", "medium", "large"), order, strict=True):
+            mask = masks[k, index]
+            if mask[rows[k], columns[k]] and mask.sum() >= min_area:
+                levels[level].append((float(iou[k, index]), mask))
+    return {level: _deduplicate(candidates) for level, candidates in levels.items()}
+
+
+def _deduplicate(candidates: list[tuple[float, np.ndarray]], threshold: float = 0.7) -> list:
+    """Masks by predicted IoU, best first, each dropped when it overlaps a kept one at IoU >
+    ``threshold`` (SAM's automatic generator's box NMS, on masks)."""
+    kept: list[np.ndarray] = []
+    for _, mask in sorted(candidates, key=lambda c: -c[0]):
+        area = mask.sum()
+        if all((mask & other).sum() / max(area + other.sum() - (mask & other).sum(), 1)
+               <= threshold for other in kept):  # fmt: skip
+            kept.append(mask)
+    return kept
+
+
 def _layer_sizes(dim: int, latent_dim: int) -> tuple[list[int], list[int]]:
     """LangSplat's encoder [256, 128, 64, 32] and decoder [16, 32, 64, 128, 256, 256]
     hidden sizes, the ones not smaller than needed for a D-dim embedding kept."""
@@ -154,6 +260,8 @@ def latent_relevancy(
 
 __all__ = [
     "CANONICAL_PHRASES",
+    "LEVELS",
+    "view_levels",
     "LanguageAutoencoder",
     "latent_relevancy",
     "train_autoencoder",

@@ -67,12 +67,13 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
         camera = posed.cameras[index]
         truth = np.asarray(Image.open(scene_dir / "segments" / f"{camera.name}.png"))
         image = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
+        present = sorted({segments[s]["category"] for s in np.unique(truth)})
         with torch.no_grad():
-            rendered = field.render(camera)
-            field_embeddings = field.autoencoder.decode(rendered["latent"])
+            queried = field.relevancy(camera, present)
+            # labels from the first mask level (the panoptic segments by default)
+            field_embeddings = field.autoencoder.decode(field.level_latents(queried["latent"], 0))
         segment_map, embeddings = view_segments(predictor, image)
         mask_embeddings = _segment_embedding_map(segment_map, embeddings)
-        present = sorted({segments[s]["category"] for s in np.unique(truth)})
         dense = torch.from_numpy(predictor.heatmap(image, present))
         for number, category in enumerate(present):
             gt = np.isin(truth, [s["id"] for s in segments if s["category"] == category])
@@ -80,7 +81,7 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
                 continue
             text = class_text[names.index(category)][None]
             maps = {
-                "field": _relevancy_of_embeddings(field_embeddings, text, canonical)[0],
+                "field": queried["relevancy"][number],
                 "2d masks": _relevancy_of_embeddings(mask_embeddings, text, canonical)[0],
                 "2d dense": dense[number],
             }
