@@ -125,6 +125,14 @@ def _colmap_text_scene(tmp_path):
     return tmp_path / "sparse" / "0"
 
 
+def _replace_word(path, *, line: int, word: int, value: str) -> None:
+    lines = path.read_text().splitlines()
+    parts = lines[line].split()
+    parts[word] = value
+    lines[line] = " ".join(parts)
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.parametrize(
     "breakage, message",
     [
@@ -146,17 +154,9 @@ def test_broken_colmap_scenes_are_refused_in_one_line(tmp_path, breakage, messag
     elif breakage == "wrong_size":
         Image.new("RGB", (10, 10)).save(tmp_path / "images" / "view_01.png")
     elif breakage == "unknown_camera":
-        lines = images_txt.read_text().splitlines()
-        parts = lines[2].split()
-        parts[8] = "9"
-        lines[2] = " ".join(parts)
-        images_txt.write_text("\n".join(lines) + "\n")
+        _replace_word(images_txt, line=2, word=8, value="9")
     elif breakage == "nan_pose":
-        lines = images_txt.read_text().splitlines()
-        parts = lines[2].split()
-        parts[5] = "nan"
-        lines[2] = " ".join(parts)
-        images_txt.write_text("\n".join(lines) + "\n")
+        _replace_word(images_txt, line=2, word=5, value="nan")
     elif breakage == "distortion":
         cameras_txt.write_text("1 OPENCV 24 16 30 29 12 8 0.1 0 0 0\n2 PINHOLE 24 16 30 29 12 8\n")
     elif breakage == "no_images_file":

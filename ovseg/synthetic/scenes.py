@@ -113,12 +113,8 @@ def render_scene(
     With ``patterns`` every thing wears its class's surface pattern, else it is plain."""
     h, w = size_hw
     stuffs = [c for c in CATEGORIES if not c.isthing]
-    num_regions = int(rng.integers(1, 4))
-    region_stuff = [stuffs[k] for k in rng.choice(len(stuffs), size=num_regions, replace=False)]
-    regions = background_regions(rng, size_hw, num_regions)
-    image = np.zeros((h, w, 3))
-    for k, category in enumerate(region_stuff):
-        image[regions == k] = TEXTURES[category.name](rng, h, w)[regions == k]
+    image, regions, region_stuff = stuff_background(rng, size_hw, stuffs)
+    num_regions = len(region_stuff)
     # owner: -1 - region index for stuff, else the index of the thing drawn on top
     owner = -1 - regions
     placed = [
@@ -150,6 +146,21 @@ def render_scene(
     )
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     return image, panoptic, segments, caption
+
+
+def stuff_background(
+    rng: np.random.Generator, size_hw: tuple[int, int], stuffs: list[SyntheticCategory]
+) -> tuple[np.ndarray, np.ndarray, list[SyntheticCategory]]:
+    """1-3 regions of distinct stuff classes drawn from ``stuffs``: the (H, W, 3) float image
+    of their textures, the (H, W) region index, and each region's class."""
+    h, w = size_hw
+    count = int(rng.integers(1, 4))
+    region_stuff = [stuffs[k] for k in rng.choice(len(stuffs), size=count, replace=False)]
+    regions = background_regions(rng, size_hw, count)
+    image = np.zeros((h, w, 3))
+    for k, category in enumerate(region_stuff):
+        image[regions == k] = TEXTURES[category.name](rng, h, w)[regions == k]
+    return image, regions, region_stuff
 
 
 def _place_thing(

@@ -33,8 +33,8 @@ import torch
 from ovseg.fields.camera import Camera, look_at
 from ovseg.fields.posed_images import PosedImages, write_transforms
 from ovseg.fileio import atomic_write, write_text_atomic
-from ovseg.synthetic.render import MAX_ROTATION, SHAPES, TEXTURES, background_regions, draw_shape
-from ovseg.synthetic.scenes import CATEGORIES, COLOURS, thing_paint
+from ovseg.synthetic.render import MAX_ROTATION, SHAPES, draw_shape
+from ovseg.synthetic.scenes import CATEGORIES, COLOURS, stuff_background, thing_paint
 
 TEXELS_PER_UNIT = 64  # about one view pixel per texel at the default orbit, like the 2D world
 SIDE_SHADE = 0.6  # a prism's walls: its paint darkened (the 2D world's outlines use 0.55)
@@ -78,12 +78,8 @@ def make_scene3d(
     side = int(round(2 * half_extent * TEXELS_PER_UNIT))
     size = (side, side)
     stuffs = [c for c in CATEGORIES if not c.isthing and c.name != "sky"]  # sky is no ground
-    count = int(rng.integers(1, 4))
-    region_stuff = [stuffs[k] for k in rng.choice(len(stuffs), size=count, replace=False)]
-    regions = background_regions(rng, size, count)
-    texture = np.zeros((side, side, 3))
-    for k, category in enumerate(region_stuff):
-        texture[regions == k] = TEXTURES[category.name](rng, side, side)[regions == k]
+    texture, regions, region_stuff = stuff_background(rng, size, stuffs)
+    count = len(region_stuff)
     segment = regions.astype(np.uint8)
     height = np.zeros(size, np.float32)
     segments = [
