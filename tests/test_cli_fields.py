@@ -144,7 +144,7 @@ def test_a_camera_that_sees_nothing_is_refused(scene, tmp_path, capsys):
     (broken / "transforms_train.json").write_text(json.dumps(meta))
     assert main(["fit", str(broken), "--out", str(tmp_path / "f"), *FIT]) == 2
     assert "sees none of the scene's points" in _one_line_error(capsys)
-    assert not (tmp_path / "f" / "gaussians.safetensors").exists()
+    assert not (tmp_path / "f").exists()
 
 
 def test_a_field_from_another_model_is_refused(field, tmp_path, capsys):

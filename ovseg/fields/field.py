@@ -144,10 +144,10 @@ def fit_field(
                     "new --out folder or delete this one"
                 )
         meta["timings_s"] = previous.get("timings_s", {})
+    views = load_views(scene, train, cfg.image_scale)
+    _check_views_see_points(views, scene.points)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
-    views = load_views(scene, train, cfg.image_scale)
-    _check_views_see_points(views, scene.points)
 
     def timed(stage, work):
         start = time.perf_counter()
