@@ -45,7 +45,18 @@ setup(
     ],
     extras_require={
         # setuptools >= 70.1 builds wheels without the separate 'wheel' package (install test)
-        "dev": ["pytest", "ruff", "gradio>=5", "playwright", "setuptools>=70.1"],
+        "dev": [
+            "pytest",
+            "ruff",
+            "gradio>=5",
+            "playwright",
+            "setuptools>=70.1",
+            "onnx>=1.17",
+            "onnxscript>=0.5",
+            "onnxruntime>=1.20",
+        ],
         "demo": ["gradio>=5"],
+        # ONNX export (ovseg.export): the dynamo exporter needs onnxscript
+        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
 )

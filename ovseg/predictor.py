@@ -451,7 +451,6 @@ class OVSegPredictor:
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
-        inf = self.cfg.inference
         image_outputs = {
             "pred_embeds": features.pred_embeds,
             "clip_embeds": features.clip_embeds,
@@ -461,51 +460,9 @@ class OVSegPredictor:
             0
         ]
         out_hw = self.output_size(*features.image_size)
-        result = {
-            "image_size": tuple(features.image_size),
-            "output_size": out_hw,
-            "vocabulary": self.vocabulary,
-            "class_logits": class_logits,
-            "mask_logits": features.pred_masks[0],
-        }
-        if tasks == ("semantic",):
-            # Semantic-only configs score at padded resolution, then crop and resize.
-            masks = _upsample(features.pred_masks[0], features.padded_hw)
-            scores = postprocess.semantic_inference(class_logits, masks)
-            result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
-            return result
-
-        all_masks = None  # every query at the output size: only semantic reads them all
-        if "semantic" in tasks:
-            all_masks = _output_masks(features, out_hw)
-            result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
-
-        def masks_of(index):
-            return (
-                all_masks[index]
-                if all_masks is not None
-                else _output_masks(features, out_hw, index)
-            )
-
-        is_thing = torch.tensor(self.vocabulary.is_thing, device=self.device)
-        if "panoptic" in tasks:
-            keep = postprocess.panoptic_queries(class_logits, inf.object_mask_threshold)
-            result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
-                class_logits[keep],
-                masks_of(keep),
-                is_thing,
-                object_mask_threshold=inf.object_mask_threshold,
-                overlap_threshold=inf.overlap_threshold,
-            )
-        if "instance" in tasks:
-            scores, labels, query = postprocess.instance_queries(
-                class_logits, is_thing, detections_per_image=inf.detections_per_image
-            )
-            unique, inverse = query.unique(return_inverse=True)
-            result["instances"] = postprocess.instance_results(
-                scores, labels, masks_of(unique)[inverse]
-            )
-        return result
+        return segment_outputs(
+            features, class_logits, self.vocabulary, self.cfg.inference, out_hw, tasks
+        )
 
     def predict_batch(self, images, **kwargs) -> list[dict]:
         """:meth:`predict` on each image (one at a time: padding a batch changes results)."""
@@ -514,6 +471,61 @@ class OVSegPredictor:
     def _require_vocabulary(self) -> None:
         if self._classifier is None:
             raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
+
+
+def segment_outputs(
+    features: ImageFeatures,
+    class_logits: torch.Tensor,
+    vocabulary: Vocabulary,
+    inference,
+    out_hw: tuple[int, int],
+    tasks: tuple[str, ...],
+) -> dict:
+    """The post-processing of :meth:`OVSegPredictor.segment` (shared with the ONNX runtime,
+    :class:`ovseg.export.OnnxPredictor`): an image's mask logits and its (Q, K+1) ensemble
+    class logits -> the result dict, at ``out_hw``, with the thresholds of ``inference``
+    (:class:`ovseg.config.InferenceConfig`)."""
+    result = {
+        "image_size": tuple(features.image_size),
+        "output_size": out_hw,
+        "vocabulary": vocabulary,
+        "class_logits": class_logits,
+        "mask_logits": features.pred_masks[0],
+    }
+    if tasks == ("semantic",):
+        # Semantic-only configs score at padded resolution, then crop and resize.
+        masks = _upsample(features.pred_masks[0], features.padded_hw)
+        scores = postprocess.semantic_inference(class_logits, masks)
+        result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
+        return result
+
+    all_masks = None  # every query at the output size: only semantic reads them all
+    if "semantic" in tasks:
+        all_masks = _output_masks(features, out_hw)
+        result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
+
+    def masks_of(index):
+        return all_masks[index] if all_masks is not None else _output_masks(features, out_hw, index)
+
+    is_thing = torch.tensor(vocabulary.is_thing, device=class_logits.device)
+    if "panoptic" in tasks:
+        keep = postprocess.panoptic_queries(class_logits, inference.object_mask_threshold)
+        result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
+            class_logits[keep],
+            masks_of(keep),
+            is_thing,
+            object_mask_threshold=inference.object_mask_threshold,
+            overlap_threshold=inference.overlap_threshold,
+        )
+    if "instance" in tasks:
+        scores, labels, query = postprocess.instance_queries(
+            class_logits, is_thing, detections_per_image=inference.detections_per_image
+        )
+        unique, inverse = query.unique(return_inverse=True)
+        result["instances"] = postprocess.instance_results(
+            scores, labels, masks_of(unique)[inverse]
+        )
+    return result
 
 
 def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:

@@ -30,6 +30,10 @@ COMMANDS = {
         "text_ablation",
         "context-aware text ablation in the synthetic world (tools/text_ablation.py)",
     ),
+    "export": (
+        "export",
+        "ONNX graphs whose vocabulary stays an input, checked in ONNX Runtime (tools/export.py)",
+    ),
     "bench": ("bench", "per-stage inference latency and memory (tools/benchmark.py)"),
     "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),
     "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),

@@ -222,11 +222,7 @@ class CLIPBackbone(nn.Module):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Texts -> (N, context) token ids with the model's tokenizer and context length."""
-        import open_clip
-
-        if self.model_name in open_clip.list_models():
-            return open_clip.get_tokenizer(self.model_name)(texts)
-        return open_clip.tokenize(texts, context_length=self.text_context_length)
+        return tokenize(self.model_name, texts, self.text_context_length)
 
     def text_fingerprint(self) -> str:
         """A short hash of the text tower's weights, so cached text embeddings follow weights."""
@@ -248,3 +244,14 @@ class CLIPBackbone(nn.Module):
     def reset_fingerprint(self) -> None:
         """Call after loading new weights."""
         self._text_fingerprint = None
+
+
+def tokenize(model_name: str, texts: list[str], context_length: int) -> torch.Tensor:
+    """Texts -> (N, context_length) int64 token ids: open_clip's tokenizer of ``model_name``
+    when open_clip knows the name, else CLIP's BPE tokenizer (start 49406, end 49407, zero
+    padding) at ``context_length``."""
+    import open_clip
+
+    if model_name in open_clip.list_models():
+        return open_clip.get_tokenizer(model_name)(texts)
+    return open_clip.tokenize(texts, context_length=context_length)

@@ -38,7 +38,9 @@ def multi_scale_deformable_sampling(
     _, num_queries, _, levels, points, _ = sampling_locations.shape
     device, dtype = value.device, sampling_locations.dtype
     rows = batch * num_in * heads
-    index_dtype = torch.int32 if rows < 2**31 else torch.int64
+    # int32 indices are faster; an exported graph (ONNX) keeps int64, its index type.
+    exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    index_dtype = torch.int32 if rows < 2**31 and not exporting else torch.int64
     heights = torch.tensor([h for h, _ in spatial_shapes], device=device)
     widths = torch.tensor([w for _, w in spatial_shapes], device=device)
     starts = torch.cumsum(heights * widths, 0) - heights * widths

@@ -81,9 +81,11 @@ def reference_points(
     """Normalised (x, y) pixel centres of every token, shared by all levels: (B, N, L, 2)."""
     points = []
     for height, width in spatial_shapes:
+        # arange + 0.5 equals the official linspace(0.5, n - 0.5, n) bit for bit, and keeps
+        # the map size symbolic when the graph is exported (linspace fixes it).
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+            torch.arange(height, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(width, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))

@@ -74,20 +74,39 @@ def classification_logits(
     Returns:
         (B, Q, K+1) logits, the last column is void.
     """
+    index = classifier.synonym_index.to(embeddings.device)
+    return synonym_logits(embeddings, classifier.embeddings, index, void_embedding, logit_scale)
+
+
+def synonym_logits(
+    embeddings: torch.Tensor,
+    text: torch.Tensor,
+    synonym_index: torch.Tensor,
+    void_embedding: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`classification_logits` on plain tensors (what an exported graph takes as input).
+
+    Args:
+        embeddings: (B, Q, D) query embeddings (not normalised).
+        text: (S, D) or (B, S, D) L2-normalised synonym embeddings.
+        synonym_index: (K, M) int64, row k the synonym rows of class k, padded with S + 1
+            (:attr:`TextClassifier.synonym_index`; a vocabulary without synonyms: arange(K)).
+        void_embedding: (1, D); logit_scale: scalar log temperature (exp clamped at 100).
+    Returns:
+        (B, Q, K+1) logits: per class the max over its synonyms, void last.
+    """
     void = F.normalize(void_embedding, dim=-1)
     x = F.normalize(embeddings, dim=-1)
     scale = torch.clamp(logit_scale.exp(), max=100)
-    if classifier.embeddings.dim() == 2:
-        text = torch.cat([classifier.embeddings, void], dim=0)
-        raw = scale * x @ text.T  # (B, Q, S+1)
+    if text.dim() == 2:
+        raw = scale * x @ torch.cat([text, void], dim=0).T  # (B, Q, S+1)
     else:
-        per_image = classifier.embeddings
-        text = torch.cat([per_image, void.to(per_image)[None].expand(len(per_image), -1, -1)], 1)
+        text = torch.cat([text, void.to(text)[None].expand(len(text), -1, -1)], 1)
         raw = scale * torch.einsum("bqd,bsd->bqs", x, text)
     pad = raw.new_full(raw.shape[:-1] + (1,), float("-inf"))
     padded = torch.cat([raw, pad], dim=-1)
-    index = classifier.synonym_index.to(raw.device)
-    per_class = padded[..., index].amax(dim=-1)  # (B, Q, K)
+    per_class = padded[..., synonym_index].amax(dim=-1)  # (B, Q, K)
     return torch.cat([per_class, raw[..., -1:]], dim=-1)
 
 

@@ -1,0 +1,148 @@
+"""ONNX export with the vocabulary as an input: one exported synthetic_tiny, run by ONNX
+Runtime, gives PyTorch's logits and the same label maps for vocabularies of different sizes,
+at an image size it was not exported at."""
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="pip install 'ovseg[export]'")
+pytest.importorskip("onnxscript", reason="pip install 'ovseg[export]'")
+
+from ovseg.apps.export import main as export_main  # noqa: E402
+from ovseg.export import ExportError, OnnxPredictor, read_export  # noqa: E402
+from ovseg.export.onnx_export import check_exportable  # noqa: E402
+from ovseg.predictor import OVSegPredictor  # noqa: E402
+
+VOCABULARIES = {
+    "shipped, 19 classes": "synthetic_world",
+    "4 classes, one with a synonym": ["triangle/trigon", "grass", "ring", "sand"],
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``ovseg export --model synthetic_tiny`` once: (folder, PyTorch predictor)."""
+    root = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OVSEG_CACHE", str(root / "cache"))
+        assert export_main(["--model", "synthetic_tiny", "--out", str(root / "tiny")]) == 0
+        predictor = OVSegPredictor.from_pretrained("synthetic_tiny", use_disk_text_cache=False)
+    return root / "tiny", predictor
+
+
+@pytest.fixture
+def scene():
+    """A shipped synthetic val scene (128 x 160: not the size the export was traced at)."""
+    import ovseg
+    from ovseg.preprocess import load_image
+
+    examples = Path(ovseg.__file__).parent / "assets" / "examples"
+    return load_image(examples / "synthetic_val_00000.png")
+
+
+def test_the_export_folder_holds_three_graphs_and_a_passed_check(exported):
+    folder, _ = exported
+    settings = read_export(folder)
+    assert settings["graphs"] == ["image_encoder", "classifier", "text_encoder"]
+    assert all((folder / f"{g}.onnx").is_file() for g in settings["graphs"])
+    check = settings["check"]
+    assert check["image_size"] != [256, 320]  # checked at another size than exported
+    assert max(v for k, v in check.items() if k != "image_size") < 1e-3
+    assert settings["opset"] >= 17 and settings["inference"]["size_divisibility"] == 32
+    assert not list(folder.parent.glob("tiny.partial-*"))
+
+
+@pytest.mark.parametrize("vocabulary", VOCABULARIES.values(), ids=VOCABULARIES.keys())
+def test_onnx_runtime_equals_pytorch_for_any_vocabulary(exported, scene, vocabulary):
+    folder, torch_predictor = exported
+    onnx_predictor = OnnxPredictor(folder, threads=1)
+    expected = torch_predictor.predict(scene, vocabulary=vocabulary)
+    result = onnx_predictor.predict(scene, vocabulary=vocabulary)
+    assert result["vocabulary"] == expected["vocabulary"]
+    assert torch.allclose(result["class_logits"], expected["class_logits"], atol=1e-4, rtol=0)
+    assert torch.allclose(result["mask_logits"], expected["mask_logits"], atol=1e-4, rtol=0)
+    assert torch.equal(result["panoptic_seg"], expected["panoptic_seg"])
+    assert torch.equal(result["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
+    assert torch.equal(result["instances"]["labels"], expected["instances"]["labels"])
+    assert torch.equal(result["instances"]["masks"], expected["instances"]["masks"])
+    got = [(s["id"], s["category_id"], s["isthing"]) for s in result["segments_info"]]
+    assert got == [(s["id"], s["category_id"], s["isthing"]) for s in expected["segments_info"]]
+    scores = [s["score"] for s in result["segments_info"]]
+    assert np.allclose(scores, [s["score"] for s in expected["segments_info"]], atol=1e-5)
+    assert len(got) > 0  # the scene has objects: the comparison is not of two empty outputs
+
+
+def test_empty_query_masks_pool_to_finite_embeddings(exported):
+    """Random pixels leave some query masks empty; their pooled CLIP embedding must stay
+    finite (onnxscript's optimizer would fold FC-CLIP's area + 1e-8 into a 0 / 0)."""
+    folder, torch_predictor = exported
+    image = np.random.default_rng(1).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    features = OnnxPredictor(folder, threads=1).encode(image)
+    reference = torch_predictor.encode(image)
+    assert torch.isfinite(features.clip_embeds).all()
+    assert torch.allclose(features.clip_embeds, reference.clip_embeds, atol=1e-4)
+
+
+def test_text_encoder_graph_equals_the_text_tower(exported):
+    folder, torch_predictor = exported
+    texts = ["star", "a lawn of grass", "traffic cone"]
+    got = OnnxPredictor(folder, threads=1).encode_texts(texts)
+    expected = torch_predictor.text_encoder.encode_texts(texts)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_precomputed_text_embeddings_replace_the_text_graph(exported, scene, tmp_path):
+    folder, torch_predictor = exported
+    without_text = tmp_path / "no_text"
+    shutil.copytree(folder, without_text)
+    (without_text / "text_encoder.onnx").unlink()
+    settings = json.loads((without_text / "export.json").read_text())
+    settings["graphs"] = ["image_encoder", "classifier"]
+    (without_text / "export.json").write_text(json.dumps(settings))
+    predictor = OnnxPredictor(without_text, threads=1)
+    vocabulary = VOCABULARIES["4 classes, one with a synonym"]
+    with pytest.raises(ExportError, match="no text_encoder.onnx"):
+        predictor.set_vocabulary(vocabulary)
+    torch_predictor.set_vocabulary(vocabulary)
+    embeddings = torch_predictor.classifier.embeddings.numpy()
+    with pytest.raises(ValueError, match=r"one row per synonym"):
+        predictor.set_vocabulary(vocabulary, text_embeddings=embeddings[:-1])
+    predictor.set_vocabulary(vocabulary, text_embeddings=embeddings)
+    result = predictor.predict(scene, tasks="panoptic")
+    expected = torch_predictor.predict(scene, tasks="panoptic")
+    assert torch.equal(result["panoptic_seg"], expected["panoptic_seg"])
+
+
+def test_a_folder_that_is_not_an_export_is_one_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="not an ovseg export"):
+        OnnxPredictor(tmp_path)
+
+
+def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    code = export_main(["--model", "synthetic_tiny", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not an ovseg export" in err
+    assert target.read_text() == "keep me"
+    code = export_main(["--model", "synthetic_tiny", "--out", str(tmp_path / "x"), "--opset", "16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "17 or newer" in err
+    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_model_with_text_context_is_refused_before_any_work():
+    predictor = SimpleNamespace(
+        model=SimpleNamespace(text_context=object()),
+        precision=SimpleNamespace(precision="fp32"),
+    )
+    with pytest.raises(ExportError, match="text_context"):
+        check_exportable(predictor)
