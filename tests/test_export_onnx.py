@@ -146,3 +146,20 @@ def test_a_model_with_text_context_is_refused_before_any_work():
     )
     with pytest.raises(ExportError, match="text_context"):
         check_exportable(predictor)
+
+
+def test_bench_times_onnx_runtime_beside_pytorch(tmp_path, capsys):
+    from ovseg.apps import bench
+
+    out = tmp_path / "bench.json"
+    args = ["--config", "fcclip_tiny_test", "--short-side", "64", "--repeats", "1"]
+    args += ["--precisions", "fp32", "--onnx", "--no-agreement", "--no-peak", "--json", out]
+    code = bench.main([str(a) for a in args])
+    table = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert list(report["runs"]) == ["fp32", "onnx"]
+    onnx = report["runs"]["onnx"]["seconds_median"]
+    assert onnx["image_network"] > 0 and onnx["total"] >= onnx["image_network"]
+    assert max(v for k, v in report["onnx_check"].items() if k != "image_size") < 1e-3
+    assert "image_network" in table and "x of fp32" in table

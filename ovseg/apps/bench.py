@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import resource
 import statistics
 import sys
@@ -121,6 +122,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--no-agreement", action="store_true", help="skip the fast path's agreement check"
     )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak probe")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also export the fp32 model to ONNX (checked against PyTorch) and time it in ONNX "
+        "Runtime with the same threads: the image network, then ovseg's post-processing",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     return parser
 
@@ -171,12 +178,66 @@ def _time_stages(predictor, image, args, vocab, switch_vocab) -> dict[str, float
     _sync(predictor.device)
     times["ensemble_postprocess"] = time.perf_counter() - start
     times["total"] = sum(times.values())
+    times["image_network"] = times["total"] - times["ensemble_postprocess"]
     # A vocabulary switch on a cached image: classification + post-processing only.
     start = time.perf_counter()
     predictor.segment(features, vocabulary=switch_vocab, tasks=tasks)
     _sync(predictor.device)
     times["vocabulary_switch"] = time.perf_counter() - start
     return times
+
+
+def _time_onnx(onnx_predictor, image, args, texts: list) -> dict[str, float]:
+    """One timed run of an :class:`ovseg.export.OnnxPredictor`: the image graph (with the
+    pre-processing; no per-stage split), segment, vocabulary switch. ``texts``: the two
+    (vocabulary, its synonyms' embeddings from PyTorch) (the text tower is not timed here)."""
+    (vocab, vocab_text), (switch_vocab, switch_text) = texts
+    tasks = TASK_CHOICES[args.task]
+    onnx_predictor.clear_cache()
+    onnx_predictor.set_vocabulary(vocab, text_embeddings=vocab_text)
+    nan = float("nan")
+    times = dict.fromkeys(("preprocess", "backbone", "pixel_decoder", "transformer_decoder"), nan)
+    start = time.perf_counter()
+    features = onnx_predictor.encode(image, short_side=args.short_side)
+    times["image_network"] = time.perf_counter() - start
+    start = time.perf_counter()
+    onnx_predictor.segment(features, tasks=tasks)
+    times["ensemble_postprocess"] = time.perf_counter() - start
+    times["total"] = times["image_network"] + times["ensemble_postprocess"]
+    start = time.perf_counter()
+    onnx_predictor.set_vocabulary(switch_vocab, text_embeddings=switch_text)
+    onnx_predictor.segment(features, tasks=tasks)
+    times["vocabulary_switch"] = time.perf_counter() - start
+    return times
+
+
+def _onnx_run(args, cfg, text_cache: str, image, vocab, switch_vocab, report: dict) -> dict:
+    """Export the fp32 model to a temporary folder and time it in ONNX Runtime."""
+    from ovseg.export import OnnxPredictor, export_onnx
+
+    predictor = _build(args, cfg, "fp32", text_cache)
+    texts = [(v, predictor.text_encoder(v).embeddings.numpy()) for v in (vocab, switch_vocab)]
+    with tempfile.TemporaryDirectory(prefix="ovseg-bench-onnx-") as folder:
+        start = time.perf_counter()
+        settings = export_onnx(predictor, Path(folder) / "export", text_encoder=False)
+        report["onnx_export_s"] = time.perf_counter() - start
+        report["onnx_check"] = settings["check"]
+        del predictor
+        gc.collect()
+        onnx_predictor = OnnxPredictor(Path(folder) / "export", threads=args.threads)
+        loaded_rss = peak_rss_mib()
+        runs = [_time_onnx(onnx_predictor, image, args, texts) for _ in range(args.repeats + 1)]
+    runs = runs[1:]  # the first run warms up and is not counted
+    stages = {key: [times[key] for times in runs] for key in runs[0]}
+    import onnxruntime
+
+    return {
+        "precision": {"precision": "fp32", "reason": f"ONNX Runtime {onnxruntime.__version__}"},
+        "seconds_median": {k: statistics.median(v) for k, v in stages.items()},
+        "seconds_all": stages,
+        "model_loaded_peak_rss_mib": loaded_rss,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def _build(args, cfg, precision: str, text_cache: str):
@@ -260,10 +321,17 @@ def run(args) -> dict:
         }
         del predictor
         gc.collect()
+    if args.onnx:
+        if args.device != "cpu":
+            raise ValueError("--onnx times ONNX Runtime on the CPU: use --device cpu")
+        report["runs"]["onnx"] = _onnx_run(
+            args, cfg, text_cache, image, vocab, switch_vocab, report
+        )
     report["peak_rss_mib"] = peak_rss_mib()
     if args.device.startswith("cuda"):
         report["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     fast = {run["precision"]["precision"] for run in report["runs"].values()} - {"fp32"}
+    # (the onnx run is fp32: it adds no fast path to probe or check)
     if not args.no_peak:
         from ovseg.apps.bench_matmul import peak_matmul_gflops
 
@@ -292,10 +360,16 @@ def format_table(report: dict) -> str:
         f"{report['resized_size']}, task {report['task']}, vocab {report['vocab']}",
         f"{'stage (median s)':<24}" + "".join(f"{label:>14}" for label in labels),
     ]
-    for stage in medians[0]:
-        row = f"{stage:<24}" + "".join(f"{m[stage]:>14.3f}" for m in medians)
-        if len(labels) > 1 and medians[0][stage] > 0:
-            ratios = ", ".join(f"{m[stage] / medians[0][stage]:.2f}x" for m in medians[1:])
+    stages = list(dict.fromkeys(stage for m in medians for stage in m))
+    for stage in stages:
+        values = [m.get(stage, float("nan")) for m in medians]
+        row = f"{stage:<24}" + "".join(
+            f"{'-':>14}" if math.isnan(v) else f"{v:>14.3f}" for v in values
+        )
+        if len(labels) > 1 and values[0] > 0:  # NaN compares False
+            ratios = ", ".join(
+                "-" if math.isnan(v) else f"{v / values[0]:.2f}x" for v in values[1:]
+            )
             row += f"   ({ratios} of {labels[0]})"
         lines.append(row)
     for label in labels:
@@ -309,6 +383,12 @@ def format_table(report: dict) -> str:
         if "backbone_fraction_of_peak" in report:
             line += f" = {report['backbone_fraction_of_peak']:.0%} of the measured matmul peak"
         lines.append(line)
+    if "onnx_export_s" in report:
+        worst = max(v for k, v in report["onnx_check"].items() if k != "image_size")
+        lines.append(
+            f"onnx: exported and checked in {report['onnx_export_s']:.0f} s, largest "
+            f"difference from PyTorch {worst:.1e}; image_network = pre-processing + the graph"
+        )
     for peak in report.get("matmul_peak", []):
         lines.append(f"matmul peak {peak['precision']:<5}{peak['gflops']:>8.0f} GFLOP/s")
     for agreement in report.get("agreement", []):

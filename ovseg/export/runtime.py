@@ -191,6 +191,10 @@ class OnnxPredictor:
                 self._features.popitem(last=False)
         return features
 
+    def clear_cache(self) -> None:
+        """Forget the cached image features."""
+        self._features.clear()
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         if height * width <= self.max_output_pixels:
             return height, width
