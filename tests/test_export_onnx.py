@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="pip install 'ovseg[export]'")
 pytest.importorskip("onnxscript", reason="pip install 'ovseg[export]'")
 
+from conftest import run_main  # noqa: E402
 from ovseg.apps.export import main as export_main  # noqa: E402
 from ovseg.export import ExportError, OnnxPredictor, read_export  # noqa: E402
 from ovseg.export.onnx_export import check_exportable  # noqa: E402
@@ -163,3 +164,64 @@ def test_bench_times_onnx_runtime_beside_pytorch(tmp_path, capsys):
     assert onnx["image_network"] > 0 and onnx["total"] >= onnx["image_network"]
     assert max(v for k, v in report["onnx_check"].items() if k != "image_size") < 1e-3
     assert "image_network" in table and "x of fp32" in table
+
+
+def test_predict_with_onnx_writes_the_files_pytorch_writes(exported, tmp_path, capsys):
+    from PIL import Image
+
+    import ovseg
+    from ovseg.apps.predict import main as predict_main
+
+    folder, _ = exported
+    scene = Path(ovseg.__file__).parent / "assets" / "examples" / "synthetic_val_00001.png"
+    common = [scene, "--vocab", "synthetic_world", "--task", "panoptic"]
+    # fp32 for PyTorch too: "auto" may pick bf16 on this CPU, the export is fp32
+    pytorch = [*common, "--precision", "fp32", "--output", tmp_path / "pt"]
+    code, _, err = run_main(predict_main, pytorch, capsys)
+    assert code == 0
+    args = [*common, "--onnx", folder, "--output", tmp_path / "onnx"]
+    code, _, err = run_main(predict_main, args, capsys)
+    assert code == 0 and "ONNX Runtime" in err
+    names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "pt").iterdir())
+    label_map = [
+        np.asarray(Image.open(tmp_path / d / "synthetic_val_00001_labels.png"))
+        for d in ("pt", "onnx")
+    ]
+    assert np.array_equal(*label_map)
+    records = [
+        json.loads((tmp_path / d / "synthetic_val_00001.json").read_text()) for d in ("pt", "onnx")
+    ]
+    assert [s["class"] for s in records[0]["segments"]] == [
+        s["class"] for s in records[1]["segments"]
+    ]
+    assert records[1]["settings"]["onnx"] == str(folder.resolve())
+    assert "model_caveat" in records[1]  # the exported toy model is still named as one
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--heatmap", "star"], "drop --heatmap"),
+        (["--precision", "bf16"], "drop --precision bf16"),
+        (["--points", "10,10"], "drop --points / --boxes"),
+    ],
+)
+def test_predict_with_onnx_refuses_what_only_pytorch_does(
+    exported, image, tmp_path, capsys, extra, message
+):
+    from ovseg.apps.predict import main as predict_main
+
+    folder, _ = exported
+    args = [image, "--classes", "star, grass", "--onnx", folder, "--output", tmp_path / "o", *extra]
+    code, _, err = run_main(predict_main, args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_with_onnx_refuses_a_folder_that_is_no_export(image, tmp_path, capsys):
+    from ovseg.apps.predict import main as predict_main
+
+    args = [image, "--classes", "star", "--onnx", tmp_path, "--output", tmp_path / "o"]
+    code, _, err = run_main(predict_main, args, capsys)
+    assert code == 2 and "not an ovseg export" in err and err.count("\n") == 1

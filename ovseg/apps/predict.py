@@ -73,6 +73,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
     add_model_arguments(parser)
     parser.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="run an `ovseg export` folder in ONNX Runtime instead of the PyTorch model "
+        "(images, the model's own masks; not with prompts, SAM masks or heat maps)",
+    )
+    parser.add_argument(
         "--short-side",
         type=int,
         default=None,
@@ -298,6 +304,8 @@ def _check_arguments(args) -> None:
         from ovseg.heatmap import check_phrases
 
         args.heatmap = check_phrases(args.heatmap)
+    if args.onnx is not None:
+        _check_onnx_arguments(args)
     if args.head == "pixel-text":
         if args.task != "semantic":
             raise UsageError("--head pixel-text gives semantic output only: add --task semantic")
@@ -315,6 +323,25 @@ def _check_arguments(args) -> None:
         sam_weights(args.sam_model, args.sam_weights)  # missing weights: say where, now
 
 
+def _check_onnx_arguments(args) -> None:
+    """--onnx: an export folder, and nothing only the PyTorch model does (UsageError)."""
+    from ovseg.export import read_export
+
+    for flag, given in (
+        ("--heatmap", args.heatmap),
+        ("--points / --boxes", args.points or args.boxes),
+        ("--masks sam", args.masks == "sam"),
+        ("--head pixel-text", args.head == "pixel-text"),
+        ("--weights / --config", args.weights or args.config),
+        ("--device", args.device not in (None, "cpu")),
+        (f"--precision {args.precision}", args.precision not in ("auto", "fp32")),
+    ):
+        if given:
+            raise UsageError(f"--onnx runs the exported model's own masks in fp32: drop {flag}")
+    args.export_settings = read_export(args.onnx)  # not an export: one line, before any work
+    args.precision = "fp32"
+
+
 def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
     """-> (todo [(input, output paths, settings, video probe or None)], bad [(input, error)],
     skipped count)."""
@@ -330,12 +357,16 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
         images += example_images()
     stems = output_stems(images)
     model = model_label(args.model, args.weights)
+    if args.onnx is not None:
+        model = args.export_settings["model"]
     todo, bad, skipped = [], [], 0
     for image in images:
         paths = output_paths(
             out_dir, image, stems[image], heatmaps=args.heatmap, segment=vocabulary is not None
         )
         settings = run_settings(args, model, vocabulary, image)
+        if args.onnx is not None:
+            settings["onnx"] = str(Path(args.onnx).resolve())
         if not args.overwrite and is_up_to_date(paths, settings):
             skipped += 1
             continue
@@ -357,6 +388,8 @@ def _check_prompts_fit(path: Path, video_info, args) -> None:
 
     if video_info is not None and (args.prompts is not None or args.masks == "sam"):
         raise PromptError(f"{path}: --points, --boxes and --masks sam work on images, not videos")
+    if video_info is not None and args.onnx is not None:
+        raise PromptError(f"{path}: --onnx runs on images; segment videos with the PyTorch model")
     if video_info is not None and args.heatmap:
         raise PromptError(f"{path}: --heatmap works on images, not videos")
     if args.prompts is not None:
@@ -404,10 +437,16 @@ def run(args) -> int:
         return 0
     created = check_writable(out_dir)
     try:
-        predictor = load_predictor_from_arguments(
-            args, log=print, max_output_pixels=args.max_output_pixels
-        )
-        say_precision(predictor)
+        if args.onnx is not None:
+            from ovseg.export import OnnxPredictor
+
+            predictor = OnnxPredictor(args.onnx, max_output_pixels=args.max_output_pixels)
+            print(f"ovseg: ONNX Runtime, export {args.onnx}", file=sys.stderr)
+        else:
+            predictor = load_predictor_from_arguments(
+                args, log=print, max_output_pixels=args.max_output_pixels
+            )
+            say_precision(predictor)
         args.sam_masks = load_sam_from_arguments(args, predictor.device)
         if args.prompts is not None and args.sam_masks is None:
             if predictor.model.prompt_head is None:

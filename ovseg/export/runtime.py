@@ -91,7 +91,7 @@ class OnnxPredictor:
             name=train["name"],
         )
         self.templates = list(self.settings["templates"])
-        self.model_name = f"{self.settings['model']} (ONNX, {self.folder})"
+        self.model_name = self.settings["model"]  # the exported model (records, caveats)
         self.device = torch.device("cpu")
         self.feature_cache_size = feature_cache_size
         self.max_output_pixels = max_output_pixels
@@ -242,8 +242,12 @@ class OnnxPredictor:
         vocabulary: VocabularyLike | None = None,
         tasks: tuple[str, ...] | str = TASKS,
         short_side: int | None = None,
+        head: str = "fcclip",
     ) -> dict:
-        """As :meth:`ovseg.predictor.OVSegPredictor.predict` with the model's own masks."""
+        """As :meth:`ovseg.predictor.OVSegPredictor.predict` with the model's own masks
+        (``head`` "fcclip"; the pixel-text head is not exported: ValueError)."""
+        if head != "fcclip":
+            raise ValueError(f"head '{head}' is not in the ONNX export: use the PyTorch model")
         tasks = _check_tasks(tasks)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
