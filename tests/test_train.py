@@ -312,7 +312,7 @@ def test_boolean_options_refuse_what_is_not_a_boolean(capsys):
 LEAVE_GROUP = """
 import os, sys, torch
 from torch.nn.parallel import DistributedDataParallel
-from ovseg.train.distributed import all_reduce_mean, cleanup, init_distributed
+from ovseg.distributed import all_reduce_mean, cleanup, init_distributed
 
 def threads():
     return len(os.listdir("/proc/self/task"))

@@ -1,4 +1,9 @@
-"""``ovseg eval`` (and ``tools/eval.py``): PQ / mIoU / AP of a model on a dataset."""
+"""``ovseg eval`` (and ``tools/eval.py``): PQ / mIoU / AP of a model on a dataset.
+
+Under torchrun (``torchrun --nproc_per_node N tools/eval.py ...``; several machines with
+``--nnodes`` and a rendezvous endpoint) each process evaluates every N-th image on its own
+device (GPU = local rank, NCCL; CPU: gloo) and rank 0 prints the one combined report.
+"""
 
 from __future__ import annotations
 
@@ -40,16 +45,20 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     from ovseg.checkpoint import WeightsError
     from ovseg.data import DatasetError
+    from ovseg.distributed import DistInfo, cleanup, init_distributed
     from ovseg.evaluation.runner import evaluate, format_report
     from ovseg.predictor import OVSegPredictor
 
+    info = DistInfo()
     try:
         dataset = dataset_from_arguments(args)
+        info = init_distributed(args.device)
+        device = info.device if info.enabled else args.device
         predictor = OVSegPredictor.from_pretrained(
             args.model,
             weights=args.weights,
             config=args.config,
-            device=args.device,
+            device=device,
             precision=args.precision,
         )
         report = evaluate(
@@ -61,9 +70,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             limit=args.limit,
             num_workers=args.num_workers,
             head=args.head,
+            dist_info=info,
         )
     except (ValueError, FileNotFoundError, WeightsError, DatasetError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    finally:
+        cleanup(info)
+    if info.is_main:
+        print(format_report(report))
     return 0

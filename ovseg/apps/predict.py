@@ -414,6 +414,7 @@ def run(args) -> int:
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
     _check_arguments(args)
+    info = _join_torchrun(args)
     vocabulary = None  # heat maps only
     if args.classes is not None:
         vocabulary = parse_class_list(args.classes)
@@ -421,7 +422,7 @@ def run(args) -> int:
         vocabulary = as_vocabulary(args.vocab)
     out_dir = Path(args.output)
     todo, bad, skipped = _plan(args, vocabulary, out_dir)
-    if skipped:
+    if skipped and info.is_main:
         print(
             f"skipping {skipped} input(s) whose outputs exist, made with the same model, "
             "classes, task and sizes (--overwrite to redo)",
@@ -431,9 +432,12 @@ def run(args) -> int:
         if len(bad) == 1:
             raise UsageError(str(bad[0][1]))
         raise UsageError(f"none of the {len(bad)} inputs can be read (first: {bad[0][1]})")
+    if info.enabled:  # under torchrun: every world_size-th input, the same plan on every rank
+        todo = todo[info.rank :: info.world_size]
+        bad = bad if info.is_main else []
     for _, error in bad:
         print(f"error: {error} (skipped)", file=sys.stderr)
-    if not todo:
+    if not todo and not info.enabled:
         return 0
     created = check_writable(out_dir)
     try:
@@ -462,27 +466,53 @@ def run(args) -> int:
             caveat = model_caveat(predictor.model_name, predictor.vocabulary.classes)
             if caveat:
                 print(f"ovseg: {caveat}", file=sys.stderr)
-        failures = _segment_all(predictor, todo, args)
+        failures = _segment_all(predictor, todo, args, info)
     finally:
-        if created and not any(out_dir.iterdir()):
+        if created and not info.enabled and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that wrote nothing leaves no empty folder behind
     failures += len(bad)
+    total = len(todo) + len(bad)
+    if info.enabled:
+        from ovseg.distributed import all_reduce_sum, cleanup
+
+        failures = int(all_reduce_sum(failures, info))
+        total = int(all_reduce_sum(total, info))
+        cleanup(info)
     if failures:
-        print(f"{failures} of {len(todo) + len(bad)} input(s) failed", file=sys.stderr)
+        if info.is_main:
+            print(f"{failures} of {total} input(s) failed", file=sys.stderr)
         return 1
     return 0
 
 
-def _segment_all(predictor, todo: list, args) -> int:
+def _join_torchrun(args):
+    """Under torchrun (WORLD_SIZE > 1): join the group, each process on its own device (GPU =
+    local rank) and a share of the inputs; else a one-process :class:`DistInfo`."""
+    import os
+
+    from ovseg.distributed import DistInfo, init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    if args.onnx is not None:
+        raise UsageError("--onnx runs in one process: drop torchrun")
+    info = init_distributed(args.device)
+    args.device = str(info.device)
+    return info
+
+
+def _segment_all(predictor, todo: list, args, dist_info) -> int:
     """Segment every planned input; returns the number that failed. Ctrl-C stops cleanly:
-    'interrupted: N of M done', exit 130 (every finished output is whole)."""
+    'interrupted: N of M done', exit 130 (every finished output is whole). Under torchrun
+    only rank 0 shows its progress."""
     from tqdm import tqdm
 
     from ovseg.preprocess import ImageError
     from ovseg.video import VideoError
 
     failures = done = 0
-    bar = tqdm(todo, desc="segmenting", unit="file", disable=len(todo) == 1, file=sys.stderr)
+    quiet = len(todo) == 1 or not dist_info.is_main
+    bar = tqdm(todo, desc="segmenting", unit="file", disable=quiet, file=sys.stderr)
     try:
         for image_path, paths, settings, info in bar:
             is_video = image_path.suffix.lower() in VIDEO_SUFFIXES
@@ -494,7 +524,7 @@ def _segment_all(predictor, todo: list, args) -> int:
                 bar.write(f"error: {error}", file=sys.stderr)
                 continue
             done += 1
-            if len(todo) == 1:
+            if len(todo) == 1 and not dist_info.enabled:
                 print(_summary(image_path, record, paths), file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()

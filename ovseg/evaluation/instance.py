@@ -129,6 +129,49 @@ class InstanceEvaluator:
                 }
             )
 
+    def state(self) -> dict:
+        """What was added (images, ground truth, predictions), to send to another process."""
+        return {
+            "images": self.images,
+            "gt_annotations": self.gt_annotations,
+            "predictions": self.predictions,
+        }
+
+    def merge_shards(self, states: list[dict]) -> None:
+        """Replace the contents with the union of the :meth:`state` s of ``len(states)``
+        processes, rank order, where rank r added images r, r + W, r + 2W ... of one list
+        (:func:`ovseg.distributed.shard`): images, annotations and predictions are numbered
+        and ordered as one process adding the whole list would have, so COCOeval (whose ties
+        follow that order) gives the same AP. ValueError for an image added twice."""
+        world_size = len(states)
+        entries = sorted(
+            (rank + (info["id"] - 1) * world_size, rank, key, info)
+            for rank, state in enumerate(states)
+            for key, info in state["images"].items()
+        )
+        self.reset()
+        new_id, position = {}, {}
+        for place, rank, key, info in entries:
+            if key in self.images:
+                raise ValueError(f"image {key!r} was evaluated by two processes")
+            self.images[key] = {**info, "id": len(self.images) + 1}
+            new_id[(rank, info["id"])] = self.images[key]["id"]
+            position[key] = place
+        annotations = sorted(
+            (new_id[(rank, a["image_id"])], a["id"], a)
+            for rank, state in enumerate(states)
+            for a in state["gt_annotations"]
+        )
+        for image_id, _, annotation in annotations:
+            number = len(self.gt_annotations) + 1
+            self.gt_annotations.append({**annotation, "id": number, "image_id": image_id})
+        predictions = sorted(
+            (position.get(p["image_key"], -1), rank, index, p)
+            for rank, state in enumerate(states)
+            for index, p in enumerate(state["predictions"])
+        )
+        self.predictions = [p for *_, p in predictions]
+
     def _quiet(self) -> contextlib.AbstractContextManager:
         if self.verbose:
             return contextlib.nullcontext()

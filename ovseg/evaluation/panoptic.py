@@ -273,10 +273,21 @@ def write_coco_panoptic(
             "category_id" (contiguous)}]}].
         categories_json: dataset category dicts (with the dataset "id") in contiguous order.
     """
+    annotations = write_panoptic_pngs(out_dir, json_name, items, categories_json)
+    return write_panoptic_json(out_dir, json_name, annotations, categories_json)
+
+
+def write_panoptic_pngs(
+    out_dir: str | os.PathLike,
+    json_name: str,
+    items: Sequence[dict],
+    categories_json: Sequence[dict],
+) -> list[dict]:
+    """The PNG half of :func:`write_coco_panoptic` (each process of a distributed evaluation
+    writes its own images); returns the items' JSON annotations."""
     from PIL import Image
 
-    out_dir = Path(out_dir)
-    png_dir = out_dir / Path(json_name).stem
+    png_dir = Path(out_dir) / Path(json_name).stem
     png_dir.mkdir(parents=True, exist_ok=True)
     annotations = []
     for item in items:
@@ -307,8 +318,17 @@ def write_coco_panoptic(
         annotations.append(
             {"image_id": item["image_id"], "file_name": png_name, "segments_info": segments_info}
         )
+    return annotations
 
-    json_path = out_dir / json_name
-    payload = json.dumps({"annotations": annotations, "categories": list(categories_json)})
+
+def write_panoptic_json(
+    out_dir: str | os.PathLike,
+    json_name: str,
+    annotations: Sequence[dict],
+    categories_json: Sequence[dict],
+) -> Path:
+    """The JSON half of :func:`write_coco_panoptic`; returns its path."""
+    json_path = Path(out_dir) / json_name
+    payload = json.dumps({"annotations": list(annotations), "categories": list(categories_json)})
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     return json_path

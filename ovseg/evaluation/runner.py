@@ -2,7 +2,9 @@
 
 Used by ``ovseg eval``. Images run one at a time through the model (padding a batch would
 change the results, as in the official evaluation); loading and decoding run in background
-workers.
+workers. Under torchrun each process takes every world_size-th image and the evaluators are
+combined (sums all-reduced, instances gathered on rank 0), so N processes give the report of
+one.
 """
 
 from __future__ import annotations
@@ -15,8 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ovseg.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_arrays,
+    broadcast_object,
+    global_position,
+    shard,
+)
 from ovseg.evaluation.instance import InstanceEvaluator
-from ovseg.evaluation.panoptic import PanopticEvaluator, write_coco_panoptic
+from ovseg.evaluation.panoptic import (
+    PanopticEvaluator,
+    write_panoptic_json,
+    write_panoptic_pngs,
+)
 from ovseg.evaluation.semantic import SemanticEvaluator
 from ovseg.fileio import write_text_atomic
 
@@ -100,11 +114,14 @@ def evaluate(
     num_workers: int = 2,
     progress: bool = True,
     head: str = "fcclip",
+    dist_info: DistInfo | None = None,
 ) -> dict:
     """Run ``predictor`` over ``dataset`` with the dataset's vocabulary and score it.
 
     Panoptic datasets support all three tasks; semantic datasets only "semantic".
     ``head="pixel-text"`` scores the training-free pixel-text semantic output (semantic only).
+    ``dist_info`` (:func:`ovseg.distributed.init_distributed`, under torchrun): this process
+    scores its shard, and every process returns the combined report (rank 0 writes the files).
     Returns {"panoptic": ..., "semantic": ..., "instance": ..., "images": n, "seconds": s}.
     Raises ValueError for an image above the predictor's ``max_output_pixels``.
     """
@@ -118,17 +135,24 @@ def evaluate(
     if head == "pixel-text":
         tasks = tuple(t for t in tasks if t == "semantic")
     evaluators = _evaluators(vocab, predictor.seen, tasks)
+    info = dist_info or DistInfo()
     count = len(dataset) if limit is None else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, range(count)),
+        torch.utils.data.Subset(dataset, shard(count, info)),
         batch_size=1,
         num_workers=num_workers,
         collate_fn=_identity,
     )
     saved = []
     start = time.perf_counter()
+    mine = len(shard(count, info))
     for sample in tqdm(
-        loader, total=count, desc="evaluating", unit="image", disable=not progress, file=sys.stderr
+        loader,
+        total=mine,
+        desc="evaluating" if not info.enabled else f"evaluating (rank 0 of {info.world_size})",
+        unit="image",
+        disable=not progress or not info.is_main,
+        file=sys.stderr,
     ):
         # head only when asked for: any object with predict(image, tasks=...) can be scored
         extra = {} if head == "fcclip" else {"head": head}
@@ -141,15 +165,52 @@ def evaluate(
         record = _score_image(evaluators, sample, result)
         if save_predictions and record is not None:
             saved.append(record)
-    report = {name: evaluator.compute() for name, evaluator in evaluators.items()}
-    report["images"] = count
-    report["seconds"] = time.perf_counter() - start
-    if output_dir is not None:
+    annotations = []
+    if output_dir is not None and save_predictions and saved:
+        # Each process writes its own PNGs; the JSON lists them in dataset order.
+        annotations = write_panoptic_pngs(output_dir, PREDICTIONS_JSON, saved, dataset.categories)
+    _combine(evaluators, info)
+    report = None
+    if info.is_main:
+        report = {name: evaluator.compute() for name, evaluator in evaluators.items()}
+        report["images"] = count
+        report["seconds"] = time.perf_counter() - start
+    report = broadcast_object(report, info)  # also waits for every process to finish
+    gathered = all_gather_objects(annotations, info)
+    if output_dir is not None and info.is_main:
         output_dir = Path(output_dir)
         write_text_atomic(output_dir / "results.json", json.dumps(report, indent=1, default=float))
-        if save_predictions and saved:
-            write_coco_panoptic(output_dir, "panoptic_predictions.json", saved, dataset.categories)
+        if save_predictions and any(gathered):
+            ordered = sorted(
+                (global_position(rank, index, info), annotation)
+                for rank, part in enumerate(gathered)
+                for index, annotation in enumerate(part)
+            )
+            write_panoptic_json(
+                output_dir, PREDICTIONS_JSON, [a for _, a in ordered], dataset.categories
+            )
     return report
+
+
+PREDICTIONS_JSON = "panoptic_predictions.json"
+
+
+def _combine(evaluators: dict, info: DistInfo) -> None:
+    """Every process's evaluators summed into each (panoptic and semantic counts) or gathered
+    on rank 0 in dataset order (instances, for COCOeval)."""
+    if not info.enabled:
+        return
+    if "panoptic" in evaluators:
+        panoptic = evaluators["panoptic"]
+        count = np.array([panoptic.num_images], dtype=np.int64)
+        all_reduce_arrays([panoptic.iou_sum, panoptic.tp, panoptic.fp, panoptic.fn, count], info)
+        panoptic.num_images = int(count[0])
+    if "semantic" in evaluators:
+        all_reduce_arrays([evaluators["semantic"].confusion], info)
+    if "instance" in evaluators:
+        states = all_gather_objects(evaluators["instance"].state(), info)
+        if info.is_main:
+            evaluators["instance"].merge_shards(states)
 
 
 def format_report(report: dict) -> str:

@@ -18,17 +18,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_weights, save_weights
 from ovseg.config import ModelConfig, config_to_dict
-from ovseg.modeling.fcclip import build_model
-from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
-from ovseg.train import state as ckpt
-from ovseg.train.data import AugmentedSamples, IterationBatchSampler, collate, derived_seed
-from ovseg.train.distributed import (
+from ovseg.distributed import (
     DistInfo,
     all_reduce_mean,
     all_reduce_sum,
     cleanup,
     init_distributed,
 )
+from ovseg.modeling.fcclip import build_model
+from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
+from ovseg.train import state as ckpt
+from ovseg.train.data import AugmentedSamples, IterationBatchSampler, collate, derived_seed
 from ovseg.train.losses import LossConfig, SetCriterion
 from ovseg.train.optim import parameter_groups, warmup_poly
 from ovseg.train.run_log import RunLog

@@ -1,4 +1,5 @@
-"""torchrun / DistributedDataParallel helpers: NCCL on GPUs, gloo on CPU."""
+"""torch.distributed helpers for torchrun (training, evaluation, prediction): NCCL on GPUs,
+gloo on CPU."""
 
 from __future__ import annotations
 
@@ -64,6 +65,48 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float
     tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=info.device)
     dist.all_reduce(tensor)
     return {n: float(v) / info.world_size for n, v in zip(names, tensor.tolist(), strict=True)}
+
+
+def shard(count: int, info: DistInfo) -> range:
+    """This process's share of ``count`` items: every world_size-th from its rank (item i goes
+    to rank i % world_size), the same on every run."""
+    return range(info.rank, count, info.world_size)
+
+
+def global_position(rank: int, local_index: int, info: DistInfo) -> int:
+    """The position in the full list of a rank's ``local_index``-th item of :func:`shard`."""
+    return rank + local_index * info.world_size
+
+
+def all_reduce_arrays(arrays: list, info: DistInfo) -> None:
+    """Sum numpy arrays over all processes, in place (int64 / float64 kept exact per
+    element; float sums may differ from one process's in the last bits)."""
+    if not info.enabled:
+        return
+    import numpy as np
+
+    for array in arrays:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(info.device)
+        dist.all_reduce(tensor)
+        array[...] = tensor.cpu().numpy()
+
+
+def all_gather_objects(value, info: DistInfo) -> list:
+    """Every process's ``value`` (picklable), in rank order, on every process."""
+    if not info.enabled:
+        return [value]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def broadcast_object(value, info: DistInfo):
+    """Rank 0's ``value`` on every process."""
+    if not info.enabled:
+        return value
+    holder = [value if info.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def cleanup(info: DistInfo) -> None:
