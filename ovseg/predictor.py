@@ -1,8 +1,9 @@
 """OVSegPredictor: image(s) + vocabulary in, per-image segmentation results out.
 
-Owns preprocessing (official resize / normalise / pad), the text classifier and its caches,
-a cache of vocabulary-independent image features, and post-processing back to the original
-image size. The two steps are public, in the spirit of segment-anything's ``set_image``:
+Owns the PyTorch model, its precision and the text classifier's caches; the vocabulary, the
+official resize / normalise / pad, the cache of vocabulary-independent image features and the
+post-processing back to the image size come from :class:`ovseg.predictor_base.PredictorBase`
+(shared with the ONNX Runtime predictor). The two steps are public, in the spirit of segment-anything's ``set_image``:
 
     features = predictor.encode(image)                      # the image network, once
     result = predictor.segment(features, vocabulary=["cat", "sky"], tasks="panoptic")
@@ -13,11 +14,7 @@ image size. The two steps are public, in the spirit of segment-anything's ``set_
 
 from __future__ import annotations
 
-import hashlib
-import math
 import sys
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +24,17 @@ import torch.nn.functional as F
 from ovseg import model_zoo
 from ovseg.checkpoint import has_clip, load_weights, read_state_dict
 from ovseg.config import ModelConfig, load_config
-from ovseg.modeling import postprocess
 from ovseg.modeling.fcclip import FCCLIP, build_model
 from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
 from ovseg.precision import choose_precision, mlp_probe_shape, quantize_int8
-from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
-from ovseg.vocabulary import (
-    Vocabulary,
-    VocabularyLike,
-    as_vocabulary,
-    load_templates,
-    load_vocabulary,
-    seen_class_mask,
+from ovseg.predictor_base import (  # noqa: F401  (TASKS, segment_outputs: public here too)
+    TASKS,
+    ImageFeatures,
+    PredictorBase,
+    _check_tasks,
+    segment_outputs,
 )
-
-TASKS = ("panoptic", "semantic", "instance")
-RESIZE_CHUNK = 16  # queries resized to the output size at a time in post-processing
+from ovseg.vocabulary import Vocabulary, VocabularyLike, load_templates, load_vocabulary
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -65,30 +57,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 HEADS = ("fcclip", "pixel-text")  # predict(head=...): the model's masks, or pixel-text
 
 
-@dataclass
-class ImageFeatures:
-    """The vocabulary-free part of one image's forward pass (:meth:`OVSegPredictor.encode`).
-
-    pred_embeds (1, Q, D): in-vocabulary query embeddings; clip_embeds (1, Q, D): the frozen
-    CLIP's mask-pooled embeddings of the queries' masks; pred_masks (1, Q, Hp/4, Wp/4): mask
-    logits; clip_dense (1, C, Hp/32, Wp/32): the frozen CLIP's dense map, before its head.
-    image_size (H, W): the input image; resized_hw: the network input before padding;
-    padded_hw (Hp, Wp): the network input (a multiple of the size divisibility).
-    prompt_embedding (1, C, Hp/16, Wp/16): the prompt head's image embedding (None without
-    a prompt head).
-    """
-
-    pred_embeds: torch.Tensor
-    clip_embeds: torch.Tensor
-    pred_masks: torch.Tensor
-    clip_dense: torch.Tensor
-    image_size: tuple[int, int]
-    resized_hw: tuple[int, int]
-    padded_hw: tuple[int, int]
-    prompt_embedding: torch.Tensor | None = None
-
-
-class OVSegPredictor:
+class OVSegPredictor(PredictorBase):
     """Images + vocabulary in, results out (see the module docstring).
 
     ``precision``: "fp32" (default; the exact path, the official outputs), "bf16" / "fp16"
@@ -111,7 +80,12 @@ class OVSegPredictor:
         use_disk_text_cache: bool = True,
     ) -> None:
         self.cfg = cfg
-        self.device = resolve_device(device)
+        super().__init__(
+            load_vocabulary(cfg.text.train_vocabulary),
+            device=resolve_device(device),
+            feature_cache_size=feature_cache_size,
+            max_output_pixels=max_output_pixels,
+        )
         self.model = model.to(self.device).eval()
         # fp32 is the exact path; see ovseg.precision for the fast ones and "auto".
         self.precision = choose_precision(
@@ -127,15 +101,7 @@ class OVSegPredictor:
             use_disk_cache=use_disk_text_cache,
             context=None if model.text_context is None else model.text_context.context,
         )
-        self.train_vocabulary = load_vocabulary(cfg.text.train_vocabulary)
-        self.feature_cache_size = feature_cache_size
-        self.max_output_pixels = max_output_pixels
-        self._features: OrderedDict[str, ImageFeatures] = OrderedDict()
-        self.image_encodes = 0  # how many times the image network ran (tests, benchmarks)
         self.model_name = cfg.name  # the zoo name or weights file, for records
-        self.vocabulary: Vocabulary | None = None
-        self._classifier: TextClassifier | None = None
-        self._seen: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(
@@ -163,72 +129,15 @@ class OVSegPredictor:
         predictor.model_name = str(explicit_weights) if explicit_weights else model
         return predictor
 
-    # ---------------------------------------------------------------- vocabulary
-    def set_vocabulary(self, vocabulary: VocabularyLike) -> Vocabulary:
-        """Encode the vocabulary's text classifier (cached) and decide seen / unseen classes.
-
-        ``vocabulary``: a :class:`Vocabulary`, a shipped name or file, or a list with one
-        entry per class (see :func:`ovseg.vocabulary.as_vocabulary`). Classes whose kind was
-        guessed take the kind of the model's training class of the same name. Returns the
-        vocabulary in use (``self.vocabulary``).
-        """
-        # Kinds (thing / stuff) not given take those of the model's training classes.
-        vocab = as_vocabulary(vocabulary).with_kinds_from(self.train_vocabulary)
-        if vocab != self.vocabulary:
-            self._classifier = self.text_encoder(vocab).to(self.device)
-            self._seen = torch.tensor(
-                seen_class_mask(vocab, self.train_vocabulary), device=self.device
-            )
-            self.vocabulary = vocab
-        return vocab
-
+    # ---------------------------------------------------------------- PredictorBase parts
     @property
-    def classifier(self) -> TextClassifier:
-        """The text classifier of the current vocabulary: ``embeddings`` (S, D), one
-        L2-normalised row per synonym, and the synonyms per class."""
-        self._require_vocabulary()
-        return self._classifier
+    def inference(self):
+        return self.cfg.inference
 
-    @property
-    def seen(self) -> list[bool]:
-        """Per class of the current vocabulary: is it a training class (a synonym in common)?"""
-        if self._seen is None:
-            raise ValueError("no vocabulary: call set_vocabulary first")
-        return [bool(s) for s in self._seen.tolist()]
+    def _text_classifier(self, vocab: Vocabulary) -> TextClassifier:
+        return self.text_encoder(vocab)
 
-    # ---------------------------------------------------------------- image features
-    def network_input_size(
-        self, height: int, width: int, short_side: int | None = None
-    ) -> tuple[int, int]:
-        """(h, w) the image is resized to: short side ``short_side`` (default: the config's
-        test size), long side at most the config's maximum."""
-        inf = self.cfg.inference
-        return shortest_edge_size(height, width, short_side or inf.min_size_test, inf.max_size_test)
-
-    @torch.no_grad()
-    def encode(self, image, *, short_side: int | None = None) -> ImageFeatures:
-        """Run the image network once: the vocabulary-independent :class:`ImageFeatures`.
-
-        Args:
-            image: a path, PIL image or (H, W[, C]) array (see ``preprocess.as_rgb_array``).
-            short_side: test resize of the short side in pixels (default: the config's).
-        The last ``feature_cache_size`` images' features are kept: the same image at the same
-        size is not encoded twice.
-        """
-        array = as_rgb_array(image)
-        resized_hw = self.network_input_size(*array.shape[:2], short_side)
-        key = hashlib.sha1(array.tobytes()).hexdigest() + f"{array.shape}{resized_hw}"
-        if key in self._features:
-            self._features.move_to_end(key)
-            return self._features[key]
-        inf = self.cfg.inference
-        pixels = normalize_and_pad(
-            [resize_image(array, resized_hw)],
-            inf.pixel_mean,
-            inf.pixel_std,
-            inf.size_divisibility,
-            device=self.device,
-        )
+    def _image_network(self, pixels: torch.Tensor) -> dict:
         dtype = self.precision.autocast_dtype
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         with autocast:
@@ -238,26 +147,22 @@ class OVSegPredictor:
             if head is not None:
                 maps = {**outputs["features"], "mask_features": outputs["mask_features"]}
                 prompt_embedding = head.embed_image(maps)
-        self.image_encodes += 1
-        features = ImageFeatures(
-            pred_embeds=outputs["pred_embeds"].float(),
-            clip_embeds=outputs["clip_embeds"].float(),
-            pred_masks=outputs["pred_masks"].float(),
-            clip_dense=outputs["features"]["clip_vis_dense"].float(),
-            image_size=tuple(array.shape[:2]),
-            resized_hw=resized_hw,
-            padded_hw=tuple(pixels.shape[-2:]),
-            prompt_embedding=None if prompt_embedding is None else prompt_embedding.float(),
-        )
-        if self.feature_cache_size > 0:
-            self._features[key] = features
-            while len(self._features) > self.feature_cache_size:
-                self._features.popitem(last=False)
-        return features
+        return {
+            "pred_embeds": outputs["pred_embeds"].float(),
+            "clip_embeds": outputs["clip_embeds"].float(),
+            "pred_masks": outputs["pred_masks"].float(),
+            "clip_dense": outputs["features"]["clip_vis_dense"].float(),
+            "prompt_embedding": None if prompt_embedding is None else prompt_embedding.float(),
+        }
 
-    def clear_cache(self) -> None:
-        """Forget the cached image features."""
-        self._features.clear()
+    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
+        image_outputs = {
+            "pred_embeds": features.pred_embeds,
+            "clip_embeds": features.clip_embeds,
+            "clip_vis_dense": features.clip_dense,
+        }
+        logits = self.model.classify(image_outputs, self._classifier, self._seen)
+        return logits["ensemble"][0]
 
     @torch.no_grad()
     def pool_masks(self, features: ImageFeatures, masks) -> torch.Tensor:
@@ -367,13 +272,6 @@ class OVSegPredictor:
         )
 
     # ---------------------------------------------------------------- prediction
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """The original size, or a downscaled one above ``max_output_pixels``."""
-        if height * width <= self.max_output_pixels:
-            return height, width
-        scale = math.sqrt(self.max_output_pixels / (height * width))
-        return max(1, int(height * scale)), max(1, int(width * scale))
-
     @torch.no_grad()
     def predict(
         self,
@@ -426,134 +324,6 @@ class OVSegPredictor:
 
         phrases = check_phrases(phrases)  # before the image pass
         return relevancy_maps(self, self.encode(image, short_side=short_side), phrases)
-
-    @torch.no_grad()
-    def segment(
-        self,
-        features: ImageFeatures,
-        *,
-        vocabulary: VocabularyLike | None = None,
-        tasks: tuple[str, ...] | str = TASKS,
-    ) -> dict:
-        """Classify an image's features with a vocabulary and post-process them: the only work
-        a vocabulary switch costs.
-
-        Returns:
-            dict with ``image_size`` (H, W), ``output_size`` (the original size unless above
-            ``max_output_pixels``), ``vocabulary``, and per task: ``sem_seg`` (K, h, w) per-class
-            scores in [0, Q] (sum over queries of class probability x mask probability, as in
-            Mask2Former); ``panoptic_seg`` (h, w) int32 and ``segments_info`` [{id, isthing,
-            category_id, score}]; ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1
-            y1, scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q,
-            Hp/4, Wp/4). Raises ValueError for an unknown task or no vocabulary.
-        """
-        tasks = _check_tasks(tasks)
-        if vocabulary is not None:
-            self.set_vocabulary(vocabulary)
-        self._require_vocabulary()
-        image_outputs = {
-            "pred_embeds": features.pred_embeds,
-            "clip_embeds": features.clip_embeds,
-            "clip_vis_dense": features.clip_dense,
-        }
-        class_logits = self.model.classify(image_outputs, self._classifier, self._seen)["ensemble"][
-            0
-        ]
-        out_hw = self.output_size(*features.image_size)
-        return segment_outputs(
-            features, class_logits, self.vocabulary, self.cfg.inference, out_hw, tasks
-        )
-
-    def predict_batch(self, images, **kwargs) -> list[dict]:
-        """:meth:`predict` on each image (one at a time: padding a batch changes results)."""
-        return [self.predict(image, **kwargs) for image in images]
-
-    def _require_vocabulary(self) -> None:
-        if self._classifier is None:
-            raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
-
-
-def segment_outputs(
-    features: ImageFeatures,
-    class_logits: torch.Tensor,
-    vocabulary: Vocabulary,
-    inference,
-    out_hw: tuple[int, int],
-    tasks: tuple[str, ...],
-) -> dict:
-    """The post-processing of :meth:`OVSegPredictor.segment` (shared with the ONNX runtime,
-    :class:`ovseg.export.OnnxPredictor`): an image's mask logits and its (Q, K+1) ensemble
-    class logits -> the result dict, at ``out_hw``, with the thresholds of ``inference``
-    (:class:`ovseg.config.InferenceConfig`)."""
-    result = {
-        "image_size": tuple(features.image_size),
-        "output_size": out_hw,
-        "vocabulary": vocabulary,
-        "class_logits": class_logits,
-        "mask_logits": features.pred_masks[0],
-    }
-    if tasks == ("semantic",):
-        # Semantic-only configs score at padded resolution, then crop and resize.
-        masks = _upsample(features.pred_masks[0], features.padded_hw)
-        scores = postprocess.semantic_inference(class_logits, masks)
-        result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
-        return result
-
-    all_masks = None  # every query at the output size: only semantic reads them all
-    if "semantic" in tasks:
-        all_masks = _output_masks(features, out_hw)
-        result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
-
-    def masks_of(index):
-        return all_masks[index] if all_masks is not None else _output_masks(features, out_hw, index)
-
-    is_thing = torch.tensor(vocabulary.is_thing, device=class_logits.device)
-    if "panoptic" in tasks:
-        keep = postprocess.panoptic_queries(class_logits, inference.object_mask_threshold)
-        result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
-            class_logits[keep],
-            masks_of(keep),
-            is_thing,
-            object_mask_threshold=inference.object_mask_threshold,
-            overlap_threshold=inference.overlap_threshold,
-        )
-    if "instance" in tasks:
-        scores, labels, query = postprocess.instance_queries(
-            class_logits, is_thing, detections_per_image=inference.detections_per_image
-        )
-        unique, inverse = query.unique(return_inverse=True)
-        result["instances"] = postprocess.instance_results(
-            scores, labels, masks_of(unique)[inverse]
-        )
-    return result
-
-
-def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:
-    """Mask logits of the queries ``index`` (all when None) at the output size ``out_hw``: up
-    to the padded input, cropped, resized (two bilinear steps, as the official code). Resizing
-    is per query, so resizing only the queries a task reads is exact; a few queries at a time,
-    so the padded-size maps (the largest tensors of post-processing) never exist for all."""
-    low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
-    masks = low.new_empty((low.shape[0], *out_hw))
-    for start in range(0, low.shape[0], RESIZE_CHUNK):
-        chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
-        masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
-            chunk, features.resized_hw, out_hw
-        )
-    return masks
-
-
-def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(Q, h, w) -> (Q, *size), bilinear, align_corners=False."""
-    return F.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown task {unknown}: choose from {', '.join(TASKS)}")
-    return tasks
 
 
 def resolve_model(model: str = "auto", weights=None) -> tuple[str, str | None]:

@@ -1,0 +1,309 @@
+"""What every ovseg predictor shares, whatever runs its networks (PyTorch in
+:class:`ovseg.predictor.OVSegPredictor`, ONNX Runtime in :class:`ovseg.export.OnnxPredictor`):
+the vocabulary and its seen classes, the official resize / normalise / pad, a cache of recent
+images' vocabulary-free features, and post-processing back to the image (or output) size.
+
+A subclass gives the image network (:meth:`PredictorBase._image_network`), the class logits
+(:meth:`PredictorBase._class_logits`), the text classifier of a vocabulary
+(:meth:`PredictorBase._text_classifier`) and its ``inference`` settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.modeling import postprocess
+from ovseg.modeling.text_classifier import TextClassifier
+from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
+from ovseg.vocabulary import Vocabulary, VocabularyLike, as_vocabulary, seen_class_mask
+
+TASKS = ("panoptic", "semantic", "instance")
+RESIZE_CHUNK = 16  # queries resized to the output size at a time in post-processing
+
+
+@dataclass
+class ImageFeatures:
+    """The vocabulary-free part of one image's forward pass (:meth:`OVSegPredictor.encode`).
+
+    pred_embeds (1, Q, D): in-vocabulary query embeddings; clip_embeds (1, Q, D): the frozen
+    CLIP's mask-pooled embeddings of the queries' masks; pred_masks (1, Q, Hp/4, Wp/4): mask
+    logits; clip_dense (1, C, Hp/32, Wp/32): the frozen CLIP's dense map, before its head.
+    image_size (H, W): the input image; resized_hw: the network input before padding;
+    padded_hw (Hp, Wp): the network input (a multiple of the size divisibility).
+    prompt_embedding (1, C, Hp/16, Wp/16): the prompt head's image embedding (None without
+    a prompt head).
+    """
+
+    pred_embeds: torch.Tensor
+    clip_embeds: torch.Tensor
+    pred_masks: torch.Tensor
+    clip_dense: torch.Tensor
+    image_size: tuple[int, int]
+    resized_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
+    prompt_embedding: torch.Tensor | None = None
+
+
+class PredictorBase:
+    """Vocabulary, image-feature cache, pre- and post-processing (see the module docstring).
+
+    ``train_vocabulary``: the model's training classes (seen / unseen, kinds);
+    ``feature_cache_size``: how many recent images' features are kept;
+    ``max_output_pixels``: larger images get outputs at a downscaled size.
+    """
+
+    def __init__(
+        self,
+        train_vocabulary: Vocabulary,
+        *,
+        device: torch.device,
+        feature_cache_size: int = 4,
+        max_output_pixels: int = 2048 * 1024,
+    ) -> None:
+        self.device = device
+        self.train_vocabulary = train_vocabulary
+        self.feature_cache_size = feature_cache_size
+        self.max_output_pixels = max_output_pixels
+        self._features: OrderedDict[str, ImageFeatures] = OrderedDict()
+        self.image_encodes = 0  # how many times the image network ran (tests, benchmarks)
+        self.vocabulary: Vocabulary | None = None
+        self._classifier: TextClassifier | None = None
+        self._seen: torch.Tensor | None = None
+
+    # ------------------------------------------------------------- given by a subclass
+    @property
+    def inference(self):
+        """The :class:`ovseg.config.InferenceConfig` (sizes, normalisation, thresholds)."""
+        raise NotImplementedError
+
+    def _text_classifier(self, vocab: Vocabulary) -> TextClassifier:
+        raise NotImplementedError
+
+    def _image_network(self, pixels: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """(1, 3, Hp, Wp) normalised, padded -> pred_embeds, clip_embeds, pred_masks,
+        clip_dense, prompt_embedding (or None), float32."""
+        raise NotImplementedError
+
+    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
+        """The ensemble class logits (Q, K+1) of the current vocabulary."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- vocabulary
+    def set_vocabulary(self, vocabulary: VocabularyLike) -> Vocabulary:
+        """Encode the vocabulary's text classifier (cached) and decide seen / unseen classes.
+
+        ``vocabulary``: a :class:`Vocabulary`, a shipped name or file, or a list with one
+        entry per class (see :func:`ovseg.vocabulary.as_vocabulary`). Classes whose kind was
+        guessed take the kind of the model's training class of the same name. Returns the
+        vocabulary in use (``self.vocabulary``).
+        """
+        # Kinds (thing / stuff) not given take those of the model's training classes.
+        vocab = as_vocabulary(vocabulary).with_kinds_from(self.train_vocabulary)
+        if vocab != self.vocabulary:
+            self._use_vocabulary(vocab, self._text_classifier(vocab))
+        return vocab
+
+    def _use_vocabulary(self, vocab: Vocabulary, classifier: TextClassifier) -> None:
+        self._classifier = classifier.to(self.device)
+        self._seen = torch.tensor(seen_class_mask(vocab, self.train_vocabulary), device=self.device)
+        self.vocabulary = vocab
+
+    @property
+    def classifier(self) -> TextClassifier:
+        """The text classifier of the current vocabulary: ``embeddings`` (S, D), one
+        L2-normalised row per synonym, and the synonyms per class."""
+        self._require_vocabulary()
+        return self._classifier
+
+    @property
+    def seen(self) -> list[bool]:
+        """Per class of the current vocabulary: is it a training class (a synonym in common)?"""
+        if self._seen is None:
+            raise ValueError("no vocabulary: call set_vocabulary first")
+        return [bool(s) for s in self._seen.tolist()]
+
+    def _require_vocabulary(self) -> None:
+        if self._classifier is None:
+            raise ValueError("no vocabulary: pass vocabulary=... (class names or a vocab name)")
+
+    # ---------------------------------------------------------------- image features
+    def network_input_size(
+        self, height: int, width: int, short_side: int | None = None
+    ) -> tuple[int, int]:
+        """(h, w) the image is resized to: short side ``short_side`` (default: the config's
+        test size), long side at most the config's maximum."""
+        inf = self.inference
+        return shortest_edge_size(height, width, short_side or inf.min_size_test, inf.max_size_test)
+
+    @torch.no_grad()
+    def encode(self, image, *, short_side: int | None = None) -> ImageFeatures:
+        """Run the image network once: the vocabulary-independent :class:`ImageFeatures`.
+
+        Args:
+            image: a path, PIL image or (H, W[, C]) array (see ``preprocess.as_rgb_array``).
+            short_side: test resize of the short side in pixels (default: the config's).
+        The last ``feature_cache_size`` images' features are kept: the same image at the same
+        size is not encoded twice.
+        """
+        array = as_rgb_array(image)
+        resized_hw = self.network_input_size(*array.shape[:2], short_side)
+        key = hashlib.sha1(array.tobytes()).hexdigest() + f"{array.shape}{resized_hw}"
+        if key in self._features:
+            self._features.move_to_end(key)
+            return self._features[key]
+        inf = self.inference
+        pixels = normalize_and_pad(
+            [resize_image(array, resized_hw)],
+            inf.pixel_mean,
+            inf.pixel_std,
+            inf.size_divisibility,
+            device=self.device,
+        )
+        outputs = self._image_network(pixels)
+        self.image_encodes += 1
+        features = ImageFeatures(
+            **outputs,
+            image_size=tuple(array.shape[:2]),
+            resized_hw=resized_hw,
+            padded_hw=tuple(pixels.shape[-2:]),
+        )
+        if self.feature_cache_size > 0:
+            self._features[key] = features
+            while len(self._features) > self.feature_cache_size:
+                self._features.popitem(last=False)
+        return features
+
+    def clear_cache(self) -> None:
+        """Forget the cached image features."""
+        self._features.clear()
+
+    # ---------------------------------------------------------------- prediction
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The original size, or a downscaled one above ``max_output_pixels``."""
+        if height * width <= self.max_output_pixels:
+            return height, width
+        scale = math.sqrt(self.max_output_pixels / (height * width))
+        return max(1, int(height * scale)), max(1, int(width * scale))
+
+    @torch.no_grad()
+    def segment(
+        self,
+        features: ImageFeatures,
+        *,
+        vocabulary: VocabularyLike | None = None,
+        tasks: tuple[str, ...] | str = TASKS,
+    ) -> dict:
+        """Classify an image's features with a vocabulary and post-process them: the only work
+        a vocabulary switch costs.
+
+        Returns:
+            dict with ``image_size`` (H, W), ``output_size`` (the original size unless above
+            ``max_output_pixels``), ``vocabulary``, and per task: ``sem_seg`` (K, h, w) per-class
+            scores in [0, Q] (sum over queries of class probability x mask probability, as in
+            Mask2Former); ``panoptic_seg`` (h, w) int32 and ``segments_info`` [{id, isthing,
+            category_id, score}]; ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1
+            y1, scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q,
+            Hp/4, Wp/4). Raises ValueError for an unknown task or no vocabulary.
+        """
+        tasks = _check_tasks(tasks)
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self._require_vocabulary()
+        class_logits = self._class_logits(features)
+        out_hw = self.output_size(*features.image_size)
+        return segment_outputs(
+            features, class_logits, self.vocabulary, self.inference, out_hw, tasks
+        )
+
+    def predict_batch(self, images, **kwargs) -> list[dict]:
+        """:meth:`predict` on each image (one at a time: padding a batch changes results)."""
+        return [self.predict(image, **kwargs) for image in images]
+
+
+def segment_outputs(
+    features: ImageFeatures,
+    class_logits: torch.Tensor,
+    vocabulary: Vocabulary,
+    inference,
+    out_hw: tuple[int, int],
+    tasks: tuple[str, ...],
+) -> dict:
+    """The post-processing of :meth:`OVSegPredictor.segment` (shared with the ONNX runtime,
+    :class:`ovseg.export.OnnxPredictor`): an image's mask logits and its (Q, K+1) ensemble
+    class logits -> the result dict, at ``out_hw``, with the thresholds of ``inference``
+    (:class:`ovseg.config.InferenceConfig`)."""
+    result = {
+        "image_size": tuple(features.image_size),
+        "output_size": out_hw,
+        "vocabulary": vocabulary,
+        "class_logits": class_logits,
+        "mask_logits": features.pred_masks[0],
+    }
+    if tasks == ("semantic",):
+        # Semantic-only configs score at padded resolution, then crop and resize.
+        masks = _upsample(features.pred_masks[0], features.padded_hw)
+        scores = postprocess.semantic_inference(class_logits, masks)
+        result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
+        return result
+
+    all_masks = None  # every query at the output size: only semantic reads them all
+    if "semantic" in tasks:
+        all_masks = _output_masks(features, out_hw)
+        result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
+
+    def masks_of(index):
+        return all_masks[index] if all_masks is not None else _output_masks(features, out_hw, index)
+
+    is_thing = torch.tensor(vocabulary.is_thing, device=class_logits.device)
+    if "panoptic" in tasks:
+        keep = postprocess.panoptic_queries(class_logits, inference.object_mask_threshold)
+        result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
+            class_logits[keep],
+            masks_of(keep),
+            is_thing,
+            object_mask_threshold=inference.object_mask_threshold,
+            overlap_threshold=inference.overlap_threshold,
+        )
+    if "instance" in tasks:
+        scores, labels, query = postprocess.instance_queries(
+            class_logits, is_thing, detections_per_image=inference.detections_per_image
+        )
+        unique, inverse = query.unique(return_inverse=True)
+        result["instances"] = postprocess.instance_results(
+            scores, labels, masks_of(unique)[inverse]
+        )
+    return result
+
+
+def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:
+    """Mask logits of the queries ``index`` (all when None) at the output size ``out_hw``: up
+    to the padded input, cropped, resized (two bilinear steps, as the official code). Resizing
+    is per query, so resizing only the queries a task reads is exact; a few queries at a time,
+    so the padded-size maps (the largest tensors of post-processing) never exist for all."""
+    low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
+    masks = low.new_empty((low.shape[0], *out_hw))
+    for start in range(0, low.shape[0], RESIZE_CHUNK):
+        chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
+        masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
+            chunk, features.resized_hw, out_hw
+        )
+    return masks
+
+
+def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(Q, h, w) -> (Q, *size), bilinear, align_corners=False."""
+    return F.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task {unknown}: choose from {', '.join(TASKS)}")
+    return tasks
