@@ -1,10 +1,10 @@
 """``ovseg text-ablation`` (and ``tools/text_ablation.py``): the context-aware text ablation in
 the synthetic world (ovseg.synthetic.text_ablation). Rows: baseline, pixel_text,
-visual_context, cdt, context, all; each (row, seed) about 25 min on 2 CPU cores at the world's
-3600 iterations, resumable.
+visual_context, cdt, context, all; resumable. A (row, seed) at 1200 iterations took 35-45 min
+on one core of a 2-core Xeon (two ablations side by side, --threads 1 each).
 
-    ovseg text-ablation --out runs/ablation                       # every row, seed 0
-    ovseg text-ablation --out runs/ablation --rows cdt,all --seeds 1
+    ovseg text-ablation --out runs/ablation --iterations 1200           # every row, seed 0
+    ovseg text-ablation --out runs/ablation --iterations 1200 --rows cdt,all --seeds 1
     ovseg text-ablation --out runs/ablation-quick --quick         # CI-sized check
 """
 
