@@ -3,7 +3,8 @@
 Owns the PyTorch model, its precision and the text classifier's caches; the vocabulary, the
 official resize / normalise / pad, the cache of vocabulary-independent image features and the
 post-processing back to the image size come from :class:`ovseg.predictor_base.PredictorBase`
-(shared with the ONNX Runtime predictor). The two steps are public, in the spirit of segment-anything's ``set_image``:
+(shared with the ONNX Runtime predictor). The two steps are public, in the spirit of
+segment-anything's ``set_image``:
 
     features = predictor.encode(image)                      # the image network, once
     result = predictor.segment(features, vocabulary=["cat", "sky"], tasks="panoptic")

@@ -124,6 +124,9 @@ def test_precomputed_text_embeddings_replace_the_text_graph(exported, scene, tmp
 def test_a_folder_that_is_not_an_export_is_one_clear_error(tmp_path):
     with pytest.raises(ExportError, match="not an ovseg export"):
         OnnxPredictor(tmp_path)
+    (tmp_path / "export.json").write_text("{truncated")
+    with pytest.raises(ExportError, match="not valid JSON"):
+        OnnxPredictor(tmp_path)
 
 
 def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):

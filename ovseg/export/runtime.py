@@ -32,7 +32,10 @@ def read_export(folder: str | Path) -> dict:
     path = folder / "export.json"
     if not path.is_file():
         raise ExportError(f"{folder} is not an ovseg export (no export.json): run ovseg export")
-    settings = json.loads(path.read_text())
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{path} is not valid JSON ({error}): export the model again") from None
     if settings.get("format_version") != FORMAT_VERSION:
         raise ExportError(
             f"{path} has export format {settings.get('format_version')}, this ovseg reads "
