@@ -69,17 +69,6 @@ def test_query_by_view_name_and_size(field, tmp_path):
     assert Image.open(out / "view_001_render.png").size == (32, 24)
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exact comparisons of two fits: with several threads, CPU autograd accumulates the
-    rasterizer's gathered-Gaussian gradients in a scheduling-dependent order, and two 2-thread
-    fits of 8 steps differ by up to ~2e-3 on 0.1% of the values (seen in CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_an_interrupted_fit_resumes(scene, tmp_path, one_thread):
     from ovseg.fields.field import FieldConfig, fit_field
     from ovseg.fields.fit import FitConfig, LatentFitConfig

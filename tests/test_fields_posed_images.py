@@ -209,3 +209,51 @@ def test_a_folder_with_no_poses_says_what_to_run(tmp_path):
     (tmp_path / "transforms.json").write_text("{not json")
     with pytest.raises(PosedImagesError, match="not valid JSON"):
         load_posed_images(tmp_path)
+
+
+def _timed(tmp_path, times, camera_ids=None):
+    scene = _scene(tmp_path, count=len(times))
+    scene.times = list(times)
+    scene.camera_ids = camera_ids or ["cam"] * len(times)
+    return scene
+
+
+def test_frame_times_and_cameras_round_trip(tmp_path):
+    scene = _timed(tmp_path, [0.0, 0.5, 1.25], ["a", "a", "b"])
+    write_transforms(scene, tmp_path / "transforms.json")
+    read = load_posed_images(tmp_path)
+    assert read.times == [0.0, 0.5, 1.25]
+    assert read.camera_ids == ["a", "a", "b"]
+    _assert_same_views(read, scene)
+
+
+def test_a_static_scene_has_no_times(tmp_path):
+    write_transforms(_scene(tmp_path), tmp_path / "transforms.json")
+    read = load_posed_images(tmp_path)
+    assert read.times is None and read.camera_ids is None
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda frames: frames[1].pop("time"), "some frames have a 'time' and some do not"),
+        (lambda frames: frames[2].update(time=0.25), "times out of order"),
+        (lambda frames: frames[0].update(time=-1.0), "negative"),
+        (lambda frames: frames[0].update(time="noon"), "not a finite number"),
+    ],
+)
+def test_broken_frame_times_are_refused_in_one_line(tmp_path, edit, message):
+    write_transforms(_timed(tmp_path, [0.0, 0.5, 1.0]), tmp_path / "transforms.json")
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    edit(meta["frames"])
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(PosedImagesError, match=message) as error:
+        load_posed_images(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_each_camera_has_its_own_time_order(tmp_path):
+    # two cameras interleaved: times go back between cameras, never within one
+    write_transforms(_timed(tmp_path, [0.0, 0.0, 1.0], ["a", "b", "a"]),
+                     tmp_path / "transforms.json")  # fmt: skip
+    assert load_posed_images(tmp_path).times == [0.0, 0.0, 1.0]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.fields.camera import Camera
+from ovseg.fields.deform import DeformationField, deform
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write
@@ -65,11 +66,24 @@ class LatentFitConfig:
 
 
 @dataclass
+class DeformationFitConfig:
+    """The deformation network's part of a dynamic RGB fit (Deformable 3D Gaussians' recipe:
+    the canonical Gaussians alone for ``warm_up`` iterations, then the network too, its
+    learning rate x extent decayed exponentially from ``lr`` to ``lr_final``)."""
+
+    warm_up: int = 150
+    lr: float = 8e-4
+    lr_final: float = 1.6e-6
+
+
+@dataclass
 class View:
-    """A training view: its camera and target image (H, W, 3) float in [0, 1]."""
+    """A training view: its camera, target image (H, W, 3) float in [0, 1], and for a
+    dynamic scene its time normalised to [0, 1]."""
 
     camera: Camera
     image: torch.Tensor
+    time: float | None = None
 
 
 def scene_extent(cameras: list[Camera]) -> float:
@@ -115,8 +129,13 @@ def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float) -> torch.opt
 
 
 def _means_lr(cfg: FitConfig, extent: float, iteration: int) -> float:
-    t = min(1.0, iteration / max(cfg.iterations, 1))
-    return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
+    return _exponential(cfg.lr_means, cfg.lr_means_final, iteration / max(cfg.iterations, 1),
+                        extent)  # fmt: skip
+
+
+def _exponential(start: float, end: float, fraction: float, scale: float) -> float:
+    t = min(1.0, max(0.0, fraction))
+    return scale * math.exp((1 - t) * math.log(start) + t * math.log(end))
 
 
 def fit_rgb(
@@ -127,25 +146,40 @@ def fit_rgb(
     checkpoint: str | Path | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    deformation: DeformationField | None = None,
+    deformation_cfg: DeformationFitConfig | None = None,
 ) -> dict:
     """Fit ``cloud``'s geometry and colours to ``views`` (one random view per iteration).
 
     ``checkpoint``: a file to save to and resume from; ``max_steps``: stop after this many
     iterations in this call (a later call with the same checkpoint goes on).
+    ``deformation``: for a dynamic scene (every view has a time), the network that moves the
+    canonical ``cloud`` over time, fitted with it (``deformation_cfg``, default
+    :class:`DeformationFitConfig`).
     Returns {"loss": mean loss of the last 50 iterations, "gaussians": final count,
     "iteration": where it stopped}."""
     from tqdm import tqdm
 
     if not views:
         raise ValueError("fit_rgb: no training views")
+    cfg_dict = asdict(cfg)
+    if deformation is not None:
+        deformation_cfg = deformation_cfg or DeformationFitConfig()
+        cfg_dict["deformation"] = asdict(deformation_cfg)
+        if any(v.time is None for v in views):
+            raise ValueError("fit_rgb: a deformation needs a time on every view")
+        deformation_optimizer = torch.optim.Adam(deformation.parameters(), lr=0.0, eps=1e-15)
     extent = scene_extent([v.camera for v in views])
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randint(len(views), (cfg.iterations,), generator=generator)
-    state = _load_checkpoint(checkpoint, cloud, cfg_dict=asdict(cfg))
+    state = _load_checkpoint(checkpoint, cloud, cfg_dict=cfg_dict)
     start = state.get("iteration", 0)
     optimizer = _optimizer(cloud, cfg, extent)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
+    if deformation is not None and "deformation" in state:
+        deformation.load_state_dict(state["deformation"])
+        deformation_optimizer.load_state_dict(state["deformation_optimizer"])
     grad_sum = state.get("grad_sum", torch.zeros(len(cloud)))
     grad_count = state.get("grad_count", torch.zeros(len(cloud)))
     losses: list[float] = list(state.get("losses", []))
@@ -155,7 +189,16 @@ def fit_rgb(
     for iteration in bar:
         optimizer.param_groups[0]["lr"] = _means_lr(cfg, extent, iteration)
         view = views[int(order[iteration])]
-        out = render(cloud, view.camera, background=torch.zeros(3))
+        subject = cloud
+        deforming = deformation is not None and iteration >= deformation_cfg.warm_up
+        if deforming:
+            fraction = (iteration - deformation_cfg.warm_up) / max(
+                cfg.iterations - deformation_cfg.warm_up, 1)  # fmt: skip
+            lr = _exponential(deformation_cfg.lr, deformation_cfg.lr_final, fraction, extent)
+            for group in deformation_optimizer.param_groups:
+                group["lr"] = lr
+            subject = deform(cloud, deformation, view.time)
+        out = render(subject, view.camera, background=torch.zeros(3))
         means2d = out["projection"].means2d
         means2d.retain_grad()
         image = out["features"]
@@ -163,8 +206,12 @@ def fit_rgb(
             1 - ssim(image, view.image)
         )
         optimizer.zero_grad(set_to_none=True)
+        if deformation is not None:
+            deformation_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if deforming:
+            deformation_optimizer.step()
         losses.append(loss.detach().item())
         with torch.no_grad():
             visible = out["projection"].visible
@@ -183,8 +230,11 @@ def fit_rgb(
                 grad_count = torch.zeros(len(cloud))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", gaussians=len(cloud))
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
-            _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses,
-                             grad_sum=grad_sum, grad_count=grad_count)  # fmt: skip
+            extra = {} if deformation is None else {
+                "deformation": deformation.state_dict(),
+                "deformation_optimizer": deformation_optimizer.state_dict()}  # fmt: skip
+            _save_checkpoint(checkpoint, cloud, cfg_dict, step, optimizer, losses,
+                             grad_sum=grad_sum, grad_count=grad_count, **extra)  # fmt: skip
     return {"loss": float(np.mean(losses[-50:])) if losses else float("nan"),
             "gaussians": len(cloud), "iteration": end}  # fmt: skip
 

@@ -40,6 +40,9 @@ class PosedImages:
     cameras: one per view; image_paths: the matching image files; points (M, 3) and
     colours (M, 3) in [0, 1]: the sparse reconstruction, or None; splits: view indices per
     split name ("train", "test", ...) when the format says, else everything is "train".
+    times: for a dynamic scene (frames of multi-view video), each view's time (the
+    transforms' per-frame "time", D-NeRF's key; any unit, >= 0), else None; camera_ids: each
+    view's camera (the per-frame "camera_id"; frames of one camera are in time order), or None.
     """
 
     cameras: list[Camera]
@@ -47,6 +50,8 @@ class PosedImages:
     points: torch.Tensor | None = None
     colours: torch.Tensor | None = None
     splits: dict[str, list[int]] = field(default_factory=dict)
+    times: list[float] | None = None
+    camera_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -420,7 +425,7 @@ _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 
 
 def _load_transforms(files: list[Path]) -> PosedImages:
-    views, paths, splits = [], [], {}
+    views, paths, splits, times, camera_ids, files_of = [], [], {}, [], [], []
     points = colours = None
     for file in files:
         try:
@@ -453,12 +458,52 @@ def _load_transforms(files: list[Path]) -> PosedImages:
             index = len(views)
             views.append(camera)
             paths.append(image_path)
+            times.append(_frame_time(frame, file, number))
+            camera_ids.append(str(frame.get("camera_id", image_path.stem)))
+            files_of.append(file)
             frame_split = frame.get("split", split)
             if frame_split is not None:
                 splits.setdefault(frame_split, []).append(index)
         if "ply_file_path" in meta and points is None:
             points, colours = _read_ply_points(file.parent / meta["ply_file_path"], file)
-    return PosedImages(views, paths, points, colours, splits)
+    timed = [t is not None for t in times]
+    if not any(timed):
+        return PosedImages(views, paths, points, colours, splits)
+    if not all(timed):
+        first = paths[timed.index(False)]
+        raise PosedImagesError(
+            f"{', '.join(str(f) for f in files)}: some frames have a 'time' and some do not "
+            f"(first without: {first.name}); give every frame of a dynamic scene its time"
+        )
+    _check_time_order(times, camera_ids, paths, files_of)
+    return PosedImages(views, paths, points, colours, splits, times, camera_ids)
+
+
+def _frame_time(frame: dict, file: Path, number: int) -> float | None:
+    if "time" not in frame:
+        return None
+    value = frame["time"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PosedImagesError(f"{file}: frame {number}'s time {value!r} is not a finite number")
+    if value < 0:
+        raise PosedImagesError(f"{file}: frame {number}'s time {value} is negative")
+    return float(value)
+
+
+def _check_time_order(times, camera_ids, paths, files) -> None:
+    """In each file, the frames of each camera must come in increasing time (a video's
+    order)."""
+    last: dict[tuple[Path, str], tuple[float, Path]] = {}
+    for time, camera_id, path, file in zip(times, camera_ids, paths, files, strict=True):
+        key = (file, camera_id)
+        if key in last and time <= last[key][0]:
+            before_time, before = last[key]
+            raise PosedImagesError(
+                f"{file}: camera '{camera_id}': frame {path.name} (time {time:g}) comes after "
+                f"{before.name} (time {before_time:g}); times out of order: list each "
+                "camera's frames in increasing time"
+            )
+        last[key] = (time, path)
 
 
 def _check_distortion(meta: dict, file: Path) -> None:
@@ -553,6 +598,10 @@ def write_transforms(
             "fl_x": camera.fx, "fl_y": camera.fy, "cx": camera.cx, "cy": camera.cy,
             "w": camera.width, "h": camera.height,
         })  # fmt: skip
+        if scene.times is not None:
+            frames[-1]["time"] = scene.times[index]
+            if scene.camera_ids is not None:
+                frames[-1]["camera_id"] = scene.camera_ids[index]
     meta = {"camera_model": "OPENCV", "frames": frames, **(extra or {})}
     write_text_atomic(path, json.dumps(meta, indent=1))
 

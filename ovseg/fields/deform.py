@@ -1,0 +1,182 @@
+"""Deformable Gaussians for dynamic scenes: a canonical :class:`GaussianCloud` and a small
+network that moves, turns and scales each Gaussian over time.
+
+The deformation follows Deformable 3D Gaussians (Yang et al., CVPR 2024) and 4DGS (Wu et al.,
+CVPR 2024) without their CUDA parts: an MLP of the sinusoidal encodings of the canonical mean
+and the time gives offsets (dx, dq, ds) that are added to the mean, the quaternion and the
+log-scale (both papers add the rotation offset to the quaternion, which is normalised when the
+covariance is built). Its last layer starts at zero, so before training the scene is the
+canonical one at every time. Opacity, colour and the time-agnostic language latent stay with
+the canonical Gaussian: an object keeps its identity while it moves.
+
+The status network of 4D LangSplat (Li et al., CVPR 2025) gives each Gaussian a
+time-sensitive language feature: a softmax mixture, over time, of a few learned state
+prototypes per Gaussian (:class:`StatusField`), so a feature moves between a small number of
+states smoothly instead of drifting freely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ovseg.fields.gaussians import GaussianCloud, sh_to_rgb
+
+
+def sinusoidal_encoding(values: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """NeRF's positional encoding: (N, C) -> (N, C * (1 + 2 * frequencies)) with
+    [x, sin(2^k pi x), cos(2^k pi x)] for k < frequencies."""
+    parts = [values]
+    for k in range(frequencies):
+        scaled = (2.0**k) * math.pi * values
+        parts += [torch.sin(scaled), torch.cos(scaled)]
+    return torch.cat(parts, dim=1)
+
+
+def _mlp(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    size = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.ReLU(inplace=True)]
+        size = width
+    last = nn.Linear(size, outputs)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class SpaceTimeEncoding(nn.Module):
+    """(canonical means (N, 3), a time in [0, 1]) -> (N, dim) sinusoidal encodings; means are
+    encoded as (x - centre) / extent, so the frequencies fit a scene of any size."""
+
+    def __init__(self, centre, extent: float, position_frequencies: int, time_frequencies: int):
+        super().__init__()
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32).reshape(3))
+        self.register_buffer("extent", torch.tensor(float(extent)))
+        self.position_frequencies, self.time_frequencies = position_frequencies, time_frequencies
+        self.dim = 3 * (1 + 2 * position_frequencies) + (1 + 2 * time_frequencies)
+
+    def forward(self, means: torch.Tensor, time: float) -> torch.Tensor:
+        positions = (means - self.centre) / self.extent
+        times = torch.full((means.shape[0], 1), float(time), dtype=means.dtype,
+                           device=means.device)  # fmt: skip
+        return torch.cat([sinusoidal_encoding(positions, self.position_frequencies),
+                          sinusoidal_encoding(times, self.time_frequencies)], dim=1)  # fmt: skip
+
+
+class DeformationField(nn.Module):
+    """(canonical mean, time) -> offsets of mean, quaternion and log-scale.
+
+    Args:
+        centre (3,), extent: the scene's centre and radius (world units), for the encoding.
+        position_frequencies, time_frequencies: encoding frequencies (Deformable 3D Gaussians
+            uses 10 and 6 on large scenes; small scenes need fewer).
+        width, depth: the MLP's hidden width and number of hidden layers.
+    Times given to :meth:`forward` are normalised to [0, 1] by the caller.
+    """
+
+    def __init__(
+        self,
+        centre: torch.Tensor,
+        extent: float,
+        *,
+        position_frequencies: int = 4,
+        time_frequencies: int = 4,
+        width: int = 64,
+        depth: int = 3,
+    ) -> None:
+        super().__init__()
+        self.encoding = SpaceTimeEncoding(centre, extent, position_frequencies, time_frequencies)
+        self.net = _mlp(self.encoding.dim, width, depth, 3 + 4 + 3)
+
+    def forward(self, means: torch.Tensor, time: float) -> tuple[torch.Tensor, ...]:
+        """Offsets at ``time``: d_means (N, 3) world units, d_quaternions (N, 4),
+        d_log_scales (N, 3)."""
+        out = self.net(self.encoding(means, time))
+        return out[:, :3] * self.encoding.extent, out[:, 3:7], out[:, 7:]
+
+
+class StatusField(nn.Module):
+    """4D LangSplat's status-deformable features: Gaussian i's time-sensitive feature at time
+    t is sum_k w_ik(t) p_ik, with K learned prototypes p_i (N, K, C) per Gaussian and weights
+    w_i(t) = softmax(MLP(enc(x_i, t))) over k.
+
+    Args:
+        count: N Gaussians; states: K prototypes each; channels: C (the latent's size);
+        centre, extent: as :class:`DeformationField`.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        centre: torch.Tensor,
+        extent: float,
+        *,
+        states: int = 3,
+        channels: int = 3,
+        position_frequencies: int = 4,
+        time_frequencies: int = 4,
+        width: int = 64,
+        depth: int = 2,
+    ) -> None:
+        super().__init__()
+        self.encoding = SpaceTimeEncoding(centre, extent, position_frequencies, time_frequencies)
+        self.weights_net = _mlp(self.encoding.dim, width, depth, states)
+        nn.init.normal_(self.weights_net[-1].weight, std=0.1)  # states distinguishable at start
+        self.prototypes = nn.Parameter(torch.randn(count, states, channels) * 0.1)
+
+    def state_weights(self, means: torch.Tensor, time: float) -> torch.Tensor:
+        """(N, K) the mixture weights at ``time`` (rows sum to 1)."""
+        return torch.softmax(self.weights_net(self.encoding(means, time)), dim=1)
+
+    def forward(self, means: torch.Tensor, time: float) -> torch.Tensor:
+        """(N, C) time-sensitive features at ``time`` for the canonical ``means`` (N, 3)."""
+        return (self.state_weights(means, time)[..., None] * self.prototypes).sum(dim=1)
+
+
+class DeformedCloud:
+    """The Gaussians of a canonical cloud at one time: what :func:`~ovseg.fields.rasterizer.
+    render` reads of a cloud (means, scales, quaternions, opacities, colours, latents)."""
+
+    def __init__(self, means, quaternions, log_scales, opacity_logits, sh, latents) -> None:
+        self.means, self.quaternions, self.log_scales = means, quaternions, log_scales
+        self.opacity_logits, self.sh, self.latents = opacity_logits, sh, latents
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return self.log_scales.exp()
+
+    @property
+    def opacities(self) -> torch.Tensor:
+        return torch.sigmoid(self.opacity_logits)
+
+    def colours(self, camera_centre: torch.Tensor) -> torch.Tensor:
+        directions = None
+        if self.sh.shape[1] == 4:
+            directions = self.means - camera_centre.to(self.means)
+            directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return sh_to_rgb(self.sh, directions)
+
+
+def deform(
+    cloud: GaussianCloud,
+    deformation: DeformationField | None,
+    time: float,
+    *,
+    latents: torch.Tensor | None = None,
+) -> DeformedCloud:
+    """``cloud`` at ``time`` (normalised to [0, 1]); ``latents`` (N, L) replaces the cloud's
+    own latents in the result (a time-sensitive feature, or both concatenated). Without a
+    deformation the geometry is the canonical one."""
+    means, quaternions, log_scales = cloud.means, cloud.quaternions, cloud.log_scales
+    if deformation is not None:
+        d_means, d_quaternions, d_log_scales = deformation(cloud.means, time)
+        means, quaternions = means + d_means, quaternions + d_quaternions
+        log_scales = log_scales + d_log_scales
+    return DeformedCloud(means, quaternions, log_scales, cloud.opacity_logits, cloud.sh,
+                         cloud.latents if latents is None else latents)  # fmt: skip
