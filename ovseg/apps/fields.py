@@ -1,8 +1,11 @@
-"""``ovseg fields`` (and ``tools/fields.py``): 3D language fields, LangSplat-style, on CPU.
+"""``ovseg fields`` (and ``tools/fields.py``): 3D and 4D language fields, LangSplat-style, on CPU.
 
     ovseg fields world runs/world3d --scenes 3          # synthetic posed scenes, offline
     ovseg fields fit runs/world3d/scene_000 --out runs/field_000
     ovseg fields query runs/field_000 --text star --text water --out runs/queries --ply
+    ovseg fields world4d runs/world4d                   # synthetic multi-view video + captions
+    ovseg fields fit runs/world4d/scene_000 --out runs/field4d_000        # times: a 4D field
+    ovseg fields query runs/field4d_000 --text star --state "a red star" --video --out runs/q4
 
 ``fit`` reads COLMAP models (sparse/0, text or binary) and nerfstudio / Blender
 transforms.json; it resumes an interrupted fit in the same --out folder. ``query`` renders
@@ -23,7 +26,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{world,fit,query}")
+    from ovseg.apps import fields4d
+
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{world,world4d,fit,query}"
+    )
     world = commands.add_parser("world", help="write synthetic 3D scenes (transforms.json)")
     world.add_argument("out", help="folder for scene_000, scene_001, ...")
     world.add_argument("--scenes", type=int, default=3)
@@ -31,7 +38,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     world.add_argument("--train-views", type=int, default=24)
     world.add_argument("--test-views", type=int, default=6)
 
-    fit = commands.add_parser("fit", help="fit a language field to a posed scene")
+    fields4d.add_world4d_parser(commands)
+    fit = commands.add_parser("fit", help="fit a language field to a posed scene (a 4D one "
+                              "when its frames have times)")  # fmt: skip
     fit.add_argument("scene", help="scene folder (COLMAP sparse/0 or transforms.json)")
     fit.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
     add_model_arguments(fit)
@@ -52,17 +61,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     fit.add_argument("--threads", type=int, help="torch threads")
     fit.add_argument("--no-progress", action="store_true")
+    fields4d.add_fit4d_arguments(fit)
 
     query = commands.add_parser("query", help="heat maps, masks and PLY for text queries")
     query.add_argument("field", help="a fitted field folder")
-    query.add_argument("--text", action="append", required=True, help="a phrase (repeatable)")
+    query.add_argument("--text", action="append", help="a phrase (repeatable)")
     query.add_argument("--out", required=True, help="output folder")
     query.add_argument(
-        "--view", action="append", help="view name (repeatable; default: the held-out views)"
+        "--view",
+        action="append",
+        help="view name (repeatable; default: the held-out views); for a 4D field a camera id "
+        "(c02) or a frame's name (default: the first held-out camera)",
     )
     query.add_argument("--size", type=int, help="render at this width (height follows)")
     query.add_argument("--ply", action="store_true", help="also write relevancy-coloured PLY")
     add_model_arguments(query)
+    fields4d.add_query4d_arguments(query)
     return parser
 
 
@@ -75,7 +89,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"world": _world, "fit": _fit, "query": _query}[args.command](args)
+        commands = {"world": _world, "world4d": _world4d, "fit": _fit, "query": _query}
+        return commands[args.command](args)
     except (PosedImagesError, ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
@@ -94,6 +109,12 @@ def _world(args) -> int:
     return 0
 
 
+def _world4d(args) -> int:
+    from ovseg.apps.fields4d import world4d
+
+    return world4d(args)
+
+
 def _fit(args) -> int:
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.fields.field import FieldConfig, fit_field
@@ -103,8 +124,16 @@ def _fit(args) -> int:
     if args.iterations < 1 or args.language_iterations < 1 or not 0 < args.scale <= 1:
         raise ValueError("--iterations and --language-iterations >= 1, 0 < --scale <= 1, please")
     _levels(args.levels)
-    load_posed_images(args.scene)  # a bad scene fails before the model loads
+    dynamic = load_posed_images(args.scene).times is not None  # a bad scene fails first
+    if not dynamic and args.captions:
+        raise ValueError("--captions is for dynamic scenes (frames with times); this one has none")
+    if dynamic and args.levels != "panoptic":
+        raise ValueError("--levels: a 4D field uses the panoptic level only")
     predictor = load_predictor_from_arguments(args, log=print)
+    if dynamic:
+        from ovseg.apps.fields4d import fit4d
+
+        return fit4d(args, predictor)
     densify_until = max(1, int(args.iterations * 2 / 3))
     cfg = FieldConfig(
         colour=FitConfig(
@@ -150,9 +179,22 @@ def _query(args) -> int:
     from ovseg.heatmap import check_phrases
     from ovseg.visualize import draw_heatmap
 
-    phrases = check_phrases(args.text)
+    phrases = check_phrases(args.text) if args.text else []
     if args.size is not None and args.size < 16:
         raise ValueError("--size must be at least 16 pixels")
+    if _is_4d(args.field):
+        from ovseg.apps.fields4d import query4d
+        from ovseg.fields.field4d import DynamicField
+
+        DynamicField.read_meta(args.field)  # a wrong folder fails before the model loads
+        if not phrases and not args.state:
+            raise ValueError("give a --text or a --state to query")
+        return query4d(args, load_predictor_from_arguments(args, log=print), phrases)
+    if args.time or args.state or args.video:
+        raise ValueError(f"{args.field} is a 3D field: --time, --state and --video need a 4D "
+                         "one (fitted on frames with times)")  # fmt: skip
+    if not phrases:
+        raise ValueError("give at least one --text")
     LanguageField.read_meta(args.field)  # a wrong folder fails before the model loads
     predictor = load_predictor_from_arguments(args, log=print)
     field = LanguageField.load(args.field, predictor)
@@ -195,3 +237,16 @@ def _query(args) -> int:
             print(f"ply: {count} Gaussians for '{phrase}'")
     print(f"wrote {written + len(names)} images for {len(names)} view(s) to {out}")
     return 0
+
+
+def _is_4d(folder: str) -> bool:
+    """Whether ``folder`` holds a 4D field (its field.json says; False when there is none)."""
+    import json
+
+    from ovseg.fields.field4d import FORMAT
+
+    meta_path = Path(folder) / "field.json"
+    try:
+        return json.loads(meta_path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

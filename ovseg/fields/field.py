@@ -135,15 +135,7 @@ def fit_field(
         "timings_s": {},
         "complete": False,
     }
-    if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        for key in ("scene", "model", "clip_fingerprint", "config", "train_views"):
-            if previous.get(key) != meta[key]:
-                raise FieldError(
-                    f"{out} holds a field made with another {key.replace('_', ' ')}; choose a "
-                    "new --out folder or delete this one"
-                )
-        meta["timings_s"] = previous.get("timings_s", {})
+    resume_meta(meta_path, meta)
     views = load_views(scene, train, cfg.image_scale)
     _check_views_see_points(views, scene.points)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -178,26 +170,12 @@ def fit_field(
     # (c) the scene's autoencoder, on every level's embeddings
     autoencoder = timed(
         "autoencoder",
-        lambda: _autoencoder(out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress),
+        lambda: _autoencoder(
+            out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
+        ),
     )
     # (d) latents on the frozen geometry: channels [k L, (k + 1) L) hold level k
-    targets, valid = [], []
-    with torch.no_grad():
-        for levels in per_view:
-            shape = next(iter(levels.values()))[0].shape
-            target = torch.zeros(*shape, latent_channels)
-            mask = torch.zeros(*shape, latent_channels, dtype=torch.bool)
-            for k, level in enumerate(cfg.levels):
-                segment_map, view_embeddings = levels[level]
-                channels = slice(k * cfg.latent_dim, (k + 1) * cfg.latent_dim)
-                covered = torch.from_numpy(segment_map >= 0)
-                if len(view_embeddings):
-                    latent = autoencoder.encode(view_embeddings)
-                    indices = torch.from_numpy(segment_map[segment_map >= 0])
-                    target[..., channels][covered] = latent[indices]
-                    mask[..., channels] = covered[..., None]
-            targets.append(target)
-            valid.append(mask)
+    targets, valid = latent_targets(per_view, autoencoder, cfg.levels, cfg.latent_dim)
     language_result = timed(
         "language",
         lambda: fit_latents(
@@ -218,6 +196,48 @@ def fit_field(
     meta["complete"] = True
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def resume_meta(meta_path: Path, meta: dict, keys=("scene", "model", "clip_fingerprint",
+                                                  "config", "train_views")) -> None:  # fmt: skip
+    """Carry a previous run's timings into ``meta``; FieldError when that run was made from
+    another scene, model or settings (any of ``keys`` differs)."""
+    if not meta_path.is_file():
+        return
+    previous = json.loads(meta_path.read_text())
+    for key in keys:
+        if previous.get(key) != meta[key]:
+            raise FieldError(
+                f"{meta_path.parent} holds a field made with another {key.replace('_', ' ')}; "
+                "choose a new --out folder or delete this one"
+            )
+    meta["timings_s"] = previous.get("timings_s", {})
+    if "autoencoder_cosine" in previous:  # measured when the autoencoder was trained
+        meta["autoencoder_cosine"] = previous["autoencoder_cosine"]
+
+
+@torch.no_grad()
+def latent_targets(per_view, autoencoder, levels, latent_dim: int):
+    """Per view, the (H, W, L x levels) target latents and where they are valid (channels
+    [k L, (k + 1) L) hold level k): each pixel gets its segment's encoded embedding."""
+    targets, valid = [], []
+    channels_total = latent_dim * len(levels)
+    for found in per_view:
+        shape = next(iter(found.values()))[0].shape
+        target = torch.zeros(*shape, channels_total)
+        mask = torch.zeros(*shape, channels_total, dtype=torch.bool)
+        for k, level in enumerate(levels):
+            segment_map, view_embeddings = found[level]
+            channels = slice(k * latent_dim, (k + 1) * latent_dim)
+            covered = torch.from_numpy(segment_map >= 0)
+            if len(view_embeddings):
+                latent = autoencoder.encode(view_embeddings)
+                indices = torch.from_numpy(segment_map[segment_map >= 0])
+                target[..., channels][covered] = latent[indices]
+                mask[..., channels] = covered[..., None]
+        targets.append(target)
+        valid.append(mask)
+    return targets, valid
 
 
 def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
@@ -277,7 +297,10 @@ def _view_features(predictor, scene, indices, views, levels, folder: Path, progr
     return per_view
 
 
-def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool):
+def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool,
+                 meta: dict):  # fmt: skip
+    """The scene's CLIP autoencoder (trained once, then loaded from ``out``); a fresh one's
+    reconstruction quality goes into ``meta``."""
     from safetensors.torch import load_file, save_file
 
     path = out / "autoencoder.safetensors"
@@ -299,10 +322,7 @@ def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress
     )  # fmt: skip
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
-    meta_path = out / "field.json"
-    meta = json.loads(meta_path.read_text())
     meta["autoencoder_cosine"] = quality
-    write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return model
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.deform import DeformationField, deform
+from ovseg.fields.deform import DeformationField, StatusField, deform
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write
@@ -282,21 +282,37 @@ def fit_latents(
     checkpoint: str | Path | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    times: list[float] | None = None,
+    deformation: DeformationField | None = None,
+    status: StatusField | None = None,
 ) -> dict:
     """Fit ``cloud.latents`` (geometry and colours frozen) so each view renders its target
     latent map: targets[i] (H, W, L), valid[i] (H, W) or (H, W, L) bool (where a pixel has a
-    feature: per pixel, or per pixel and channel when mask levels cover different pixels)."""
+    feature: per pixel, or per pixel and channel when mask levels cover different pixels).
+
+    Dynamic scenes: with ``times`` (one per view, normalised to [0, 1]) the geometry is
+    ``deformation``'s at each view's time (frozen too); with ``status`` the fitted latents are
+    that :class:`StatusField`'s time-sensitive features (its prototypes and weights network
+    are what is fitted), not ``cloud.latents``."""
     from tqdm import tqdm
 
     if not cameras:
         raise ValueError("fit_latents: no views")
+    if times is None and (deformation is not None or status is not None):
+        raise ValueError("fit_latents: a deformation or status field needs the views' times")
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randint(len(cameras), (cfg.iterations,), generator=generator)
     state = _load_checkpoint(checkpoint, cloud, cfg_dict=asdict(cfg))
     start = state.get("iteration", 0)
     for name in PARAMETERS:
-        getattr(cloud, name).requires_grad_(name == "latents")
-    optimizer = torch.optim.Adam([cloud.latents], lr=cfg.lr, eps=1e-15)
+        getattr(cloud, name).requires_grad_(name == "latents" and status is None)
+    frozen = [] if deformation is None else list(deformation.parameters())
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    fitted = [cloud.latents] if status is None else list(status.parameters())
+    if status is not None and "status" in state:
+        status.load_state_dict(state["status"])
+    optimizer = torch.optim.Adam(fitted, lr=cfg.lr, eps=1e-15)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     losses: list[float] = list(state.get("losses", []))
@@ -305,7 +321,11 @@ def fit_latents(
                initial=start, total=cfg.iterations)  # fmt: skip
     for iteration in bar:
         index = int(order[iteration])
-        out = render(cloud, cameras[index], what="latent")
+        subject = cloud
+        if times is not None:
+            latents = None if status is None else status(cloud.means.detach(), times[index])
+            subject = deform(cloud, deformation, times[index], latents=latents)
+        out = render(subject, cameras[index], what="latent")
         mask = valid[index]
         if mask.dim() == 2:  # one mask for every channel
             mask = mask[..., None].expand_as(targets[index])
@@ -317,9 +337,12 @@ def fit_latents(
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         step = iteration + 1
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
-            _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses)
+            extra = {} if status is None else {"status": status.state_dict()}
+            _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses, **extra)
     for name in PARAMETERS:
         getattr(cloud, name).requires_grad_(True)
+    for parameter in frozen:
+        parameter.requires_grad_(True)
     return {"loss": float(np.mean(losses[-50:])) if losses else float("nan"), "iteration": end}
 
 

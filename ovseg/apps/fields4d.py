@@ -1,0 +1,223 @@
+"""The 4D parts of ``ovseg fields``: the synthetic dynamic world, fitting a multi-view video,
+and time-agnostic / time-sensitive queries with per-frame heat maps, masks and a video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_world4d_parser(commands) -> None:
+    world = commands.add_parser("world4d", help="write synthetic dynamic scenes (multi-view "
+                                "video with times, captions)")  # fmt: skip
+    world.add_argument("out", help="folder for scene_000, scene_001, ...")
+    world.add_argument("--scenes", type=int, default=1)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--steps", type=int, default=24, help="time steps (20-60 in the paper)")
+    world.add_argument("--train-cameras", type=int, default=6)
+    world.add_argument("--test-cameras", type=int, default=2)
+    world.add_argument("--size", default="160x128", help="frame size WxH")
+
+
+def add_fit4d_arguments(fit) -> None:
+    group = fit.add_argument_group("dynamic scenes (frames with times)")
+    group.add_argument("--captions", help="captions of the objects' states (default: "
+                       "SCENE/captions.json when there); see ovseg.fields.captions")  # fmt: skip
+    group.add_argument("--status-iterations", type=int, default=400)
+    group.add_argument("--sentence-model", default="all-MiniLM-L6-v2",
+                       help="sentence-transformers model for the captions")  # fmt: skip
+
+
+def add_query4d_arguments(query) -> None:
+    group = query.add_argument_group("4D fields")
+    group.add_argument("--time", type=float, action="append",
+                       help="a time in the scene's unit (repeatable; default: every frame "
+                       "time of the scene)")  # fmt: skip
+    group.add_argument("--state", action="append",
+                       help="a time-sensitive query ('a red star'): the frames where it holds "
+                       "and its masks there (repeatable)")  # fmt: skip
+    group.add_argument("--video", action="store_true", help="also an MP4 per query over time")
+
+
+def world4d(args) -> int:
+    from ovseg.synthetic.world4d import write_scene4d
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must be WxH, e.g. 160x128, got '{args.size}'") from None
+    if args.scenes < 1 or args.steps < 2 or args.train_cameras < 1 or args.test_cameras < 0:
+        raise ValueError("--scenes >= 1, --steps >= 2, --train-cameras >= 1, please")
+    if width < 32 or height < 32:
+        raise ValueError("--size must be at least 32x32")
+    for index in range(args.scenes):
+        out = write_scene4d(Path(args.out) / f"scene_{index:03d}", args.seed, index,
+                            train_cameras=args.train_cameras, test_cameras=args.test_cameras,
+                            steps=args.steps, width=width, height=height,
+                            progress=True)  # fmt: skip
+        print(f"wrote {out}")
+    return 0
+
+
+def fit4d(args, predictor) -> int:
+    from ovseg.fields.field4d import Field4DConfig, fit_field4d
+    from ovseg.fields.fit import FitConfig, LatentFitConfig
+
+    if args.status_iterations < 1:
+        raise ValueError("--status-iterations must be >= 1")
+    densify_until = max(1, int(args.iterations * 2 / 3))
+    cfg = Field4DConfig(
+        colour=FitConfig(
+            iterations=args.iterations,
+            densify_until=densify_until,
+            densify_from=min(100, densify_until),
+        ),  # fmt: skip
+        language=LatentFitConfig(iterations=args.language_iterations),
+        status=LatentFitConfig(iterations=args.status_iterations),
+        image_scale=args.scale,
+        mask_vocabulary=args.mask_vocabulary,
+        sentence_model=args.sentence_model,
+    )
+    meta = fit_field4d(args.scene, args.out, predictor, cfg, captions_path=args.captions,
+                       progress=not args.no_progress)  # fmt: skip
+    total = sum(meta["timings_s"].values())
+    captions = "with" if meta["captions"] else "without"
+    print(f"fitted {args.out} (4D): {meta['gaussians']} Gaussians, colour loss "
+          f"{meta['colour_loss']:.4f}, latent L1 {meta['language_loss']:.4f}, "
+          f"{captions} captions, {total / 60:.1f} min")  # fmt: skip
+    return 0
+
+
+def query4d(args, predictor, phrases: list[str]) -> int:
+    from ovseg.fields.field4d import DynamicField
+    from ovseg.heatmap import check_phrases
+
+    field = DynamicField.load(args.field, predictor)
+    scene = field.scene()
+    states = check_phrases(args.state) if args.state else []
+    times = args.time or sorted(set(scene.times))
+    for t in times:
+        field.normalise(t)  # a time outside the video fails before anything is written
+    # a camera by its id (its pose at its first frame) or by a frame's name
+    by_name = {camera.name: camera for camera in scene.cameras}
+    for camera, camera_id in zip(scene.cameras, scene.camera_ids, strict=True):
+        by_name.setdefault(camera_id, camera)
+    trained = {scene.camera_ids[i] for i in scene.split("train")}
+    held_out = [c for c in dict.fromkeys(scene.camera_ids) if c not in trained]
+    names = args.view or [held_out[0] if held_out else scene.camera_ids[0]]
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"no view named {', '.join(unknown)} in {field.meta['scene']}")
+    out = Path(args.out)
+    written = 0
+    for name in names:
+        camera = by_name[name]
+        if args.size is not None:
+            camera = camera.scaled(args.size / camera.width)
+        renders = [_rgb(field.render(camera, t)["rgb"]) for t in times]
+        for number, phrase in enumerate(phrases, 1):
+            stem = out / f"{name}_{number}{_slug(phrase)}"
+            written += _agnostic_outputs(field, camera, times, renders, phrase, stem, args.video)
+        for number, state in enumerate(states, 1):
+            stem = out / f"{name}_state{number}{_slug(state)}"
+            written += _state_outputs(field, camera, times, renders, state, stem, args.video)
+    print(f"wrote {written} files for {len(names)} view(s) and {len(times)} time(s) to {out}")
+    return 0
+
+
+def _slug(text: str) -> str:
+    from ovseg.apps.outputs import _slug as slug
+
+    return slug(text)
+
+
+def _rgb(tensor):
+    import numpy as np
+
+    return (tensor.numpy() * 255).round().astype(np.uint8)
+
+
+def _save_png(path: Path, picture) -> None:
+    from PIL import Image
+
+    from ovseg.fileio import atomic_write
+
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _agnostic_outputs(field, camera, times, renders, phrase, stem: Path, video: bool) -> int:
+    """Per time a heat map and a mask (relevancy > 0.5) of ``phrase``; with ``video`` an MP4
+    of the heat maps. Returns the number of files written."""
+    import numpy as np
+
+    from ovseg.visualize import draw_heatmap
+
+    pictures = []
+    for t, rgb in zip(times, renders, strict=True):
+        scores = field.relevancy(camera, t, [phrase])[0].numpy()
+        picture = draw_heatmap(rgb, scores, phrase, note=f"t = {t:g}")
+        pictures.append(np.asarray(picture))
+        _save_png(stem.with_name(f"{stem.name}_t{t:g}_heatmap.png"), picture)
+        _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"),
+                  ((scores > 0.5) * 255).astype(np.uint8))  # fmt: skip
+    if video:
+        _video(stem.with_suffix(".mp4"), pictures)
+    return 2 * len(times) + int(video)
+
+
+def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool) -> int:
+    """When ``state`` holds (a JSON of per-frame scores), its masks in those frames; with
+    ``video`` an MP4 of the masks over time. Returns the number of files written."""
+    import numpy as np
+
+    from ovseg.fileio import write_text_atomic
+
+    answer = field.when(camera, times, state)
+    holds = [bool(h) for h in answer["holds"]]
+    holds_at = [t for t, h in zip(times, holds, strict=True) if h]
+    scores = [round(float(s), 4) for s in answer["scores"]]
+    record = {"state": state, "view": camera.name, "times": times, "holds": holds,
+              "scores": scores, "holds_at": holds_at}  # fmt: skip
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=1))
+    pictures, written = [], 1
+    for t, rgb, mask, held in zip(times, renders, answer["masks"], holds, strict=True):
+        mask = mask.numpy()
+        caption = f"'{state}' at t = {t:g}: {'holds' if held else 'no'}"
+        pictures.append(_mask_overlay(rgb, mask, caption))
+        if held:
+            _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"),
+                      (mask * 255).astype(np.uint8))  # fmt: skip
+            written += 1
+    if video:
+        _video(stem.with_suffix(".mp4"), pictures)
+        written += 1
+    when = ", ".join(f"{t:g}" for t in holds_at) or "no frame"
+    print(f"'{state}' seen from {camera.name}: holds at {when}")
+    return written
+
+
+def _mask_overlay(rgb, mask, caption: str):
+    """The frame with the mask tinted, and a caption line under it, as an (H + 14, W, 3)
+    array."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    tinted = rgb.astype(np.float32)
+    tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([255, 40, 40])
+    canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + 14), "white")
+    canvas.paste(Image.fromarray(tinted.round().astype(np.uint8)), (0, 0))
+    ImageDraw.Draw(canvas).text((2, rgb.shape[0] + 1), caption, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _video(path: Path, pictures) -> None:
+    import numpy as np
+
+    from ovseg.video import write_mp4
+
+    height = max(p.shape[0] for p in pictures)
+    width = max(p.shape[1] for p in pictures)
+    frames = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)),
+                     constant_values=255) for p in pictures]  # fmt: skip
+    write_mp4(path, frames, fps=4.0)
