@@ -65,10 +65,14 @@ def test_a_deformation_offsets_means_by_its_output():
     cloud = _cloud(count=5)
     field = DeformationField(torch.zeros(3), 2.0)
     with torch.no_grad():
-        field.net[-1].bias.copy_(torch.tensor([0.1, 0, 0, 0, 0, 0, 0, 0, 0, 0.0]))
+        field.net[-1].bias.copy_(torch.tensor([0.1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0, 0, -1.0]))
     moved = deform(cloud, field, 0.5)
     # the mean offset is in units of the extent
     assert torch.allclose(moved.means - cloud.means, torch.tensor([0.2, 0.0, 0.0]).expand(5, 3))
+    # the colour offset moves the degree-0 coefficients, the opacity offset the logits
+    assert torch.allclose(moved.sh[:, 0] - cloud.sh[:, 0], torch.tensor([0.5, 0, 0]).expand(5, 3))
+    assert torch.allclose(moved.opacity_logits - cloud.opacity_logits, torch.full((5,), -1.0))
+    assert torch.equal(moved.log_scales, cloud.log_scales)
 
 
 def test_status_weights_are_a_mixture_and_features_lie_between_prototypes():

@@ -49,6 +49,7 @@ SCRIPTS = {
     "tools/text_ablation.py": "text-ablation",
     "tools/fields.py": "fields",
     "tools/bench_fields.py": "bench-fields",
+    "tools/bench_fields4d.py": "bench-fields4d",
     "tools/export.py": "export",
 }
 

@@ -97,11 +97,13 @@ def test_things_move_along_their_paths(scene_dir):
 def test_segment_maps_and_captions_name_the_same_objects(scene_dir):
     captions = read_captions(scene_dir / "captions.json")
     meta = json.loads((scene_dir / "scene.json").read_text())
-    things = {o["id"] for o in meta["objects"] if o["isthing"]}
-    assert set(captions) == things
+    objects = {o["id"] for o in meta["objects"]}
+    assert set(captions) == objects  # things and ground regions
     seen = set()
     for path in (scene_dir / "segments").glob("*.png"):
         seen |= set(np.unique(np.asarray(Image.open(path))).tolist())
-    assert things <= seen
+    assert {o["id"] for o in meta["objects"] if o["isthing"]} <= seen
+    for stuff in (o for o in meta["objects"] if not o["isthing"]):
+        assert [s.caption for s in captions[stuff["id"]]] == [stuff["category"]]
     for spans in captions.values():
         assert caption_at(spans, 0.0) is not None and caption_at(spans, 1.0) is not None

@@ -49,11 +49,16 @@ COMMANDS = {
     ),
     "fields": (
         "fields",
-        "3D language fields: fit Gaussians to posed views, query them with text (tools/fields.py)",
+        "3D / 4D language fields: fit Gaussians to posed views or video, query with text "
+        "(tools/fields.py)",
     ),
     "bench-fields": (
         "bench_fields",
         "3D language fields measured in the synthetic 3D world (tools/bench_fields.py)",
+    ),
+    "bench-fields4d": (
+        "bench_fields4d",
+        "4D language fields measured in the synthetic 4D world (tools/bench_fields4d.py)",
     ),
     "synthetic-world": (
         "synthetic_world",

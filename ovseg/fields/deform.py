@@ -5,9 +5,11 @@ The deformation follows Deformable 3D Gaussians (Yang et al., CVPR 2024) and 4DG
 CVPR 2024) without their CUDA parts: an MLP of the sinusoidal encodings of the canonical mean
 and the time gives offsets (dx, dq, ds) that are added to the mean, the quaternion and the
 log-scale (both papers add the rotation offset to the quaternion, which is normalised when the
-covariance is built). Its last layer starts at zero, so before training the scene is the
-canonical one at every time. Opacity, colour and the time-agnostic language latent stay with
-the canonical Gaussian: an object keeps its identity while it moves.
+covariance is built). Objects here also change colour and shape over time, which moving
+Gaussians alone cannot show, so the network also offsets the base colour (the degree-0 SH
+coefficients) and the opacity logit. Its last layer starts at zero, so before training the
+scene is the canonical one at every time. The time-agnostic language latent stays with the
+canonical Gaussian: an object keeps its identity while it moves.
 
 The status network of 4D LangSplat (Li et al., CVPR 2025) gives each Gaussian a
 time-sensitive language feature: a softmax mixture, over time, of a few learned state
@@ -67,7 +69,7 @@ class SpaceTimeEncoding(nn.Module):
 
 
 class DeformationField(nn.Module):
-    """(canonical mean, time) -> offsets of mean, quaternion and log-scale.
+    """(canonical mean, time) -> offsets of mean, quaternion, log-scale, colour and opacity.
 
     Args:
         centre (3,), extent: the scene's centre and radius (world units), for the encoding.
@@ -89,13 +91,15 @@ class DeformationField(nn.Module):
     ) -> None:
         super().__init__()
         self.encoding = SpaceTimeEncoding(centre, extent, position_frequencies, time_frequencies)
-        self.net = _mlp(self.encoding.dim, width, depth, 3 + 4 + 3)
+        self.net = _mlp(self.encoding.dim, width, depth, 3 + 4 + 3 + 3 + 1)
 
     def forward(self, means: torch.Tensor, time: float) -> tuple[torch.Tensor, ...]:
         """Offsets at ``time``: d_means (N, 3) world units, d_quaternions (N, 4),
-        d_log_scales (N, 3)."""
+        d_log_scales (N, 3), d_colour (N, 3) added to the degree-0 SH coefficients,
+        d_opacity (N,) added to the opacity logits."""
         out = self.net(self.encoding(means, time))
-        return out[:, :3] * self.encoding.extent, out[:, 3:7], out[:, 7:]
+        return (out[:, :3] * self.encoding.extent, out[:, 3:7], out[:, 7:10], out[:, 10:13],
+                out[:, 13])  # fmt: skip
 
 
 class StatusField(nn.Module):
@@ -174,9 +178,11 @@ def deform(
     own latents in the result (a time-sensitive feature, or both concatenated). Without a
     deformation the geometry is the canonical one."""
     means, quaternions, log_scales = cloud.means, cloud.quaternions, cloud.log_scales
+    opacity_logits, sh = cloud.opacity_logits, cloud.sh
     if deformation is not None:
-        d_means, d_quaternions, d_log_scales = deformation(cloud.means, time)
+        d_means, d_quaternions, d_log_scales, d_colour, d_opacity = deformation(cloud.means, time)
         means, quaternions = means + d_means, quaternions + d_quaternions
-        log_scales = log_scales + d_log_scales
-    return DeformedCloud(means, quaternions, log_scales, cloud.opacity_logits, cloud.sh,
+        log_scales, opacity_logits = log_scales + d_log_scales, opacity_logits + d_opacity
+        sh = torch.cat([sh[:, :1] + d_colour[:, None], sh[:, 1:]], dim=1)
+    return DeformedCloud(means, quaternions, log_scales, opacity_logits, sh,
                          cloud.latents if latents is None else latents)  # fmt: skip

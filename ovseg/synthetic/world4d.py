@@ -18,7 +18,8 @@ Times are normalised to [0, 1] (D-NeRF's convention); ``write_scene4d`` writes::
     scene/transforms_train.json      frames with "time" and "camera_id" (training cameras at
     scene/transforms_test.json         training times; held-out cameras, and held-out times)
     scene/points3d.ply               surface points at time 0 (the Gaussians' start)
-    scene/captions.json              each object's states over time (ovseg.fields.captions)
+    scene/captions.json              each object's states over time (ovseg.fields.captions);
+                                       a ground region's one state is its class
     scene/scene.json                 objects (class per time step, path), times, splits
 
 Scene k of a seed depends only on (seed, k): the same arguments write the same bytes.
@@ -285,9 +286,13 @@ def write_scene4d(
     _write_ply(out / "points3d.ply", points, colours)
     from ovseg.fields.captions import write_captions
 
-    write_captions(out / "captions.json", {
-        t["id"]: captions(t) for t in scene.things
-    }, names={t["id"]: t["category_from"] for t in scene.things})  # fmt: skip
+    # every object is captioned, as 4D LangSplat captions every tracked mask: the ground's
+    # regions keep one state (their class) the whole video
+    spans = {k: [{"start": 0.0, "end": 1.0, "caption": c.name}] for k, c in enumerate(scene.stuff)}
+    spans.update({t["id"]: captions(t) for t in scene.things})
+    names = {k: c.name for k, c in enumerate(scene.stuff)}
+    names.update({t["id"]: t["category_from"] for t in scene.things})
+    write_captions(out / "captions.json", spans, names=names)
     write_text_atomic(out / "scene.json", json.dumps({
         "seed": seed, "index": index, "half_extent": HALF_EXTENT, "times": times,
         "held_out_steps": held_out_steps, "train_cameras": train_cameras,

@@ -1,0 +1,319 @@
+"""The numbers of the 4D language fields in the synthetic 4D world: per scene, a 4D field and,
+for comparison, a static 3D field fitted on the same training frames (times ignored); both
+scored on held-out frames (held-out cameras at every time, training cameras at held-out
+times) next to ovseg run on each frame directly (2D).
+
+- **Time-agnostic** (each class present in a held-out frame, its name as the query): IoU of
+  relevancy > 0.5 with the class's true mask in that frame, mean over (frame, class) pairs.
+- **Time-sensitive** (each state caption of each thing, from each held-out camera over all
+  time steps): per frame a score, the state held where the score is nearer the video's best
+  frame than its worst (:meth:`ovseg.fields.field4d.DynamicField.when`'s rule, the same for
+  every method); against the truth (the caption holds and the thing is visible): frame
+  accuracy, temporal IoU of the predicted and true frame sets, and the mask IoU inside the
+  true span (the predicted mask is empty where the method says the state does not hold).
+  The 4D field scores with its status feature and the sentence encoder; the 2D and 3D
+  baselines with CLIP (the synthetic CLIP read captions with colours in training).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg.synthetic.fields_report import (
+    MIN_PIXELS,
+    _relevancy_of_embeddings,
+    _segment_embedding_map,
+)
+
+METHODS = ("4d field", "3d field", "2d masks")
+
+
+def _truth(scene_dir: Path, name: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(scene_dir / "segments" / f"{name}.png"))
+
+
+def _iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    union = (predicted | truth).sum()
+    return float((predicted & truth).sum() / union) if union else 0.0
+
+
+def _frames_of(posed, camera_id: str) -> list[int]:
+    """The camera's frames over all times (train and test), in time order."""
+    frames = [i for i, c in enumerate(posed.camera_ids) if c == camera_id]
+    return sorted(frames, key=lambda i: posed.times[i])
+
+
+def _clip_when(scores: list[float], relevant: list[np.ndarray], margin: float = 0.05):
+    """The same decision rule as DynamicField.when, on per-frame scores."""
+    values = torch.tensor(scores)
+    if float(values.max() - values.min()) >= margin:
+        return (values >= 0.5 * (values.max() + values.min())).tolist()
+    return [bool(m.any()) for m in relevant]
+
+
+def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) -> dict:
+    """Time-agnostic pairs and time-sensitive records of one scene, per method."""
+    from PIL import Image
+
+    from ovseg.fields.captions import caption_at, read_captions
+    from ovseg.fields.language import CANONICAL_PHRASES, view_segments
+    from ovseg.synthetic.world4d import category_at
+
+    meta = json.loads((scene_dir / "scene.json").read_text())
+    objects = {o["id"]: o for o in meta["objects"]}
+    posed = field4d.scene()
+    encoder = predictor.text_encoder
+    canonical = encoder.encode_texts(list(CANONICAL_PHRASES)).float().cpu()
+    agnostic = {m: [] for m in METHODS}
+    segments_cache: dict[int, tuple] = {}
+
+    def two_d(index):  # ovseg on the true frame: segments and their CLIP embeddings
+        if index not in segments_cache:
+            image = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
+            segment_map, embeddings = view_segments(predictor, image)
+            segments_cache[index] = _segment_embedding_map(segment_map, embeddings)
+        return segments_cache[index]
+
+    for index in posed.split("test"):
+        camera, t = posed.cameras[index], posed.times[index]
+        truth = _truth(scene_dir, camera.name)
+        classes = {}
+        for object_id in np.unique(truth):
+            thing = objects[int(object_id)]
+            category = category_at(thing, t) if thing["isthing"] else thing["category"]
+            classes.setdefault(category, []).append(int(object_id))
+        present = sorted(classes)
+        with torch.no_grad():
+            maps = {
+                "4d field": field4d.relevancy(camera, t, present),
+                "3d field": field3d.relevancy(camera, present)["relevancy"],
+            }
+            text = encoder.encode_texts(present).float().cpu()
+            maps["2d masks"] = _relevancy_of_embeddings(two_d(index), text, canonical)
+        for number, category in enumerate(present):
+            gt = np.isin(truth, classes[category])
+            if gt.sum() < MIN_PIXELS:
+                continue
+            for method in METHODS:
+                iou = _iou(maps[method][number].numpy() > 0.5, gt)
+                agnostic[method].append((category, iou))
+    captions = read_captions(scene_dir / "captions.json")
+    first, count = meta["train_cameras"], meta["test_cameras"]
+    held_out_cameras = [f"c{k:02d}" for k in range(first, first + count)]
+    sensitive = {m: [] for m in METHODS}
+    for camera_id in held_out_cameras:
+        frames = _frames_of(posed, camera_id)
+        camera = posed.cameras[frames[0]]
+        times = [posed.times[i] for i in frames]
+        truths = [_truth(scene_dir, posed.cameras[i].name) for i in frames]
+        for object_id, spans in captions.items():
+            visible = [(m == object_id).sum() >= MIN_PIXELS for m in truths]
+            for span in spans:
+                holds = [v and caption_at(spans, t) == span.caption for v, t in
+                         zip(visible, times, strict=True)]  # fmt: skip
+                if not any(holds):
+                    continue
+                answers = {"4d field": field4d.when(camera, times, span.caption)}
+                text = encoder.encode_texts([span.caption]).float().cpu()
+                with torch.no_grad():  # static: one render serves every time
+                    latent = field3d.level_latents(field3d.render(camera)["latent"], 0)
+                    static_map = field3d.autoencoder.decode(latent)
+                for method in ("3d field", "2d masks"):
+                    scores, masks = [], []
+                    for i in frames:
+                        embedding_map = static_map if method == "3d field" else two_d(i)
+                        cosine = embedding_map @ text[0]
+                        scores.append(float(torch.quantile(cosine.flatten(), 0.99)))
+                        relevant = _relevancy_of_embeddings(embedding_map, text, canonical)[0]
+                        masks.append(relevant.numpy() > 0.5)
+                    answers[method] = {"holds": _clip_when(scores, masks), "masks": masks}
+                for method, answer in answers.items():
+                    predicted = [bool(h) for h in answer["holds"]]
+                    masks = [np.asarray(m) for m in answer["masks"]]
+                    both = sum(p and h for p, h in zip(predicted, holds, strict=True))
+                    either = sum(p or h for p, h in zip(predicted, holds, strict=True))
+                    inside = [
+                        _iou(mask & p, truth == object_id)
+                        for mask, p, h, truth in zip(masks, predicted, holds, truths, strict=True)
+                        if h
+                    ]
+                    sensitive[method].append({
+                        "caption": span.caption, "camera": camera_id,
+                        "frame_accuracy": float(np.mean([p == h for p, h in
+                                                         zip(predicted, holds, strict=True)])),
+                        "temporal_iou": both / either if either else 0.0,
+                        "iou_inside": float(np.mean(inside)),
+                        "novel": not seen.get(objects[object_id]["category_from"], True),
+                    })  # fmt: skip
+    return {"agnostic": agnostic, "sensitive": sensitive}
+
+
+def summarise(records: dict, seen: dict[str, bool]) -> dict:
+    out = {}
+    for method in METHODS:
+        pairs = records["agnostic"][method]
+        row = {}
+        for split in ("base", "novel", "all"):
+            values = [iou for c, iou in pairs
+                      if split == "all" or seen.get(c, False) == (split == "base")]  # fmt: skip
+            row[f"mIoU_{split}"] = 100 * float(np.mean(values)) if values else float("nan")
+        sensitive = records["sensitive"][method]
+        for key in ("frame_accuracy", "temporal_iou", "iou_inside"):
+            values = [r[key] for r in sensitive]
+            row[key] = 100 * float(np.mean(values)) if values else float("nan")
+        row["pairs"], row["queries"] = len(pairs), len(sensitive)
+        out[method] = row
+    return out
+
+
+def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None:
+    """A held-out camera at three times: the true frame, the 4D render, the time-agnostic
+    heat map of ``phrase`` and the time-sensitive mask of ``state``."""
+    from PIL import Image
+
+    from ovseg.apps.fields4d import _mask_overlay
+    from ovseg.fileio import atomic_write
+    from ovseg.synthetic.fields_report import _captioned
+    from ovseg.visualize import draw_heatmap
+
+    posed = field4d.scene()
+    meta = json.loads((scene_dir / "scene.json").read_text())
+    frames = _frames_of(posed, f"c{meta['train_cameras']:02d}")
+    picks = [frames[0], frames[len(frames) // 2], frames[-1]]
+    times = [posed.times[i] for i in frames]
+    answer = field4d.when(posed.cameras[frames[0]], times, state)
+    rows = []
+    for index in picks:
+        camera, t = posed.cameras[index], posed.times[index]
+        truth = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
+        render = (field4d.render(camera, t)["rgb"].numpy() * 255).round().astype(np.uint8)
+        heat = field4d.relevancy(camera, t, [phrase])[0].numpy()
+        position = frames.index(index)
+        holds = bool(answer["holds"][position])
+        mask = answer["masks"][position].numpy()
+        panels = [
+            _captioned(truth, f"truth t={t:.2f}"),
+            _captioned(render, "4D render"),
+            draw_heatmap(render, heat, phrase, note="time-agnostic"),
+            Image.fromarray(
+                _mask_overlay(render, mask, f"'{state}': {'holds' if holds else 'not now'}")
+            ),  # fmt: skip
+        ]
+        rows.append(panels)
+    width = sum(p.width for p in rows[0]) + 8 * 3
+    height = sum(max(p.height for p in row) for row in rows) + 8 * 2 + 16
+    canvas = Image.new("RGB", (width, height), "white")
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(canvas).text((2, 2), f"time-sensitive query (4th column, red): '{state}'",
+                                fill=(0, 0, 0))  # fmt: skip
+    y = 16
+    for row in rows:
+        x = 0
+        for panel in row:
+            canvas.paste(panel, (x, y))
+            x += panel.width + 8
+        y += max(p.height for p in row) + 8
+    canvas = canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST)
+    atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))
+
+
+def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None,
+        world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """World, 4D and 3D fits (resumable), scores, timings -> OUT/report.json, report.md,
+    figure.png; returns the report."""
+    from ovseg.fields.field import FieldConfig, LanguageField, fit_field
+    from ovseg.fields.field4d import DynamicField, Field4DConfig, fit_field4d
+    from ovseg.fileio import write_text_atomic
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.synthetic.world4d import write_scene4d
+
+    out = Path(out)
+    cfg, cfg3d = cfg or Field4DConfig(), cfg3d or FieldConfig()
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    vocabulary = predictor.set_vocabulary("synthetic_world")
+    base = {n.casefold() for n in predictor.train_vocabulary.names}
+    seen = {name: name.casefold() in base for name in vocabulary.names}
+    records = {"agnostic": {m: [] for m in METHODS}, "sensitive": {m: [] for m in METHODS}}
+    fits4d, fits3d, renders = [], [], []
+    for index in range(scenes):
+        scene_dir = out / "world" / f"scene_{index:03d}"
+        if not (scene_dir / "scene.json").is_file():
+            write_scene4d(scene_dir, seed, index, progress=progress, **(world or {}))
+        fits4d.append(fit_field4d(scene_dir, out / "fields4d" / f"scene_{index:03d}", predictor,
+                                  cfg, progress=progress))  # fmt: skip
+        fits3d.append(fit_field(scene_dir, out / "fields3d" / f"scene_{index:03d}", predictor,
+                                cfg3d, progress=progress))  # fmt: skip
+        field4d = DynamicField.load(out / "fields4d" / f"scene_{index:03d}", predictor)
+        field3d = LanguageField.load(out / "fields3d" / f"scene_{index:03d}", predictor)
+        predictor.set_vocabulary("synthetic_world")
+        scene_records = score_scene(field4d, field3d, predictor, scene_dir, vocabulary, seen)
+        for part in records:
+            for method in METHODS:
+                records[part][method] += scene_records[part][method]
+        posed = field4d.scene()
+        camera = posed.cameras[posed.split("test")[0]]
+        field4d.render(camera, 0.5)
+        start = time.perf_counter()
+        for t in np.linspace(0, 1, 5):
+            field4d.render(camera, float(t))
+        renders.append((time.perf_counter() - start) / 5)
+        if index == 0:
+            from ovseg.fields.captions import read_captions
+
+            first = read_captions(scene_dir / "captions.json")
+            state = next(s.caption for spans in first.values() if len(spans) > 1
+                         for s in spans[1:])  # fmt: skip
+            figure(field4d, scene_dir, out / "figure.png", state, "grass")
+    report = {
+        "scenes": scenes,
+        "summary": summarise(records, seen),
+        "fit4d_minutes": [sum(m["timings_s"].values()) / 60 for m in fits4d],
+        "fit4d_stage_minutes": {
+            k: float(np.mean([m["timings_s"][k] for m in fits4d])) / 60
+            for k in fits4d[0]["timings_s"]
+        },  # fmt: skip
+        "fit3d_minutes": [sum(m["timings_s"].values()) / 60 for m in fits3d],
+        "gaussians": [m["gaussians"] for m in fits4d],
+        "render_frame_seconds": float(np.mean(renders)),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "novel_classes": sorted(n for n, s in seen.items() if not s),
+    }
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "report.md", markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"{report['scenes']} scene(s); novel classes: {', '.join(report['novel_classes'])}",
+        "",
+        "| method | time-agnostic mIoU base | novel | all | time-sensitive frame accuracy | "
+        "temporal IoU | mIoU inside the span | pairs / queries |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, row in report["summary"].items():
+        lines.append(
+            f"| {method} | {row['mIoU_base']:.1f} | {row['mIoU_novel']:.1f} | "
+            f"{row['mIoU_all']:.1f} | {row['frame_accuracy']:.1f} | {row['temporal_iou']:.1f} | "
+            f"{row['iou_inside']:.1f} | {row['pairs']} / {row['queries']} |"
+        )
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in report["fit4d_stage_minutes"].items())
+    lines += [
+        "",
+        f"4D fit: {np.mean(report['fit4d_minutes']):.1f} min per scene ({stages} min), "
+        f"{int(np.mean(report['gaussians']))} Gaussians; 3D fit "
+        f"{np.mean(report['fit3d_minutes']):.1f} min; render of a frame (deformation + RGB + "
+        f"both latents) {report['render_frame_seconds'] * 1000:.0f} ms; peak RSS "
+        f"{report['peak_rss_mib']:.0f} MiB; {report['threads']} threads.",
+    ]
+    return "\n".join(lines) + "\n"
