@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     iterations, language, status = args.iterations, args.language_iterations, args.status_iterations
     world = {"steps": args.steps}
     if args.quick:
-        iterations, language, status = 120, 40, 40
+        iterations, language, status = 300, 200, 200
         world = {"steps": 6, "train_cameras": 3, "test_cameras": 1, "width": 80, "height": 64}
     densify_until = max(1, int(iterations * 2 / 3))
     colour = FitConfig(iterations=iterations, densify_until=densify_until,

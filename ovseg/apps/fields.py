@@ -118,7 +118,7 @@ def _world4d(args) -> int:
 def _fit(args) -> int:
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.fields.field import FieldConfig, fit_field
-    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig
     from ovseg.fields.posed_images import load_posed_images
 
     if args.iterations < 1 or args.language_iterations < 1 or not 0 < args.scale <= 1:
@@ -134,13 +134,8 @@ def _fit(args) -> int:
         from ovseg.apps.fields4d import fit4d
 
         return fit4d(args, predictor)
-    densify_until = max(1, int(args.iterations * 2 / 3))
     cfg = FieldConfig(
-        colour=FitConfig(
-            iterations=args.iterations,
-            densify_until=densify_until,
-            densify_from=min(100, densify_until),
-        ),  # fmt: skip
+        colour=colour_config(args.iterations),
         language=LatentFitConfig(iterations=args.language_iterations),
         image_scale=args.scale,
         levels=_levels(args.levels),
@@ -154,6 +149,15 @@ def _fit(args) -> int:
         f"{total / 60:.1f} min"
     )
     return 0
+
+
+def colour_config(iterations: int):
+    """The colour fit for ``iterations``: densification over its first two thirds."""
+    from ovseg.fields.fit import FitConfig
+
+    densify_until = max(1, int(iterations * 2 / 3))
+    return FitConfig(iterations=iterations, densify_until=densify_until,
+                     densify_from=min(100, densify_until))  # fmt: skip
 
 
 def _levels(text: str) -> tuple[str, ...]:
@@ -189,6 +193,8 @@ def _query(args) -> int:
         DynamicField.read_meta(args.field)  # a wrong folder fails before the model loads
         if not phrases and not args.state:
             raise ValueError("give a --text or a --state to query")
+        if args.ply:
+            raise ValueError("--ply writes a 3D field's Gaussians; a 4D field's move over time")
         return query4d(args, load_predictor_from_arguments(args, log=print), phrases)
     if args.time or args.state or args.video:
         raise ValueError(f"{args.field} is a 3D field: --time, --state and --video need a 4D "

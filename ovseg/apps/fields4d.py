@@ -60,18 +60,14 @@ def world4d(args) -> int:
 
 
 def fit4d(args, predictor) -> int:
+    from ovseg.apps.fields import colour_config
     from ovseg.fields.field4d import Field4DConfig, fit_field4d
-    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig
 
     if args.status_iterations < 1:
         raise ValueError("--status-iterations must be >= 1")
-    densify_until = max(1, int(args.iterations * 2 / 3))
     cfg = Field4DConfig(
-        colour=FitConfig(
-            iterations=args.iterations,
-            densify_until=densify_until,
-            densify_from=min(100, densify_until),
-        ),  # fmt: skip
+        colour=colour_config(args.iterations),
         language=LatentFitConfig(iterations=args.language_iterations),
         status=LatentFitConfig(iterations=args.status_iterations),
         image_scale=args.scale,

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from ovseg.fields.gaussians import GaussianCloud, sh_to_rgb
+from ovseg.fields.gaussians import GaussianCloud, view_colours
 
 
 def sinusoidal_encoding(values: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -160,11 +160,7 @@ class DeformedCloud:
         return torch.sigmoid(self.opacity_logits)
 
     def colours(self, camera_centre: torch.Tensor) -> torch.Tensor:
-        directions = None
-        if self.sh.shape[1] == 4:
-            directions = self.means - camera_centre.to(self.means)
-            directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return sh_to_rgb(self.sh, directions)
+        return view_colours(self.sh, self.means, camera_centre)
 
 
 def deform(

@@ -326,6 +326,34 @@ def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress
     return model
 
 
+def read_finished_meta(folder: str | Path, fmt: str, what: str) -> dict:
+    """field.json of a finished field folder of format ``fmt``; FieldError when the folder
+    holds none, another kind (``what`` names the expected one) or an unfinished fit."""
+    folder = Path(folder)
+    meta_path = folder / "field.json"
+    if not meta_path.is_file():
+        raise FieldError(f"{folder}: no field.json; fit a field there first (ovseg fields "
+                         "fit SCENE --out FOLDER)")  # fmt: skip
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != fmt:
+        raise FieldError(f"{folder}: field.json is not an ovseg {what}")
+    if not meta.get("complete") or not (folder / "gaussians.safetensors").is_file():
+        raise FieldError(f"{folder}: the fit did not finish; run the same 'ovseg fields fit' "
+                         "again to resume it")  # fmt: skip
+    return meta
+
+
+def check_same_clip(folder: Path, meta: dict, predictor) -> None:
+    """FieldError when ``predictor``'s CLIP is not the one the field was fitted with."""
+    identity = model_identity(predictor)
+    if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
+        raise FieldError(
+            f"{folder} was fitted with model '{meta['model']}' (CLIP "
+            f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
+            f"{identity['clip_fingerprint']}); query it with the model it was made with"
+        )
+
+
 class LanguageField:
     """A finished field folder, loaded for queries.
 
@@ -362,18 +390,7 @@ class LanguageField:
     def read_meta(folder: str | Path) -> dict:
         """field.json of a finished field folder (cheap: no model needed); FieldError when the
         folder holds no field or an unfinished one."""
-        folder = Path(folder)
-        meta_path = folder / "field.json"
-        if not meta_path.is_file():
-            raise FieldError(f"{folder}: no field.json; fit a field there first (ovseg fields "
-                             "fit SCENE --out FOLDER)")  # fmt: skip
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise FieldError(f"{folder}: field.json is not an ovseg language field")
-        if not meta.get("complete") or not (folder / "gaussians.safetensors").is_file():
-            raise FieldError(f"{folder}: the fit did not finish; run the same 'ovseg fields fit' "
-                             "again to resume it")  # fmt: skip
-        return meta
+        return read_finished_meta(folder, FORMAT, "language field")
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LanguageField:
@@ -381,13 +398,7 @@ class LanguageField:
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
-        identity = model_identity(predictor)
-        if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
-            raise FieldError(
-                f"{folder} was fitted with model '{meta['model']}' (CLIP "
-                f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
-                f"{identity['clip_fingerprint']}); query it with the model it was made with"
-            )
+        check_same_clip(folder, meta, predictor)
         tensors = load_file(folder / "gaussians.safetensors")
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS))
         autoencoder = LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"])

@@ -34,13 +34,14 @@ from ovseg.fields.camera import Camera
 from ovseg.fields.captions import caption_at, check_objects, read_captions
 from ovseg.fields.deform import DeformationField, StatusField, deform
 from ovseg.fields.field import (
-    FieldError,
     _autoencoder,
     _check_views_see_points,
     _view_features,
+    check_same_clip,
     latent_targets,
     load_views,
     model_identity,
+    read_finished_meta,
     resume_meta,
 )
 from ovseg.fields.fit import (
@@ -316,18 +317,8 @@ class DynamicField:
 
     @staticmethod
     def read_meta(folder: str | Path) -> dict:
-        folder = Path(folder)
-        meta_path = folder / "field.json"
-        if not meta_path.is_file():
-            raise FieldError(f"{folder}: no field.json; fit a 4D field there first (ovseg "
-                             "fields fit SCENE --out FOLDER)")  # fmt: skip
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise FieldError(f"{folder}: field.json is not an ovseg 4D language field")
-        if not meta.get("complete") or not (folder / "gaussians.safetensors").is_file():
-            raise FieldError(f"{folder}: the fit did not finish; run the same 'ovseg fields fit' "
-                             "again to resume it")  # fmt: skip
-        return meta
+        """field.json of a finished 4D field folder; FieldError otherwise."""
+        return read_finished_meta(folder, FORMAT, "4D language field")
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> DynamicField:
@@ -335,13 +326,7 @@ class DynamicField:
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
-        identity = model_identity(predictor)
-        if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
-            raise FieldError(
-                f"{folder} was fitted with model '{meta['model']}' (CLIP "
-                f"{meta['clip_fingerprint']}), not '{identity['model']}'; query it with the "
-                "model it was made with"
-            )
+        check_same_clip(folder, meta, predictor)
         cfg = meta["config"]
         tensors = load_file(folder / "gaussians.safetensors")
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS)).eval()

@@ -58,6 +58,18 @@ def sh_to_rgb(sh: torch.Tensor, directions: torch.Tensor | None = None) -> torch
     return (rgb + 0.5).clamp_min(0.0)
 
 
+def view_colours(
+    sh: torch.Tensor, means: torch.Tensor, camera_centre: torch.Tensor
+) -> torch.Tensor:
+    """(N, 3) colours of Gaussians at ``means`` (N, 3) with coefficients ``sh`` seen from
+    ``camera_centre`` (3,) (the view direction matters from degree 1 on)."""
+    directions = None
+    if sh.shape[1] == 4:
+        directions = means - camera_centre.to(means)
+        directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return sh_to_rgb(sh, directions)
+
+
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
     """(N, 3) colours in [0, 1] -> (N, 1, 3) degree-0 coefficients that render them."""
     return ((rgb - 0.5) / SH_C0)[:, None, :]
@@ -151,11 +163,7 @@ class GaussianCloud(nn.Module):
 
     def colours(self, camera_centre: torch.Tensor) -> torch.Tensor:
         """(N, 3) colours seen from ``camera_centre`` (3,)."""
-        directions = None
-        if self.sh_degree:
-            directions = self.means - camera_centre.to(self.means)
-            directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return sh_to_rgb(self.sh, directions)
+        return view_colours(self.sh, self.means, camera_centre)
 
     def keep(self, mask: torch.Tensor) -> None:
         """Keep only the Gaussians where ``mask`` (N,) is True (new Parameters: rebuild the

@@ -115,6 +115,8 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
         times = [posed.times[i] for i in frames]
         truths = [_truth(scene_dir, posed.cameras[i].name) for i in frames]
         for object_id, spans in captions.items():
+            if not objects[object_id]["isthing"]:
+                continue  # a ground region's one state is not a time-sensitive query
             visible = [(m == object_id).sum() >= MIN_PIXELS for m in truths]
             for span in spans:
                 holds = [v and caption_at(spans, t) == span.caption for v, t in

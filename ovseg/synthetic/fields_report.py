@@ -160,39 +160,50 @@ def render_timing(field, *, size: int = 256, repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+# Peak RSS is read from /proc/self/status (VmHWM: this process's own high-water mark), not
+# getrusage: Linux carries ru_maxrss over fork and exec, so a probe started by a large
+# process would report its parent's peak.
 _PROBE = """
-import resource, sys, time, torch
+import sys, time, torch
 from ovseg.fields.camera import Camera, look_at
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.rasterizer import render
+
+def peak_mib():
+    with open("/proc/self/status") as status:
+        line = next(l for l in status if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+torch.set_num_threads(int(sys.argv[3]))
 torch.manual_seed(0)
 count, size = int(sys.argv[1]), int(sys.argv[2])
 points = (torch.rand(count, 3) - 0.5) * torch.tensor([3.0, 3.0, 0.4])
 cloud = GaussianCloud.from_points(points, torch.rand(count, 3), opacity=0.5)
 camera = Camera(look_at((0.0, -1.0, 2.6), (0.0, 0.0, 0.0)), size, size, size / 2, size / 2,
                 size, size)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_mib()
 start = time.perf_counter()
 with torch.no_grad():
     render(cloud, camera)
 forward = time.perf_counter() - start
-forward_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+forward_rss = peak_mib()
 start = time.perf_counter()
 render(cloud, camera)["features"].sum().backward()
 both = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(forward, both, before / 1024, forward_rss / 1024, after / 1024)
+after = peak_mib()
+print(forward, both, before, forward_rss, after)
 """
 
 
 def memory_probe(count: int = 50_000, size: int = 256) -> dict:
-    """Render ``count`` random Gaussians at size x size in a fresh process: seconds for a
-    forward pass and for forward + backward, and the process's peak RSS (MiB) before, after
-    the forward pass and after the backward pass."""
+    """Render ``count`` random Gaussians at size x size in a fresh process with the caller's
+    thread count: seconds for a forward pass and for forward + backward, and that process's
+    peak RSS (MiB) before, after the forward pass and after the backward pass."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(count), str(size)],
+    threads = str(torch.get_num_threads())  # the caller's, as the rest of the report
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(count), str(size), threads],
                           capture_output=True, text=True, check=True)  # fmt: skip
     forward, both, before, forward_rss, after = map(float, done.stdout.split()[-5:])
     return {
