@@ -206,7 +206,7 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
             _captioned(render, "4D render"),
             draw_heatmap(render, heat, phrase, note="time-agnostic"),
             Image.fromarray(
-                _mask_overlay(render, mask, f"'{state}': {'holds' if holds else 'not now'}")
+                _mask_overlay(render, mask, "holds" if holds else "not now")
             ),  # fmt: skip
         ]
         rows.append(panels)
