@@ -142,11 +142,7 @@ def fit_field(
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
 
     def timed(stage, work):
-        start = time.perf_counter()
-        result = work()
-        meta["timings_s"][stage] = meta["timings_s"].get(stage, 0.0) + time.perf_counter() - start
-        write_text_atomic(meta_path, json.dumps(meta, indent=1))
-        return result
+        return run_stage(meta, meta_path, stage, work)
 
     # (a) colours and geometry
     latent_channels = cfg.latent_dim * len(cfg.levels)
@@ -196,6 +192,16 @@ def fit_field(
     meta["complete"] = True
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def run_stage(meta: dict, meta_path: Path, stage: str, work):
+    """Run ``work()``, add its seconds to meta["timings_s"][stage] (a resumed stage adds up)
+    and write ``meta`` to ``meta_path``; returns what ``work`` returned."""
+    start = time.perf_counter()
+    result = work()
+    meta["timings_s"][stage] = meta["timings_s"].get(stage, 0.0) + time.perf_counter() - start
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return result
 
 
 def resume_meta(meta_path: Path, meta: dict, keys=("scene", "model", "clip_fingerprint",

@@ -23,7 +23,6 @@ networks; queries take times in the scene's own unit.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from ovseg.fields.field import (
     model_identity,
     read_finished_meta,
     resume_meta,
+    run_stage,
 )
 from ovseg.fields.fit import (
     PARAMETERS,
@@ -174,11 +174,7 @@ def fit_field4d(
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
 
     def timed(stage, work):
-        start = time.perf_counter()
-        result = work()
-        meta["timings_s"][stage] = meta["timings_s"].get(stage, 0.0) + time.perf_counter() - start
-        write_text_atomic(meta_path, json.dumps(meta, indent=1))
-        return result
+        return run_stage(meta, meta_path, stage, work)
 
     # (a) canonical Gaussians and the deformation network on RGB across time
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
