@@ -154,12 +154,68 @@ def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(tmp_path, ca
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_a_model_with_text_context_is_refused_before_any_work():
-    predictor = SimpleNamespace(
-        model=SimpleNamespace(text_context=object()),
-        precision=SimpleNamespace(precision="fp32"),
+@pytest.fixture(scope="module")
+def with_text_context(tmp_path_factory):
+    """synthetic_tiny with every text-context part (learned context, visual-context decoder,
+    CDT), their new weights random and large enough to change the logits, exported:
+    (folder, PyTorch predictor)."""
+    import dataclasses
+
+    from ovseg import model_zoo
+    from ovseg.checkpoint import read_state_dict
+    from ovseg.config import TextContextConfig, load_config
+    from ovseg.export import export_onnx
+    from ovseg.modeling.fcclip import build_model
+
+    cfg = load_config("synthetic_tiny")
+    cfg = dataclasses.replace(
+        cfg,
+        text_context=TextContextConfig(
+            learnable_context=4, visual_context_layers=1, visual_context_width=32, cdt=True
+        ),
     )
-    with pytest.raises(ExportError, match="text_context"):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.load_state_dict(read_state_dict(model_zoo.local_weights("synthetic_tiny")), strict=False)
+    context = model.text_context
+    with torch.no_grad():
+        context.visual_decoder.gamma.fill_(0.5)
+        context.cdt.attention.out_proj.weight.normal_(0, 0.2)
+        context.context.context.normal_(0, 0.5)
+    predictor = OVSegPredictor(model.eval(), cfg, use_disk_text_cache=False)
+    folder = tmp_path_factory.mktemp("export_context") / "context"
+    export_onnx(predictor, folder, progress=False)
+    return folder, predictor
+
+
+def test_a_text_context_is_exported_and_gives_pytorchs_logits(with_text_context, scene):
+    folder, torch_predictor = with_text_context
+    settings = read_export(folder)
+    assert settings["learned_context"] == 4 and settings["text_reads_image"]
+    assert settings["templates"] == ["X X X X {}."]
+    vocabulary = VOCABULARIES["4 classes, one with a synonym"]
+    onnx_predictor = OnnxPredictor(folder, threads=1)
+    expected = torch_predictor.predict(scene, vocabulary=vocabulary, tasks="panoptic")
+    result = onnx_predictor.predict(scene, vocabulary=vocabulary, tasks="panoptic")
+    assert torch.allclose(result["class_logits"], expected["class_logits"], atol=1e-4, rtol=0)
+    assert torch.equal(result["panoptic_seg"], expected["panoptic_seg"])
+    # the parts matter: the context's text and the image-adapted logits differ from plain ones
+    plain = OVSegPredictor.from_pretrained("synthetic_tiny", use_disk_text_cache=False)
+    plain_text = plain.text_encoder.encode_texts(["ring"])
+    assert not torch.allclose(onnx_predictor.encode_texts(["ring"]), plain_text, atol=1e-2)
+    features = onnx_predictor.encode(scene)
+    with_image = onnx_predictor.class_logits(features)["in_vocab"]
+    onnx_predictor.settings["text_reads_image"] = False  # what an export ignoring it gives
+    with pytest.raises(Exception, match="clip_dense"):
+        onnx_predictor.class_logits(features)
+    assert torch.isfinite(with_image).all()
+
+
+def test_a_model_not_in_fp32_is_refused_before_any_work():
+    predictor = SimpleNamespace(
+        model=SimpleNamespace(text_context=None), precision=SimpleNamespace(precision="bf16")
+    )
+    with pytest.raises(ExportError, match="fp32"):
         check_exportable(predictor)
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg.export.graphs import ClassifierGraph, ImageEncoderGraph, TextEncoderGraph
+from ovseg.export.graphs import (
+    ClassifierGraph,
+    ImageEncoderGraph,
+    TextEncoderGraph,
+    learned_context,
+    reads_image_for_text,
+)
 
 FORMAT_VERSION = 1
 MIN_OPSET = 17
@@ -74,7 +80,8 @@ def export_image_encoder(model, path: Path, *, example_hw=(256, 320), opset=DEFA
 
 
 def export_classifier(model, path: Path, *, opset=DEFAULT_OPSET):
-    """Write ``classifier.onnx`` with dynamic numbers of classes and synonyms."""
+    """Write ``classifier.onnx`` with dynamic numbers of classes and synonyms (and a dynamic
+    dense map size when the text reads the image)."""
     queries, dim = model.transformer_decoder.query_feat.num_embeddings, model.backbone.embed_dim
     # 3 classes over 5 synonyms, padded with row 5 + 1 (the -inf column).
     text = torch.nn.functional.normalize(torch.randn(5, dim), dim=-1)
@@ -83,19 +90,29 @@ def export_classifier(model, path: Path, *, opset=DEFAULT_OPSET):
     k = torch.export.Dim("classes", min=1, max=100_000)
     s = torch.export.Dim("synonyms", min=1, max=1_000_000)
     m = torch.export.Dim("max_synonyms", min=1, max=1000)
+    args = (torch.randn(1, queries, dim), torch.randn(1, queries, dim), text, index, seen)
+    names = ["pred_embeds", "clip_embeds", "text", "synonym_index", "seen"]
+    dynamic = {
+        "pred_embeds": None,
+        "clip_embeds": None,
+        "text": {0: s},
+        "synonym_index": {0: k, 1: m},
+        "seen": {0: k},
+    }
+    if reads_image_for_text(model):
+        args += (torch.randn(1, model.backbone.dense_channels, 4, 6),)
+        names.append("clip_dense")
+        dynamic["clip_dense"] = {
+            2: torch.export.Dim("dense_height", min=2, max=MAX_SIDE_UNITS),
+            3: torch.export.Dim("dense_width", min=2, max=MAX_SIDE_UNITS),
+        }
     _onnx_export(
         ClassifierGraph(model).eval(),
-        (torch.randn(1, queries, dim), torch.randn(1, queries, dim), text, index, seen),
+        args,
         path,
-        input_names=["pred_embeds", "clip_embeds", "text", "synonym_index", "seen"],
+        input_names=names,
         output_names=["class_logits", "in_vocab_logits", "out_vocab_logits"],
-        dynamic_shapes={
-            "pred_embeds": None,
-            "clip_embeds": None,
-            "text": {0: s},
-            "synonym_index": {0: k, 1: m},
-            "seen": {0: k},
-        },
+        dynamic_shapes=dynamic,
         opset=opset,
     )
 
@@ -161,12 +178,17 @@ def check_export(model, folder: Path, *, check_hw=(192, 288), threads: int = 1) 
             "synonym_index": index,
             "seen": seen,
         }
+        if reads_image_for_text(model):
+            feeds["clip_dense"] = image_out[3]
         expected = ClassifierGraph(model)(*feeds.values())
         diffs = _max_differences(session("classifier"), feeds, list(expected))
         names = ["class_logits", "in_vocab_logits", "out_vocab_logits"]
         report.update(dict(zip(names, diffs, strict=True)))
         if (folder / "text_encoder.onnx").is_file():
-            tokens = model.backbone.tokenize(["a photo of a red star.", "grass", "a cat"])
+            texts = ["a photo of a red star.", "grass", "a cat"]
+            if learned_context(model):
+                texts = model.text_context.context.prompts(texts)
+            tokens = model.backbone.tokenize(texts)
             tokens = tokens[:, : int(tokens.argmax(-1).max()) + 1]
             expected = TextEncoderGraph(model)(tokens)
             report["text_embeddings"] = _max_differences(
@@ -200,7 +222,15 @@ def export_settings(predictor) -> dict:
             "out_vocab_weight_seen": model.alpha,
             "out_vocab_weight_unseen": model.beta,
         },
-        "templates": list(predictor.text_encoder.templates),
+        # A learned context replaces the templates: one prompt of N placeholder tokens, which
+        # the text encoder graph swaps for the context vectors.
+        "templates": (
+            model.text_context.context.prompts(["{}"])
+            if learned_context(model)
+            else list(predictor.text_encoder.templates)
+        ),
+        "learned_context": learned_context(model),
+        "text_reads_image": reads_image_for_text(model),
         "train_vocabulary": {
             "name": train.name,
             "classes": [list(c) for c in train.classes],
@@ -210,12 +240,7 @@ def export_settings(predictor) -> dict:
 
 
 def check_exportable(predictor) -> None:
-    """ExportError for what the graphs cannot carry yet."""
-    if predictor.model.text_context is not None:
-        raise ExportError(
-            "this model has a text_context (learned or image-adapted text), which the ONNX "
-            "graphs do not carry yet: export a model without text_context"
-        )
+    """ExportError for what the graphs cannot carry."""
     if predictor.precision.precision != "fp32":
         raise ExportError("export runs on the fp32 model: load it with precision='fp32'")
 
@@ -249,8 +274,10 @@ def export_onnx(
     runs the written graphs on another image size and random text, and a difference from
     PyTorch above ``tolerance`` is an ExportError (nothing is written). Returns the
     ``export.json`` settings, with the check's differences under ``check``.
-    Raises ExportError for an opset below 17, a model with a text context, or an ``out``
-    that is a file or a foreign folder.
+    A model's text context (:mod:`ovseg.modeling.text_context`) is carried: learned context
+    in the text encoder graph, the visual-context decoder and CDT in the classifier graph.
+    Raises ExportError for an opset below 17, a model not in fp32, or an ``out`` that is a
+    file or a foreign folder.
     """
     out = Path(out)
     if opset < MIN_OPSET:

@@ -169,6 +169,8 @@ class OnnxPredictor(PredictorBase):
             "synonym_index": self._classifier.synonym_index.numpy().astype(np.int64),
             "seen": self._seen.numpy().astype(bool),
         }
+        if self.settings.get("text_reads_image"):  # the text adapts to the image
+            feeds["clip_dense"] = features.clip_dense.numpy()
         outputs = self.sessions["classifier"].run(None, feeds)
         names = ("ensemble", "in_vocab", "out_vocab")
         return {n: torch.from_numpy(o[0]) for n, o in zip(names, outputs, strict=True)}
