@@ -38,6 +38,11 @@ def test_fit_writes_a_complete_4d_field(field, scene):
     for name in ("deformation.safetensors", "status.safetensors", "gaussians.safetensors",
                  "caption_embeddings.safetensors", "status_autoencoder.safetensors"):  # fmt: skip
         assert (field / name).is_file()
+    from safetensors.torch import load_file
+
+    gaussians = load_file(field / "gaussians.safetensors")  # Spacetime Gaussians by default
+    assert {"time_centres", "time_log_scales", "velocities"} <= set(gaussians)
+    assert meta["config"]["time_slices"] == 2
     texts = json.loads((field / "captions.json").read_text())["texts"]
     written = json.loads((scene / "captions.json").read_text())
     assert set(texts) == {s["caption"] for o in written["objects"] for s in o["states"]}

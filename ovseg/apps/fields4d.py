@@ -24,6 +24,10 @@ def add_fit4d_arguments(fit) -> None:
     group.add_argument("--captions", help="captions of the objects' states (default: "
                        "SCENE/captions.json when there); see ovseg.fields.captions")  # fmt: skip
     group.add_argument("--status-iterations", type=int, default=400)
+    group.add_argument("--time-slices", type=int, default=2,
+                       help="Spacetime Gaussians: start from this many copies of the points, "
+                       "each living in its share of the video (0: one canonical cloud that "
+                       "only the deformation network moves)")  # fmt: skip
     group.add_argument("--sentence-model", default="all-MiniLM-L6-v2",
                        help="sentence-transformers model for the captions")  # fmt: skip
 
@@ -66,7 +70,10 @@ def fit4d(args, predictor) -> int:
 
     if args.status_iterations < 1:
         raise ValueError("--status-iterations must be >= 1")
+    if args.time_slices < 0:
+        raise ValueError("--time-slices must be >= 0")
     cfg = Field4DConfig(
+        time_slices=args.time_slices,
         colour=colour_config(args.iterations),
         language=LatentFitConfig(iterations=args.language_iterations),
         status=LatentFitConfig(iterations=args.status_iterations),

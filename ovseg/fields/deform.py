@@ -11,6 +11,14 @@ coefficients) and the opacity logit. Its last layer starts at zero, so before tr
 scene is the canonical one at every time. The time-agnostic language latent stays with the
 canonical Gaussian: an object keeps its identity while it moves.
 
+A network that moves existing Gaussians cannot make an object appear, vanish or turn into
+another shape (a ring closing into a circle, a star that turns red): those need Gaussians
+that live for part of the video. :class:`SpacetimeCloud` gives each Gaussian a temporal
+centre and scale and a velocity (Spacetime Gaussians, Li et al., CVPR 2024: temporal radial
+basis opacity and polynomial motion, here of degree 1); the deformation network adds its
+smooth offsets on top. Densification splits a Gaussian in time as well as in space
+(:func:`split_in_time`), so each half can specialise to one state.
+
 The status network of 4D LangSplat (Li et al., CVPR 2025) gives each Gaussian a
 time-sensitive language feature: a softmax mixture, over time, of a few learned state
 prototypes per Gaussian (:class:`StatusField`), so a feature moves between a small number of
@@ -102,6 +110,65 @@ class DeformationField(nn.Module):
                 out[:, 13])  # fmt: skip
 
 
+class SpacetimeCloud(GaussianCloud):
+    """Gaussians with a life in time (Spacetime Gaussians, Li et al., CVPR 2024, eq. 3-4 with
+    a degree-1 motion): Gaussian i at normalised time t has the mean ``mu_i + v_i (t - c_i)``
+    and the opacity ``sigmoid(o_i) * exp(-((t - c_i) / s_i)^2 / 2)``.
+
+    Extra parameters: time_centres c (N,) in normalised time, time_log_scales log s (N,),
+    velocities v (N, 3) in world units per unit of normalised time. Build with
+    :meth:`from_cloud`."""
+
+    parameter_names = GaussianCloud.parameter_names + (
+        "time_centres", "time_log_scales", "velocities")  # fmt: skip
+
+    def __init__(self, means, log_scales, quaternions, opacity_logits, sh, latents=None,
+                 time_centres=None, time_log_scales=None, velocities=None) -> None:  # fmt: skip
+        super().__init__(means, log_scales, quaternions, opacity_logits, sh, latents)
+        n = len(self)
+        time_centres = torch.full((n,), 0.5) if time_centres is None else time_centres
+        time_log_scales = torch.zeros(n) if time_log_scales is None else time_log_scales
+        velocities = torch.zeros(n, 3) if velocities is None else velocities
+        for name, value, shape in (("time_centres", time_centres, (n,)),
+                                   ("time_log_scales", time_log_scales, (n,)),
+                                   ("velocities", velocities, (n, 3))):  # fmt: skip
+            if tuple(value.shape) != shape:
+                raise ValueError(f"SpacetimeCloud: {name} must be {shape}, got {tuple(value.shape)}")
+            setattr(self, name, nn.Parameter(value.float().clone()))
+
+    @classmethod
+    def from_cloud(cls, cloud: GaussianCloud, *, slices: int = 1) -> SpacetimeCloud:
+        """``cloud`` copied ``slices`` times, copy k living around time (k + 0.5) / slices with
+        the temporal scale 1 / slices (one slice: centre 0.5, scale 1, visible throughout:
+        opacity x 0.88 at both ends), at rest."""
+        if slices < 1:
+            raise ValueError(f"SpacetimeCloud.from_cloud: slices must be >= 1, got {slices}")
+        n = len(cloud)
+        tensors = [getattr(cloud, name).detach().repeat(slices, *[1] * (getattr(cloud, name).dim() - 1))
+                   for name in GaussianCloud.parameter_names]  # fmt: skip
+        centres = ((torch.arange(slices) + 0.5) / slices).repeat_interleave(n)
+        log_scales = torch.full((n * slices,), math.log(1.0 / slices))
+        return cls(*tensors, centres, log_scales, torch.zeros(n * slices, 3))
+
+    def temporal_opacity(self, time: float) -> torch.Tensor:
+        """(N,) the factor in (0, 1] of each Gaussian's opacity at ``time``."""
+        z = (time - self.time_centres) / self.time_log_scales.exp()
+        return torch.exp(-0.5 * z * z)
+
+
+def split_in_time(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Two children per Gaussian of ``params`` (a :class:`SpacetimeCloud`'s tensors): the
+    same in space, one centred half a temporal scale before the parent and one after, each
+    with half its temporal scale (their opacities sum to about the parent's)."""
+    children = {name: value.repeat(2, *[1] * (value.dim() - 1)) for name, value in params.items()}
+    n = params["time_centres"].shape[0]
+    half = params["time_log_scales"].exp() / 2
+    sign = torch.cat([-torch.ones(n), torch.ones(n)])
+    children["time_centres"] = params["time_centres"].repeat(2) + sign * half.repeat(2)
+    children["time_log_scales"] = (half.log()).repeat(2)
+    return children
+
+
 class StatusField(nn.Module):
     """4D LangSplat's status-deformable features: Gaussian i's time-sensitive feature at time
     t is sum_k w_ik(t) p_ik, with K learned prototypes p_i (N, K, C) per Gaussian and weights
@@ -142,11 +209,15 @@ class StatusField(nn.Module):
 
 class DeformedCloud:
     """The Gaussians of a canonical cloud at one time: what :func:`~ovseg.fields.rasterizer.
-    render` reads of a cloud (means, scales, quaternions, opacities, colours, latents)."""
+    render` reads of a cloud (means, scales, quaternions, opacities, colours, latents).
+    ``opacity_factor`` (N,) scales the opacities (a :class:`SpacetimeCloud`'s temporal
+    opacity)."""
 
-    def __init__(self, means, quaternions, log_scales, opacity_logits, sh, latents) -> None:
+    def __init__(self, means, quaternions, log_scales, opacity_logits, sh, latents,
+                 opacity_factor=None) -> None:  # fmt: skip
         self.means, self.quaternions, self.log_scales = means, quaternions, log_scales
         self.opacity_logits, self.sh, self.latents = opacity_logits, sh, latents
+        self.opacity_factor = opacity_factor
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -157,7 +228,8 @@ class DeformedCloud:
 
     @property
     def opacities(self) -> torch.Tensor:
-        return torch.sigmoid(self.opacity_logits)
+        opacities = torch.sigmoid(self.opacity_logits)
+        return opacities if self.opacity_factor is None else opacities * self.opacity_factor
 
     def colours(self, camera_centre: torch.Tensor) -> torch.Tensor:
         return view_colours(self.sh, self.means, camera_centre)
@@ -172,13 +244,17 @@ def deform(
 ) -> DeformedCloud:
     """``cloud`` at ``time`` (normalised to [0, 1]); ``latents`` (N, L) replaces the cloud's
     own latents in the result (a time-sensitive feature, or both concatenated). Without a
-    deformation the geometry is the canonical one."""
+    deformation the geometry is the canonical one; a :class:`SpacetimeCloud` also moves
+    with its velocities and fades with its temporal opacity."""
     means, quaternions, log_scales = cloud.means, cloud.quaternions, cloud.log_scales
-    opacity_logits, sh = cloud.opacity_logits, cloud.sh
+    opacity_logits, sh, factor = cloud.opacity_logits, cloud.sh, None
+    if isinstance(cloud, SpacetimeCloud):
+        means = means + cloud.velocities * (time - cloud.time_centres)[:, None]
+        factor = cloud.temporal_opacity(time)
     if deformation is not None:
         d_means, d_quaternions, d_log_scales, d_colour, d_opacity = deformation(cloud.means, time)
         means, quaternions = means + d_means, quaternions + d_quaternions
         log_scales, opacity_logits = log_scales + d_log_scales, opacity_logits + d_opacity
         sh = torch.cat([sh[:, :1] + d_colour[:, None], sh[:, 1:]], dim=1)
     return DeformedCloud(means, quaternions, log_scales, opacity_logits, sh,
-                         cloud.latents if latents is None else latents)  # fmt: skip
+                         cloud.latents if latents is None else latents, factor)  # fmt: skip

@@ -31,7 +31,7 @@ import torch
 
 from ovseg.fields.camera import Camera
 from ovseg.fields.captions import caption_at, check_objects, read_captions
-from ovseg.fields.deform import DeformationField, StatusField, deform
+from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform
 from ovseg.fields.field import (
     _autoencoder,
     _check_views_see_points,
@@ -45,7 +45,6 @@ from ovseg.fields.field import (
     run_stage,
 )
 from ovseg.fields.fit import (
-    PARAMETERS,
     DeformationFitConfig,
     FitConfig,
     LatentFitConfig,
@@ -68,6 +67,10 @@ class Field4DConfig:
 
     colour: FitConfig = field(default_factory=lambda: FitConfig(iterations=1500))
     deformation: DeformationFitConfig = field(default_factory=DeformationFitConfig)
+    # Spacetime Gaussians (temporal opacity, velocities; ovseg.fields.deform.SpacetimeCloud)
+    # starting as time_slices copies of the points; 0: one canonical cloud, moved by the
+    # deformation network alone
+    time_slices: int = 2
     deformation_width: int = 64
     deformation_depth: int = 3
     position_frequencies: int = 4
@@ -178,6 +181,8 @@ def fit_field4d(
 
     # (a) canonical Gaussians and the deformation network on RGB across time
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
+    if cfg.time_slices:
+        cloud = SpacetimeCloud.from_cloud(cloud, slices=cfg.time_slices)
     deformation = _deformation(cfg, scene)
     colour = timed("colour", lambda: fit_rgb(
         cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress,
@@ -208,7 +213,7 @@ def fit_field4d(
             scene_times, progress))  # fmt: skip
     from safetensors.torch import save_file
 
-    tensors = {name: getattr(cloud, name).detach().contiguous() for name in PARAMETERS}
+    tensors = {name: getattr(cloud, name).detach().contiguous() for name in cloud.parameter_names}
     atomic_write(out / "gaussians.safetensors", lambda tmp: save_file(tensors, tmp))
     _save_module(out / "deformation.safetensors", deformation)
     if status is not None:
@@ -325,7 +330,8 @@ class DynamicField:
         check_same_clip(folder, meta, predictor)
         cfg = meta["config"]
         tensors = load_file(folder / "gaussians.safetensors")
-        cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS)).eval()
+        kind = SpacetimeCloud if "time_centres" in tensors else GaussianCloud
+        cloud = kind(*(tensors[name] for name in kind.parameter_names)).eval()
         deformation_state = load_file(folder / "deformation.safetensors")
         deformation = DeformationField(
             deformation_state["encoding.centre"], float(deformation_state["encoding.extent"]),

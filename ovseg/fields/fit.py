@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.deform import DeformationField, StatusField, deform
+from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform, split_in_time
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write
 
-PARAMETERS = ("means", "log_scales", "quaternions", "opacity_logits", "sh", "latents")
+PARAMETERS = GaussianCloud.parameter_names  # a static cloud's tensors
 
 
 @dataclass
@@ -69,11 +69,20 @@ class LatentFitConfig:
 class DeformationFitConfig:
     """The deformation network's part of a dynamic RGB fit (Deformable 3D Gaussians' recipe:
     the canonical Gaussians alone for ``warm_up`` iterations, then the network too, its
-    learning rate x extent decayed exponentially from ``lr`` to ``lr_final``)."""
+    learning rate x extent decayed exponentially from ``lr`` to ``lr_final``). For a
+    :class:`~ovseg.fields.deform.SpacetimeCloud`, the learning rates of its temporal centres
+    (normalised time), temporal log-scales and velocities (x extent), and the temporal
+    scale above which a Gaussian chosen for densification is split in time
+    (:func:`~ovseg.fields.deform.split_in_time`) instead of in space; Gaussians that would
+    never be seen in [0, 1] (3 temporal scales away) are pruned."""
 
     warm_up: int = 150
     lr: float = 8e-4
     lr_final: float = 1.6e-6
+    lr_time_centres: float = 1e-3
+    lr_time_scales: float = 1e-2
+    lr_velocities: float = 1e-3
+    time_split_scale: float = 0.1
 
 
 @dataclass
@@ -117,7 +126,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     return value.mean()
 
 
-def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float) -> torch.optim.Adam:
+def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float,
+               dynamic: DeformationFitConfig | None = None) -> torch.optim.Adam:  # fmt: skip
     groups = [
         {"params": [cloud.means], "lr": cfg.lr_means * extent, "name": "means"},
         {"params": [cloud.sh], "lr": cfg.lr_sh, "name": "sh"},
@@ -125,6 +135,13 @@ def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float) -> torch.opt
         {"params": [cloud.log_scales], "lr": cfg.lr_scales, "name": "log_scales"},
         {"params": [cloud.quaternions], "lr": cfg.lr_quaternions, "name": "quaternions"},
     ]
+    if isinstance(cloud, SpacetimeCloud):
+        dynamic = dynamic or DeformationFitConfig()
+        groups += [
+            {"params": [cloud.time_centres], "lr": dynamic.lr_time_centres, "name": "time"},
+            {"params": [cloud.time_log_scales], "lr": dynamic.lr_time_scales, "name": "span"},
+            {"params": [cloud.velocities], "lr": dynamic.lr_velocities * extent, "name": "v"},
+        ]
     return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
 
@@ -156,6 +173,8 @@ def fit_rgb(
     ``deformation``: for a dynamic scene (every view has a time), the network that moves the
     canonical ``cloud`` over time, fitted with it (``deformation_cfg``, default
     :class:`DeformationFitConfig`).
+    A :class:`~ovseg.fields.deform.SpacetimeCloud` (dynamic scenes too) also fits its
+    temporal opacity and velocities, with or without a deformation network.
     Returns {"loss": mean loss of the last 50 iterations, "gaussians": final count,
     "iteration": where it stopped}."""
     from tqdm import tqdm
@@ -163,18 +182,20 @@ def fit_rgb(
     if not views:
         raise ValueError("fit_rgb: no training views")
     cfg_dict = asdict(cfg)
-    if deformation is not None:
+    spacetime = isinstance(cloud, SpacetimeCloud)
+    if deformation is not None or spacetime:
         deformation_cfg = deformation_cfg or DeformationFitConfig()
         cfg_dict["deformation"] = asdict(deformation_cfg)
         if any(v.time is None for v in views):
-            raise ValueError("fit_rgb: a deformation needs a time on every view")
+            raise ValueError("fit_rgb: a dynamic fit needs a time on every view")
+    if deformation is not None:
         deformation_optimizer = torch.optim.Adam(deformation.parameters(), lr=0.0, eps=1e-15)
     extent = scene_extent([v.camera for v in views])
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randint(len(views), (cfg.iterations,), generator=generator)
     state = _load_checkpoint(checkpoint, cloud, cfg_dict=cfg_dict)
     start = state.get("iteration", 0)
-    optimizer = _optimizer(cloud, cfg, extent)
+    optimizer = _optimizer(cloud, cfg, extent, deformation_cfg)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if deformation is not None and "deformation" in state:
@@ -198,6 +219,8 @@ def fit_rgb(
             for group in deformation_optimizer.param_groups:
                 group["lr"] = lr
             subject = deform(cloud, deformation, view.time)
+        elif spacetime:
+            subject = deform(cloud, None, view.time)
         out = render(subject, view.camera, background=torch.zeros(3))
         means2d = out["projection"].means2d
         means2d.retain_grad()
@@ -224,8 +247,9 @@ def fit_rgb(
             if cfg.densify_from <= step < cfg.densify_until and step % cfg.densify_every == 0:
                 # seeded by the step, so a resumed fit splits like an uninterrupted one
                 noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                _densify_and_prune(cloud, grad_sum / grad_count.clamp_min(1), cfg, extent, noise)
-                optimizer = _optimizer(cloud, cfg, extent)
+                _densify_and_prune(cloud, grad_sum / grad_count.clamp_min(1), cfg, extent, noise,
+                                   deformation_cfg)  # fmt: skip
+                optimizer = _optimizer(cloud, cfg, extent, deformation_cfg)
                 grad_sum = torch.zeros(len(cloud))
                 grad_count = torch.zeros(len(cloud))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", gaussians=len(cloud))
@@ -239,7 +263,7 @@ def fit_rgb(
             "gaussians": len(cloud), "iteration": end}  # fmt: skip
 
 
-def _densify_and_prune(cloud, mean_grad, cfg, extent, generator) -> None:
+def _densify_and_prune(cloud, mean_grad, cfg, extent, generator, dynamic=None) -> None:
     max_scale = cloud.scales.max(dim=1).values
     wanted = mean_grad > cfg.densify_grad
     room = cfg.max_gaussians - len(cloud)
@@ -248,10 +272,19 @@ def _densify_and_prune(cloud, mean_grad, cfg, extent, generator) -> None:
     elif int(wanted.sum()) > room:  # keep the largest gradients within the cap
         threshold = mean_grad[wanted].topk(room).values.min()
         wanted &= mean_grad >= threshold
+    params = {name: getattr(cloud, name).detach() for name in cloud.parameter_names}
+    in_time = torch.zeros_like(wanted)
+    if isinstance(cloud, SpacetimeCloud):  # long-lived ones split in time first
+        dynamic = dynamic or DeformationFitConfig()
+        in_time = wanted & (params["time_log_scales"].exp() > dynamic.time_split_scale)
+        wanted &= ~in_time
     clone = wanted & (max_scale <= cfg.percent_dense * extent)
     split = wanted & ~clone
-    params = {name: getattr(cloud, name).detach() for name in PARAMETERS}
     new = {name: value[clone] for name, value in params.items()}
+    if bool(in_time.any()):
+        children = split_in_time({name: value[in_time] for name, value in params.items()})
+        for name in cloud.parameter_names:
+            new[name] = torch.cat([new[name], children[name]])
     if bool(split.any()):
         from ovseg.fields.gaussians import quaternion_to_rotation
 
@@ -263,11 +296,15 @@ def _densify_and_prune(cloud, mean_grad, cfg, extent, generator) -> None:
                     for name, value in params.items()}  # fmt: skip
         children["means"] = samples
         children["log_scales"] = (scales / 1.6).log()
-        for name in PARAMETERS:
+        for name in cloud.parameter_names:
             new[name] = torch.cat([new[name], children[name]])
-    keep = ~split
+    keep = ~split & ~in_time
     keep &= cloud.opacities.detach() >= cfg.prune_opacity
     keep &= max_scale <= cfg.prune_scale * extent
+    if isinstance(cloud, SpacetimeCloud):  # never seen within the video
+        reach = 3 * params["time_log_scales"].exp()
+        centres = params["time_centres"]
+        keep &= (centres + reach >= 0) & (centres - reach <= 1)
     cloud.keep(keep)
     cloud.append(new)
 
@@ -304,7 +341,7 @@ def fit_latents(
     order = torch.randint(len(cameras), (cfg.iterations,), generator=generator)
     state = _load_checkpoint(checkpoint, cloud, cfg_dict=asdict(cfg))
     start = state.get("iteration", 0)
-    for name in PARAMETERS:
+    for name in cloud.parameter_names:
         getattr(cloud, name).requires_grad_(name == "latents" and status is None)
     frozen = [] if deformation is None else list(deformation.parameters())
     for parameter in frozen:
@@ -339,7 +376,7 @@ def fit_latents(
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
             extra = {} if status is None else {"status": status.state_dict()}
             _save_checkpoint(checkpoint, cloud, asdict(cfg), step, optimizer, losses, **extra)
-    for name in PARAMETERS:
+    for name in cloud.parameter_names:
         getattr(cloud, name).requires_grad_(True)
     for parameter in frozen:
         parameter.requires_grad_(True)
@@ -350,7 +387,8 @@ def _save_checkpoint(path, cloud, cfg_dict, iteration, optimizer, losses, **extr
     state = {
         "config": cfg_dict,
         "iteration": iteration,
-        "gaussians": {name: getattr(cloud, name).detach().clone() for name in PARAMETERS},
+        "gaussians": {name: getattr(cloud, name).detach().clone()
+                      for name in cloud.parameter_names},  # fmt: skip
         "optimizer": optimizer.state_dict(),
         "losses": losses,
         **extra,

@@ -82,6 +82,10 @@ class GaussianCloud(nn.Module):
     distance to the 3 nearest neighbours, opacity 0.1, identity rotation).
     """
 
+    # the per-Gaussian tensors, in the constructor's order (fits, densification, files)
+    parameter_names: tuple[str, ...] = (
+        "means", "log_scales", "quaternions", "opacity_logits", "sh", "latents")  # fmt: skip
+
     def __init__(
         self,
         means: torch.Tensor,
@@ -168,12 +172,13 @@ class GaussianCloud(nn.Module):
     def keep(self, mask: torch.Tensor) -> None:
         """Keep only the Gaussians where ``mask`` (N,) is True (new Parameters: rebuild the
         optimizer afterwards)."""
-        for name in ("means", "log_scales", "quaternions", "opacity_logits", "sh", "latents"):
+        for name in self.parameter_names:
             setattr(self, name, nn.Parameter(getattr(self, name).detach()[mask].clone()))
 
     def append(self, other: dict[str, torch.Tensor]) -> None:
-        """Add Gaussians given as a dict of the six parameter tensors (densification)."""
-        for name in ("means", "log_scales", "quaternions", "opacity_logits", "sh", "latents"):
+        """Add Gaussians given as a dict of the :attr:`parameter_names` tensors
+        (densification)."""
+        for name in self.parameter_names:
             merged = torch.cat([getattr(self, name).detach(), other[name].to(self.means)])
             setattr(self, name, nn.Parameter(merged))
 

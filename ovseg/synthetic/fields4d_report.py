@@ -82,9 +82,16 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
             segments_cache[index] = _segment_embedding_map(segment_map, embeddings)
         return segments_cache[index]
 
+    psnr = {"4d field": [], "3d field": []}
     for index in posed.split("test"):
         camera, t = posed.cameras[index], posed.times[index]
         truth = _truth(scene_dir, camera.name)
+        image = np.asarray(Image.open(posed.image_paths[index]).convert("RGB")) / 255.0
+        with torch.no_grad():
+            renders = {"4d field": field4d.render(camera, t)["rgb"],
+                       "3d field": field3d.render(camera)["rgb"]}  # fmt: skip
+        for method, rgb in renders.items():
+            psnr[method].append(_psnr(rgb.numpy(), image))
         classes = {}
         for object_id in np.unique(truth):
             thing = objects[int(object_id)]
@@ -155,7 +162,12 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
                         "iou_inside": float(np.mean(inside)),
                         "novel": not seen.get(objects[object_id]["category_from"], True),
                     })  # fmt: skip
-    return {"agnostic": agnostic, "sensitive": sensitive}
+    return {"agnostic": agnostic, "sensitive": sensitive, "psnr": psnr}
+
+
+def _psnr(image: np.ndarray, truth: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two (H, W, 3) images in [0, 1]."""
+    return float(-10 * np.log10(max(float(np.mean((image - truth) ** 2)), 1e-10)))
 
 
 def summarise(records: dict, seen: dict[str, bool]) -> dict:
@@ -172,6 +184,8 @@ def summarise(records: dict, seen: dict[str, bool]) -> dict:
             values = [r[key] for r in sensitive]
             row[key] = 100 * float(np.mean(values)) if values else float("nan")
         row["pairs"], row["queries"] = len(pairs), len(sensitive)
+        psnr = records.get("psnr", {}).get(method, [])
+        row["psnr"] = float(np.mean(psnr)) if psnr else float("nan")
         out[method] = row
     return out
 
@@ -244,7 +258,7 @@ def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None
     vocabulary = predictor.set_vocabulary("synthetic_world")
     base = {n.casefold() for n in predictor.train_vocabulary.names}
     seen = {name: name.casefold() in base for name in vocabulary.names}
-    records = {"agnostic": {m: [] for m in METHODS}, "sensitive": {m: [] for m in METHODS}}
+    records = {part: {m: [] for m in METHODS} for part in ("agnostic", "sensitive", "psnr")}
     fits4d, fits3d, renders = [], [], []
     for index in range(scenes):
         scene_dir = out / "world" / f"scene_{index:03d}"
@@ -260,7 +274,7 @@ def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None
         scene_records = score_scene(field4d, field3d, predictor, scene_dir, vocabulary, seen)
         for part in records:
             for method in METHODS:
-                records[part][method] += scene_records[part][method]
+                records[part][method] += scene_records[part].get(method, [])
         posed = field4d.scene()
         camera = posed.cameras[posed.split("test")[0]]
         field4d.render(camera, 0.5)
@@ -300,14 +314,16 @@ def markdown(report: dict) -> str:
         f"{report['scenes']} scene(s); novel classes: {', '.join(report['novel_classes'])}",
         "",
         "| method | time-agnostic mIoU base | novel | all | time-sensitive frame accuracy | "
-        "temporal IoU | mIoU inside the span | pairs / queries |",
-        "|---|---|---|---|---|---|---|---|",
+        "temporal IoU | mIoU inside the span | held-out PSNR (dB) | pairs / queries |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in report["summary"].items():
+        psnr = row.get("psnr", float("nan"))
+        psnr = "-" if np.isnan(psnr) else f"{psnr:.2f}"
         lines.append(
             f"| {method} | {row['mIoU_base']:.1f} | {row['mIoU_novel']:.1f} | "
             f"{row['mIoU_all']:.1f} | {row['frame_accuracy']:.1f} | {row['temporal_iou']:.1f} | "
-            f"{row['iou_inside']:.1f} | {row['pairs']} / {row['queries']} |"
+            f"{row['iou_inside']:.1f} | {psnr} | {row['pairs']} / {row['queries']} |"
         )
     stages = ", ".join(f"{k} {v:.1f}" for k, v in report["fit4d_stage_minutes"].items())
     lines += [
