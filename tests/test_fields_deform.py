@@ -94,19 +94,25 @@ def test_status_weights_are_a_mixture_and_features_lie_between_prototypes():
     assert bool(((features >= low - 1e-6) & (features <= high + 1e-6)).all())
 
 
+def _views_over_time(truth, times, *, offset=lambda t: 0.0, sh_sign=lambda t: 1.0):
+    """Views from :func:`_cameras` at ``times`` of ``truth`` with its means moved by
+    ``offset(t)`` and its colour coefficients multiplied by ``sh_sign(t)``."""
+    views = []
+    for time in times:
+        state = GaussianCloud(truth.means.detach() + offset(time), truth.log_scales.detach(),
+                              truth.quaternions.detach(), truth.opacity_logits.detach(),
+                              sh_sign(time) * truth.sh.detach())  # fmt: skip
+        for camera in _cameras():
+            with torch.no_grad():
+                image = render(state, camera, background=torch.zeros(3))["features"]
+            views.append(View(camera, image.clamp(0, 1), time))
+    return views
+
+
 def _moving_views(times, velocity=(0.35, 0.0, 0.0)):
     """Views of a cloud that slides along ``velocity`` (world units over t in [0, 1])."""
     truth = _cloud(seed=1)
-    views = []
-    for time in times:
-        moved = GaussianCloud(truth.means.detach() + time * torch.tensor(velocity),
-                              truth.log_scales.detach(), truth.quaternions.detach(),
-                              truth.opacity_logits.detach(), truth.sh.detach())  # fmt: skip
-        for camera in _cameras():
-            with torch.no_grad():
-                image = render(moved, camera, background=torch.zeros(3))["features"]
-            views.append(View(camera, image.clamp(0, 1), time))
-    return truth, views
+    return truth, _views_over_time(truth, times, offset=lambda t: t * torch.tensor(velocity))
 
 
 def test_a_dynamic_fit_follows_motion_that_a_static_fit_cannot():
@@ -248,15 +254,8 @@ def test_a_spacetime_fit_shows_a_change_of_state_that_a_static_fit_blurs(one_thr
     show their mean; temporal opacity lets each half of the Gaussians hold one state."""
     torch.manual_seed(0)
     truth = _cloud(seed=1)
-    views = []
-    for time in (0.0, 0.2, 0.8, 1.0):
-        sh = truth.sh.detach() if time < 0.5 else -truth.sh.detach()
-        state = GaussianCloud(truth.means.detach(), truth.log_scales.detach(),
-                              truth.quaternions.detach(), truth.opacity_logits.detach(), sh)  # fmt: skip
-        for camera in _cameras():
-            with torch.no_grad():
-                image = render(state, camera, background=torch.zeros(3))["features"]
-            views.append(View(camera, image.clamp(0, 1), time))
+    times = (0.0, 0.2, 0.8, 1.0)
+    views = _views_over_time(truth, times, sh_sign=lambda t: 1.0 if t < 0.5 else -1.0)
     cfg = FitConfig(iterations=400, densify_from=1000, densify_until=1000, seed=0)
     errors = {}
     for name in ("static", "spacetime"):

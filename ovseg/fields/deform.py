@@ -133,7 +133,9 @@ class SpacetimeCloud(GaussianCloud):
                                    ("time_log_scales", time_log_scales, (n,)),
                                    ("velocities", velocities, (n, 3))):  # fmt: skip
             if tuple(value.shape) != shape:
-                raise ValueError(f"SpacetimeCloud: {name} must be {shape}, got {tuple(value.shape)}")
+                raise ValueError(
+                    f"SpacetimeCloud: {name} must be {shape}, got {tuple(value.shape)}"
+                )
             setattr(self, name, nn.Parameter(value.float().clone()))
 
     @classmethod
@@ -144,8 +146,10 @@ class SpacetimeCloud(GaussianCloud):
         if slices < 1:
             raise ValueError(f"SpacetimeCloud.from_cloud: slices must be >= 1, got {slices}")
         n = len(cloud)
-        tensors = [getattr(cloud, name).detach().repeat(slices, *[1] * (getattr(cloud, name).dim() - 1))
-                   for name in GaussianCloud.parameter_names]  # fmt: skip
+        tensors = []
+        for name in GaussianCloud.parameter_names:
+            value = getattr(cloud, name).detach()
+            tensors.append(value.repeat(slices, *[1] * (value.dim() - 1)))
         centres = ((torch.arange(slices) + 0.5) / slices).repeat_interleave(n)
         log_scales = torch.full((n * slices,), math.log(1.0 / slices))
         return cls(*tensors, centres, log_scales, torch.zeros(n * slices, 3))

@@ -387,8 +387,9 @@ def _save_checkpoint(path, cloud, cfg_dict, iteration, optimizer, losses, **extr
     state = {
         "config": cfg_dict,
         "iteration": iteration,
-        "gaussians": {name: getattr(cloud, name).detach().clone()
-                      for name in cloud.parameter_names},  # fmt: skip
+        "gaussians": {
+            name: getattr(cloud, name).detach().clone() for name in cloud.parameter_names
+        },  # fmt: skip
         "optimizer": optimizer.state_dict(),
         "losses": losses,
         **extra,
