@@ -107,3 +107,16 @@ def test_segment_maps_and_captions_name_the_same_objects(scene_dir):
         assert [s.caption for s in captions[stuff["id"]]] == [stuff["category"]]
     for spans in captions.values():
         assert caption_at(spans, 0.0) is not None and caption_at(spans, 1.0) is not None
+
+
+def test_the_bench_figure_queries_a_changing_thing_by_its_first_class(scene_dir):
+    from ovseg.fields.captions import read_captions
+    from ovseg.synthetic.fields4d_report import figure_queries
+
+    state, phrase = figure_queries(scene_dir)
+    objects = {o["id"]: o for o in json.loads((scene_dir / "scene.json").read_text())["objects"]}
+    captions = read_captions(scene_dir / "captions.json")
+    changing = [k for k, spans in captions.items() if len(spans) > 1 and spans[1].caption == state]
+    assert changing, state
+    assert phrase == world4d.category_at(objects[changing[0]], 0.0)
+    assert phrase in captions[changing[0]][0].caption  # "a black ring" names the ring

@@ -190,6 +190,18 @@ def summarise(records: dict, seen: dict[str, bool]) -> dict:
     return out
 
 
+def figure_queries(scene_dir: Path) -> tuple[str, str]:
+    """The figure's queries: the first later state of a thing that changes (its caption) and
+    that thing's class at the start (a time-agnostic phrase that holds until it changes)."""
+    from ovseg.fields.captions import read_captions
+    from ovseg.synthetic.world4d import category_at
+
+    objects = {o["id"]: o for o in json.loads((scene_dir / "scene.json").read_text())["objects"]}
+    captions = read_captions(scene_dir / "captions.json")
+    object_id, spans = next((k, v) for k, v in captions.items() if len(v) > 1)
+    return spans[1].caption, category_at(objects[object_id], 0.0)
+
+
 def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None:
     """A held-out camera at three times: the true frame, the 4D render, the time-agnostic
     heat map of ``phrase`` and the time-sensitive mask of ``state``."""
@@ -283,12 +295,7 @@ def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None
             field4d.render(camera, float(t))
         renders.append((time.perf_counter() - start) / 5)
         if index == 0:
-            from ovseg.fields.captions import read_captions
-
-            first = read_captions(scene_dir / "captions.json")
-            state = next(s.caption for spans in first.values() if len(spans) > 1
-                         for s in spans[1:])  # fmt: skip
-            figure(field4d, scene_dir, out / "figure.png", state, "grass")
+            figure(field4d, scene_dir, out / "figure.png", *figure_queries(scene_dir))
     report = {
         "scenes": scenes,
         "summary": summarise(records, seen),
