@@ -233,3 +233,18 @@ def test_unknown_levels_are_refused_before_anything_runs(scene, tmp_path, capsys
     assert main(["fit", str(scene), "--out", str(tmp_path / "f"), *FIT, "--levels", "tiny"]) == 2
     assert "--levels: unknown" in _one_line_error(capsys)
     assert not (tmp_path / "f").exists()
+
+
+def test_the_language_iterations_default_to_visits_of_the_training_views(
+    scene, tmp_path, monkeypatch
+):
+    import ovseg.fields.fit
+
+    asked = []
+    monkeypatch.setattr(ovseg.fields.fit, "language_iterations",
+                        lambda views: asked.append(views) or 7)  # fmt: skip
+    out = tmp_path / "field"
+    assert main(["fit", str(scene), "--out", str(out), "--model", "synthetic_tiny",
+                 "--iterations", "2", "--no-progress"]) == 0  # fmt: skip
+    meta = json.loads((out / "field.json").read_text())
+    assert asked == [3] and meta["config"]["language"]["iterations"] == 7

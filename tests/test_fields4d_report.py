@@ -52,6 +52,60 @@ def test_psnr_of_known_images():
     assert _psnr(truth, truth) == pytest.approx(100.0)  # floored, not infinite
 
 
+def _scene_record(settings, iou, seconds):
+    return {
+        "settings": settings,
+        "records": {"agnostic": {"4d field": [["circle", iou]], "3d field": [], "2d masks": []},
+                    "sensitive": {"4d field": [_record(1.0, 1.0, iou)], "3d field": [],
+                                  "2d masks": []},
+                    "psnr": {"4d field": [20.0], "3d field": []}},
+        "seen": {"circle": True, "star": False},
+        "fit4d_timings_s": {"colour": seconds, "status": 60.0},
+        "fit3d_timings_s": {"colour": 30.0},
+        "gaussians": 100,
+        "render_frame_seconds": 0.5,
+        "peak_rss_mib": seconds,
+        "threads": 1,
+    }  # fmt: skip
+
+
+def test_the_bench_gathers_scenes_scored_apart_and_refits_a_scene_scored_otherwise(
+    tmp_path, monkeypatch
+):
+    """Scenes scored by separate processes (--scene K) are read back, not refitted, when their
+    settings match; a record made with other settings is recomputed."""
+    import json
+
+    import ovseg.synthetic.world4d as world4d
+    from ovseg.fields.field import FieldConfig
+    from ovseg.fields.field4d import Field4DConfig
+    from ovseg.synthetic.fields4d_report import run
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("refitted a scene that was already scored")
+
+    monkeypatch.setattr(world4d, "write_scene4d", no_fitting)
+    monkeypatch.setattr("ovseg.predictor.OVSegPredictor.from_pretrained", no_fitting)
+    cfg, cfg3d = Field4DConfig(), FieldConfig()
+    settings = {"seed": 0, "world": {"steps": 5}, "fields4d": cfg.to_dict(),
+                "fields3d": cfg3d.to_dict()}  # fmt: skip
+    (tmp_path / "scores").mkdir()
+    for index, (iou, seconds) in enumerate([(0.2, 120.0), (0.6, 240.0)]):
+        record = _scene_record(settings, iou, seconds)
+        (tmp_path / "scores" / f"scene_{index:03d}.json").write_text(json.dumps(record))
+    (tmp_path / "figure.png").write_bytes(b"png")
+    report = run(tmp_path, scenes=2, cfg=cfg, cfg3d=cfg3d, world={"steps": 5})
+    row = report["summary"]["4d field"]
+    assert row["mIoU_base"] == pytest.approx(40.0) and row["pairs"] == 2
+    assert row["iou_inside"] == pytest.approx(40.0) and row["queries"] == 2
+    assert report["fit4d_minutes"] == pytest.approx([3.0, 5.0])
+    assert report["fit4d_stage_minutes"]["colour"] == pytest.approx(3.0)
+    assert report["peak_rss_mib"] == 240.0 and report["novel_classes"] == ["star"]
+    assert "| 4d field | 40.0 |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(AssertionError, match="refitted"):  # another world: scene 0 is redone
+        run(tmp_path, scenes=2, cfg=cfg, cfg3d=cfg3d, world={"steps": 6})
+
+
 @pytest.mark.slow
 def test_the_quick_4d_bench_runs_and_writes_its_report(tmp_path):
     from ovseg.apps.bench_fields4d import main

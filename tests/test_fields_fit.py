@@ -105,3 +105,14 @@ def test_ssim_is_one_for_equal_images_and_lower_for_noise():
     assert float(ssim(image, image)) == pytest.approx(1.0, abs=1e-6)
     noisy = (image + 0.2 * torch.randn_like(image)).clamp(0, 1)
     assert float(ssim(image, noisy)) < 0.9
+
+
+def test_the_language_iterations_visit_each_training_view_about_eleven_times():
+    from ovseg.fields.fit import language_iterations
+
+    assert language_iterations(24) == 300  # the 3D world: the floor
+    assert language_iterations(90) == 1000  # the 4D bench: 990 rounded up
+    assert language_iterations(108) == 1200
+    assert language_iterations(90, visits=2, minimum=100) == 200
+    with pytest.raises(ValueError, match="training view"):
+        language_iterations(0)

@@ -45,7 +45,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
     add_model_arguments(fit)
     fit.add_argument("--iterations", type=int, default=600, help="colour-fit iterations")
-    fit.add_argument("--language-iterations", type=int, default=300)
+    fit.add_argument("--language-iterations", type=int,
+                     help="language-fit iterations (default: about 11 visits to each training "
+                     "view, at least 300)")  # fmt: skip
     fit.add_argument("--scale", type=float, default=1.0, help="fit the views at this scale")
     fit.add_argument(
         "--mask-vocabulary",
@@ -118,13 +120,17 @@ def _world4d(args) -> int:
 def _fit(args) -> int:
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.fields.field import FieldConfig, fit_field
-    from ovseg.fields.fit import LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig, language_iterations
     from ovseg.fields.posed_images import load_posed_images
 
-    if args.iterations < 1 or args.language_iterations < 1 or not 0 < args.scale <= 1:
+    language = args.language_iterations
+    if args.iterations < 1 or (language is not None and language < 1) or not 0 < args.scale <= 1:
         raise ValueError("--iterations and --language-iterations >= 1, 0 < --scale <= 1, please")
     _levels(args.levels)
-    dynamic = load_posed_images(args.scene).times is not None  # a bad scene fails first
+    scene = load_posed_images(args.scene)  # a bad scene fails first
+    dynamic = scene.times is not None
+    if language is None:
+        args.language_iterations = language_iterations(len(scene.split("train")))
     if not dynamic and args.captions:
         raise ValueError("--captions is for dynamic scenes (frames with times); this one has none")
     if dynamic and args.levels != "panoptic":

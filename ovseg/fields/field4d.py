@@ -376,9 +376,10 @@ class DynamicField:
         if self.status is not None:
             latents.append(self.status(self.cloud.means, t))
         subject = deform(self.cloud, self.deformation, t, latents=torch.cat(latents, dim=1))
-        features = render(subject, camera, what="rgb+latent")["features"]
-        L = self.cloud.latents.shape[1]
-        out = {"rgb": features[..., :3].clamp(0, 1), "latent": features[..., 3 : 3 + L]}
+        rendered = render(subject, camera, what="rgb+latent")
+        features, L = rendered["features"], self.cloud.latents.shape[1]
+        out = {"rgb": features[..., :3].clamp(0, 1), "latent": features[..., 3 : 3 + L],
+               "alpha": rendered["alpha"]}  # fmt: skip
         if self.status is not None:
             out["status"] = features[..., 3 + L :]
         return out
@@ -401,13 +402,17 @@ class DynamicField:
         return self._sentences.encode(phrases), self._canonical["sentence"]
 
     @torch.no_grad()
-    def relevancy(self, camera: Camera, scene_time: float, phrases: list[str]) -> torch.Tensor:
+    def relevancy(self, camera: Camera, scene_time: float, phrases: list[str], *,
+                  rendered: dict | None = None) -> torch.Tensor:  # fmt: skip
         """Time-agnostic relevancy (P, H, W) in (0, 1) at ``scene_time`` (LangSplat's ratio
-        against the canonical phrases on the decoded CLIP latent; > 0.5 relevant)."""
+        against the canonical phrases on the decoded CLIP latent; > 0.5 relevant).
+        ``rendered``: this camera's :meth:`render` at that time, when the caller has it (saves
+        a render)."""
         from ovseg.heatmap import check_phrases
 
         phrases = check_phrases(phrases)
-        latent = self.render(camera, scene_time)["latent"]
+        rendered = rendered if rendered is not None else self.render(camera, scene_time)
+        latent = rendered["latent"]
         return latent_relevancy(self.autoencoder, latent, *self._clip_text(phrases))
 
     @torch.no_grad()

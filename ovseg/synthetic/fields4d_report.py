@@ -87,22 +87,19 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
         camera, t = posed.cameras[index], posed.times[index]
         truth = _truth(scene_dir, camera.name)
         image = np.asarray(Image.open(posed.image_paths[index]).convert("RGB")) / 255.0
-        with torch.no_grad():
-            renders = {"4d field": field4d.render(camera, t)["rgb"],
-                       "3d field": field3d.render(camera)["rgb"]}  # fmt: skip
-        for method, rgb in renders.items():
-            psnr[method].append(_psnr(rgb.numpy(), image))
         classes = {}
         for object_id in np.unique(truth):
             thing = objects[int(object_id)]
             category = category_at(thing, t) if thing["isthing"] else thing["category"]
             classes.setdefault(category, []).append(int(object_id))
         present = sorted(classes)
-        with torch.no_grad():
-            maps = {
-                "4d field": field4d.relevancy(camera, t, present),
-                "3d field": field3d.relevancy(camera, present)["relevancy"],
-            }
+        with torch.no_grad():  # one render per field serves PSNR and relevancy
+            rendered4d = field4d.render(camera, t)
+            answer3d = field3d.relevancy(camera, present)
+            maps = {"4d field": field4d.relevancy(camera, t, present, rendered=rendered4d),
+                    "3d field": answer3d["relevancy"]}  # fmt: skip
+            psnr["4d field"].append(_psnr(rendered4d["rgb"].numpy(), image))
+            psnr["3d field"].append(_psnr(answer3d["rgb"].numpy(), image))
             text = encoder.encode_texts(present).float().cpu()
             maps["2d masks"] = _relevancy_of_embeddings(two_d(index), text, canonical)
         for number, category in enumerate(present):
@@ -254,10 +251,16 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None,
-        world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
-    """World, 4D and 3D fits (resumable), scores, timings -> OUT/report.json, report.md,
-    figure.png; returns the report."""
+def _score_path(out: Path, index: int) -> Path:
+    return out / "scores" / f"scene_{index:03d}.json"
+
+
+def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=None,
+              world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Scene ``index``: its world, 4D and 3D fits (resumable), scores and timings ->
+    OUT/scores/scene_K.json (the figure too for scene 0); returns that record. A record made
+    with the same settings is read back, not recomputed, so scenes can run in separate
+    processes (or machines sharing OUT) and :func:`run` then only gathers them."""
     from ovseg.fields.field import FieldConfig, LanguageField, fit_field
     from ovseg.fields.field4d import DynamicField, Field4DConfig, fit_field4d
     from ovseg.fileio import write_text_atomic
@@ -266,49 +269,81 @@ def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None
 
     out = Path(out)
     cfg, cfg3d = cfg or Field4DConfig(), cfg3d or FieldConfig()
+    settings = {"seed": seed, "world": world or {}, "fields4d": cfg.to_dict(),
+                "fields3d": cfg3d.to_dict()}  # fmt: skip
+    scene_dir = out / "world" / f"scene_{index:03d}"
+    path = _score_path(out, index)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record["settings"] == settings and (index or (out / "figure.png").is_file()):
+            return record
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
     vocabulary = predictor.set_vocabulary("synthetic_world")
     base = {n.casefold() for n in predictor.train_vocabulary.names}
     seen = {name: name.casefold() in base for name in vocabulary.names}
+    if not (scene_dir / "scene.json").is_file():
+        write_scene4d(scene_dir, seed, index, progress=progress, **(world or {}))
+    fit4d = fit_field4d(scene_dir, out / "fields4d" / f"scene_{index:03d}", predictor, cfg,
+                        progress=progress)  # fmt: skip
+    fit3d = fit_field(scene_dir, out / "fields3d" / f"scene_{index:03d}", predictor, cfg3d,
+                      progress=progress)  # fmt: skip
+    field4d = DynamicField.load(out / "fields4d" / f"scene_{index:03d}", predictor)
+    field3d = LanguageField.load(out / "fields3d" / f"scene_{index:03d}", predictor)
+    predictor.set_vocabulary("synthetic_world")
+    records = score_scene(field4d, field3d, predictor, scene_dir, vocabulary, seen)
+    posed = field4d.scene()
+    camera = posed.cameras[posed.split("test")[0]]
+    field4d.render(camera, 0.5)
+    start = time.perf_counter()
+    for t in np.linspace(0, 1, 5):
+        field4d.render(camera, float(t))
+    record = {
+        "settings": settings,
+        "records": records,
+        "seen": seen,
+        "fit4d_timings_s": fit4d["timings_s"],
+        "fit3d_timings_s": fit3d["timings_s"],
+        "gaussians": fit4d["gaussians"],
+        "render_frame_seconds": (time.perf_counter() - start) / 5,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+    if index == 0:
+        figure(field4d, scene_dir, out / "figure.png", *figure_queries(scene_dir))
+    write_text_atomic(path, json.dumps(record))
+    return record
+
+
+def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None,
+        world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Scenes 0 .. ``scenes`` - 1 (:func:`run_scene`, each resumable) gathered ->
+    OUT/report.json, report.md, figure.png (scene 0); returns the report."""
+    from ovseg.fileio import write_text_atomic
+
+    out = Path(out)
+    scene_records = [run_scene(out, index, seed=seed, cfg=cfg, cfg3d=cfg3d, world=world,
+                               progress=progress) for index in range(scenes)]  # fmt: skip
+    seen = scene_records[0]["seen"]
     records = {part: {m: [] for m in METHODS} for part in ("agnostic", "sensitive", "psnr")}
-    fits4d, fits3d, renders = [], [], []
-    for index in range(scenes):
-        scene_dir = out / "world" / f"scene_{index:03d}"
-        if not (scene_dir / "scene.json").is_file():
-            write_scene4d(scene_dir, seed, index, progress=progress, **(world or {}))
-        fits4d.append(fit_field4d(scene_dir, out / "fields4d" / f"scene_{index:03d}", predictor,
-                                  cfg, progress=progress))  # fmt: skip
-        fits3d.append(fit_field(scene_dir, out / "fields3d" / f"scene_{index:03d}", predictor,
-                                cfg3d, progress=progress))  # fmt: skip
-        field4d = DynamicField.load(out / "fields4d" / f"scene_{index:03d}", predictor)
-        field3d = LanguageField.load(out / "fields3d" / f"scene_{index:03d}", predictor)
-        predictor.set_vocabulary("synthetic_world")
-        scene_records = score_scene(field4d, field3d, predictor, scene_dir, vocabulary, seen)
+    for scene in scene_records:
         for part in records:
             for method in METHODS:
-                records[part][method] += scene_records[part].get(method, [])
-        posed = field4d.scene()
-        camera = posed.cameras[posed.split("test")[0]]
-        field4d.render(camera, 0.5)
-        start = time.perf_counter()
-        for t in np.linspace(0, 1, 5):
-            field4d.render(camera, float(t))
-        renders.append((time.perf_counter() - start) / 5)
-        if index == 0:
-            figure(field4d, scene_dir, out / "figure.png", *figure_queries(scene_dir))
+                records[part][method] += scene["records"][part].get(method, [])
+    stages = scene_records[0]["fit4d_timings_s"]
     report = {
         "scenes": scenes,
         "summary": summarise(records, seen),
-        "fit4d_minutes": [sum(m["timings_s"].values()) / 60 for m in fits4d],
+        "fit4d_minutes": [sum(r["fit4d_timings_s"].values()) / 60 for r in scene_records],
         "fit4d_stage_minutes": {
-            k: float(np.mean([m["timings_s"][k] for m in fits4d])) / 60
-            for k in fits4d[0]["timings_s"]
+            k: float(np.mean([r["fit4d_timings_s"][k] for r in scene_records])) / 60 for k in stages
         },  # fmt: skip
-        "fit3d_minutes": [sum(m["timings_s"].values()) / 60 for m in fits3d],
-        "gaussians": [m["gaussians"] for m in fits4d],
-        "render_frame_seconds": float(np.mean(renders)),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
+        "fit3d_minutes": [sum(r["fit3d_timings_s"].values()) / 60 for r in scene_records],
+        "gaussians": [r["gaussians"] for r in scene_records],
+        "render_frame_seconds": float(
+            np.mean([r["render_frame_seconds"] for r in scene_records])
+        ),  # fmt: skip
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in scene_records),
+        "threads": max(r["threads"] for r in scene_records),
         "novel_classes": sorted(n for n, s in seen.items() if not s),
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
