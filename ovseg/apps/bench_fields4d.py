@@ -4,7 +4,7 @@ encoder: time-agnostic mIoU and time-sensitive frame accuracy, temporal IoU and 
 the true span on held-out cameras and times, next to a static 3D field and ovseg on each
 frame (2D); fit and render times (ovseg.synthetic.fields4d_report).
 
-    ovseg bench-fields4d --out runs/fields4d-bench            # 1 scene
+    ovseg bench-fields4d --out runs/fields4d-bench            # scene 0 (--scenes N: more)
     ovseg bench-fields4d --out runs/fields4d-quick --quick    # a small check, a few minutes
     ovseg bench-fields4d --out runs/f4 --scene 1 &            # scenes side by side ...
     ovseg bench-fields4d --out runs/f4 --scene 2 &
