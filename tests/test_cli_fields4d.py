@@ -85,6 +85,34 @@ def test_a_query_time_outside_the_video_is_refused(field, tmp_path, capsys):
     assert err[-1] == "error: time 1.5 is outside the video (0 to 1)"
 
 
+def test_a_time_range_picks_the_frames_inside_it(field, tmp_path, capsys):
+    out = tmp_path / "q"
+    code = main(["query", str(field), "--state", "a blue star", "--time-range", "0.25", "1",
+                 "--out", str(out), "--model", "synthetic_tiny"])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "c02_state1_a-blue-star.json").read_text())
+    assert record["times"] == [0.5, 1.0]  # the frames at 0.5 and 1, not the one at 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--time-range", "0.8", "0.2"], "error: --time-range 0.8 0.2: the start is after the end"),
+        (["--time-range", "0.5", "2"], "error: time 2 is outside the video (0 to 1)"),
+        (["--time-range", "0.6", "0.9"],
+         "error: no frame between 0.6 and 0.9; the frames are at 0, 0.5, 1"),
+        (["--time", "0.5", "--time-range", "0", "1"],
+         "error: --time and --time-range: give one of them"),
+    ],
+)  # fmt: skip
+def test_a_bad_time_range_is_refused_in_one_line(field, tmp_path, capsys, extra, message):
+    out = tmp_path / "q"
+    code = main(["query", str(field), "--text", "grass", *extra, "--out", str(out),
+                 "--model", "synthetic_tiny"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
 def test_a_query_needs_a_text_or_a_state(field, tmp_path, capsys):
     assert main(["query", str(field), "--out", str(tmp_path / "a"), "--model",
                  "synthetic_tiny"]) == 2  # fmt: skip

@@ -37,6 +37,9 @@ def add_query4d_arguments(query) -> None:
     group.add_argument("--time", type=float, action="append",
                        help="a time in the scene's unit (repeatable; default: every frame "
                        "time of the scene)")  # fmt: skip
+    group.add_argument("--time-range", type=float, nargs=2, metavar=("START", "END"),
+                       help="the scene's frame times from START to END (both inside the "
+                       "video), instead of --time")  # fmt: skip
     group.add_argument("--state", action="append",
                        help="a time-sensitive query ('a red star'): the frames where it holds "
                        "and its masks there (repeatable)")  # fmt: skip
@@ -99,6 +102,8 @@ def query4d(args, predictor, phrases: list[str]) -> int:
     scene = field.scene()
     states = check_phrases(args.state) if args.state else []
     times = args.time or sorted(set(scene.times))
+    if args.time_range is not None:
+        times = _times_in_range(field, scene, args.time, args.time_range)
     for t in times:
         field.normalise(t)  # a time outside the video fails before anything is written
     # a camera by its id (its pose at its first frame) or by a frame's name
@@ -126,6 +131,23 @@ def query4d(args, predictor, phrases: list[str]) -> int:
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
     print(f"wrote {written} files for {len(names)} view(s) and {len(times)} time(s) to {out}")
     return 0
+
+
+def _times_in_range(field, scene, times, time_range) -> list[float]:
+    """The scene's frame times in [start, end]; ValueError with --time, for a reversed range,
+    an end outside the video, or a range with no frame in it."""
+    if times:
+        raise ValueError("--time and --time-range: give one of them")
+    start, end = time_range
+    if start > end:
+        raise ValueError(f"--time-range {start:g} {end:g}: the start is after the end")
+    for t in (start, end):
+        field.normalise(t)
+    inside = sorted({t for t in scene.times if start <= t <= end})
+    if not inside:
+        frames = ", ".join(f"{t:g}" for t in sorted(set(scene.times)))
+        raise ValueError(f"no frame between {start:g} and {end:g}; the frames are at {frames}")
+    return inside
 
 
 def _slug(text: str) -> str:
