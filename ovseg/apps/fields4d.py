@@ -122,10 +122,11 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         camera = by_name[name]
         if args.size is not None:
             camera = camera.scaled(args.size / camera.width)
-        renders = [_rgb(field.render(camera, t)["rgb"]) for t in times]
+        rendered = [field.render(camera, t) for t in times]  # one render a time serves all
+        renders = [_rgb(r["rgb"]) for r in rendered]
         for number, phrase in enumerate(phrases, 1):
             stem = out / f"{name}_{number}{_slug(phrase)}"
-            written += _agnostic_outputs(field, camera, times, renders, phrase, stem, args.video)
+            written += _agnostic_outputs(field, camera, times, rendered, phrase, stem, args.video)
         for number, state in enumerate(states, 1):
             stem = out / f"{name}_state{number}{_slug(state)}"
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
@@ -171,7 +172,7 @@ def _save_png(path: Path, picture) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _agnostic_outputs(field, camera, times, renders, phrase, stem: Path, video: bool) -> int:
+def _agnostic_outputs(field, camera, times, rendered, phrase, stem: Path, video: bool) -> int:
     """Per time a heat map and a mask (relevancy > 0.5) of ``phrase``; with ``video`` an MP4
     of the heat maps. Returns the number of files written."""
     import numpy as np
@@ -179,8 +180,9 @@ def _agnostic_outputs(field, camera, times, renders, phrase, stem: Path, video: 
     from ovseg.visualize import draw_heatmap
 
     pictures = []
-    for t, rgb in zip(times, renders, strict=True):
-        scores = field.relevancy(camera, t, [phrase])[0].numpy()
+    for t, render in zip(times, rendered, strict=True):
+        scores = field.relevancy(camera, t, [phrase], rendered=render)[0].numpy()
+        rgb = _rgb(render["rgb"])
         picture = draw_heatmap(rgb, scores, phrase, note=f"t = {t:g}")
         pictures.append(np.asarray(picture))
         _save_png(stem.with_name(f"{stem.name}_t{t:g}_heatmap.png"), picture)
