@@ -126,7 +126,8 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         renders = [_rgb(r["rgb"]) for r in rendered]
         for number, phrase in enumerate(phrases, 1):
             stem = out / f"{name}_{number}{_slug(phrase)}"
-            written += _agnostic_outputs(field, camera, times, rendered, phrase, stem, args.video)
+            written += _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem,
+                                         args.video)  # fmt: skip
         for number, state in enumerate(states, 1):
             stem = out / f"{name}_state{number}{_slug(state)}"
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
@@ -172,17 +173,18 @@ def _save_png(path: Path, picture) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _agnostic_outputs(field, camera, times, rendered, phrase, stem: Path, video: bool) -> int:
-    """Per time a heat map and a mask (relevancy > 0.5) of ``phrase``; with ``video`` an MP4
-    of the heat maps. Returns the number of files written."""
+def _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem: Path,
+                      video: bool) -> int:  # fmt: skip
+    """Per time a heat map and a mask (relevancy > 0.5) of ``phrase`` (``rendered``: the
+    field's renders, ``renders`` their RGB as uint8); with ``video`` an MP4 of the heat maps.
+    Returns the number of files written."""
     import numpy as np
 
     from ovseg.visualize import draw_heatmap
 
     pictures = []
-    for t, render in zip(times, rendered, strict=True):
+    for t, render, rgb in zip(times, rendered, renders, strict=True):
         scores = field.relevancy(camera, t, [phrase], rendered=render)[0].numpy()
-        rgb = _rgb(render["rgb"])
         picture = draw_heatmap(rgb, scores, phrase, note=f"t = {t:g}")
         pictures.append(np.asarray(picture))
         _save_png(stem.with_name(f"{stem.name}_t{t:g}_heatmap.png"), picture)

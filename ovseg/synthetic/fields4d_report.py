@@ -251,10 +251,6 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def _score_path(out: Path, index: int) -> Path:
-    return out / "scores" / f"scene_{index:03d}.json"
-
-
 def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=None,
               world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
     """Scene ``index``: its world, 4D and 3D fits (resumable), scores and timings ->
@@ -271,10 +267,11 @@ def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=Non
     cfg, cfg3d = cfg or Field4DConfig(), cfg3d or FieldConfig()
     settings = {"seed": seed, "world": world or {}, "fields4d": cfg.to_dict(),
                 "fields3d": cfg3d.to_dict()}  # fmt: skip
-    scene_dir = out / "world" / f"scene_{index:03d}"
-    path = _score_path(out, index)
+    name = f"scene_{index:03d}"
+    scene_dir, path = out / "world" / name, out / "scores" / f"{name}.json"
     if path.is_file():
         record = json.loads(path.read_text())
+        # scene 0 also draws the figure: redone when the figure is missing
         if record["settings"] == settings and (index or (out / "figure.png").is_file()):
             return record
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
@@ -283,12 +280,11 @@ def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=Non
     seen = {name: name.casefold() in base for name in vocabulary.names}
     if not (scene_dir / "scene.json").is_file():
         write_scene4d(scene_dir, seed, index, progress=progress, **(world or {}))
-    fit4d = fit_field4d(scene_dir, out / "fields4d" / f"scene_{index:03d}", predictor, cfg,
-                        progress=progress)  # fmt: skip
-    fit3d = fit_field(scene_dir, out / "fields3d" / f"scene_{index:03d}", predictor, cfg3d,
-                      progress=progress)  # fmt: skip
-    field4d = DynamicField.load(out / "fields4d" / f"scene_{index:03d}", predictor)
-    field3d = LanguageField.load(out / "fields3d" / f"scene_{index:03d}", predictor)
+    folder4d, folder3d = out / "fields4d" / name, out / "fields3d" / name
+    fit4d = fit_field4d(scene_dir, folder4d, predictor, cfg, progress=progress)
+    fit3d = fit_field(scene_dir, folder3d, predictor, cfg3d, progress=progress)
+    field4d = DynamicField.load(folder4d, predictor)
+    field3d = LanguageField.load(folder3d, predictor)
     predictor.set_vocabulary("synthetic_world")
     records = score_scene(field4d, field3d, predictor, scene_dir, vocabulary, seen)
     posed = field4d.scene()
