@@ -42,6 +42,8 @@ setup(
         "segment-anything==1.0",
         # PLY point clouds (language fields' 3D selections, nerfstudio's init points): MIT
         "trimesh>=4",
+        # the CPU forward pass of the Gaussian rasterizer at real-capture scale: BSD-2
+        "numba>=0.59",
     ],
     extras_require={
         # setuptools >= 70.1 builds wheels without the separate 'wheel' package (install test)

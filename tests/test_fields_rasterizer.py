@@ -49,10 +49,12 @@ def _brute_force(means, log_scales, quats, opacity_logits, features, camera):
         t = rotation @ means[i] + translation
         if t[2] <= 0.01:
             continue
-        lim_x = (camera.width - camera.cx) / camera.fx + 0.3 * camera.width / camera.fx
-        lim_xn = camera.cx / camera.fx + 0.3 * camera.width / camera.fx
-        lim_y = (camera.height - camera.cy) / camera.fy + 0.3 * camera.height / camera.fy
-        lim_yn = camera.cy / camera.fy + 0.3 * camera.height / camera.fy
+        # gsplat's persp_proj: 0.3 x tan(fov / 2) beyond the image's edges
+        tan_x, tan_y = 0.5 * camera.width / camera.fx, 0.5 * camera.height / camera.fy
+        lim_x = (camera.width - camera.cx) / camera.fx + 0.3 * tan_x
+        lim_xn = camera.cx / camera.fx + 0.3 * tan_x
+        lim_y = (camera.height - camera.cy) / camera.fy + 0.3 * tan_y
+        lim_yn = camera.cy / camera.fy + 0.3 * tan_y
         xz = min(max(float(t[0] / t[2]), -lim_xn), lim_x)
         yz = min(max(float(t[1] / t[2]), -lim_yn), lim_y)
         jac = torch.tensor(

@@ -6,11 +6,17 @@
     ovseg fields world4d runs/world4d                   # synthetic multi-view video + captions
     ovseg fields fit runs/world4d/scene_000 --out runs/field4d_000        # times: a 4D field
     ovseg fields query runs/field4d_000 --text star --state "a red star" --video --out runs/q4
+    ovseg fields lift SCENE --splat point_cloud.ply --out runs/lifted   # your own 3DGS splat
+    ovseg fields query runs/lifted --text star --out runs/q --extract runs/star.ply
 
 ``fit`` reads COLMAP models (sparse/0, text or binary) and nerfstudio / Blender
 transforms.json; it resumes an interrupted fit in the same --out folder. ``query`` renders
 any of the scene's views (held-out ones by default), writes a heat map and a mask per phrase,
-and with --ply the Gaussians coloured by relevancy, without refitting.
+and with --ply the Gaussians coloured by relevancy, without refitting. ``lift`` needs no
+training: it lifts ovseg's 2D features onto a Gaussian splat you already have (any 3DGS
+trainer's PLY, or a field folder of ``fit``) with the splat's own blending weights
+(Occam's LGS), resumable view by view; ``query --extract FILE.ply`` then writes the Gaussians
+a phrase selects as a 3DGS PLY.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from ovseg.apps import fields4d
 
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{world,world4d,fit,query}"
+        dest="command", required=True, metavar="{world,world4d,fit,lift,query}"
     )
     world = commands.add_parser("world", help="write synthetic 3D scenes (transforms.json)")
     world.add_argument("out", help="folder for scene_000, scene_001, ...")
@@ -37,6 +43,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--train-views", type=int, default=24)
     world.add_argument("--test-views", type=int, default=6)
+    world.add_argument("--gaussians", type=int, help="also write each scene's ground-truth "
+                       "splat of this many Gaussians (splat.ply, 3DGS layout)")  # fmt: skip
+    world.add_argument("--size", default="160x128", help="view size WxH (other than 160x128: "
+                       "rendered from the splat)")  # fmt: skip
+    world.add_argument("--views-from-splat", action="store_true",
+                       help="render the views from the splat (needs --gaussians; fast at "
+                       "any size) instead of ray-marching the scene")  # fmt: skip
 
     fields4d.add_world4d_parser(commands)
     fit = commands.add_parser("fit", help="fit a language field to a posed scene (a 4D one "
@@ -65,6 +78,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true")
     fields4d.add_fit4d_arguments(fit)
 
+    lift = commands.add_parser("lift", help="lift ovseg's features onto an existing Gaussian "
+                               "splat, no training (Occam's LGS)")  # fmt: skip
+    lift.add_argument("scene", help="scene folder with the views the splat was trained on "
+                      "(COLMAP sparse/0, transforms.json)")  # fmt: skip
+    lift.add_argument("--splat", required=True, help="the splat: a 3DGS PLY (point_cloud.ply) "
+                      "or a field folder from 'ovseg fields fit'")  # fmt: skip
+    lift.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
+    lift.add_argument("--cameras", help="3DGS's cameras.json (from the splat's output folder) "
+                      "instead of SCENE's poses; images from SCENE/images or SCENE")  # fmt: skip
+    add_model_arguments(lift)
+    lift.add_argument("--scale", type=float, default=1.0,
+                      help="rasterize the views at this scale (0 < scale <= 1)")  # fmt: skip
+    lift.add_argument("--mask-vocabulary", help="vocabulary whose panoptic segments are the "
+                      "masks (default: a toy model's own world, else coco_panoptic)")  # fmt: skip
+    lift.add_argument("--mixture", type=int, default=8, help="segments kept per Gaussian")
+    lift.add_argument("--min-weight", type=float, default=0.05, help="Gaussians whose blending "
+                      "weights sum below this (pixels) get no feature")  # fmt: skip
+    lift.add_argument("--threads", type=int, help="torch and numba threads")
+    lift.add_argument("--no-progress", action="store_true")
+
     query = commands.add_parser("query", help="heat maps, masks and PLY for text queries")
     query.add_argument("field", help="a fitted field folder")
     query.add_argument("--text", action="append", help="a phrase (repeatable)")
@@ -77,6 +110,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     query.add_argument("--size", type=int, help="render at this width (height follows)")
     query.add_argument("--ply", action="store_true", help="also write relevancy-coloured PLY")
+    query.add_argument("--extract", metavar="FILE.ply", help="write the Gaussians the (one) "
+                       "--text selects (relevancy > 0.5) as a 3DGS PLY")  # fmt: skip
     add_model_arguments(query)
     fields4d.add_query4d_arguments(query)
     return parser
@@ -88,10 +123,15 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     try:
         if getattr(args, "threads", None):
+            import numba
             import torch
 
+            if args.threads < 1:
+                raise ValueError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
-        commands = {"world": _world, "world4d": _world4d, "fit": _fit, "query": _query}
+            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        commands = {"world": _world, "world4d": _world4d, "fit": _fit, "lift": _lift,
+                    "query": _query}  # fmt: skip
         return commands[args.command](args)
     except (PosedImagesError, ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -100,14 +140,71 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def _world(args) -> int:
-    from ovseg.synthetic.world3d import write_scene3d
+    from ovseg.synthetic.splat3d import scene_splat, write_splat_world
+    from ovseg.synthetic.world3d import make_scene3d, write_scene3d
 
     if args.scenes < 1 or args.train_views < 2 or args.test_views < 1:
         raise ValueError("--scenes >= 1, --train-views >= 2 and --test-views >= 1, please")
+    if args.gaussians is not None and args.gaussians < 100:
+        raise ValueError("--gaussians must be at least 100")
+    width, height = _size(args.size)
+    from_splat = args.views_from_splat or (width, height) != (160, 128)
+    if from_splat and args.gaussians is None:
+        raise ValueError("views other than 160x128 are rendered from the splat: add "
+                         "--gaussians N (e.g. 300000)")  # fmt: skip
     for index in range(args.scenes):
-        out = write_scene3d(Path(args.out) / f"scene_{index:03d}", args.seed, index,
-                            train_views=args.train_views, test_views=args.test_views)  # fmt: skip
+        out = Path(args.out) / f"scene_{index:03d}"
+        if from_splat:
+            write_splat_world(out, args.seed, index, gaussians=args.gaussians,
+                              train_views=args.train_views, test_views=args.test_views,
+                              width=width, height=height)  # fmt: skip
+        else:
+            write_scene3d(out, args.seed, index, train_views=args.train_views,
+                          test_views=args.test_views)  # fmt: skip
+            if args.gaussians is not None:
+                from ovseg.fields.splat_ply import write_splat
+
+                splat, _ = scene_splat(make_scene3d(args.seed, index), args.gaussians,
+                                       seed=args.seed)  # fmt: skip
+                write_splat(out / "splat.ply", splat)
         print(f"wrote {out}")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 16 for p in parts):
+        raise ValueError(f"--size must be WxH with both at least 16, got '{text}'")
+    return int(parts[0]), int(parts[1])
+
+
+def _lift(args) -> int:
+    from ovseg.apps.arguments import load_predictor_from_arguments
+    from ovseg.fields.lift import (
+        LiftConfig,
+        check_cameras_see,
+        lift_field,
+        lift_scene,
+        read_splat_source,
+    )
+
+    if not 0 < args.scale <= 1 or args.mixture < 1 or args.min_weight < 0:
+        raise ValueError("0 < --scale <= 1, --mixture >= 1 and --min-weight >= 0, please")
+    scene = lift_scene(args.scene, args.cameras)  # bad input fails before the model loads
+    splat = read_splat_source(args.splat)
+    cameras = [scene.cameras[i] for i in scene.split("train")]
+    check_cameras_see(splat, cameras)
+    predictor = load_predictor_from_arguments(args, log=print)
+    cfg = LiftConfig(mixture=args.mixture, min_weight=args.min_weight, image_scale=args.scale,
+                     mask_vocabulary=args.mask_vocabulary)  # fmt: skip
+    meta = lift_field(args.scene, args.splat, args.out, predictor, cfg, scene=scene,
+                      cameras_json=args.cameras, progress=not args.no_progress)  # fmt: skip
+    times = meta["timings_s"]
+    print(
+        f"lifted {args.out}: {meta['lifted_gaussians']} of {meta['gaussians']} Gaussians from "
+        f"{len(meta['train_views'])} views ({meta['segments']} segments); 2D features "
+        f"{times.get('features', 0) / 60:.1f} min, lifting {times.get('lift', 0) / 60:.1f} min"
+    )
     return 0
 
 
@@ -207,9 +304,18 @@ def _query(args) -> int:
                          "one (fitted on frames with times)")  # fmt: skip
     if not phrases:
         raise ValueError("give at least one --text")
-    LanguageField.read_meta(args.field)  # a wrong folder fails before the model loads
+    if args.extract and len(phrases) != 1:
+        raise ValueError("--extract writes the Gaussians of one phrase: give one --text")
+    if args.extract and not args.extract.endswith(".ply"):
+        raise ValueError(f"--extract must name a .ply file, got '{args.extract}'")
+    kind = _field_kind(args.field)
+    if kind == "lifted":
+        from ovseg.fields.lift import LiftedField as field_class
+    else:
+        field_class = LanguageField
+    field_class.read_meta(args.field)  # a wrong folder fails before the model loads
     predictor = load_predictor_from_arguments(args, log=print)
-    field = LanguageField.load(args.field, predictor)
+    field = field_class.load(args.field, predictor)
     scene = field.scene()
     by_name = {camera.name: index for index, camera in enumerate(scene.cameras)}
     names = (
@@ -247,8 +353,24 @@ def _query(args) -> int:
         for number, phrase in enumerate(phrases, 1):
             count = field.export_ply(out / f"relevancy_{number}{_slug(phrase)}.ply", phrase)
             print(f"ply: {count} Gaussians for '{phrase}'")
+    if args.extract:
+        count = field.extract(args.extract, phrases[0])
+        print(f"extract: {count} Gaussians for '{phrases[0]}' in {args.extract}")
     print(f"wrote {written + len(names)} images for {len(names)} view(s) to {out}")
     return 0
+
+
+def _field_kind(folder: str) -> str:
+    """ "lifted", "4d" or "3d" (the default: its reader then says what is wrong)."""
+    import json
+
+    from ovseg.fields.lift import FORMAT as LIFTED
+
+    try:
+        fmt = json.loads((Path(folder) / "field.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return "3d"
+    return "lifted" if fmt == LIFTED else "4d" if _is_4d(folder) else "3d"
 
 
 def _is_4d(folder: str) -> bool:

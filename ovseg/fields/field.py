@@ -158,8 +158,9 @@ def fit_field(
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
     per_view = timed(
         "features",
-        lambda: _view_features(
-            predictor, scene, train, views, cfg.levels, out / "features", progress
+        lambda: view_features(
+            predictor, scene, train, [v.camera for v in views], cfg.levels, out / "features",
+            progress,
         ),  # fmt: skip
     )  # per view: {level: (segment_map, embeddings)}
     pairs = [levels[level] for levels in per_view for level in cfg.levels]
@@ -260,18 +261,20 @@ def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
             )
 
 
-def _view_features(predictor, scene, indices, views, levels, folder: Path, progress: bool):
-    """Each view's masks per level, found on its full-size image; segment maps are resized
-    (nearest) to the fitted view's size. Cached per view in ``folder``."""
+def view_features(predictor, scene, indices, cameras, levels, folder: Path, progress: bool):
+    """Each view's masks per level, ``[{level: (segment_map (H, W) int64, -1 void;
+    embeddings (S, D))}]`` for the views ``indices`` of ``scene``, found on the full-size
+    image; segment maps are resized (nearest) to ``cameras``' sizes (one per index). Cached per
+    view in ``folder`` (one .npz each, written atomically, so an interrupted run resumes)."""
     from PIL import Image
     from tqdm import tqdm
 
     from ovseg.fields.language import view_levels
 
     per_view = []
-    for index, view in tqdm(list(zip(indices, views, strict=True)), desc="view masks",
-                            disable=not progress):  # fmt: skip
-        path = folder / f"{view.camera.name}.npz"
+    for index, camera in tqdm(list(zip(indices, cameras, strict=True)), desc="view masks",
+                              disable=not progress):  # fmt: skip
+        path = folder / f"{camera.name}.npz"
         if path.is_file():
             with np.load(path) as saved:
                 found = {
@@ -282,7 +285,7 @@ def _view_features(predictor, scene, indices, views, levels, folder: Path, progr
             with Image.open(scene.image_paths[index]) as image:
                 array = np.asarray(image.convert("RGB"))
             found = view_levels(predictor, array, tuple(levels))
-            size = (view.camera.width, view.camera.height)
+            size = (camera.width, camera.height)
             for level, (segment_map, embeddings) in found.items():
                 if segment_map.shape[::-1] != size:
                     resized = Image.fromarray(segment_map.astype(np.int32)).resize(
@@ -332,9 +335,13 @@ def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress
     return model
 
 
-def read_finished_meta(folder: str | Path, fmt: str, what: str) -> dict:
+def read_finished_meta(
+    folder: str | Path, fmt: str, what: str, *, result: str = "gaussians.safetensors",
+    verb: str = "fit",
+) -> dict:  # fmt: skip
     """field.json of a finished field folder of format ``fmt``; FieldError when the folder
-    holds none, another kind (``what`` names the expected one) or an unfinished fit."""
+    holds none, another kind (``what`` names the expected one) or an unfinished run (no
+    ``result`` file; ``verb`` names the command that resumes it)."""
     folder = Path(folder)
     meta_path = folder / "field.json"
     if not meta_path.is_file():
@@ -343,9 +350,9 @@ def read_finished_meta(folder: str | Path, fmt: str, what: str) -> dict:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != fmt:
         raise FieldError(f"{folder}: field.json is not an ovseg {what}")
-    if not meta.get("complete") or not (folder / "gaussians.safetensors").is_file():
-        raise FieldError(f"{folder}: the fit did not finish; run the same 'ovseg fields fit' "
-                         "again to resume it")  # fmt: skip
+    if not meta.get("complete") or not (folder / result).is_file():
+        raise FieldError(f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
+                         f"{verb}' again to resume it")  # fmt: skip
     return meta
 
 
@@ -452,24 +459,48 @@ class LanguageField:
         scores, _ = self._best_level(self.cloud.latents.detach(), check_phrases(phrases))
         return scores
 
+    @torch.no_grad()
+    def class_scores(self, camera: Camera, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """(H, W, C) each pixel's decoded embedding (first mask level) against each class
+        embedding (C, D): cosines, since both are unit vectors."""
+        latent = self.render(camera)["latent"]
+        return self.autoencoder.decode(self.level_latents(latent, 0)) @ class_embeddings.T
+
+    def extract(self, path: str | Path, phrase: str, *, threshold: float = 0.5) -> int:
+        """Write the Gaussians whose relevancy to ``phrase`` is above ``threshold`` as a 3DGS
+        PLY (:mod:`ovseg.fields.splat_ply`); returns how many."""
+        from ovseg.fields.splat_ply import Splat, write_splat
+
+        keep = self.gaussian_relevancy([phrase])[0] > threshold
+        return write_splat(path, Splat(self.cloud).subset(keep))
+
     def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
         """Write the Gaussians' centres (opacity >= ``min_opacity``) as a PLY point cloud
-        coloured by relevancy to ``phrase`` (Turbo, 0.5 and below dark blue), with a float
-        ``relevancy`` property; returns the number of points."""
-        import trimesh
-
-        from ovseg.visualize import turbo
-
-        scores = self.gaussian_relevancy([phrase])[0]
-        keep = self.cloud.opacities.detach() >= min_opacity
-        points = self.cloud.means.detach()[keep].numpy()
-        values = scores[keep].numpy()
-        colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
-        rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
-        mesh = trimesh.Trimesh(
-            vertices=points, faces=np.zeros((0, 3), np.int64), vertex_colors=rgba,
-            vertex_attributes={"relevancy": values.astype(np.float32)}, process=False,
+        coloured by relevancy to ``phrase``; returns the number of points."""
+        return write_relevancy_ply(
+            path, self.cloud.means.detach(), self.cloud.opacities.detach(),
+            self.gaussian_relevancy([phrase])[0], min_opacity,
         )  # fmt: skip
-        data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-        return len(points)
+
+
+def write_relevancy_ply(path, means: torch.Tensor, opacities: torch.Tensor,
+                        scores: torch.Tensor, min_opacity: float = 0.05) -> int:  # fmt: skip
+    """Gaussian centres ``means`` (N, 3) with opacity >= ``min_opacity`` as a PLY point cloud
+    coloured by ``scores`` (N,) (Turbo, 0.5 and below dark blue), with a float ``relevancy``
+    property; returns the number of points."""
+    import trimesh
+
+    from ovseg.visualize import turbo
+
+    keep = opacities >= min_opacity
+    points = means[keep].numpy()
+    values = scores[keep].numpy()
+    colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
+    rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
+    mesh = trimesh.Trimesh(
+        vertices=points, faces=np.zeros((0, 3), np.int64), vertex_colors=rgba,
+        vertex_attributes={"relevancy": values.astype(np.float32)}, process=False,
+    )  # fmt: skip
+    data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return len(points)

@@ -35,7 +35,6 @@ from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, d
 from ovseg.fields.field import (
     _autoencoder,
     _check_views_see_points,
-    _view_features,
     check_same_clip,
     latent_targets,
     load_views,
@@ -43,6 +42,7 @@ from ovseg.fields.field import (
     read_finished_meta,
     resume_meta,
     run_stage,
+    view_features,
 )
 from ovseg.fields.fit import (
     DeformationFitConfig,
@@ -194,8 +194,9 @@ def fit_field4d(
     from ovseg.fields.field import default_mask_vocabulary
 
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
-    per_view = timed("features", lambda: _view_features(
-        predictor, scene, train, views, cfg.levels, out / "features", progress))  # fmt: skip
+    per_view = timed("features", lambda: view_features(
+        predictor, scene, train, [v.camera for v in views], cfg.levels, out / "features",
+        progress))  # fmt: skip
     pairs = [found["panoptic"] for found in per_view]
     autoencoder = timed("autoencoder", lambda: _autoencoder(
         out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta))  # fmt: skip

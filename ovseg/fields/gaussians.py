@@ -4,7 +4,8 @@ language latent per Gaussian (LangSplat, Qin et al. 2024).
 Parameterisation (the 3DGS code's): means (N, 3) in world units; log-scales (N, 3) so the
 standard deviations are ``exp(log_scales)``; unit quaternions (N, 4) as (w, x, y, z),
 normalised on use; opacity logits (N,) so opacity is ``sigmoid``; colour as spherical
-harmonics coefficients (N, (degree + 1)^2, 3) with 3DGS's ``rgb = SH_C0 * dc + 0.5`` offset;
+harmonics coefficients (N, (degree + 1)^2, 3), degree 0 to 3, with 3DGS's
+``rgb = SH_C0 * dc + 0.5`` offset;
 a language latent (N, L) rendered like a colour (LangSplat's 3 channels by default).
 """
 
@@ -38,23 +39,50 @@ def covariance_3d(scales: torch.Tensor, quaternions: torch.Tensor) -> torch.Tens
     return rs @ rs.transpose(1, 2)
 
 
+# the real SH basis' constants of degrees 2 and 3, as 3DGS's sh_utils writes them
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005,
+         -1.0925484305920792, 0.5462742152960396)  # fmt: skip
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)  # fmt: skip
+SH_COEFFICIENTS = (1, 4, 9, 16)  # per channel, for degrees 0-3
+
+
 def sh_to_rgb(sh: torch.Tensor, directions: torch.Tensor | None = None) -> torch.Tensor:
-    """View-dependent colour from SH coefficients (3DGS's ``eval_sh``, degrees 0 and 1).
+    """View-dependent colour from SH coefficients (3DGS's ``eval_sh``, degrees 0 to 3).
 
     Args:
-        sh: (N, 1, 3) or (N, 4, 3) coefficients.
-        directions: (N, 3) unit vectors from the camera centre to each Gaussian; needed for
-            degree 1.
+        sh: (N, K, 3) coefficients, K = 1, 4, 9 or 16 (degree 0, 1, 2 or 3).
+        directions: (N, 3) unit vectors from the camera centre to each Gaussian; needed from
+            degree 1 on.
     Returns: (N, 3) colours, clamped at 0 from below (3DGS clamps the same way).
+    Raises: ValueError for another K, or degree >= 1 without directions.
     """
+    if sh.shape[1] not in SH_COEFFICIENTS:
+        raise ValueError(
+            f"sh_to_rgb: expected 1, 4, 9 or 16 coefficients per channel, got {sh.shape[1]}"
+        )
     rgb = SH_C0 * sh[:, 0]
     if sh.shape[1] >= 4:
         if directions is None:
             raise ValueError("sh_to_rgb: degree-1 coefficients need view directions")
         x, y, z = directions[:, 0:1], directions[:, 1:2], directions[:, 2:3]
         rgb = rgb - SH_C1 * y * sh[:, 1] + SH_C1 * z * sh[:, 2] - SH_C1 * x * sh[:, 3]
-    elif sh.shape[1] != 1:
-        raise ValueError(f"sh_to_rgb: expected 1 or 4 coefficients per channel, got {sh.shape[1]}")
+        if sh.shape[1] >= 9:
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            rgb = (
+                rgb + SH_C2[0] * xy * sh[:, 4] + SH_C2[1] * yz * sh[:, 5]
+                + SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6] + SH_C2[3] * xz * sh[:, 7]
+                + SH_C2[4] * (xx - yy) * sh[:, 8]
+            )  # fmt: skip
+            if sh.shape[1] == 16:
+                rgb = (
+                    rgb + SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + SH_C3[1] * xy * z * sh[:, 10]
+                    + SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
+                    + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+                    + SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
+                    + SH_C3[5] * z * (xx - yy) * sh[:, 14]
+                    + SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]
+                )  # fmt: skip
     return (rgb + 0.5).clamp_min(0.0)
 
 
@@ -64,7 +92,7 @@ def view_colours(
     """(N, 3) colours of Gaussians at ``means`` (N, 3) with coefficients ``sh`` seen from
     ``camera_centre`` (3,) (the view direction matters from degree 1 on)."""
     directions = None
-    if sh.shape[1] == 4:
+    if sh.shape[1] > 1:
         directions = means - camera_centre.to(means)
         directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return sh_to_rgb(sh, directions)
@@ -105,8 +133,15 @@ class GaussianCloud(nn.Module):
         ):
             if tuple(value.shape) != shape:
                 raise ValueError(f"GaussianCloud: {name} must be {shape}, got {tuple(value.shape)}")
-        if sh.ndim != 3 or sh.shape[0] != n or sh.shape[1] not in (1, 4) or sh.shape[2] != 3:
-            raise ValueError(f"GaussianCloud: sh must be ({n}, 1 or 4, 3), got {tuple(sh.shape)}")
+        if (
+            sh.ndim != 3
+            or sh.shape[0] != n
+            or sh.shape[1] not in SH_COEFFICIENTS
+            or sh.shape[2] != 3
+        ):
+            raise ValueError(
+                f"GaussianCloud: sh must be ({n}, 1, 4, 9 or 16, 3), got {tuple(sh.shape)}"
+            )
         if latents is None:
             latents = torch.zeros(n, 0)
         if latents.ndim != 2 or latents.shape[0] != n:
@@ -153,7 +188,7 @@ class GaussianCloud(nn.Module):
 
     @property
     def sh_degree(self) -> int:
-        return 1 if self.sh.shape[1] == 4 else 0
+        return SH_COEFFICIENTS.index(self.sh.shape[1])
 
     @property
     def scales(self) -> torch.Tensor:

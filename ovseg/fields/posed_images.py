@@ -1,5 +1,6 @@
-"""Posed images in the formats people have: COLMAP sparse models (text and binary) and
-nerfstudio / Blender (NeRF-synthetic) ``transforms.json``.
+"""Posed images in the formats people have: COLMAP sparse models (text and binary),
+nerfstudio / Blender (NeRF-synthetic) ``transforms.json`` and 3DGS's ``cameras.json``
+(:mod:`ovseg.fields.inria_cameras`).
 
 :func:`load_posed_images` takes a scene folder (or a file in it) and returns a
 :class:`PosedImages`: one :class:`~ovseg.fields.camera.Camera` per view (OpenCV axes), its image
@@ -78,7 +79,11 @@ def load_posed_images(path: str | Path, *, check_images: bool = True) -> PosedIm
             f"{path}: no such file or folder; give a scene folder with "
             "sparse/0 (COLMAP) or transforms.json"
         )
-    if path.is_file():
+    if path.is_file() and path.name == "cameras.json":  # 3DGS's, images beside it
+        from ovseg.fields.inria_cameras import load_inria_cameras
+
+        scene = load_inria_cameras(path, path.parent / "images")
+    elif path.is_file():
         if path.suffix != ".json":
             raise PosedImagesError(f"{path}: expected a transforms.json file or a scene folder")
         scene = _load_transforms([path])
@@ -90,10 +95,15 @@ def load_posed_images(path: str | Path, *, check_images: bool = True) -> PosedIm
         scene = _load_transforms([path / "transforms.json"])
     elif sorted(path.glob("transforms_*.json")):
         scene = _load_transforms(sorted(path.glob("transforms_*.json")))
+    elif (path / "cameras.json").is_file():
+        from ovseg.fields.inria_cameras import load_inria_cameras
+
+        scene = load_inria_cameras(path / "cameras.json", path / "images")
     else:
         raise PosedImagesError(
-            f"{path}: found neither a COLMAP model (sparse/0/cameras.txt or .bin) nor "
-            "transforms.json; run COLMAP (or ns-process-data) on the images first"
+            f"{path}: found neither a COLMAP model (sparse/0/cameras.txt or .bin), "
+            "transforms.json nor 3DGS's cameras.json; run COLMAP (or ns-process-data) on the "
+            "images first"
         )
     if not scene.cameras:
         raise PosedImagesError(f"{path}: the scene has no views")

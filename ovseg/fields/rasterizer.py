@@ -7,9 +7,10 @@ The rule, per pixel (centre (j + 0.5, i + 0.5), see :mod:`ovseg.fields.camera`):
 
 1. **Projection (EWA splatting).** Camera-space mean t = R mu + T; Gaussians with t_z <= near
    are dropped. The 2D covariance is ``J W Sigma W^T J^T + 0.3 I`` (the 0.3 px dilation), J
-   the projection's Jacobian at t with t_x / t_z, t_y / t_z clamped to 1.3 x the field of
-   view (as 3DGS and gsplat do, so splats far off-screen stay bounded); the 2D mean is the
-   projected centre.
+   the projection's Jacobian at t with t_x / t_z, t_y / t_z clamped to 0.3 x tan(fov / 2)
+   beyond the image's edges (3DGS's ``computeCov2D`` and gsplat's ``persp_proj``: a
+   principal point at the centre gives 1.3 x tan(fov / 2), so splats far off-screen stay
+   bounded); the 2D mean is the projected centre.
 2. **Footprint.** radius = ceil(3 sqrt(lambda_max)), lambda_max = mid + sqrt(max(0.1,
    mid^2 - det)) as in 3DGS. A Gaussian reaches the pixels whose centres lie in the square of
    half-side ``radius`` around its 2D mean (3DGS assigns whole 16-px tiles overlapping that
@@ -82,11 +83,12 @@ def project_gaussians(
     tz = cam[:, 2]
     in_front = tz > near
     safe_z = torch.where(in_front, tz, torch.ones_like(tz))
-    # 3DGS / gsplat clamp the Jacobian's point to 1.3 x the field of view on each side
-    lim_x_pos = (camera.width - camera.cx) / camera.fx + 0.3 * camera.width / camera.fx
-    lim_x_neg = camera.cx / camera.fx + 0.3 * camera.width / camera.fx
-    lim_y_pos = (camera.height - camera.cy) / camera.fy + 0.3 * camera.height / camera.fy
-    lim_y_neg = camera.cy / camera.fy + 0.3 * camera.height / camera.fy
+    # 3DGS / gsplat clamp the Jacobian's point 0.3 x tan(fov / 2) beyond the image's edges
+    tan_half_x, tan_half_y = 0.5 * camera.width / camera.fx, 0.5 * camera.height / camera.fy
+    lim_x_pos = (camera.width - camera.cx) / camera.fx + 0.3 * tan_half_x
+    lim_x_neg = camera.cx / camera.fx + 0.3 * tan_half_x
+    lim_y_pos = (camera.height - camera.cy) / camera.fy + 0.3 * tan_half_y
+    lim_y_neg = camera.cy / camera.fy + 0.3 * tan_half_y
     x_over_z = (cam[:, 0] / safe_z).clamp(-lim_x_neg, lim_x_pos)
     y_over_z = (cam[:, 1] / safe_z).clamp(-lim_y_neg, lim_y_pos)
     zeros = torch.zeros_like(tz)
@@ -153,7 +155,7 @@ def rasterize(
     tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
     device = features.device
     visible = torch.nonzero(projection.visible).squeeze(1)
-    pairs_gaussian, pairs_tile = _tile_pairs(projection, visible, width, height, tiles_x, tiles_y)
+    pairs_gaussian, pairs_tile = tile_pairs(projection, visible, width, height, tiles_x, tiles_y)
     contributions = torch.zeros(n, dtype=torch.int64, device=device)
     pixel_count = TILE * TILE
     tile_values = features.new_zeros(tiles_x * tiles_y, pixel_count, channels + 2)
@@ -210,9 +212,10 @@ def rasterize(
     return {"features": rendered, "alpha": alpha, "depth": depth, "contributions": contributions}
 
 
-def _tile_pairs(projection, visible, width, height, tiles_x, tiles_y):
-    """(Gaussian, tile) pairs of every visible Gaussian and each tile its footprint square
-    touches, sorted by tile, then depth, then index."""
+def tile_pairs(projection, visible, width, height, tiles_x, tiles_y, tile=TILE):
+    """(Gaussian, tile) pairs of every visible Gaussian (indices ``visible``) and each
+    ``tile`` x ``tile`` pixel tile its footprint square touches, sorted by tile, then depth,
+    then index: (gaussian (M,) int64, tile (M,) int64)."""
     device = projection.means2d.device
     if visible.numel() == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
@@ -227,7 +230,7 @@ def _tile_pairs(projection, visible, width, height, tiles_x, tiles_y):
         y1 = torch.floor(centre[:, 1] + radius - 0.5).clamp(0, height - 1).long()
         keep = (x1 >= x0) & (y1 >= y0)
         visible, x0, x1, y0, y1 = visible[keep], x0[keep], x1[keep], y0[keep], y1[keep]
-        tx0, tx1, ty0, ty1 = x0 // TILE, x1 // TILE, y0 // TILE, y1 // TILE
+        tx0, tx1, ty0, ty1 = x0 // tile, x1 // tile, y0 // tile, y1 // tile
         span_x, span_y = tx1 - tx0 + 1, ty1 - ty0 + 1
         per_gaussian = span_x * span_y
         owner = torch.repeat_interleave(torch.arange(visible.numel(), device=device), per_gaussian)

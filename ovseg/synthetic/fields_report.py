@@ -71,7 +71,7 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
         with torch.no_grad():
             queried = field.relevancy(camera, present)
             # labels from the first mask level (the panoptic segments by default)
-            field_embeddings = field.autoencoder.decode(field.level_latents(queried["latent"], 0))
+            field_scores = field.class_scores(camera, class_text)
         segment_map, embeddings = view_segments(predictor, image)
         mask_embeddings = _segment_embedding_map(segment_map, embeddings)
         dense = torch.from_numpy(predictor.heatmap(image, present))
@@ -103,10 +103,9 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
             pixels = torch.from_numpy(truth == segment["id"])
             if int(pixels.sum()) < MIN_PIXELS:
                 continue
-            for method, embedding_map in (("field", field_embeddings),
-                                          ("2d masks", mask_embeddings)):  # fmt: skip
-                mean = embedding_map[pixels].mean(0)
-                label = names[int((class_text @ mean).argmax())]
+            for method, scores in (("field", field_scores),
+                                   ("2d masks", mask_embeddings @ class_text.T)):  # fmt: skip
+                label = names[int(scores[pixels].mean(0).argmax())]
                 records[method]["labels"].append(
                     (f"{meta['index']}:{segment['id']}", segment["category"], label)
                 )

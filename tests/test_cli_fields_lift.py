@@ -1,0 +1,191 @@
+"""``ovseg fields lift``: a synthetic scene's ground-truth splat lifted with the shipped model
+and queried (heat maps, a 3DGS PLY extract), resumed, read through 3DGS's cameras.json; every
+bad input refused in one line with nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovseg.apps.fields import main
+
+MODEL = ["--model", "synthetic_tiny"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lift")
+    assert main(["world", str(root), "--scenes", "1", "--train-views", "4", "--test-views", "1",
+                 "--gaussians", "8000"]) == 0  # fmt: skip
+    return root / "scene_000"
+
+
+@pytest.fixture(scope="module")
+def lifted(scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lifted") / "field"
+    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(out),
+                 *MODEL, "--no-progress"]) == 0  # fmt: skip
+    return out
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_lift_writes_a_complete_field(lifted, scene):
+    meta = json.loads((lifted / "field.json").read_text())
+    assert meta["complete"] and meta["format"] == "ovseg-lifted-field/1"
+    assert meta["gaussians"] == 8000 and 0 < meta["lifted_gaussians"] <= 8000
+    assert set(meta["timings_s"]) == {"features", "lift"}
+    assert sorted(p.name for p in (lifted / "features").iterdir()) == [
+        f"view_00{k}.npz" for k in range(4)
+    ]
+    assert not (lifted / "lift_state.npz").exists()  # progress is removed once finished
+    from safetensors.torch import load_file
+
+    tensors = load_file(lifted / "lifted.safetensors")
+    assert tensors["segment_embeddings"].dtype == torch.float16
+    assert tensors["mixture_segments"].shape == (8000, 8)
+
+
+def test_query_and_extract(lifted, tmp_path, capsys):
+    """Heat map, mask and render of the held-out view; the extract opens as a splat again and
+    with trimesh."""
+    out = tmp_path / "q"
+    extract = tmp_path / "sel.ply"
+    assert main(["query", str(lifted), "--text", "sand", "--out", str(out), "--extract",
+                 str(extract), *MODEL]) == 0  # fmt: skip
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["view_004_1_sand_heatmap.png", "view_004_1_sand_mask.png",
+                     "view_004_render.png"]  # fmt: skip
+    render = np.asarray(Image.open(out / "view_004_render.png"))
+    assert render.shape == (128, 160, 3) and render.std() > 10
+    from ovseg.fields.splat_ply import read_splat
+
+    selected = read_splat(extract)
+    assert 0 < len(selected) < 8000
+    import trimesh
+
+    assert len(trimesh.load(extract, process=False).vertices) == len(selected)
+    assert "extract:" in capsys.readouterr().out
+
+
+def test_extract_selects_the_right_gaussians(lifted, scene):
+    """Per Gaussian, each of the scene's two largest classes is far more relevant on its own
+    Gaussians than on the others (the small ones depend on what 4 views of the toy model
+    found)."""
+    from ovseg.fields.lift import LiftedField
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.synthetic.world3d import make_scene3d
+
+    field = LiftedField.load(lifted, OVSegPredictor.from_pretrained("synthetic_tiny"))
+    world = make_scene3d(0, 0)
+    means = field.splat.cloud.means
+    row, col = world.texel_of(means[:, 0], means[:, 1])  # ground and tops: the texture's
+    truth = torch.from_numpy(world.segment.astype(np.int64))[row, col]
+    seen = field.lifted
+    sizes = torch.bincount(truth[seen], minlength=len(world.segments))
+    largest = [world.segments[int(k)] for k in sizes.argsort(descending=True)[:2]]
+    scores = field.gaussian_relevancy([segment["category"] for segment in largest])
+    for k, segment in enumerate(largest):
+        inside, outside = seen & (truth == segment["id"]), seen & (truth != segment["id"])
+        assert scores[k][inside].mean() > scores[k][outside].mean() + 0.5, segment["category"]
+
+
+def test_a_second_lift_resumes_and_gives_the_same_field(lifted, scene, tmp_path):
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(lifted, again)
+    (again / "lifted.safetensors").unlink()
+    meta = json.loads((again / "field.json").read_text())
+    meta["complete"] = False
+    (again / "field.json").write_text(json.dumps(meta))
+    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(again),
+                 *MODEL, "--no-progress"]) == 0  # fmt: skip
+    assert (again / "lifted.safetensors").read_bytes() == (
+        lifted / "lifted.safetensors"
+    ).read_bytes()
+
+
+def test_inria_cameras_json_gives_the_same_cameras(scene, tmp_path):
+    from ovseg.fields.inria_cameras import load_inria_cameras, write_inria_cameras
+    from ovseg.fields.posed_images import load_posed_images
+
+    posed = load_posed_images(scene)
+    write_inria_cameras(tmp_path / "cameras.json", posed)
+    back = load_inria_cameras(tmp_path / "cameras.json", scene / "images")
+    assert [c.name for c in back.cameras] == [c.name for c in posed.cameras]
+    for a, b in zip(back.cameras, posed.cameras, strict=True):
+        torch.testing.assert_close(a.world_to_camera, b.world_to_camera, atol=1e-5, rtol=0)
+        assert (a.fx, a.cx, a.width) == pytest.approx((b.fx, b.cx, b.width))
+    # images at half the trained size: the intrinsics follow
+    half = tmp_path / "half"
+    half.mkdir()
+    for path in posed.image_paths:
+        Image.open(path).resize((80, 64)).save(half / path.name)
+    small = load_inria_cameras(tmp_path / "cameras.json", half)
+    assert small.cameras[0].fx == pytest.approx(posed.cameras[0].fx / 2)
+    assert small.cameras[0].width == 80
+
+
+def test_lift_with_inria_cameras(scene, lifted, tmp_path):
+    from ovseg.fields.inria_cameras import write_inria_cameras
+    from ovseg.fields.posed_images import load_posed_images
+
+    posed = load_posed_images(scene)
+    posed.splits = {}  # cameras.json has no splits: every view is lifted
+    write_inria_cameras(tmp_path / "cameras.json", posed)
+    out = tmp_path / "field"
+    cameras = str(tmp_path / "cameras.json")
+    assert main(["lift", str(scene), "--cameras", cameras, "--splat", str(scene / "splat.ply"),
+                 "--out", str(out), *MODEL, "--no-progress"]) == 0  # fmt: skip
+    meta = json.loads((out / "field.json").read_text())
+    assert len(meta["train_views"]) == 5 and meta["cameras"].endswith("cameras.json")
+    assert main(["query", str(out), "--text", "sand", "--view", "view_004", "--out",
+                 str(tmp_path / "q"), *MODEL]) == 0  # fmt: skip
+
+
+def test_bad_splats_and_cameras_are_refused(scene, tmp_path, capsys):
+    import trimesh
+
+    from ovseg.fields.splat_ply import read_splat, write_splat
+
+    trimesh.creation.icosphere().export(tmp_path / "mesh.ply")
+    out = tmp_path / "f"
+    args = [str(scene), "--out", str(out), *MODEL, "--no-progress"]
+    assert main(["lift", *args, "--splat", str(tmp_path / "mesh.ply")]) == 2
+    assert "not a Gaussian splat" in _one_line_error(capsys)
+    splat = read_splat(scene / "splat.ply")
+    splat.cloud.means.data += torch.tensor([0.0, 0.0, 50.0])  # far above every camera
+    write_splat(tmp_path / "far.ply", splat)
+    assert main(["lift", *args, "--splat", str(tmp_path / "far.ply")]) == 2
+    assert "sees none of the splat's 8000 Gaussians" in _one_line_error(capsys)
+    assert main(["lift", *args, "--splat", str(tmp_path / "none.ply")]) == 2
+    assert "no such file" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_folder_of_another_lift_or_a_changed_splat_is_refused(lifted, scene, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "field"
+    shutil.copytree(lifted, other)
+    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(other),
+                 "--mixture", "4", *MODEL, "--no-progress"]) == 2  # fmt: skip
+    assert "holds a field made with another config" in _one_line_error(capsys)
+    meta = json.loads((other / "field.json").read_text())
+    meta["splat_bytes"] += 1
+    (other / "field.json").write_text(json.dumps(meta))
+    out = tmp_path / "q"
+    assert main(["query", str(other), "--text", "sand", "--out", str(out), *MODEL]) == 2
+    assert "gone or changed since" in _one_line_error(capsys)
+    assert main(["query", str(lifted), "--text", "a", "--text", "b", "--extract",
+                 str(tmp_path / "x.ply"), "--out", str(out), *MODEL]) == 2  # fmt: skip
+    assert "one --text" in _one_line_error(capsys)
+    assert not out.exists()
