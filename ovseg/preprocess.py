@@ -51,6 +51,7 @@ def _opened_image(path: str | Path):
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 
+    The first frame of an animated image (:func:`image_frame_count` says how many there are).
     EXIF orientation is applied; grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit
     images are converted (16-bit values on the 0..65535 scale, as uint16 arrays:
     :func:`as_rgb_array`). Missing, non-image, truncated and empty files raise ImageError.
@@ -87,6 +88,13 @@ def sixteen_bit_to_uint8(array: np.ndarray) -> np.ndarray:
 def unit_float_to_uint8(array: np.ndarray) -> np.ndarray:
     """Float values (any shape, 0..1) -> uint8: v x 255 rounded, clipped."""
     return np.clip(np.asarray(array, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def image_frame_count(path: str | Path) -> int:
+    """How many frames an image file holds (an animated GIF / PNG / WebP: more than 1; only
+    the first is read by :func:`load_image`). ImageError as :func:`probe_image`."""
+    with _opened_image(path) as image:
+        return int(getattr(image, "n_frames", 1))
 
 
 def to_rgb_uint8(image) -> np.ndarray:

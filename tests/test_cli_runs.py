@@ -283,3 +283,46 @@ def test_class_names_in_any_script_are_drawn_as_words(name):
     for letter in name:
         drawn = np.asarray(font.getmask(letter))
         assert drawn.shape != missing.shape or (drawn != missing).any(), letter
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--points", ""], '--points "" is empty'),
+        (["--boxes", " ; "], '--boxes " ; " is empty'),
+        (["--score-threshold", "0.5", "--task", "semantic"], "--task instance only"),
+        (["--score-threshold", "0.5"], "not --task panoptic"),
+        (["--score-threshold", "0.5", "--task", "instance", "--points", "5,5"], "--points"),
+    ],
+)
+def test_an_option_nothing_would_read_is_refused_not_ignored(tmp_path, capsys, option, message):
+    """--points "" ran a whole-image segmentation; --score-threshold with another task than
+    instance was ignored."""
+    image = save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    code, _, err = run([image, "--classes", "cat", "--output", out, *TINY, *option], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_dropped_input_is_said_in_one_warning_line(tmp_path, capsys):
+    """An animated GIF's later frames, a class name past the text context and a --short-side
+    the long-side limit caps were dropped without a word."""
+    frames = [Image.fromarray(np.full((32, 48, 3), 40 * k, np.uint8)) for k in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    long_name = " ".join(["enormous"] * 90) + " cat"
+    out = tmp_path / "out"
+    code, _, err = run(
+        [gif, "--classes", f"dog, {long_name}", "--output", out, "--model", "fcclip_tiny_parity"]
+        + ["--short-side", "100000", "--max-output-pixels", "5000"],
+        capsys,
+    )
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 3, err
+    animated, capped, cut = warnings
+    assert "anim.gif is animated (3 frames): only the first frame" in animated
+    assert "--short-side 100000" in capped and "long-side limit of 1333" in capped
+    assert "'enormous enormous" in cut and "'dog'" not in cut and "truncated" in cut
+    assert (out / "anim.json").is_file()
