@@ -326,3 +326,20 @@ def test_dropped_input_is_said_in_one_warning_line(tmp_path, capsys):
     assert "--short-side 100000" in capped and "long-side limit of 1333" in capped
     assert "'enormous enormous" in cut and "'dog'" not in cut and "truncated" in cut
     assert (out / "anim.json").is_file()
+
+
+def test_legend_colours_of_a_vocabulary_are_told_apart():
+    """Star (class 3) and sand (class 16) of the synthetic world were drawn in two nearly
+    equal purples (RGB distance 24): every two of the first 24 colours now differ clearly."""
+    import itertools
+
+    from ovseg.visualize import palette
+    from ovseg.vocabulary import load_vocabulary
+
+    names = load_vocabulary("synthetic_world").names
+    colours = palette(24).astype(float)
+    star, sand = names.index("star"), names.index("sand")
+    assert np.linalg.norm(colours[star] - colours[sand]) > 50
+    pairs = itertools.combinations(range(24), 2)
+    assert min(np.linalg.norm(colours[i] - colours[j]) for i, j in pairs) > 50
+    assert (palette(64)[:24] == palette(24)).all()  # a class keeps its colour in any count
