@@ -83,7 +83,7 @@ def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
     if info["frames"] > max_frames:
         raise VideoError(
             f"{Path(path).name} has about {info['frames']} frames; the limit is "
-            f"{max_frames}: trim the video or raise the frame limit"
+            f"{max_frames}: trim the video or raise the limit with --max-frames"
         )
 
 
@@ -171,8 +171,11 @@ def _track_frame(tracker, segments: list[dict], frame_hw: tuple[int, int]) -> No
         segment["track_id"] = track_id
 
 
-def _draw_frame(frame: np.ndarray, segments: list[dict], colours: np.ndarray) -> np.ndarray:
-    """The overlay of one frame: things coloured by track, stuff by class."""
+def _draw_frame(
+    frame: np.ndarray, segments: list[dict], colours: np.ndarray, note: str | None = None
+) -> np.ndarray:
+    """The overlay of one frame: things coloured by track, stuff by class; ``note`` under the
+    legend (the model, and a toy or random model's caveat)."""
     from ovseg.visualize import overlay
 
     shown = [
@@ -183,7 +186,7 @@ def _draw_frame(frame: np.ndarray, segments: list[dict], colours: np.ndarray) ->
         }
         for s in segments
     ]
-    return np.asarray(overlay(frame, shown))
+    return np.asarray(overlay(frame, shown, note=note))
 
 
 def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
@@ -207,22 +210,29 @@ def segment_video(
     stem: str | None = None,
     extra: dict | None = None,
     info: dict | None = None,
+    model: str | None = None,
 ) -> dict:
     """Panoptic segmentation of every frame with the predictor's current vocabulary.
 
     Things carry a ``track_id`` that stays with the object across frames. Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
     defaults to the video's file stem; ``extra`` fields are added to the JSON record; ``info``:
-    the file's :func:`probe`, when the caller has it already).
+    the file's :func:`probe`, when the caller has it already; ``model``: its name, for the
+    note under each frame's legend and a toy or random model's ``model_caveat`` in the JSON;
+    default the predictor's).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
+    from ovseg.model_zoo import model_caveat, model_tag
     from ovseg.results import describe, segment_records
     from ovseg.tracking import IoUTracker
     from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = info or probe(path)
+    model = model or predictor.model_name
+    caveat = model_caveat(model, predictor.vocabulary.classes)
+    note = f"model: {model_tag(model)}"
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     colours = palette(64)
@@ -231,7 +241,7 @@ def segment_video(
         result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
         _, segments = describe(result, "panoptic")
         _track_frame(tracker, segments, frame.shape[:2])
-        drawn.append(_draw_frame(frame, segments, colours))
+        drawn.append(_draw_frame(frame, segments, colours, note))
         time = info["times"][index] if index < len(info["times"]) else None
         records.append({"frame": index, "time": time, "segments": segment_records(segments)})
         if progress is not None:
@@ -245,6 +255,8 @@ def segment_video(
         "classes": predictor.vocabulary.names,
         "per_frame": records,
     } | (extra or {})
+    if caveat:
+        record["model_caveat"] = caveat
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or path.stem
     video_path = out_dir / f"{stem}_overlay.mp4"

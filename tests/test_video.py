@@ -158,3 +158,27 @@ def test_the_overlay_lasts_as_long_as_the_source_whatever_the_rate(tmp_path, cap
     assert header_duration(overlay) == pytest.approx(expected, abs=frame)
     assert probe(overlay)["duration"] == pytest.approx(expected, abs=frame)
     assert source["duration"] == pytest.approx(expected, abs=frame)
+
+
+def test_the_video_json_and_overlay_carry_the_models_caveat(
+    clip_path, tmp_path, capsys, monkeypatch
+):
+    """A random or toy model said so in image outputs only, not in the video JSON or under
+    the overlay's legend; the frame-limit message now names --max-frames."""
+    import ovseg.visualize
+
+    notes = []
+    original = ovseg.visualize.overlay
+
+    def recording(image, segments, **kwargs):
+        notes.append(kwargs.get("note"))
+        return original(image, segments, **kwargs)
+
+    monkeypatch.setattr(ovseg.visualize, "overlay", recording)
+    out = tmp_path / "out"
+    assert main([str(clip_path), "--classes", "square", "--output", str(out), *TINY]) == 0
+    record = json.loads((out / "moving_frames.json").read_text())
+    assert "RANDOM weights" in record["model_caveat"]
+    assert len(notes) == 8 and all("RANDOM weights" in (note or "") for note in notes)
+    assert main([str(clip_path), "--classes", "square", "--max-frames", "3", *TINY]) == 2
+    assert "raise the limit with --max-frames" in capsys.readouterr().err

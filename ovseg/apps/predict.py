@@ -135,6 +135,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
 
+    from ovseg.model_zoo import model_caveat
     from ovseg.preprocess import load_image
 
     image = load_image(image_path)
@@ -148,6 +149,9 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
             size = predictor.output_size(*image.shape[:2])
             record |= {"image_size": list(image.shape[:2]), "output_size": list(size)}
             record |= {"task": "heatmap", "model": settings["model"]}
+            caveat = model_caveat(settings["model"], args.heatmap)
+            if caveat:
+                record["model_caveat"] = caveat
     record["settings"] = settings
     outputs[paths["json"]] = record
     write_outputs(outputs)
@@ -251,6 +255,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             stem=paths["json"].name.removesuffix("_frames.json"),
             extra={"settings": settings},
             info=info,
+            model=settings["model"],
         )
 
 
