@@ -128,6 +128,9 @@ def test_a_bad_file_in_a_folder_is_skipped_and_said_on_its_own_line(tmp_path, ca
     assert any(line.startswith("error: ") and "broken.png" in line for line in lines)
     assert "1 of 4 input(s) failed" in err
     assert len(list(out.glob("*.json"))) == 3
+    # several inputs end with one summary line (there was none)
+    assert any(line.startswith("3 of 3 inputs segmented (found: ") for line in lines), err
+    assert lines[-2].endswith(f"-> {out}") or lines[-1].endswith(f"-> {out}")
 
 
 def test_ctrl_c_says_how_far_it_got_and_exits_130(tmp_path, capsys, monkeypatch):

@@ -573,6 +573,7 @@ def _segment_all(predictor, todo: list, args, dist_info) -> int:
     from ovseg.video import VideoError
 
     failures = done = 0
+    found = set()  # the classes shown in any output, for the summary of several inputs
     quiet = len(todo) == 1 or not dist_info.is_main
     bar = tqdm(todo, desc="segmenting", unit="file", disable=quiet, file=sys.stderr)
     try:
@@ -586,12 +587,20 @@ def _segment_all(predictor, todo: list, args, dist_info) -> int:
                 bar.write(f"error: {error}", file=sys.stderr)
                 continue
             done += 1
+            found.update(s["class"] for s in record.get("segments", []) if s.get("shown", True))
             if len(todo) == 1 and not dist_info.enabled:
                 print(_summary(image_path, record, paths), file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {done} of {len(todo)} done", file=sys.stderr)
         raise SystemExit(130) from None
+    if len(todo) > 1 and not dist_info.enabled:
+        classes = ", ".join(sorted(found)) or "nothing"
+        print(
+            f"{done} of {len(todo)} inputs segmented (found: {classes}) -> "
+            f"{todo[0][1]['json'].parent}",
+            file=sys.stderr,
+        )
     return failures
 
 
