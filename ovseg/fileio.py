@@ -24,10 +24,17 @@ def temp_path_beside(path: str | Path) -> str:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    _plain_mode(tmp)
+    return tmp
+
+
+def _plain_mode(path: str) -> None:
+    """Give ``path`` the permissions a plain open() would (0666 less the umask), again after
+    a writer that replaced the file with its own (safetensors writes a 0600 temp file and
+    renames it)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
+    os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -41,6 +48,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     tmp = temp_path_beside(path)
     try:
         write(tmp)
+        _plain_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -60,6 +68,7 @@ def atomic_write_many(writers: dict[Path, Callable[[str], None]]) -> None:
         for path, write in writers.items():
             temps[path] = temp_path_beside(path)
             write(temps[path])
+            _plain_mode(temps[path])
         for path in writers:
             os.replace(temps.pop(path), path)
     finally:

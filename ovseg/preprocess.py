@@ -51,8 +51,10 @@ def _opened_image(path: str | Path):
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 
+    The first frame of an animated image (:func:`image_frame_count` says how many there are).
     EXIF orientation is applied; grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit
-    images are converted. Missing, non-image, truncated and empty files raise ImageError.
+    images are converted (16-bit values on the 0..65535 scale, as uint16 arrays:
+    :func:`as_rgb_array`). Missing, non-image, truncated and empty files raise ImageError.
     """
     from PIL import ImageOps
 
@@ -71,23 +73,49 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
+# How pixel values of each depth reach the model: one rule for files and arrays. The type,
+# never the content, sets the scale: 16-bit integers are 0..65535 (v / 257, rounded), floats
+# 0..1, 8-bit 0..255; values outside are clipped. A 16-bit file that holds 8-bit values
+# (all <= 255) is therefore nearly black: save it as 8-bit to have it read as such.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def sixteen_bit_to_uint8(array: np.ndarray) -> np.ndarray:
+    """16-bit integer values (any shape, 0..65535) -> uint8: v / 257 rounded, clipped."""
+    return np.clip(np.asarray(array, dtype=np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def unit_float_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float values (any shape, 0..1) -> uint8: v x 255 rounded, clipped."""
+    return np.clip(np.asarray(array, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def image_frame_count(path: str | Path) -> int:
+    """How many frames an image file holds (an animated GIF / PNG / WebP: more than 1; only
+    the first is read by :func:`load_image`). ImageError as :func:`probe_image`."""
+    with _opened_image(path) as image:
+        return int(getattr(image, "n_frames", 1))
+
+
 def to_rgb_uint8(image) -> np.ndarray:
-    """A PIL image of any mode -> (H, W, 3) uint8 RGB."""
+    """A PIL image of any mode -> (H, W, 3) uint8 RGB. 16-bit (I;16*, I) and float (F)
+    grayscale follow the one rule above (as arrays do in :func:`as_rgb_array`)."""
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has 0 pixels")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        high = array.max()
-        scale = 255.0 / (65535.0 if high > 255 else 255.0)
-        array = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(array[:, :, None], 3, axis=2)
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        array = np.asarray(image)
+        gray = sixteen_bit_to_uint8(array) if image.mode != "F" else unit_float_to_uint8(array)
+        return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
 def as_rgb_array(image) -> np.ndarray:
-    """A path, PIL image or array (H, W), (H, W, 3|4) uint8/uint16/float in 0..1 -> RGB uint8."""
+    """A path, PIL image or array (H, W), (H, W, 3|4) uint8 / uint16 / float -> (H, W, 3) uint8
+    RGB. Files and arrays follow one rule (see ``SIXTEEN_BIT_MODES``): uint16 is 0..65535
+    (v / 257), float 0..1, whatever the values; the same 16-bit pixels as a PNG path and as a
+    uint16 array reach the model alike. ImageError for other shapes, dtypes, 0 pixels."""
     if isinstance(image, (str, Path)):
         return load_image(image)
     if not isinstance(image, np.ndarray):
@@ -100,9 +128,9 @@ def as_rgb_array(image) -> np.ndarray:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError("the image has 0 pixels")
     if array.dtype == np.uint16:
-        array = (array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+        array = sixteen_bit_to_uint8(array)
     elif np.issubdtype(array.dtype, np.floating):
-        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        array = unit_float_to_uint8(array)
     elif array.dtype != np.uint8:
         raise ImageError(f"unsupported image dtype {array.dtype}")
     if array.shape[2] == 1:

@@ -3,7 +3,9 @@ frames (ovseg.tracking), an overlay MP4 (H.264) and a per-frame JSON."""
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import re
 from pathlib import Path
 
@@ -19,10 +21,11 @@ class VideoError(ValueError):
     """A video that cannot be used; the message says why."""
 
 
-def frame_times(path: str | Path) -> list[float]:
-    """Presentation time (s) of every frame the file holds, from ffmpeg's ``showinfo`` filter
-    (one decode pass). A variable-frame-rate file keeps its own frames and times: nothing is
-    duplicated to a constant rate. Raises VideoError when ffmpeg cannot read it."""
+def frame_times(path: str | Path) -> tuple[list[float], float | None]:
+    """Presentation time (s) of every frame the file holds, and the last frame's duration (s,
+    None when the file gives none), from ffmpeg's ``showinfo`` filter (one decode pass). A
+    variable-frame-rate file keeps its own frames and times: nothing is duplicated to a
+    constant rate. Raises VideoError when ffmpeg cannot read it."""
     import subprocess
 
     import imageio_ffmpeg
@@ -36,16 +39,22 @@ def frame_times(path: str | Path) -> list[float]:
     times = [float(t) for t in _PTS_TIME.findall(done.stderr)]
     if done.returncode != 0 and not times:
         raise VideoError(f"{Path(path).name} is not a video ffmpeg can read")
-    return times
+    durations = [float(d) for d in _DURATION_TIME.findall(done.stderr)]
+    last = durations[-1] if len(durations) == len(times) and durations[-1] > 0 else None
+    return times, last
 
 
 _PTS_TIME = re.compile(r"\] n:\s*\d+ pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
+_DURATION_TIME = re.compile(r"\] n:\s*\d+ pts:.*?duration_time:([\d.]+)")
 
 
 def probe(path: str | Path) -> dict:
-    """{"size": (W, H), "fps": float (the stream's nominal rate), "frames": int, "times": [s]}
-    of a video file: the frames and their times are those the file holds (variable frame
-    rates included). Raises VideoError for a missing or unreadable file."""
+    """{"size": (W, H), "fps": float (the stream's nominal rate), "frames": int, "times": [s],
+    "duration": s} of a video file: the frames and their times are those the file holds
+    (variable frame rates included); the duration runs from the first frame to the end of the
+    last (its own duration, else one nominal period), not the container's header, which
+    B-frames in a variable-rate MP4 can leave short of the last frame. Raises VideoError for a
+    missing or unreadable file."""
     import imageio_ffmpeg
 
     path = Path(path)
@@ -57,9 +66,16 @@ def probe(path: str | Path) -> dict:
         reader.close()
     except (RuntimeError, OSError, StopIteration) as error:
         raise VideoError(f"{path} is not a video ffmpeg can read") from error
-    times = frame_times(path)
+    times, last_duration = frame_times(path)
     fps = float(meta.get("fps") or 0) or 25.0
-    return {"size": tuple(meta["size"]), "fps": fps, "frames": len(times), "times": times}
+    duration = times[-1] - times[0] + (last_duration or 1 / fps) if times else 0.0
+    return {
+        "size": tuple(meta["size"]),
+        "fps": fps,
+        "frames": len(times),
+        "times": times,
+        "duration": duration,
+    }
 
 
 def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
@@ -67,7 +83,7 @@ def check_frame_limit(path: Path, info: dict, max_frames: int) -> None:
     if info["frames"] > max_frames:
         raise VideoError(
             f"{Path(path).name} has about {info['frames']} frames; the limit is "
-            f"{max_frames}: trim the video or raise the frame limit"
+            f"{max_frames}: trim the video or raise the limit with --max-frames"
         )
 
 
@@ -90,20 +106,34 @@ def read_frames(path: str | Path, max_frames: int):
         reader.close()
 
 
-def repeats_for_times(times: list[float], fps: float) -> list[int]:
-    """How many times to write each frame at a constant ``fps`` so that frame i lasts until
-    frame i+1's time (the last frame one period): a variable-frame-rate video keeps its
-    timing, pauses included, in a constant-rate file."""
-    starts = [round((t - times[0]) * fps) for t in times]
-    ends = starts[1:] + [starts[-1] + 1]
-    return [max(1, end - start) for start, end in zip(starts, ends, strict=True)]
+MAX_OVERLAY_FPS = 240  # a faster source shares ticks: some frames are not shown, none slowed
+
+
+def overlay_rate(info: dict) -> int:
+    """The overlay's constant, whole rate for a probed video: its nominal rate, or its mean
+    rate if higher, within 1..MAX_OVERLAY_FPS."""
+    mean = info["frames"] / info["duration"] if info.get("duration") else 0.0
+    return int(min(max(round(info["fps"]), math.ceil(mean - 1e-6), 1), MAX_OVERLAY_FPS))
+
+
+def overlay_repeats(times: list[float], duration: float, fps: int) -> list[int]:
+    """How many times to write each frame at a constant ``fps`` so that the overlay keeps the
+    source's timing: round(duration x fps) ticks (the source's ``duration`` within half a
+    tick), each showing the frame the source shows at the tick's middle. Pauses are held;
+    frames closer together than a tick may be written 0 times."""
+    ticks = max(1, round(duration * fps))
+    starts = [t - times[0] for t in times]
+    counts = [0] * len(times)
+    for tick in range(ticks):
+        counts[max(0, bisect.bisect_right(starts, (tick + 0.5) / fps) - 1)] += 1
+    return counts
 
 
 def write_mp4(
     path: Path, frames: list[np.ndarray], fps: float, *, repeats: list[int] | None = None
 ) -> None:
     """H.264 MP4 (browser-playable), written atomically; odd sizes are padded to even.
-    ``repeats``: how many times each frame is written (default once)."""
+    ``repeats``: how many times each frame is written (default once; 0 skips it)."""
     import imageio_ffmpeg
 
     height, width = frames[0].shape[:2]
@@ -141,8 +171,11 @@ def _track_frame(tracker, segments: list[dict], frame_hw: tuple[int, int]) -> No
         segment["track_id"] = track_id
 
 
-def _draw_frame(frame: np.ndarray, segments: list[dict], colours: np.ndarray) -> np.ndarray:
-    """The overlay of one frame: things coloured by track, stuff by class."""
+def _draw_frame(
+    frame: np.ndarray, segments: list[dict], colours: np.ndarray, note: str | None = None
+) -> np.ndarray:
+    """The overlay of one frame: things coloured by track, stuff by class; ``note`` under the
+    legend (the model, and a toy or random model's caveat)."""
     from ovseg.visualize import overlay
 
     shown = [
@@ -153,7 +186,7 @@ def _draw_frame(frame: np.ndarray, segments: list[dict], colours: np.ndarray) ->
         }
         for s in segments
     ]
-    return np.asarray(overlay(frame, shown))
+    return np.asarray(overlay(frame, shown, note=note))
 
 
 def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
@@ -177,22 +210,29 @@ def segment_video(
     stem: str | None = None,
     extra: dict | None = None,
     info: dict | None = None,
+    model: str | None = None,
 ) -> dict:
     """Panoptic segmentation of every frame with the predictor's current vocabulary.
 
     Things carry a ``track_id`` that stays with the object across frames. Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
     defaults to the video's file stem; ``extra`` fields are added to the JSON record; ``info``:
-    the file's :func:`probe`, when the caller has it already).
+    the file's :func:`probe`, when the caller has it already; ``model``: its name, for the
+    note under each frame's legend and a toy or random model's ``model_caveat`` in the JSON;
+    default the predictor's).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
+    from ovseg.model_zoo import model_caveat, model_tag
     from ovseg.results import describe, segment_records
     from ovseg.tracking import IoUTracker
     from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = info or probe(path)
+    model = model or predictor.model_name
+    caveat = model_caveat(model, predictor.vocabulary.classes)
+    note = f"model: {model_tag(model)}"
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     colours = palette(64)
@@ -201,7 +241,7 @@ def segment_video(
         result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
         _, segments = describe(result, "panoptic")
         _track_frame(tracker, segments, frame.shape[:2])
-        drawn.append(_draw_frame(frame, segments, colours))
+        drawn.append(_draw_frame(frame, segments, colours, note))
         time = info["times"][index] if index < len(info["times"]) else None
         records.append({"frame": index, "time": time, "segments": segment_records(segments)})
         if progress is not None:
@@ -215,15 +255,21 @@ def segment_video(
         "classes": predictor.vocabulary.names,
         "per_frame": records,
     } | (extra or {})
+    if caveat:
+        record["model_caveat"] = caveat
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or path.stem
     video_path = out_dir / f"{stem}_overlay.mp4"
     json_path = out_dir / f"{stem}_frames.json"
-    # The overlay keeps the source's timing: each frame lasts until the next one's time.
-    fps = float(min(max(round(info["fps"]), 1), 60))  # a whole rate: exact timestamps
+    # The overlay keeps the source's timing (and duration) at a whole rate: exact timestamps.
+    fps = overlay_rate(info)
     times = [r["time"] for r in records]
-    repeats = repeats_for_times(times, fps) if None not in times else None
-    write_mp4(video_path, _pad_to_largest(drawn), fps, repeats=repeats)
+    repeats = None
+    if None not in times:
+        whole = len(records) == info["frames"] and info.get("duration")
+        duration = info["duration"] if whole else times[-1] - times[0] + 1 / info["fps"]
+        repeats = overlay_repeats(times, duration, fps)
+    write_mp4(video_path, _pad_to_largest(drawn), float(fps), repeats=repeats)
     try:
         write_text_atomic(json_path, json.dumps(record, ensure_ascii=False))
     except BaseException:

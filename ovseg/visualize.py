@@ -5,7 +5,6 @@ The data behind them (segments, label maps, JSON records) is :mod:`ovseg.results
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import textwrap
 from pathlib import Path
@@ -15,14 +14,44 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def palette(count: int) -> np.ndarray:
-    """``count`` distinct, deterministic RGB colours (uint8, (count, 3))."""
-    colours = []
-    for i in range(count):
-        hue = (i * 0.618033988749895) % 1.0
-        saturation = 0.65 + 0.35 * ((i // 7) % 2)
-        value = 0.95 - 0.25 * ((i // 3) % 2)
-        colours.append([int(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)])
-    return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+    """``count`` distinct, deterministic RGB colours (uint8, (count, 3)); colour i is the same
+    for every ``count`` (a prefix of one sequence). Each colour is the one farthest, in
+    CIELAB, from all before it (greedy farthest point over an RGB grid), so that the first
+    classes' colours are far apart: the golden-ratio hues that came before gave classes 3 and
+    16 (star and sand in the synthetic world) two nearly equal purples."""
+    sequence = _palette_sequence()
+    return np.resize(sequence, (max(count, 0), 3))  # beyond the grid's colours: repeated
+
+
+@functools.lru_cache(maxsize=1)
+def _palette_sequence() -> np.ndarray:
+    """Every usable colour of an 11-level RGB grid, in greedy farthest-point order."""
+    levels = np.linspace(0, 255, 11)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = _srgb_to_lab(grid / 255.0)
+    usable = (lab[:, 0] > 35) & (lab[:, 0] < 92)  # neither near black nor near white
+    grid, lab = grid[usable], lab[usable]
+    first = int(np.argmin(np.abs(grid - [230, 25, 75]).sum(1)))  # a strong red to start
+    chosen = [first]
+    nearest = np.linalg.norm(lab - lab[first], axis=1)
+    for _ in range(1, len(grid)):
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[pick], axis=1))
+    return np.rint(grid[chosen]).astype(np.uint8)
+
+
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) sRGB in 0..1 -> (N, 3) CIELAB (D65)."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = np.array(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    )
+    xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1
+    )
 
 
 # Shipped with ovseg (ovseg/assets/fonts/README.md): Latin, Greek, Cyrillic and CJK class

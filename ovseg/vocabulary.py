@@ -170,13 +170,30 @@ def _kind_prefix(entry: str) -> tuple[bool | None, str]:
 
 def parse_class_list(text: str) -> Vocabulary:
     """Parse a command-line class list: commas between classes, '/' between synonyms, and an
-    optional kind prefix per class (``"thing:house, stuff:brick/bricks, sky"``)."""
-    entries = [_kind_prefix(entry) for entry in text.split(",")]
-    entries = [(kind, split_synonyms(rest, "/")) for kind, rest in entries]
-    entries = [(kind, synonyms) for kind, synonyms in entries if synonyms]
-    if not entries:
+    optional kind prefix per class (``"thing:house, stuff:brick/bricks, sky"``).
+
+    Raises ValueError for an empty list, and for any empty name in it, never dropping one
+    silently: ``"cat,,dog"`` (class 2), ``"thing:, dog"`` (a kind without a name),
+    ``"cat//kitty"`` (an empty synonym)."""
+    if not any(part.strip() for part in text.replace("/", ",").split(",")):
         raise ValueError('the class list is empty: give names like --classes "cat, dog"')
-    return _custom_vocabulary([s for _, s in entries], [k for k, _ in entries])
+    classes, kinds = [], []
+    for number, entry in enumerate(text.split(","), start=1):
+        kind, rest = _kind_prefix(entry)
+        synonyms = tuple(s.strip() for s in rest.split("/"))
+        if not any(synonyms):
+            what = f"'{entry.strip()}' has no name" if entry.strip() else "is empty"
+            raise ValueError(
+                f'classes "{text}": class {number} {what}: remove the extra comma or name the class'
+            )
+        if not all(synonyms):
+            raise ValueError(
+                f"classes \"{text}\": class {number} ('{entry.strip()}') has an empty "
+                "synonym: remove the extra '/'"
+            )
+        classes.append(synonyms)
+        kinds.append(kind)
+    return _custom_vocabulary(classes, kinds)
 
 
 def vocabulary_from_list(entries: Sequence[str | Sequence[str]]) -> Vocabulary:

@@ -114,3 +114,28 @@ def test_pickled_objects_are_never_loaded(tmp_path):
         torch.save({"model": {"x": NotATensor()}}, f)
     with pytest.raises(WeightsError, match="objects other than tensors"):
         read_state_dict(path)
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """.safetensors outputs came out mode 0600 (safetensors renames its own private temp
+    file) while PNG / JSON outputs were 0644: every atomic write now ends with the umask's."""
+    import os
+    import stat
+
+    from ovseg.fileio import atomic_write, atomic_write_many
+
+    umask = os.umask(0o022)
+    try:
+        save_weights({"weight": torch.zeros(3)}, tmp_path / "model.safetensors")
+        atomic_write(tmp_path / "a.txt", lambda tmp: open(tmp, "w").close())
+        atomic_write_many({tmp_path / "b.safetensors": lambda tmp: _safetensors_to(tmp)})
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "a.txt", "b.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _safetensors_to(path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, path)

@@ -128,6 +128,9 @@ def test_a_bad_file_in_a_folder_is_skipped_and_said_on_its_own_line(tmp_path, ca
     assert any(line.startswith("error: ") and "broken.png" in line for line in lines)
     assert "1 of 4 input(s) failed" in err
     assert len(list(out.glob("*.json"))) == 3
+    # several inputs end with one summary line (there was none)
+    assert any(line.startswith("3 of 3 inputs segmented (found: ") for line in lines), err
+    assert lines[-2].endswith(f"-> {out}") or lines[-1].endswith(f"-> {out}")
 
 
 def test_ctrl_c_says_how_far_it_got_and_exits_130(tmp_path, capsys, monkeypatch):
@@ -283,3 +286,63 @@ def test_class_names_in_any_script_are_drawn_as_words(name):
     for letter in name:
         drawn = np.asarray(font.getmask(letter))
         assert drawn.shape != missing.shape or (drawn != missing).any(), letter
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--points", ""], '--points "" is empty'),
+        (["--boxes", " ; "], '--boxes " ; " is empty'),
+        (["--score-threshold", "0.5", "--task", "semantic"], "--task instance only"),
+        (["--score-threshold", "0.5"], "not --task panoptic"),
+        (["--score-threshold", "0.5", "--task", "instance", "--points", "5,5"], "--points"),
+    ],
+)
+def test_an_option_nothing_would_read_is_refused_not_ignored(tmp_path, capsys, option, message):
+    """--points "" ran a whole-image segmentation; --score-threshold with another task than
+    instance was ignored."""
+    image = save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    code, _, err = run([image, "--classes", "cat", "--output", out, *TINY, *option], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_dropped_input_is_said_in_one_warning_line(tmp_path, capsys):
+    """An animated GIF's later frames, a class name past the text context and a --short-side
+    the long-side limit caps were dropped without a word."""
+    frames = [Image.fromarray(np.full((32, 48, 3), 40 * k, np.uint8)) for k in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    long_name = " ".join(["enormous"] * 90) + " cat"
+    out = tmp_path / "out"
+    code, _, err = run(
+        [gif, "--classes", f"dog, {long_name}", "--output", out, "--model", "fcclip_tiny_parity"]
+        + ["--short-side", "100000", "--max-output-pixels", "5000"],
+        capsys,
+    )
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 3, err
+    animated, capped, cut = warnings
+    assert "anim.gif is animated (3 frames): only the first frame" in animated
+    assert "--short-side 100000" in capped and "long-side limit of 1333" in capped
+    assert "'enormous enormous" in cut and "'dog'" not in cut and "truncated" in cut
+    assert (out / "anim.json").is_file()
+
+
+def test_legend_colours_of_a_vocabulary_are_told_apart():
+    """Star (class 3) and sand (class 16) of the synthetic world were drawn in two nearly
+    equal purples (RGB distance 24): every two of the first 24 colours now differ clearly."""
+    import itertools
+
+    from ovseg.visualize import palette
+    from ovseg.vocabulary import load_vocabulary
+
+    names = load_vocabulary("synthetic_world").names
+    colours = palette(24).astype(float)
+    star, sand = names.index("star"), names.index("sand")
+    assert np.linalg.norm(colours[star] - colours[sand]) > 50
+    pairs = itertools.combinations(range(24), 2)
+    assert min(np.linalg.norm(colours[i] - colours[j]) for i, j in pairs) > 50
+    assert (palette(64)[:24] == palette(24)).all()  # a class keeps its colour in any count

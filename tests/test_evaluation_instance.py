@@ -166,13 +166,29 @@ def test_perfect_prediction_is_100():
             assert results[iou_type][metric] == pytest.approx(100.0)
 
 
-def test_no_predictions_gives_zeros():
+def test_no_predictions_gives_zeros_where_there_is_ground_truth():
     evaluator = InstanceEvaluator(CATEGORIES)
     evaluator.add_ground_truth(0, rectangle(20, 20, 2, 2, 9, 9)[None], [1], [False])
     evaluator.add_prediction(0, np.zeros((0, 20, 20), dtype=bool), [], [])
-    assert evaluator.compute() == {
-        iou_type: dict.fromkeys(METRICS, 0.0) for iou_type in ("segm", "bbox")
-    }
+    results = evaluator.compute()
+    for iou_type in ("segm", "bbox"):  # one small instance: APm / APl undefined as in COCOeval
+        values = results[iou_type]
+        assert [values[m] for m in ("AP", "AP50", "AP75", "APs")] == [0.0] * 4
+        assert math.isnan(values["APm"]) and math.isnan(values["APl"])
+
+
+def test_nothing_to_evaluate_is_undefined_not_zero(tmp_path):
+    """No ground truth and no predictions: pycocotools' -1, not 0, in the table and JSON."""
+    import json
+
+    evaluator = InstanceEvaluator(CATEGORIES)
+    evaluator.add_ground_truth(0, np.zeros((0, 20, 20), dtype=bool), [], [])
+    evaluator.add_prediction(0, np.zeros((0, 20, 20), dtype=bool), [], [])
+    results = evaluator.compute()
+    assert all(math.isnan(v) for values in results.values() for v in values.values())
+    table = InstanceEvaluator.format_table(results)
+    assert "nan" in table and "undefined" in table and "0.00" not in table
+    assert json.loads(json.dumps(results))["segm"]["AP"] != 0  # NaN, as PQ writes it
 
 
 def test_bad_inputs_raise():

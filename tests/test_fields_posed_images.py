@@ -203,6 +203,17 @@ def test_broken_transforms_are_refused_in_one_line(tmp_path, meta, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("extra", [{"k1": 0.2}, {"p2": 0.01}, {"camera_model": "OPENCV_FISHEYE"}])
+def test_distortion_given_per_frame_is_refused_like_the_top_level(tmp_path, extra):
+    _scene(tmp_path, count=1)
+    frame = {"file_path": "images/view_00.png", "transform_matrix": np.eye(4).tolist()}
+    meta = {"fl_x": 30, "w": 24, "h": 16, "frames": [{**frame, **extra}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(PosedImagesError, match="frame 0.*undistort the images first") as caught:
+        load_posed_images(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_folder_with_no_poses_says_what_to_run(tmp_path):
     with pytest.raises(PosedImagesError, match="run COLMAP"):
         load_posed_images(tmp_path)

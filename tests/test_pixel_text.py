@@ -107,6 +107,7 @@ def test_heatmap_command_writes_one_picture_per_phrase(image, tmp_path, capsys):
     ]
     record = json.loads((out / "photo.json").read_text())
     assert record["task"] == "heatmap"
+    assert "RANDOM weights" in record["model_caveat"]  # said in heat-map-only JSON too
     assert [h["phrase"] for h in record["heatmaps"]] == ["red car", "斑马"]
     assert all(0 < h["peak_relevancy"] < 1 for h in record["heatmaps"])
     picture = Image.open(out / "photo_heatmap_1_red-car.png")

@@ -83,6 +83,18 @@ def test_image_kinds(tmp_path):
         as_rgb_array(np.zeros((0, 5, 3), dtype=np.uint8))
 
 
+@pytest.mark.parametrize("high", [200, 60000])
+def test_16_bit_pixels_reach_the_model_alike_as_a_file_and_as_an_array(tmp_path, high):
+    """Small values (max 200) came out max 200 from a PNG and max 1 from the array."""
+    deep = np.linspace(0, high, 20 * 30).reshape(20, 30).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    from_file = load_image(tmp_path / "deep.png")
+    from_array = as_rgb_array(deep)
+    np.testing.assert_array_equal(from_file, from_array)
+    assert from_array.max() == round(high / 257)  # the 0..65535 scale, whatever the values
+    np.testing.assert_array_equal(as_rgb_array(np.stack([deep] * 3, axis=2)), from_array)
+
+
 def test_large_image_is_bounded(parity_predictor):
     parity_predictor.max_output_pixels = 200 * 100
     try:

@@ -293,3 +293,61 @@ def test_train_command_trains_a_sam_teacher(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "drop --teacher-sam" in err
     code, _, err = run_main(train_prompt_head.main, [*arguments, "--train-sam", "vit_q"], capsys)
     assert code == 2 and "unknown SAM model 'vit_q'" in err
+
+
+class _RecordingHead:
+    """Stands in for a prompt head: records the points it is given, answers empty masks."""
+
+    mask_stride = 4
+
+    def __init__(self):
+        self.points = []
+
+    def __call__(self, embedding, *, input_hw, points=None, point_labels=None, boxes=None, **_):
+        self.points.append(points[0].clone())
+        low = torch.zeros(1, 3, input_hw[0] // 4, input_hw[1] // 4)
+        return low, torch.ones(1, 3)
+
+
+@pytest.mark.parametrize("size,resized", [(1000, 250), (160, 320), (101, 64)])
+def test_a_click_on_the_last_row_or_column_stays_on_the_resized_image(size, resized):
+    from types import SimpleNamespace
+
+    from ovseg.sam.prompt_head import predict_prompt_masks
+    from ovseg.sam.prompts import make_prompts
+
+    padded = -(-resized // 32) * 32
+    features = SimpleNamespace(
+        image_size=(size, size),
+        resized_hw=(resized, resized),
+        padded_hw=(padded, padded),
+        prompt_embedding=torch.zeros(1, 8, padded // 16, padded // 16),
+    )
+    head = _RecordingHead()
+    corners = [[0, 0], [size - 1, size - 1], [size - 1, 0]]
+    predict_prompt_masks(head, features, make_prompts(corners))
+    encoded = head.points[0] + 0.5  # the head adds SAM's half pixel
+    scale = resized / size
+    assert torch.allclose(encoded, (torch.tensor(corners, dtype=torch.float32) + 0.5) * scale)
+    assert (encoded > 0).all() and (encoded < resized).all()
+
+
+def test_sam_is_given_pixel_centres_too():
+    from types import SimpleNamespace
+
+    from ovseg.sam.masks import SamMasks
+    from ovseg.sam.prompts import make_prompts
+
+    given = []
+
+    def predict(point_coords=None, point_labels=None, box=None, multimask_output=True):
+        given.append(point_coords)
+        return np.zeros((1, 4, 4), bool), np.ones(1), None
+
+    sam = SamMasks.__new__(SamMasks)
+    sam._predictor = SimpleNamespace(
+        input_size=(256, 256), original_size=(1024, 1024), predict=predict
+    )
+    sam._predict(make_prompts([[1023, 1023]]).objects()[0])
+    resized = given[0] * 0.25 + 0.5  # SAM's apply_coords, then its half pixel
+    assert np.allclose(resized, 1023.5 * 0.25) and (resized < 256).all()

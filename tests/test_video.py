@@ -74,8 +74,10 @@ def test_video_limits_and_bad_files(clip_path, tmp_path, capsys):
     assert not out.exists()
 
 
-def variable_rate_clip(tmp_path):
-    """30 frames: 29 at 10 frames/s, then the last one 2 s later (a pause): 4.9 s in all."""
+def variable_rate_clip(tmp_path, *extra):
+    """30 frames: 29 at 10 frames/s, then the last one 2 s later (a pause): 4.9 s in all.
+    ``extra`` ffmpeg output options (``-bf 0``: no B-frames, whose reordering leaves the MP4
+    header's duration at 2.96 s, short of the last frame)."""
     import subprocess
 
     import imageio_ffmpeg
@@ -93,7 +95,7 @@ def variable_rate_clip(tmp_path):
     subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "concat", "-safe", "0", "-i"]
         + [str(folder / "list.txt"), "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt"]
-        + ["yuv420p", str(clip)],
+        + ["yuv420p", *extra, str(clip)],
         check=True,
     )
     return clip
@@ -119,3 +121,64 @@ def test_a_variable_frame_rate_video_is_read_as_the_frames_it_holds(tmp_path, ca
     overlay = probe(out / "paused_overlay.mp4")
     duration = overlay["times"][-1] - overlay["times"][0] + 1 / overlay["fps"]
     assert duration == pytest.approx(times[-1] - times[0] + 0.1, abs=0.25)  # timing kept
+
+
+def header_duration(path) -> float:
+    """The container's duration (s) as ffmpeg reports it (what players show)."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    done = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    hours, minutes, seconds = re.search(r"Duration: (\d+):(\d+):([\d.]+)", done.stderr).groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@pytest.mark.parametrize("kind", ["slow_motion_240fps", "variable_rate"])
+def test_the_overlay_lasts_as_long_as_the_source_whatever_the_rate(tmp_path, capsys, kind):
+    """A 240 fps clip of 0.13 s gave a 0.50 s overlay (the rate was capped at 60 and every
+    frame written at least once); a variable rate could stretch it too."""
+    if kind == "variable_rate":
+        clip = variable_rate_clip(tmp_path, "-bf", "0")
+    else:
+        clip = tmp_path / "slow.mp4"
+        frames = [np.full((48, 64, 3), 8 * t, np.uint8) for t in range(31)]
+        write_mp4(clip, frames, fps=240)
+    source = probe(clip)
+    frame = float(np.diff(source["times"]).min())  # the tolerance: the source's shortest frame
+    expected = header_duration(clip)  # right for these clips (no B-frames)
+    out = tmp_path / "out"
+    assert main([str(clip), "--classes", "square", "--output", str(out), *TINY]) == 0
+    overlay = out / f"{clip.stem}_overlay.mp4"
+    assert header_duration(overlay) == pytest.approx(expected, abs=frame)
+    assert probe(overlay)["duration"] == pytest.approx(expected, abs=frame)
+    assert source["duration"] == pytest.approx(expected, abs=frame)
+
+
+def test_the_video_json_and_overlay_carry_the_models_caveat(
+    clip_path, tmp_path, capsys, monkeypatch
+):
+    """A random or toy model said so in image outputs only, not in the video JSON or under
+    the overlay's legend; the frame-limit message now names --max-frames."""
+    import ovseg.visualize
+
+    notes = []
+    original = ovseg.visualize.overlay
+
+    def recording(image, segments, **kwargs):
+        notes.append(kwargs.get("note"))
+        return original(image, segments, **kwargs)
+
+    monkeypatch.setattr(ovseg.visualize, "overlay", recording)
+    out = tmp_path / "out"
+    assert main([str(clip_path), "--classes", "square", "--output", str(out), *TINY]) == 0
+    record = json.loads((out / "moving_frames.json").read_text())
+    assert "RANDOM weights" in record["model_caveat"]
+    assert len(notes) == 8 and all("RANDOM weights" in (note or "") for note in notes)
+    assert main([str(clip_path), "--classes", "square", "--max-frames", "3", *TINY]) == 2
+    assert "raise the limit with --max-frames" in capsys.readouterr().err

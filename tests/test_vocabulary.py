@@ -219,6 +219,22 @@ def test_parse_class_list_empty_rejected(text):
         parse_class_list(text)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cat,,dog", "class 2 is empty"),
+        ("cat, dog,", "class 3 is empty"),
+        ("thing:, dog", "class 1 'thing:' has no name"),
+        ("stuff: / , dog", "class 1 'stuff: /' has no name"),
+        ("cat//kitty, dog", "class 1 .* has an empty synonym"),
+    ],
+)
+def test_an_empty_name_inside_a_class_list_is_refused_not_dropped(text, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        parse_class_list(text)
+    assert "\n" not in str(caught.value)
+
+
 def test_parse_class_list_unicode_kept():
     vocab = parse_class_list("café, 猫/ねこ, Ünïcødé thing")
     assert vocab.classes == (("café",), ("猫", "ねこ"), ("Ünïcødé thing",))

@@ -49,6 +49,22 @@ def test_downloads_are_named_after_the_image_and_messages_speak_to_the_page(pari
     assert said == "holiday photo.png is truncated or corrupt (x)"
 
 
+def test_a_preset_that_replaces_typed_classes_says_so(parity_predictor):
+    """Picking a preset silently replaced the classes typed in the box."""
+    from ovseg.apps.web import TYPED, Demo
+
+    demo = Demo(parity_predictor, model_note="test")
+    try:
+        preset = next(label for label in demo.presets if label.startswith("Synthetic"))
+        image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        status = demo.segment_image(image, "cat, dog", preset, "panoptic")[4]
+        assert f"preset {preset}; the typed classes are not used" in status
+        typed = demo.segment_image(image, "cat, dog", TYPED, "panoptic")[4]
+        assert "preset" not in typed
+    finally:
+        demo.close()
+
+
 def test_analytics_are_off_unless_asked_for(monkeypatch, capsys):
     from ovseg.apps.web import main
 

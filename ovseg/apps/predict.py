@@ -100,9 +100,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-threshold",
         type=float,
-        default=INSTANCE_SCORE_THRESHOLD,
-        help="instance task: draw and list instances scoring at least this (0..1); the JSON "
-        "keeps every instance, marked 'shown' (default: %(default)s)",
+        default=None,
+        help="--task instance only: draw and list instances scoring at least this (0..1); the "
+        f"JSON keeps every instance, marked 'shown' (default: {INSTANCE_SCORE_THRESHOLD})",
     )
     parser.add_argument(
         "--overwrite",
@@ -135,6 +135,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
 
+    from ovseg.model_zoo import model_caveat
     from ovseg.preprocess import load_image
 
     image = load_image(image_path)
@@ -148,6 +149,9 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
             size = predictor.output_size(*image.shape[:2])
             record |= {"image_size": list(image.shape[:2]), "output_size": list(size)}
             record |= {"task": "heatmap", "model": settings["model"]}
+            caveat = model_caveat(settings["model"], args.heatmap)
+            if caveat:
+                record["model_caveat"] = caveat
     record["settings"] = settings
     outputs[paths["json"]] = record
     write_outputs(outputs)
@@ -251,6 +255,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             stem=paths["json"].name.removesuffix("_frames.json"),
             extra={"settings": settings},
             info=info,
+            model=settings["model"],
         )
 
 
@@ -292,8 +297,7 @@ def _check_arguments(args) -> None:
         )
     if args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise UsageError(f"--score-threshold {args.score_threshold} is not in 0..1")
+    _check_score_threshold(args)
     if args.device is not None:
         resolve_device(args.device)
     if not args.inputs and not args.examples:
@@ -311,6 +315,9 @@ def _check_arguments(args) -> None:
             raise UsageError("--head pixel-text gives semantic output only: add --task semantic")
         if args.points or args.boxes or args.masks == "sam":
             raise UsageError("--head pixel-text makes no masks: drop --points, --boxes, --masks")
+    for option, text in (("--points", args.points), ("--boxes", args.boxes)):
+        if text is not None and not text.replace(";", "").strip():
+            raise UsageError(f'{option} "{text}" is empty: give {option[2:]} or drop {option}')
     if args.points or args.boxes:
         from ovseg.sam.prompts import parse_prompts
 
@@ -321,6 +328,22 @@ def _check_arguments(args) -> None:
 
         check_sam_arguments(args)
         sam_weights(args.sam_model, args.sam_weights)  # missing weights: say where, now
+
+
+def _check_score_threshold(args) -> None:
+    """--score-threshold: in 0..1 and for --task instance only (elsewhere nothing reads it:
+    refused rather than ignored); unset, the default."""
+    if args.score_threshold is None:
+        args.score_threshold = INSTANCE_SCORE_THRESHOLD
+        return
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise UsageError(f"--score-threshold {args.score_threshold} is not in 0..1")
+    if args.task != "instance" or args.points or args.boxes:
+        used = "--points / --boxes" if args.points or args.boxes else f"--task {args.task}"
+        raise UsageError(
+            f"--score-threshold applies to --task instance only, not {used} (every segment "
+            "is drawn there): drop it"
+        )
 
 
 def _check_onnx_arguments(args) -> None:
@@ -342,11 +365,11 @@ def _check_onnx_arguments(args) -> None:
     args.precision = "fp32"
 
 
-def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
+def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int, list]:
     """-> (todo [(input, output paths, settings, video probe or None)], bad [(input, error)],
-    skipped count)."""
+    skipped count, warnings [one line each])."""
     from ovseg.predictor import model_label
-    from ovseg.preprocess import ImageError
+    from ovseg.preprocess import ImageError, image_frame_count
     from ovseg.sam.prompts import PromptError
     from ovseg.video import VideoError
 
@@ -359,7 +382,7 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
     model = model_label(args.model, args.weights)
     if args.onnx is not None:
         model = args.export_settings["model"]
-    todo, bad, skipped = [], [], 0
+    todo, bad, skipped, warnings = [], [], 0, []
     for image in images:
         paths = output_paths(
             out_dir, image, stems[image], heatmaps=args.heatmap, segment=vocabulary is not None
@@ -377,7 +400,12 @@ def _plan(args, vocabulary, out_dir: Path) -> tuple[list, list, int]:
             bad.append((image, error))
             continue
         todo.append((image, paths, settings, info))
-    return todo, bad, skipped
+        if info is None and (frames := image_frame_count(image)) > 1:
+            warnings.append(
+                f"warning: {image} is animated ({frames} frames): only the first frame is "
+                "segmented (to segment them all, make it a video: ffmpeg -i in.gif out.mp4)"
+            )
+    return todo, bad, skipped, warnings
 
 
 def _check_prompts_fit(path: Path, video_info, args) -> None:
@@ -421,7 +449,7 @@ def run(args) -> int:
     elif args.vocab is not None:
         vocabulary = as_vocabulary(args.vocab)
     out_dir = Path(args.output)
-    todo, bad, skipped = _plan(args, vocabulary, out_dir)
+    todo, bad, skipped, warnings = _plan(args, vocabulary, out_dir)
     if skipped and info.is_main:
         print(
             f"skipping {skipped} input(s) whose outputs exist, made with the same model, "
@@ -437,6 +465,8 @@ def run(args) -> int:
         bad = bad if info.is_main else []
     for _, error in bad:
         print(f"error: {error} (skipped)", file=sys.stderr)
+    for line in warnings if info.is_main else []:
+        print(line, file=sys.stderr)
     if not todo and not info.enabled:
         return 0
     created = check_writable(out_dir)
@@ -451,6 +481,7 @@ def run(args) -> int:
                 args, log=print, max_output_pixels=args.max_output_pixels
             )
             say_precision(predictor)
+        _say_short_side_cap(predictor, args.short_side, info.is_main)
         args.sam_masks = load_sam_from_arguments(args, predictor.device)
         if args.prompts is not None and args.sam_masks is None:
             if predictor.model.prompt_head is None:
@@ -466,6 +497,7 @@ def run(args) -> int:
             caveat = model_caveat(predictor.model_name, predictor.vocabulary.classes)
             if caveat:
                 print(f"ovseg: {caveat}", file=sys.stderr)
+            _say_cut_class_names(predictor)
         failures = _segment_all(predictor, todo, args, info)
     finally:
         if created and not info.enabled and not any(out_dir.iterdir()):
@@ -483,6 +515,36 @@ def run(args) -> int:
             print(f"{failures} of {total} input(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _say_short_side_cap(predictor, short_side: int | None, is_main: bool) -> None:
+    """One warning line when --short-side can never be reached: the model's long-side limit
+    (``max_size_test``) caps every image below it."""
+    longest = predictor.inference.max_size_test
+    if short_side is not None and short_side > longest and is_main:
+        print(
+            f"ovseg: warning: --short-side {short_side} is above the model's long-side limit "
+            f"of {longest} pixels: images are resized to {longest} on their long side (short "
+            "side less)",
+            file=sys.stderr,
+        )
+
+
+def _say_cut_class_names(predictor) -> None:
+    """One warning line naming the class names too long for the text encoder's context
+    (the tokenizer cuts them: only their first part is read)."""
+    encoder = getattr(predictor, "text_encoder", None)
+    if encoder is None:  # ONNX Runtime: its tokenizer cuts the same way, unsaid
+        return
+    cut = encoder.cut_texts(predictor.vocabulary.synonyms)
+    if cut:
+        names = ", ".join(f"'{name[:40]}...'" if len(name) > 40 else f"'{name}'" for name in cut)
+        print(
+            f"ovseg: warning: class name(s) {names} exceed the text encoder's "
+            f"{encoder.backbone.text_context_length}-token context and are truncated: only "
+            "their first part is read (shorten them)",
+            file=sys.stderr,
+        )
 
 
 def _join_torchrun(args):
@@ -511,6 +573,7 @@ def _segment_all(predictor, todo: list, args, dist_info) -> int:
     from ovseg.video import VideoError
 
     failures = done = 0
+    found = set()  # the classes shown in any output, for the summary of several inputs
     quiet = len(todo) == 1 or not dist_info.is_main
     bar = tqdm(todo, desc="segmenting", unit="file", disable=quiet, file=sys.stderr)
     try:
@@ -524,12 +587,20 @@ def _segment_all(predictor, todo: list, args, dist_info) -> int:
                 bar.write(f"error: {error}", file=sys.stderr)
                 continue
             done += 1
+            found.update(s["class"] for s in record.get("segments", []) if s.get("shown", True))
             if len(todo) == 1 and not dist_info.enabled:
                 print(_summary(image_path, record, paths), file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {done} of {len(todo)} done", file=sys.stderr)
         raise SystemExit(130) from None
+    if len(todo) > 1 and not dist_info.enabled:
+        classes = ", ".join(sorted(found)) or "nothing"
+        print(
+            f"{done} of {len(todo)} inputs segmented (found: {classes}) -> "
+            f"{todo[0][1]['json'].parent}",
+            file=sys.stderr,
+        )
     return failures
 
 

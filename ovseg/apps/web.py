@@ -105,6 +105,15 @@ class Demo:
             )
         return parse_class_list(classes)
 
+    def preset_note(self, classes: str, preset: str) -> str:
+        """A sentence for the status line when a preset replaces typed classes (else "")."""
+        if self.presets.get(preset) is None or not (classes or "").replace(",", "").strip():
+            return ""
+        return (
+            f" Classes from the preset {preset}; the typed classes are not used (pick "
+            f"{TYPED} to use them)."
+        )
+
     def check_image_size(self, array: np.ndarray) -> None:
         """DemoError for an image above ``MAX_IMAGE_PIXELS``."""
         if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
@@ -158,7 +167,8 @@ class Demo:
         reused = self.predictor.image_encodes == encodes
         status = (
             f"Run {self.runs}: {len(shown)} segments in {seconds:.2f} s"
-            f"{' (image features reused)' if reused else ''}. {self.model_note}"
+            f"{' (image features reused)' if reused else ''}."
+            f"{self.preset_note(classes, preset)} {self.model_note}"
             + (f"\n\n**Caution:** {caveat}." if caveat else "")
         )
         return overlay, rows, str(label_path), str(json_path), status
@@ -226,7 +236,8 @@ class Demo:
         return (
             np.asarray(overlay),
             rows,
-            f"{len(rows)} prompted mask(s) from {source} in {seconds:.2f} s{reused}.",
+            f"{len(rows)} prompted mask(s) from {source} in {seconds:.2f} s{reused}."
+            + self.preset_note(classes, preset),
         )
 
     def segment_video(self, video_path, classes: str, preset: str, progress=None):
@@ -242,7 +253,8 @@ class Demo:
         )
         fps = record["frames"] / (time.perf_counter() - start)
         mp4, frames_json = record["outputs"]
-        return mp4, frames_json, f"{record['frames']} frames at {fps:.1f} frames/s"
+        status = f"{record['frames']} frames at {fps:.1f} frames/s."
+        return mp4, frames_json, status + self.preset_note(classes, preset)
 
 
 def tolerant_image_input(gr, **kwargs):

@@ -12,6 +12,15 @@ from typing import Any
 import numpy as np
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOeval's area ranges (gt "area", pixels) behind each metric.
+AREA_RANGES = {
+    "AP": (0, 1e10),
+    "AP50": (0, 1e10),
+    "AP75": (0, 1e10),
+    "APs": (0, 32**2),
+    "APm": (32**2, 96**2),
+    "APl": (96**2, 1e10),
+}
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
@@ -180,13 +189,14 @@ class InstanceEvaluator:
     def compute(self) -> dict[str, dict[str, float]]:
         """-> {"segm": {AP, AP50, AP75, APs, APm, APl}, "bbox": {...}} in percent.
 
-        All zeros when there are no predictions; NaN where COCOeval has nothing to average
-        (e.g. APs when no gt instance is small)."""
+        NaN (undefined, as PQ for a class never seen) where there is no ground truth to find:
+        no non-crowd gt instance at all (pycocotools' -1), or none in an area range (APs /
+        APm / APl). Without predictions, AP is 0 wherever there is ground truth."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
         if not self.predictions:
-            return {iou_type: dict.fromkeys(METRICS, 0.0) for iou_type in ("segm", "bbox")}
+            return {iou_type: self._without_predictions() for iou_type in ("segm", "bbox")}
         unknown = {p["image_key"] for p in self.predictions} - set(self.images)
         if unknown:
             raise ValueError(f"predictions for images without ground truth: {sorted(unknown)}")
@@ -222,10 +232,22 @@ class InstanceEvaluator:
                 }
         return results
 
+    def _without_predictions(self) -> dict[str, float]:
+        """COCOeval's answer when nothing was predicted: 0 where some non-crowd gt instance
+        lies in the metric's area range (all missed), NaN where none does (undefined)."""
+        areas = [a["area"] for a in self.gt_annotations if not a["iscrowd"]]
+        return {
+            name: 0.0 if any(low <= area <= high for area in areas) else math.nan
+            for name, (low, high) in AREA_RANGES.items()
+        }
+
     @staticmethod
     def format_table(results: dict[str, dict[str, float]]) -> str:
-        """``compute()`` as a text table: rows segm / bbox, columns AP .. APl."""
+        """``compute()`` as a text table: rows segm / bbox, columns AP .. APl; a last line
+        says so when AP is undefined (nothing to find)."""
         lines = [f"{'':5s} " + " ".join(f"{m:>6s}" for m in METRICS)]
         for iou_type, values in results.items():
             lines.append(f"{iou_type:5s} " + " ".join(f"{values[m]:6.2f}" for m in METRICS))
+        if any(math.isnan(values["AP"]) for values in results.values()):
+            lines.append("nan: undefined, no ground-truth instance to find (not a score of 0)")
         return "\n".join(lines)

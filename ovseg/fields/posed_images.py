@@ -517,17 +517,22 @@ def _check_time_order(times, camera_ids, paths, files) -> None:
 
 
 def _check_distortion(meta: dict, file: Path) -> None:
-    coefficients = [meta.get(k, 0.0) for k in ("k1", "k2", "k3", "k4", "p1", "p2")]
-    if any(coefficients):
-        raise PosedImagesError(
-            f"{file}: the camera has lens distortion (k1..p2); undistort the "
-            "images first (ns-process-data does)"
-        )
-    model = meta.get("camera_model", "OPENCV")
-    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise PosedImagesError(
-            f"{file}: camera_model '{model}' is not a pinhole model; undistort the images first"
-        )
+    """Refuse lens distortion and non-pinhole models, given at the top level or in a frame
+    (nerfstudio allows both)."""
+    frames = [f for f in meta.get("frames", []) if isinstance(f, dict)]
+    for where, entry in [("the camera", meta)] + [(f"frame {n}", f) for n, f in enumerate(frames)]:
+        coefficients = [entry.get(k, 0.0) for k in ("k1", "k2", "k3", "k4", "p1", "p2")]
+        if any(coefficients):
+            raise PosedImagesError(
+                f"{file}: {where} has lens distortion (k1..p2); undistort the "
+                "images first (ns-process-data does)"
+            )
+        model = entry.get("camera_model", "OPENCV")
+        if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
+            raise PosedImagesError(
+                f"{file}: {where}: camera_model '{model}' is not a pinhole model; undistort the "
+                "images first"
+            )
 
 
 def _frame_image(root: Path, file_path: str) -> Path:

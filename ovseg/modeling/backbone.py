@@ -255,3 +255,16 @@ def tokenize(model_name: str, texts: list[str], context_length: int) -> torch.Te
     if model_name in open_clip.list_models():
         return open_clip.get_tokenizer(model_name)(texts)
     return open_clip.tokenize(texts, context_length=context_length)
+
+
+def longer_than_context(model_name: str, texts: list[str], context_length: int) -> list[bool]:
+    """Per text: does it need more than ``context_length`` tokens (start and end included),
+    so that :func:`tokenize` cuts it and the text tower reads only its first part?"""
+    import open_clip
+
+    longer = context_length + 1  # a text that fits leaves this position empty (0)
+    if model_name in open_clip.list_models():
+        tokens = open_clip.get_tokenizer(model_name)(texts, context_length=longer)
+    else:
+        tokens = open_clip.tokenize(texts, context_length=longer)
+    return (tokens[:, context_length] != 0).tolist()

@@ -245,5 +245,24 @@ class TextEncoder:
         self._memory[key] = embeddings
         return embeddings
 
+    def cut_texts(self, texts: list[str]) -> list[str]:
+        """The texts that some prompt (a template, or the learned context's prompt) makes
+        longer than the text tower's context: the tokenizer cuts them, their end is not read."""
+        from ovseg.modeling.backbone import longer_than_context
+
+        context = self.backbone.text_context_length
+        if self.context is not None:
+            pairs = list(zip(texts, self.context.prompts(texts), strict=True))
+        else:
+            pairs = [(text, t.format(text)) for t in self.templates for text in texts]
+        # A token covers at least one UTF-8 byte: shorter prompts cannot overflow.
+        pairs = [(text, prompt) for text, prompt in pairs if len(prompt.encode()) > context - 2]
+        if not pairs:
+            return []
+        longer = longer_than_context(self.backbone.model_name, [p for _, p in pairs], context)
+        return list(
+            dict.fromkeys(text for (text, _), cut in zip(pairs, longer, strict=True) if cut)
+        )
+
     def __call__(self, vocab: Vocabulary) -> TextClassifier:
         return TextClassifier(self.encode_texts(vocab.synonyms), vocab.num_synonyms)

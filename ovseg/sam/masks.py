@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ovseg.sam.prompts import PromptObject, Prompts
+from ovseg.sam.prompts import PromptObject, Prompts, network_points
 
 
 @dataclass
@@ -100,7 +100,12 @@ class SamMasks:
             self.image_encodes += 1
 
     def _predict(self, prompt: PromptObject) -> tuple[np.ndarray, float]:
-        points = prompt.points if len(prompt.points) else None
+        points = None
+        if len(prompt.points):  # SAM scales by s itself: give x' with x' s = (x + 0.5) s - 0.5
+            scale = np.asarray(self._predictor.input_size[::-1], dtype=np.float64) / np.asarray(
+                self._predictor.original_size[::-1], dtype=np.float64
+            )
+            points = network_points(prompt.points, scale) / scale
         box = prompt.box
         single_point = box is None and len(prompt.points) == 1
         masks, scores, _ = self._predictor.predict(

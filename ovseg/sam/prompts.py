@@ -4,6 +4,10 @@ Coordinates are pixels of the original image as segment-anything reads them: x i
 and y the row (0, 0 is the top-left pixel); a point lies in 0 <= x < W, 0 <= y < H, a box
 x0, y0, x1, y1 within 0..W and 0..H. Point labels: 1 = positive (on the object), 0 = negative.
 
+A point names a pixel: its centre (x + 0.5, y + 0.5) is what a model is given, mapped into the
+resized network input by :func:`network_points` (so a click on the last row or column stays on
+the image at any scale). Boxes are edges and scale as they are.
+
 Objects (one mask each), the rule of SAM's own demos: every box is one object; the points
 together are one more object (positive and negative clicks refining one mask), except when
 exactly one box is given, where the points refine that box's object (SAM's box + clicks).
@@ -139,6 +143,16 @@ def make_prompts(
                     f"0..{width}, y in 0..{height})"
                 )
     return Prompts(points_array, labels, boxes_array)
+
+
+def network_points(points, scale_xy):
+    """Pixel indices of the image -> coordinates in a network input scaled by ``scale_xy``
+    (sx, sy), in segment-anything's form (which adds the last half pixel itself):
+    ``(x + 0.5) * s - 0.5``, so the centre of a pixel lands on the centre of the same spot
+    in the resized image. Plain ``x * s`` (SAM's ``apply_coords``) puts the last column's click
+    on the resized image's edge at s = 0.5 and outside it below. ``points`` (..., 2) numpy
+    array or tensor; returns the same type and shape."""
+    return (points + 0.5) * scale_xy - 0.5
 
 
 def parse_prompts(
