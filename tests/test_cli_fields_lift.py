@@ -189,3 +189,29 @@ def test_a_folder_of_another_lift_or_a_changed_splat_is_refused(lifted, scene, t
                  str(tmp_path / "x.ply"), "--out", str(out), *MODEL]) == 2  # fmt: skip
     assert "one --text" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_views_in_per_camera_folders_keep_their_own_features(scene, tmp_path):
+    """cam0/000.png and cam1/000.png: two views, two cached feature files, four names."""
+    from ovseg.fields.posed_images import load_posed_images, write_transforms
+
+    posed = load_posed_images(scene)
+    posed.splits, paths = {}, []
+    for index, path in enumerate(posed.image_paths[:4]):
+        target = tmp_path / "scene" / f"cam{index // 2}" / f"{index % 2:03d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        paths.append(target)
+    posed.cameras, posed.image_paths = posed.cameras[:4], paths
+    write_transforms(posed, tmp_path / "scene" / "transforms.json")
+    out = tmp_path / "field"
+    assert main(["lift", str(tmp_path / "scene"), "--splat", str(scene / "splat.ply"), "--out",
+                 str(out), *MODEL, "--no-progress"]) == 0  # fmt: skip
+    meta = json.loads((out / "field.json").read_text())
+    assert meta["train_views"] == ["cam0/000", "cam0/001", "cam1/000", "cam1/001"]
+    assert sorted(p.name for p in (out / "features").iterdir()) == [
+        "cam0__000.npz", "cam0__001.npz", "cam1__000.npz", "cam1__001.npz"
+    ]  # fmt: skip
+    assert main(["query", str(out), "--text", "sand", "--view", "cam1/000", "--out",
+                 str(tmp_path / "q"), *MODEL]) == 0  # fmt: skip
+    assert (tmp_path / "q" / "cam1__000_1_sand_heatmap.png").is_file()

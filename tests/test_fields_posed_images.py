@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovseg.fields.camera import Camera, look_at
+from ovseg.fields.camera import Camera, look_at, opengl_from_camera
 from ovseg.fields.posed_images import (
     PosedImages,
     PosedImagesError,
@@ -268,3 +268,47 @@ def test_each_camera_has_its_own_time_order(tmp_path):
     write_transforms(_timed(tmp_path, [0.0, 0.0, 1.0], ["a", "b", "a"]),
                      tmp_path / "transforms.json")  # fmt: skip
     assert load_posed_images(tmp_path).times == [0.0, 0.0, 1.0]
+
+
+def _per_camera_folders(tmp_path, times=None):
+    """Four views in cam0/ and cam1/ with the same file names (000.png, 001.png)."""
+    scene = _scene(tmp_path, count=4)
+    frames = []
+    for index, camera in enumerate(scene.cameras):
+        relative = f"cam{index // 2}/{index % 2:03d}.png"
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        scene.image_paths[index].rename(tmp_path / relative)
+        frame = {"file_path": relative, "transform_matrix": opengl_from_camera(camera).tolist(),
+                 "fl_x": camera.fx, "fl_y": camera.fy, "cx": camera.cx, "cy": camera.cy,
+                 "w": camera.width, "h": camera.height}  # fmt: skip
+        if times is not None:
+            frame["time"] = times[index]
+        frames.append(frame)
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": frames}))
+
+
+def test_views_with_one_file_name_in_per_camera_folders_get_unique_names(tmp_path):
+    _per_camera_folders(tmp_path)
+    read = load_posed_images(tmp_path)
+    assert [c.name for c in read.cameras] == ["cam0/000", "cam0/001", "cam1/000", "cam1/001"]
+    from ovseg.fields.posed_images import view_file_stem
+
+    assert len({view_file_stem(c.name) for c in read.cameras}) == 4
+    assert view_file_stem("cam1/000") == "cam1__000"
+
+
+def test_per_camera_folders_of_a_video_are_each_cameras_own_time_order(tmp_path):
+    # cam0/000 and cam1/000 are both at t = 0: no camera goes back in time
+    _per_camera_folders(tmp_path, times=[0.0, 0.5, 0.0, 0.5])
+    read = load_posed_images(tmp_path)
+    assert read.camera_ids == ["cam0", "cam0", "cam1", "cam1"]
+
+
+def test_one_image_listed_twice_is_refused(tmp_path):
+    scene = _scene(tmp_path, count=2)
+    write_transforms(scene, tmp_path / "transforms.json")
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta["frames"].append(dict(meta["frames"][0]))
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(PosedImagesError, match="views 0 and 2 are the same image view_00.png"):
+        load_posed_images(tmp_path)

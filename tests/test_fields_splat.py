@@ -184,7 +184,7 @@ def _segment_maps(scene_dir, cameras):
     maps = []
     for camera in cameras:
         segment = np.asarray(Image.open(scene_dir / "segments" / f"{camera.name}.png"))
-        maps.append(np.where(segment == 255, -1, segment).astype(np.int64))
+        maps.append(np.where(segment == 255, -1, segment.astype(np.int64)))
     return maps
 
 

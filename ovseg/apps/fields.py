@@ -282,6 +282,7 @@ def _query(args) -> int:
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.apps.outputs import _slug
     from ovseg.fields.field import LanguageField
+    from ovseg.fields.posed_images import view_file_stem
     from ovseg.fileio import atomic_write
     from ovseg.heatmap import check_phrases
     from ovseg.visualize import draw_heatmap
@@ -335,11 +336,12 @@ def _query(args) -> int:
             camera = camera.scaled(args.size / camera.width)
         result = field.relevancy(camera, phrases)
         rgb = (result["rgb"].numpy() * 255).round().astype(np.uint8)
-        atomic_write(out / f"{name}_render.png",
+        file_stem = view_file_stem(name)
+        atomic_write(out / f"{file_stem}_render.png",
                      lambda tmp, a=rgb: Image.fromarray(a).save(tmp, format="PNG"))  # fmt: skip
         for number, phrase in enumerate(phrases, 1):
             scores = result["relevancy"][number - 1].numpy()
-            stem = f"{name}_{number}{_slug(phrase)}"
+            stem = f"{file_stem}_{number}{_slug(phrase)}"
             picture = draw_heatmap(rgb, scores, phrase, note=f"field {Path(args.field).name}")
             atomic_write(out / f"{stem}_heatmap.png",
                          lambda tmp, p=picture: p.save(tmp, format="PNG"))  # fmt: skip

@@ -96,6 +96,7 @@ def fit4d(args, predictor) -> int:
 
 def query4d(args, predictor, phrases: list[str]) -> int:
     from ovseg.fields.field4d import DynamicField
+    from ovseg.fields.posed_images import view_file_stem
     from ovseg.heatmap import check_phrases
 
     field = DynamicField.load(args.field, predictor)
@@ -106,6 +107,12 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         times = _times_in_range(field, scene, args.time, args.time_range)
     for t in times:
         field.normalise(t)  # a time outside the video fails before anything is written
+    times = list(dict.fromkeys(times))
+    labels: dict[str, float] = {}
+    for t in times:  # times name files (VIEW_1phrase_t0.5_mask.png): one name, one time
+        if labels.setdefault(f"{t:g}", t) != t:
+            raise ValueError(f"times {labels[f'{t:g}']!r} and {t!r} would write the same files "
+                             f"(t{t:g}); give times that differ within 6 digits")  # fmt: skip
     # a camera by its id (its pose at its first frame) or by a frame's name
     by_name = {camera.name: camera for camera in scene.cameras}
     for camera, camera_id in zip(scene.cameras, scene.camera_ids, strict=True):
@@ -125,11 +132,11 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         rendered = [field.render(camera, t) for t in times]  # one render a time serves all
         renders = [_rgb(r["rgb"]) for r in rendered]
         for number, phrase in enumerate(phrases, 1):
-            stem = out / f"{name}_{number}{_slug(phrase)}"
+            stem = out / f"{view_file_stem(name)}_{number}{_slug(phrase)}"
             written += _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem,
                                          args.video)  # fmt: skip
         for number, state in enumerate(states, 1):
-            stem = out / f"{name}_state{number}{_slug(state)}"
+            stem = out / f"{view_file_stem(name)}_state{number}{_slug(state)}"
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
     print(f"wrote {written} files for {len(names)} view(s) and {len(times)} time(s) to {out}")
     return 0

@@ -56,6 +56,10 @@ COMMANDS = {
         "bench_fields",
         "3D language fields measured in the synthetic 3D world (tools/bench_fields.py)",
     ),
+    "bench-lift": (
+        "bench_lift",
+        "lifting onto Gaussian splats: accuracy and speed at scale (tools/bench_lift.py)",
+    ),
     "bench-fields4d": (
         "bench_fields4d",
         "4D language fields measured in the synthetic 4D world (tools/bench_fields4d.py)",

@@ -29,7 +29,7 @@ from ovseg.fields.camera import Camera
 from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig, View, fit_latents, fit_rgb
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
-from ovseg.fields.posed_images import PosedImages, load_posed_images
+from ovseg.fields.posed_images import PosedImages, load_posed_images, view_file_stem
 from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write, write_text_atomic
 
@@ -159,7 +159,12 @@ def fit_field(
     per_view = timed(
         "features",
         lambda: view_features(
-            predictor, scene, train, [v.camera for v in views], cfg.levels, out / "features",
+            predictor,
+            scene,
+            train,
+            [v.camera for v in views],
+            cfg.levels,
+            out / "features",
             progress,
         ),  # fmt: skip
     )  # per view: {level: (segment_map, embeddings)}
@@ -274,7 +279,7 @@ def view_features(predictor, scene, indices, cameras, levels, folder: Path, prog
     per_view = []
     for index, camera in tqdm(list(zip(indices, cameras, strict=True)), desc="view masks",
                               disable=not progress):  # fmt: skip
-        path = folder / f"{camera.name}.npz"
+        path = folder / f"{view_file_stem(camera.name)}.npz"
         if path.is_file():
             with np.load(path) as saved:
                 found = {

@@ -107,9 +107,38 @@ def load_posed_images(path: str | Path, *, check_images: bool = True) -> PosedIm
         )
     if not scene.cameras:
         raise PosedImagesError(f"{path}: the scene has no views")
+    name_views_uniquely(scene, path)
     if check_images:
         _check_images(scene)
     return scene
+
+
+def name_views_uniquely(scene: PosedImages, where: str | Path = "") -> None:
+    """Views are named by their image's stem; where stems repeat (per-camera subfolders:
+    ``cam0/000.png``, ``cam1/000.png``) every view is named by its image's path below the
+    images' common folder, without the suffix (``cam0/000``). PosedImagesError when one image
+    file is listed twice. Names are keys (feature caches, ``--view``) and, through
+    :func:`view_file_stem`, file names."""
+    stems = [Path(p).stem for p in scene.image_paths]
+    if len(set(stems)) == len(stems):
+        return
+    paths = [Path(os.path.abspath(p)) for p in scene.image_paths]
+    seen: dict[Path, int] = {}
+    for index, image in enumerate(paths):
+        if image in seen:
+            raise PosedImagesError(
+                f"{where}: views {seen[image]} and {index} are the same image {image.name} "
+                "listed twice; drop one"
+            )
+        seen[image] = index
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    for camera, image in zip(scene.cameras, paths, strict=True):
+        camera.name = image.relative_to(root).with_suffix("").as_posix()
+
+
+def view_file_stem(name: str) -> str:
+    """A view's name as a file name: ``cam0/000`` -> ``cam0__000``."""
+    return name.replace("/", "__")
 
 
 # ----------------------------------------------------------------------------------------
@@ -469,7 +498,7 @@ def _load_transforms(files: list[Path]) -> PosedImages:
             views.append(camera)
             paths.append(image_path)
             times.append(_frame_time(frame, file, number))
-            camera_ids.append(str(frame.get("camera_id", image_path.stem)))
+            camera_ids.append(str(frame["camera_id"]) if "camera_id" in frame else None)
             files_of.append(file)
             frame_split = frame.get("split", split)
             if frame_split is not None:
@@ -485,8 +514,19 @@ def _load_transforms(files: list[Path]) -> PosedImages:
             f"{', '.join(str(f) for f in files)}: some frames have a 'time' and some do not "
             f"(first without: {first.name}); give every frame of a dynamic scene its time"
         )
+    camera_ids = _default_camera_ids(camera_ids, paths)
     _check_time_order(times, camera_ids, paths, files_of)
     return PosedImages(views, paths, points, colours, splits, times, camera_ids)
+
+
+def _default_camera_ids(camera_ids: list[str | None], paths: list[Path]) -> list[str]:
+    """Frames without a "camera_id": with images in several folders (one per camera), the
+    folder is the camera; in one folder, each image's stem (every frame its own camera)."""
+    folders = {path.parent for path in paths}
+    return [
+        given if given is not None else (path.parent.name if len(folders) > 1 else path.stem)
+        for given, path in zip(camera_ids, paths, strict=True)
+    ]
 
 
 def _frame_time(frame: dict, file: Path, number: int) -> float | None:

@@ -1,0 +1,342 @@
+"""The numbers of training-free lifting (``ovseg bench-lift``): accuracy in the synthetic 3D
+world against the trained 3-channel field on the same scenes, and speed and memory at the
+scale of real captures.
+
+**Accuracy** (:func:`run_accuracy`): per scene, the trained field of ``fields fit`` (or one
+from ``bench-fields``), its Gaussians lifted onto (a), and the scene's ground-truth splat
+lifted onto (b), scored on the held-out views with :func:`ovseg.synthetic.fields_report.
+score_scene` (localisation, mIoU, consistency, label accuracy; base / novel), with ovseg in 2D
+on the same views; the time of lifting against the trained fit's autoencoder + language
+stages on the same geometry; on the ground-truth splat, each Gaussian's label against the
+segment it was sampled from.
+
+**Scale** (:func:`run_scale`): a ground-truth splat of N Gaussians with V views of W x H
+rendered from it; the features are the views' true segment maps with their classes' text
+embeddings (the lifting's cost does not depend on where segments come from; ovseg's own 2D
+inference is timed per view beside it). Each size runs in a fresh process so its peak RSS
+(VmHWM) is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg.fileio import write_text_atomic
+
+LIFTED_METHODS = ("lifted (fitted Gaussians)", "lifted (ground-truth splat)")
+
+
+def run_accuracy(out: str | Path, *, scenes: int = 3, seed: int = 0, fields: Path | None = None,
+                 gaussians: int = 100_000, cfg=None, progress: bool = True) -> dict:  # fmt: skip
+    """Fits (or reuses ``fields``/scene_K), lifts, scores -> a report dict (see module doc)."""
+    from ovseg.fields.field import LanguageField, fit_field
+    from ovseg.fields.lift import LiftConfig, LiftedField, lift_field
+    from ovseg.fields.splat_ply import write_splat
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.synthetic.fields_report import METHODS, score_scene, summarise
+    from ovseg.synthetic.splat3d import scene_splat
+    from ovseg.synthetic.world3d import make_scene3d, write_scene3d
+
+    out = Path(out)
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    vocabulary = predictor.set_vocabulary("synthetic_world")
+    base = {n.casefold() for n in predictor.train_vocabulary.names}
+    seen = {name: name.casefold() in base for name in vocabulary.names}
+    methods = ("trained field", *LIFTED_METHODS, *METHODS[1:])
+    records = {m: {"loc": [], "iou": [], "labels": []} for m in methods}
+    timings, gaussian_hits = [], []
+    for index in range(scenes):
+        name = f"scene_{index:03d}"
+        scene_dir = out / "world" / name
+        if not (scene_dir / "scene.json").is_file():
+            write_scene3d(scene_dir, seed, index)
+        truth = None
+        if not (scene_dir / "splat.ply").is_file():
+            splat, truth = scene_splat(make_scene3d(seed, index), gaussians, seed=seed)
+            write_splat(scene_dir / "splat.ply", splat)
+            np.save(scene_dir / "gaussian_segments.npy", truth)
+        truth = np.load(scene_dir / "gaussian_segments.npy")
+        field_dir = (fields or out / "fields") / name
+        fit_meta = fit_field(scene_dir, field_dir, predictor, cfg or bench_fields_config(),
+                             progress=progress)  # fmt: skip
+        lifted_dirs = (out / "lifted_fit" / name, out / "lifted_gt" / name)
+        lift_metas = [
+            lift_field(scene_dir, source, folder, predictor, LiftConfig(), progress=progress)
+            for source, folder in ((field_dir, lifted_dirs[0]),
+                                   (scene_dir / "splat.ply", lifted_dirs[1]))
+        ]  # fmt: skip
+        trained = LanguageField.load(field_dir, predictor)
+        predictor.set_vocabulary("synthetic_world")
+        found = score_scene(trained, predictor, scene_dir, vocabulary, seen)
+        _add(records["trained field"], found["field"])
+        for method in METHODS[1:]:
+            _add(records[method], found[method])
+        for method, folder in zip(LIFTED_METHODS, lifted_dirs, strict=True):
+            lifted = LiftedField.load(folder, predictor)
+            predictor.set_vocabulary("synthetic_world")
+            _add(records[method], score_scene(lifted, predictor, scene_dir, vocabulary,
+                                              seen)["field"])  # fmt: skip
+        gaussian_hits.append(_gaussian_labels(lifted, predictor, scene_dir, truth))
+        timings.append({
+            "trained_language_s": fit_meta["timings_s"]["autoencoder"]
+            + fit_meta["timings_s"]["language"],
+            "trained_total_s": sum(fit_meta["timings_s"].values()),
+            "lift_fitted_s": lift_metas[0]["timings_s"]["lift"],
+            "lift_gt_s": lift_metas[1]["timings_s"]["lift"],
+            "features_s": lift_metas[1]["timings_s"]["features"],
+            "fitted_gaussians": fit_meta["gaussians"],
+            "gt_gaussians": lift_metas[1]["gaussians"],
+        })  # fmt: skip
+    hits = np.concatenate(gaussian_hits)
+    report = {
+        "scenes": scenes,
+        "summary": summarise(records, seen),
+        "timings": timings,
+        "gaussian_label_accuracy": 100 * float(hits.mean()) if len(hits) else float("nan"),
+        "threads": torch.get_num_threads(),
+        "novel_classes": sorted(n for n, s in seen.items() if not s),
+    }
+    write_text_atomic(out / "accuracy.json", json.dumps(report, indent=1))
+    return report
+
+
+def bench_fields_config():
+    """The trained field's settings of ``ovseg bench-fields`` (the README's table): colour
+    600 iterations, densification over the first 400 from 100, latents 300."""
+    from ovseg.fields.field import FieldConfig
+    from ovseg.fields.fit import FitConfig, LatentFitConfig
+
+    return FieldConfig(colour=FitConfig(iterations=600, densify_until=400, densify_from=100),
+                       language=LatentFitConfig(iterations=300))  # fmt: skip
+
+
+def _add(into: dict, found: dict) -> None:
+    for key in into:
+        into[key] += found[key]
+
+
+def _gaussian_labels(field, predictor, scene_dir: Path, truth: np.ndarray) -> np.ndarray:
+    """Per lifted Gaussian of the ground-truth splat: is the scene class whose text is
+    closest to its feature the class of the segment it was sampled from?"""
+    meta = json.loads((scene_dir / "scene.json").read_text())
+    names = sorted({s["category"] for s in meta["segments"]})
+    text = predictor.text_encoder.encode_texts(names).float().cpu()
+    predicted = field.gaussian_cosines(text).argmax(0).numpy()
+    true_class = np.array([names.index(meta["segments"][s]["category"]) for s in truth])
+    lifted = field.lifted.numpy()
+    return (predicted == true_class)[lifted]
+
+
+# ---------------------------------------------------------------------------------------
+# scale
+
+_SCALE = """
+import json, sys, time
+import numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from ovseg.fields.lift import LiftConfig, LiftedField, finish_mixture, lift_segments
+from ovseg.fields.posed_images import load_posed_images
+from ovseg.fields.splat_ply import read_splat
+
+def peak_mib():
+    with open("/proc/self/status") as status:
+        return int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) / 1024
+
+scene_dir, threads = Path(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+import numba
+numba.set_num_threads(threads)
+start = time.perf_counter()
+splat = read_splat(scene_dir / "splat.ply")
+read_s = time.perf_counter() - start
+scene = load_posed_images(scene_dir, check_images=False)
+cameras = [scene.cameras[i] for i in scene.split("train")]
+meta = json.loads((scene_dir / "scene.json").read_text())
+maps, start = [], time.perf_counter()
+for camera in cameras:
+    segment = np.asarray(Image.open(scene_dir / "segments" / f"{camera.name}.png"))
+    maps.append(np.where(segment == 255, -1, segment.astype(np.int64)))
+maps_s = time.perf_counter() - start
+from ovseg.predictor import OVSegPredictor
+predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+names = [s["category"] for s in meta["segments"]]
+text = predictor.text_encoder.encode_texts(names).float().cpu()
+embeddings = torch.cat([text[: int(m.max()) + 1] for m in maps])
+cfg = LiftConfig()
+stats, start = {}, time.perf_counter()
+state = lift_segments(splat, cameras, maps, cfg, progress=False, stats=stats)
+tensors = finish_mixture(state, embeddings, cfg)
+lift_s = time.perf_counter() - start
+field = LiftedField(scene_dir, {}, splat, tensors, predictor)
+field.gaussian_relevancy([names[0]])
+start = time.perf_counter()
+for _ in range(3):
+    field.gaussian_relevancy([names[-1]])
+query_s = (time.perf_counter() - start) / 3
+test = scene.cameras[scene.split("test")[0]]
+field.relevancy(test, [names[-1]])
+start = time.perf_counter()
+field.relevancy(test, [names[-1]])
+heatmap_s = time.perf_counter() - start
+truth = np.load(scene_dir / "gaussian_segments.npy")
+text_classes = field.gaussian_cosines(text).argmax(0).numpy()
+lifted = field.lifted.numpy()
+print(json.dumps({"gaussians": len(splat), "views": len(cameras), "width": cameras[0].width,
+    "height": cameras[0].height, "read_s": read_s, "segment_maps_s": maps_s, "lift_s": lift_s,
+    **stats["lift_steps_s"], "query_s": query_s, "heatmap_s": heatmap_s,
+    "lifted_share": float(lifted.mean()),
+    "gaussian_accuracy": float((text_classes == truth)[lifted].mean()),
+    "peak_rss_mib": peak_mib(), "threads": threads}))
+"""
+
+_INFERENCE = """
+import json, sys, time
+import numpy as np
+from PIL import Image
+from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from ovseg.fields.language import view_segments
+from ovseg.predictor import OVSegPredictor
+predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+predictor.set_vocabulary("synthetic_world")
+paths = sorted((Path(sys.argv[1]) / "images").glob("*.png"))[:3]
+images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+view_segments(predictor, images[0])
+start = time.perf_counter()
+for image in images[1:]:
+    view_segments(predictor, image)
+print(json.dumps({"inference_s_per_view": (time.perf_counter() - start) / (len(images) - 1)}))
+"""
+
+
+def run_scale(out: str | Path, sizes: list[tuple[int, int, int, int]], *, seed: int = 0,
+              threads: int | None = None, progress: bool = True) -> list[dict]:  # fmt: skip
+    """For each (gaussians, views, width, height): write the world (once), then lift and
+    query it in a fresh process; returns one record per size (module doc)."""
+    from ovseg.synthetic.splat3d import write_splat_world
+
+    out = Path(out)
+    threads = threads or torch.get_num_threads()
+    records = []
+    for gaussians, views, width, height in sizes:
+        scene_dir = out / f"splat_{gaussians}_{views}v_{width}x{height}"
+        if not (scene_dir / "scene.json").is_file():
+            start = time.perf_counter()
+            write_splat_world(scene_dir, seed, 0, gaussians=gaussians, train_views=views,
+                              test_views=2, width=width, height=height,
+                              progress=progress)  # fmt: skip
+            print(f"wrote {scene_dir} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        record = _subprocess_json(_SCALE, scene_dir, threads)
+        record.update(_subprocess_json(_INFERENCE, scene_dir, threads))
+        records.append(record)
+        print(json.dumps(record), file=sys.stderr)
+        write_text_atomic(out / "scale.json", json.dumps(records, indent=1))
+    return records
+
+
+def _subprocess_json(code: str, scene_dir: Path, threads: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, str(scene_dir), str(threads)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"bench-lift: a measurement failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
+    """The README's tables from the two reports."""
+    lines = []
+    if accuracy:
+        lines += [
+            f"{accuracy['scenes']} scenes; novel classes: {', '.join(accuracy['novel_classes'])}",
+            "",
+            "| method | split | localisation % | mIoU % | consistency % | label accuracy % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, splits in accuracy["summary"].items():
+            for split, v in splits.items():
+                lines.append(f"| {method} | {split} | {v['localisation']:.1f} | {v['mIoU']:.1f} "
+                             f"| {v['consistency']:.1f} | {v['label_accuracy']:.1f} |")  # fmt: skip
+        t = accuracy["timings"]
+
+        def mean(key):
+            return float(np.mean([x[key] for x in t]))
+
+        lines += [
+            "",
+            f"Trained field's autoencoder + language stages {mean('trained_language_s'):.0f} s "
+            f"per scene (whole fit {mean('trained_total_s') / 60:.1f} min, "
+            f"{mean('fitted_gaussians'):.0f} Gaussians); lifting onto the same Gaussians "
+            f"{mean('lift_fitted_s'):.2f} s "
+            f"({mean('trained_language_s') / mean('lift_fitted_s'):.0f}x faster); onto the "
+            f"ground-truth splat ({mean('gt_gaussians'):.0f} Gaussians) {mean('lift_gt_s'):.2f} "
+            f"s; 2D features {mean('features_s'):.1f} s. Ground-truth splat, per Gaussian: "
+            f"{accuracy['gaussian_label_accuracy']:.1f}% labelled with their own class. "
+            f"{accuracy['threads']} threads.",
+        ]
+    if scale:
+        lines += [
+            "",
+            "| Gaussians | views | size | lift (s) | of which raster / merge | per view | "
+            "2D inference per view | query | heat map | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in scale:
+            lines.append(
+                f"| {r['gaussians']:,} | {r['views']} | {r['width']}x{r['height']} | "
+                f"{r['lift_s']:.1f} | {r['raster_s']:.1f} / {r['merge_s']:.1f} | "
+                f"{r['lift_s'] / r['views']:.2f} | {r['inference_s_per_view']:.2f} | "
+                f"{r['query_s'] * 1000:.0f} ms | {r['heatmap_s']:.2f} s | "
+                f"{r['peak_rss_mib']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def figure(out: Path, phrase: str) -> None:
+    """OUT/figure.png: scene 0's first held-out view: the truth, and ``phrase``'s heat map
+    from the trained field, the field lifted onto its Gaussians, the field lifted onto the
+    ground-truth splat, and ovseg in 2D."""
+    from PIL import Image
+
+    from ovseg.fields.field import LanguageField
+    from ovseg.fields.lift import LiftedField
+    from ovseg.fileio import atomic_write
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.synthetic.fields_report import _captioned
+    from ovseg.visualize import draw_heatmap
+
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    name = "scene_000"
+    lifted = LiftedField.load(out / "lifted_gt" / name, predictor)
+    posed = lifted.scene()
+    index = posed.split("test")[0]
+    camera = posed.cameras[index]
+    truth = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
+    panels = [_captioned(truth, "held-out view (truth)")]
+    fields_dir = Path(json.loads((out / "lifted_fit" / name / "field.json").read_text())["splat"])
+    for field, note in ((LanguageField.load(fields_dir, predictor), "trained field"),
+                        (LiftedField.load(out / "lifted_fit" / name, predictor),
+                         "lifted, fitted Gaussians"),
+                        (lifted, "lifted, true splat")):  # fmt: skip
+        result = field.relevancy(camera, [phrase])
+        render = (result["rgb"].numpy() * 255).round().astype(np.uint8)
+        panels.append(draw_heatmap(render, result["relevancy"][0].numpy(), phrase, note=note))
+    panels.append(draw_heatmap(truth, predictor.heatmap(truth, [phrase])[0], phrase,
+                               note="2D, same view"))  # fmt: skip
+    height = max(p.height for p in panels)
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height),
+                       "white")  # fmt: skip
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + 8
+    canvas = canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST)
+    atomic_write(out / "figure.png", lambda tmp: canvas.save(tmp, format="PNG"))
