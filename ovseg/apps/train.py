@@ -54,6 +54,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    from ovseg.apps.outputs import writable_folder
     from ovseg.checkpoint import WeightsError
     from ovseg.config import load_config
     from ovseg.data import LargeScaleJitter
@@ -65,18 +66,20 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         transform = LargeScaleJitter(
             crop_size=cfg.crop_size, min_scale=cfg.min_scale, max_scale=cfg.max_scale
         )
-        record = train(
-            load_config(args.config),
-            cfg,
-            dataset,
-            args.output,
-            transform=transform,
-            resume=args.resume,
-            init_weights=args.init_weights,
-            device=args.device,
-            tensorboard=args.tensorboard,
-            progress=not args.no_progress,
-        )
+        model_cfg = load_config(args.config)
+        with writable_folder(args.output):  # before any work
+            record = train(
+                model_cfg,
+                cfg,
+                dataset,
+                args.output,
+                transform=transform,
+                resume=args.resume,
+                init_weights=args.init_weights,
+                device=args.device,
+                tensorboard=args.tensorboard,
+                progress=not args.no_progress,
+            )
     except (ValueError, FileNotFoundError, WeightsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
