@@ -58,6 +58,18 @@ def add_model_arguments(
     )
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads: CPU threads of the torch work (default: :func:`ovseg.threads.default_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this "
+        "process may use, shared among torchrun's processes). On a machine other jobs keep "
+        "busy, give the cores that are free: more threads than free cores is far slower",
+    )
+
+
 def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
     """--masks / --sam-model / --sam-weights / --points / --boxes."""
     from ovseg.sam.prompts import MAX_BOXES, MAX_POINTS

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from ovseg.apps.arguments import (
         add_dataset_arguments,
         add_model_arguments,
+        add_threads_argument,
         dataset_from_arguments,
     )
     from ovseg.apps.outputs import check_writable, writable_folder
@@ -43,16 +44,19 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
     parser.add_argument("--num-workers", type=int, default=2)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
 
     from ovseg.checkpoint import WeightsError
     from ovseg.data import DatasetError
     from ovseg.distributed import DistInfo, cleanup, init_distributed
+    from ovseg.threads import set_threads
 
     info = DistInfo()
     printed = []  # the report, once its table is printed
     try:
         with contextlib.ExitStack() as stack:
+            set_threads(args.threads)
             dataset = dataset_from_arguments(args)
             info = init_distributed(args.device)
             if args.output is not None:  # before any work, not after hours of evaluation

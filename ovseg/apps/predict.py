@@ -26,7 +26,7 @@ MIN_OUTPUT_PIXELS = 64 * 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from ovseg.apps.arguments import add_model_arguments, add_sam_arguments
+    from ovseg.apps.arguments import add_model_arguments, add_sam_arguments, add_threads_argument
     from ovseg.vocabulary import SHIPPED_VOCABULARIES
 
     parser = argparse.ArgumentParser(
@@ -72,6 +72,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--onnx",
         metavar="DIR",
@@ -439,9 +440,11 @@ def run(args) -> int:
         say_precision,
     )
     from ovseg.model_zoo import model_caveat
+    from ovseg.threads import set_threads
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
     _check_arguments(args)
+    set_threads(args.threads)
     info = _join_torchrun(args)
     vocabulary = None  # heat maps only
     if args.classes is not None:

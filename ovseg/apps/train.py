@@ -6,7 +6,12 @@ import argparse
 import dataclasses
 import sys
 
-from ovseg.apps.arguments import add_dataset_arguments, boolean, dataset_from_arguments
+from ovseg.apps.arguments import (
+    add_dataset_arguments,
+    add_threads_argument,
+    boolean,
+    dataset_from_arguments,
+)
 from ovseg.train.loop import TrainConfig
 
 
@@ -31,6 +36,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--init-weights", help="start from these weights (ovseg or official)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_threads_argument(parser)
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     defaults = TrainConfig()
@@ -61,7 +67,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from ovseg.train.loop import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    from ovseg.threads import set_threads
+
     try:
+        set_threads(args.threads)
         dataset = dataset_from_arguments(args)
         transform = LargeScaleJitter(
             crop_size=cfg.crop_size, min_scale=cfg.min_scale, max_scale=cfg.max_scale

@@ -487,10 +487,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     import signal
     import sys
 
-    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.apps.arguments import add_model_arguments, add_threads_argument
 
     parser = argparse.ArgumentParser(prog=prog, description="ovseg web demo (Gradio)")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -517,9 +518,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from ovseg.apps.arguments import load_predictor_from_arguments, say_precision
+    from ovseg.threads import set_threads
 
     messages = []
     try:
+        set_threads(args.threads)
         predictor = load_predictor_from_arguments(args, log=lambda m, **_: messages.append(m))
         sam_masks = None
         if args.sam_weights:
