@@ -223,3 +223,17 @@ def say_precision(predictor) -> None:
         f"ovseg: precision {choice.precision} ({choice.reason}) on {choice.hardware.describe()}",
         file=sys.stderr,
     )
+
+
+def precision_record(predictor) -> dict:
+    """The precision in use, as each output JSON records it: asked for, in use, why, and on
+    what hardware (an ONNX Runtime predictor runs its fp32 export)."""
+    choice = getattr(predictor, "precision", None)
+    if choice is None:
+        return {"requested": "fp32", "precision": "fp32", "reason": "ONNX Runtime, fp32 export"}
+    return {
+        "requested": choice.requested,
+        "precision": choice.precision,
+        "reason": choice.reason,
+        "hardware": choice.hardware.describe(),
+    }

@@ -136,6 +136,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
 
+    from ovseg.apps.arguments import precision_record
     from ovseg.model_zoo import model_caveat
     from ovseg.preprocess import load_image
 
@@ -154,6 +155,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
             if caveat:
                 record["model_caveat"] = caveat
     record["settings"] = settings
+    record["precision"] = precision_record(predictor)
     outputs[paths["json"]] = record
     write_outputs(outputs)
     return record
@@ -238,6 +240,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
     """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
     from tqdm import tqdm
 
+    from ovseg.apps.arguments import precision_record
     from ovseg.video import segment_video
 
     with tqdm(desc=video_path.name, unit="frame", file=sys.stderr, leave=False) as bar:
@@ -254,7 +257,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             short_side=args.short_side,
             progress=advance,
             stem=paths["json"].name.removesuffix("_frames.json"),
-            extra={"settings": settings},
+            extra={"settings": settings, "precision": precision_record(predictor)},
             info=info,
             model=settings["model"],
         )

@@ -178,6 +178,9 @@ def evaluate(
         report = {name: evaluator.compute() for name, evaluator in evaluators.items()}
         report["images"] = count
         report["seconds"] = time.perf_counter() - start
+        choice = getattr(predictor, "precision", None)
+        if choice is not None and hasattr(choice, "as_record"):
+            report["precision"] = choice.as_record()
     report = broadcast_object(report, info)  # also waits for every process to finish
     gathered = all_gather_objects(annotations, info)
     if on_report is not None and info.is_main:
