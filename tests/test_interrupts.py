@@ -72,3 +72,22 @@ def test_app_on_a_taken_port_says_so_before_loading(no_model, capsys):
         code, _, err = run_main(web.main, ["--model", "synthetic_tiny", "--port", port], capsys)
     assert code == 2 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert "give another --port" in err and err.count("\n") == 1
+
+
+def test_a_4d_fit_without_the_fields4d_extra_is_refused_before_any_work(
+    no_model, tmp_path, monkeypatch, capsys
+):
+    """The captions' sentence encoder used to be loaded after ~50 min of colour and language
+    fitting; it is checked first."""
+    from ovseg.apps import fields
+
+    small = ["--steps", "3", "--train-cameras", "2", "--test-cameras", "1", "--size", "48x40"]
+    assert fields.main(["world4d", str(tmp_path / "world"), *small]) == 0
+    scene = tmp_path / "world" / "scene_000"
+    assert (scene / "captions.json").is_file()
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # not installed
+    args = ["fit", scene, "--out", tmp_path / "field", "--model", "synthetic_tiny"]
+    code, _, err = run_main(fields.main, args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "pip install 'ovseg[fields4d]'" in err, err
+    assert not (tmp_path / "field").exists()

@@ -243,6 +243,10 @@ def _fit(args) -> int:
         raise ValueError("--captions is for dynamic scenes (frames with times); this one has none")
     if dynamic and args.levels != "panoptic":
         raise ValueError("--levels: a 4D field uses the panoptic level only")
+    if dynamic:
+        from ovseg.apps.fields4d import check_fit4d_extras
+
+        check_fit4d_extras(args)  # now, not after the colour and language fits
     predictor = load_predictor_from_arguments(args, log=print)
     if dynamic:
         from ovseg.apps.fields4d import fit4d
