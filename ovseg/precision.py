@@ -13,6 +13,9 @@ speed, and only pay where the hardware has them natively:
 - ``auto`` (the front ends' default): on a GPU bf16 (fp16 where bf16 is not supported); on a
   CPU the fastest of fp32 and the fast paths the CPU has natively, measured once on the
   model's own dominant layer shape and cached, and fp32 unless a fast path is clearly faster.
+  The measurement runs on one thread, in rounds until its answer is stable, and is shared by
+  every later run (any thread count, every torchrun process): one decision per machine and
+  model, not one per run's load.
 """
 
 from __future__ import annotations
@@ -250,9 +253,20 @@ def probe_speeds(
     min_seconds: float = 0.02,
 ) -> dict[str, float]:
     """Seconds of one ConvNeXt MLP (linear, GELU, linear) of ``shape`` (tokens, channels,
-    hidden) on the CPU in each precision, with random weights: the best of ``repeats`` timed
-    loops, each at least ``min_seconds`` long in fp32 (small layers run many times a loop, so
-    that timer noise does not decide)."""
+    hidden) on the CPU in each precision, with random weights, at the current thread count:
+    the best of ``repeats`` rounds, each timing every precision in turn for at least
+    ``min_seconds`` (small layers run many times a round, so that timer noise does not
+    decide)."""
+    x, nets, calls = _probe_nets(shape, precisions, min_seconds)
+    best = dict.fromkeys(precisions, float("inf"))
+    for _ in range(repeats):
+        for precision, seconds in _probe_round(x, nets, calls).items():
+            best[precision] = min(best[precision], seconds)
+    return best
+
+
+def _probe_nets(shape, precisions, min_seconds):
+    """(input, {precision: (net, autocast dtype or None)}, calls per timed loop), warmed up."""
     tokens, channels, hidden = shape
     generator = torch.Generator().manual_seed(0)
     mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
@@ -262,45 +276,122 @@ def probe_speeds(
         start = time.perf_counter()
         mlp(x)
         calls = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    nets = {
+        p: (quantize_linears(copy.deepcopy(mlp)) if p == "int8" else mlp, AUTOCAST_DTYPES.get(p))
+        for p in precisions
+    }
+    _probe_round(x, nets, 1)  # warm-up: first-call allocation and kernel selection
+    return x, nets, calls
+
+
+def _probe_round(x, nets: dict, calls: int) -> dict[str, float]:
+    """Seconds per call of each net, timed one after the other (one round)."""
     seconds = {}
-    for precision in precisions:
-        net = quantize_linears(copy.deepcopy(mlp)) if precision == "int8" else mlp
-        dtype = AUTOCAST_DTYPES.get(precision)
+    for precision, (net, dtype) in nets.items():
         autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-        best = float("inf")
         with torch.no_grad(), autocast:
-            net(x)  # warm-up: first-call allocation and kernel selection
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for _ in range(calls):
-                    net(x)
-                best = min(best, (time.perf_counter() - start) / calls)
-        seconds[precision] = best
+            start = time.perf_counter()
+            for _ in range(calls):
+                net(x)
+            seconds[precision] = (time.perf_counter() - start) / calls
     return seconds
+
+
+def stable_probe(
+    shape: tuple[int, int, int],
+    precisions: list[str],
+    *,
+    min_rounds: int = 3,
+    stable_rounds: int = 3,
+    max_rounds: int = 20,
+    min_seconds: float = 0.02,
+) -> tuple[dict[str, float], int]:
+    """:func:`probe_speeds` on one thread, in rounds until the decision it leads to (see
+    :func:`decide_auto`, the candidates being ``precisions`` other than fp32) is the same
+    for ``stable_rounds`` rounds in a row. Each precision keeps its fastest time: load only
+    ever adds time, so a round slowed by other work cannot make a path look fast, and the
+    one thread does not wait at barriers for threads the machine has descheduled.
+    Returns (seconds per precision, rounds measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, nets, calls = _probe_nets(shape, precisions, min_seconds)
+        best = dict.fromkeys(precisions, float("inf"))
+        candidates = [p for p in precisions if p != "fp32"]
+        decisions = []
+        while len(decisions) < max_rounds:
+            for precision, seconds in _probe_round(x, nets, calls).items():
+                best[precision] = min(best[precision], seconds)
+            decisions.append(decide_auto(best, candidates)[0] if candidates else None)
+            recent = decisions[-stable_rounds:]
+            if len(decisions) >= min_rounds and len(recent) == stable_rounds:
+                if len(set(recent)) == 1:
+                    break
+    finally:
+        torch.set_num_threads(threads)
+    return best, len(decisions)
 
 
 def cached_probe(
     hardware: Hardware, shape: tuple[int, int, int], precisions: list[str]
 ) -> dict[str, float]:
-    """:func:`probe_speeds`, remembered per CPU, torch version, thread count and shape in
-    ``$OVSEG_CACHE/precision_probe.json`` (an unwritable cache only costs the re-measure)."""
-    key = f"{hardware.name}|{hardware.isa}|torch {torch.__version__}|{torch.get_num_threads()}t"
+    """:func:`stable_probe`, measured once per CPU, torch version and layer shape (not per
+    thread count: the choice must not change with it) and kept in
+    ``$OVSEG_CACHE/precision_probe.json``. Processes that start together (torchrun) take
+    turns on a lock, so that the first measures and the others read its numbers. An
+    unwritable cache only costs the re-measure."""
+    key = f"stable|{hardware.name}|{hardware.isa}|torch {torch.__version__}"
     key += f"|{'x'.join(map(str, shape))}"
     path = cache_root() / "precision_probe.json"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    known = cache.get(key, {})
-    missing = [p for p in precisions if p not in known]
-    if missing:
-        known.update(probe_speeds(shape, missing))
-        cache[key] = known
+    with _locked(path.with_name(path.name + ".lock")):
         try:
-            write_text_atomic(path, json.dumps(cache, indent=1))
-        except OSError:
-            pass
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        known = cache.get(key, {}).get("seconds", {})
+        if any(p not in known for p in precisions):  # all measured in one go, one decision
+            known, rounds = stable_probe(shape, precisions)
+            cache[key] = {"seconds": known, "rounds": rounds, "threads": 1}
+            try:
+                write_text_atomic(path, json.dumps(cache, indent=1))
+            except OSError:
+                pass
     return {p: known[p] for p in precisions}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (POSIX); without one (no fcntl, an unwritable folder)
+    the block runs unlocked."""
+    handle = None
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # held across the yield, closed below
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        pass
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def decide_auto(probe: dict[str, float], candidates: list[str]) -> tuple[str, str]:
+    """(precision, reason) for ``auto`` on a CPU from probe seconds: the fastest candidate
+    if it beats fp32 by :data:`MIN_SPEEDUP`, else fp32."""
+    fastest = min(candidates, key=probe.__getitem__)
+    speedup = probe["fp32"] / probe[fastest]
+    if speedup < MIN_SPEEDUP:
+        return "fp32", (
+            f"no fast path beats fp32 by {MIN_SPEEDUP}x here (best: {fastest} {speedup:.2f}x)"
+        )
+    return fastest, (
+        f"measured fastest on this CPU: {speedup:.2f}x fp32 on the backbone's main layer "
+        "(one thread, once per machine and model)"
+    )
 
 
 def choose_precision(
@@ -348,10 +439,5 @@ def choose_precision(
     if not candidates:
         return PrecisionChoice("auto", "fp32", "no native fast path on this CPU", hardware)
     probe = cached_probe(hardware, probe_shape, ["fp32", *candidates])
-    fastest = min(candidates, key=probe.__getitem__)
-    speedup = probe["fp32"] / probe[fastest]
-    if speedup < MIN_SPEEDUP:
-        reason = f"no fast path beats fp32 by {MIN_SPEEDUP}x here (best: {fastest} {speedup:.2f}x)"
-        return PrecisionChoice("auto", "fp32", reason, hardware, probe)
-    reason = f"measured fastest on this CPU: {speedup:.2f}x fp32 on the backbone's main layer"
-    return PrecisionChoice("auto", fastest, reason, hardware, probe)
+    precision, reason = decide_auto(probe, candidates)
+    return PrecisionChoice("auto", precision, reason, hardware, probe)

@@ -113,7 +113,8 @@ def test_eval_cli_runs_the_tiny_model(synthetic, tmp_path, capsys):
         ]
     )  # fmt: skip
     report = json.loads((tmp_path / "pt" / "results.json").read_text())
-    assert code == 0 and set(report) == {"semantic", "images", "seconds"}
+    assert code == 0 and set(report) == {"semantic", "images", "seconds", "precision"}
+    assert report["precision"]["precision"] == "fp32"  # eval's default: the exact path
     assert "mIoU" in capsys.readouterr().out
     code = main(
         [

@@ -89,14 +89,14 @@ def test_gpu_auto_is_bf16_and_int8_is_refused(monkeypatch):
 def test_probe_is_measured_once_and_cached(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        P, "probe_speeds", lambda shape, precisions: calls.append(precisions) or {"fp32": 1.0}
+        P, "stable_probe", lambda shape, precisions: calls.append(precisions) or ({"fp32": 1.0}, 3)
     )
     hw = hardware()
     assert P.cached_probe(hw, (4, 8, 16), ["fp32"]) == {"fp32": 1.0}
     assert P.cached_probe(hw, (4, 8, 16), ["fp32"]) == {"fp32": 1.0}
     assert calls == [["fp32"]]
     cached = json.loads((tmp_path / "cache" / "precision_probe.json").read_text())
-    assert list(cached.values()) == [{"fp32": 1.0}]
+    assert list(cached.values()) == [{"seconds": {"fp32": 1.0}, "rounds": 3, "threads": 1}]
 
 
 def test_real_probe_times_every_precision_asked():

@@ -58,6 +58,18 @@ def add_model_arguments(
     )
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads: CPU threads of the torch work (default: :func:`ovseg.threads.default_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this "
+        "process may use, shared among torchrun's processes). On a machine other jobs keep "
+        "busy, give the cores that are free: more threads than free cores is far slower",
+    )
+
+
 def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
     """--masks / --sam-model / --sam-weights / --points / --boxes."""
     from ovseg.sam.prompts import MAX_BOXES, MAX_POINTS
@@ -211,3 +223,17 @@ def say_precision(predictor) -> None:
         f"ovseg: precision {choice.precision} ({choice.reason}) on {choice.hardware.describe()}",
         file=sys.stderr,
     )
+
+
+def precision_record(predictor) -> dict:
+    """The precision in use, as each output JSON records it: asked for, in use, why, and on
+    what hardware (an ONNX Runtime predictor runs its fp32 export)."""
+    choice = getattr(predictor, "precision", None)
+    if choice is None:
+        return {"requested": "fp32", "precision": "fp32", "reason": "ONNX Runtime, fp32 export"}
+    return {
+        "requested": choice.requested,
+        "precision": choice.precision,
+        "reason": choice.reason,
+        "hardware": choice.hardware.describe(),
+    }

@@ -8,6 +8,7 @@ device (GPU = local rank, NCCL; CPU: gloo) and rank 0 prints the one combined re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -15,8 +16,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from ovseg.apps.arguments import (
         add_dataset_arguments,
         add_model_arguments,
+        add_threads_argument,
         dataset_from_arguments,
     )
+    from ovseg.apps.outputs import check_writable, writable_folder
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -41,42 +44,71 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
     parser.add_argument("--num-workers", type=int, default=2)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
 
     from ovseg.checkpoint import WeightsError
     from ovseg.data import DatasetError
     from ovseg.distributed import DistInfo, cleanup, init_distributed
-    from ovseg.evaluation.runner import evaluate, format_report
-    from ovseg.predictor import OVSegPredictor
+    from ovseg.threads import set_threads
 
     info = DistInfo()
+    printed = []  # the report, once its table is printed
     try:
-        dataset = dataset_from_arguments(args)
-        info = init_distributed(args.device)
-        device = info.device if info.enabled else args.device
-        predictor = OVSegPredictor.from_pretrained(
-            args.model,
-            weights=args.weights,
-            config=args.config,
-            device=device,
-            precision=args.precision,
-        )
-        report = evaluate(
-            predictor,
-            dataset,
-            tasks=tuple(args.tasks.split(",")),
-            output_dir=args.output,
-            save_predictions=args.save_predictions,
-            limit=args.limit,
-            num_workers=args.num_workers,
-            head=args.head,
-            dist_info=info,
-        )
+        with contextlib.ExitStack() as stack:
+            set_threads(args.threads)
+            dataset = dataset_from_arguments(args)
+            info = init_distributed(args.device)
+            if args.output is not None:  # before any work, not after hours of evaluation
+                if info.is_main:  # which alone removes a folder it made and left empty
+                    stack.enter_context(writable_folder(args.output))
+                else:
+                    check_writable(args.output)
+            _evaluate(args, dataset, info, printed)
     except (ValueError, FileNotFoundError, WeightsError, DatasetError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if not printed:
+            raise
+        print(  # the scores are printed above; only the files are missing
+            f"error: cannot write the results into {args.output} ({error}); the scores are "
+            "printed above",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         cleanup(info)
-    if info.is_main:
-        print(format_report(report))
     return 0
+
+
+def _evaluate(args, dataset, info, printed: list) -> dict:
+    """Load the model and score it; the table is printed (and the report added to
+    ``printed``) as soon as the scores are known, before the files are written."""
+    from ovseg.evaluation.runner import evaluate, format_report
+    from ovseg.predictor import OVSegPredictor
+
+    def show(report: dict) -> None:
+        print(format_report(report), flush=True)
+        printed.append(report)
+
+    device = info.device if info.enabled else args.device
+    predictor = OVSegPredictor.from_pretrained(
+        args.model,
+        weights=args.weights,
+        config=args.config,
+        device=device,
+        precision=args.precision,
+    )
+    return evaluate(
+        predictor,
+        dataset,
+        tasks=tuple(args.tasks.split(",")),
+        output_dir=args.output,
+        save_predictions=args.save_predictions,
+        limit=args.limit,
+        num_workers=args.num_workers,
+        head=args.head,
+        dist_info=info,
+        on_report=show,
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
@@ -45,12 +46,15 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from ovseg.apps.outputs import UsageError, check_writable
     from ovseg.export import ExportError, export_onnx
 
     if args.precision != "fp32":
         print("error: export runs on the fp32 model: drop --precision", file=sys.stderr)
         return 2
     try:
+        # The export is built beside --out and moved in place: that folder must take files.
+        check_writable(Path(args.out).absolute().parent, option="--out")
         predictor = load_predictor_from_arguments(args)
         settings = export_onnx(
             predictor,
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             text_encoder=not args.no_text_encoder,
             check=not args.no_check,
         )
-    except (ExportError, FileNotFoundError) as error:
+    except (ExportError, FileNotFoundError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {', '.join(g + '.onnx' for g in settings['graphs'])}, export.json")

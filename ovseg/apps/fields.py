@@ -132,11 +132,22 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
         commands = {"world": _world, "world4d": _world4d, "fit": _fit, "lift": _lift,
                     "query": _query}  # fmt: skip
-        return commands[args.command](args)
+        with _writable_outputs(args):  # before any work
+            return commands[args.command](args)
     except (PosedImagesError, ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _writable_outputs(args):
+    """The command's output folder (and --extract's) checked writable (UsageError, a
+    ValueError, if not); removed on the way out when made here and left empty."""
+    from ovseg.apps.outputs import check_writable, writable_folder
+
+    if getattr(args, "extract", None):
+        check_writable(Path(args.extract).absolute().parent, option="--extract")
+    return writable_folder(args.out, option="OUT" if args.command.startswith("world") else "--out")
 
 
 def _world(args) -> int:
@@ -232,6 +243,10 @@ def _fit(args) -> int:
         raise ValueError("--captions is for dynamic scenes (frames with times); this one has none")
     if dynamic and args.levels != "panoptic":
         raise ValueError("--levels: a 4D field uses the panoptic level only")
+    if dynamic:
+        from ovseg.apps.fields4d import check_fit4d_extras
+
+        check_fit4d_extras(args)  # now, not after the colour and language fits
     predictor = load_predictor_from_arguments(args, log=print)
     if dynamic:
         from ovseg.apps.fields4d import fit4d

@@ -66,6 +66,18 @@ def world4d(args) -> int:
     return 0
 
 
+def check_fit4d_extras(args) -> None:
+    """ValueError when the scene has captions (--captions or SCENE/captions.json) and the
+    sentence encoder they need (the fields4d extra) is not installed."""
+    import importlib.util
+
+    from ovseg.fields.sentences import INSTALL_HINT
+
+    captions = args.captions or (Path(args.scene) / "captions.json").is_file()
+    if captions and importlib.util.find_spec("sentence_transformers") is None:
+        raise ValueError(f"the scene's state captions need a sentence encoder: {INSTALL_HINT}")
+
+
 def fit4d(args, predictor) -> int:
     from ovseg.apps.fields import colour_config
     from ovseg.fields.field4d import Field4DConfig, fit_field4d

@@ -10,6 +10,7 @@ Each sub-command is the ``main`` of a module in :mod:`ovseg.apps`, imported only
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
 
 # name: (module in ovseg.apps, what it does; the script that runs the same main)
@@ -98,8 +99,32 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(f"ovseg.apps.{COMMANDS[name][0]}")
-    return module.main(rest, prog=f"ovseg {name}")
+    try:
+        module = importlib.import_module(f"ovseg.apps.{COMMANDS[name][0]}")
+        return module.main(rest, prog=f"ovseg {name}")
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, what to run next
+        print(f"interrupted; {resume_hint(name, rest)}", file=sys.stderr)
+        return 130
+
+
+def resume_hint(name: str, rest: list[str]) -> str:
+    """What to run after Ctrl-C in ``ovseg NAME REST``: the command that continues the work
+    where the command can, else that it starts over."""
+    again = shlex.join(["ovseg", name, *rest])
+    if name == "train":
+        given = any(arg == "--resume" or arg.startswith("--resume=") for arg in rest)
+        resume = [] if given else ["--resume"]
+        return f"resume with: {shlex.join(['ovseg', name, *rest, *resume])}"
+    if name == "train-prompt-head":  # it resumes from its checkpoints unless told not to
+        rest = [arg for arg in rest if arg != "--no-resume"]
+        return f"resume with (from the last checkpoint): {shlex.join(['ovseg', name, *rest])}"
+    if name == "fields" and rest[:1] in (["fit"], ["lift"]):
+        return f"resume with the same command (it continues in its --out folder): {again}"
+    if name == "predict":
+        return f"resume with the same command (finished inputs are skipped): {again}"
+    if name == "text-ablation":
+        return f"resume with the same command (finished rows are not run again): {again}"
+    return f"nothing is resumed: run the command again to start over ({again})"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Where ``ovseg predict`` writes, and when it may skip: output names that never collide, the
 settings recorded in each JSON, and the check that outputs on disk were made with the same
-ones."""
+ones. Every command checks its output folder with :func:`check_writable` (or
+:func:`writable_folder`) before any work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ovseg.fileio import atomic_write_many
@@ -131,9 +134,11 @@ def is_up_to_date(paths: dict[str, Path], settings: dict) -> bool:
     return isinstance(record, dict) and record.get("settings") == settings
 
 
-def check_writable(directory: Path) -> bool:
-    """Create ``directory`` if needed and check a file can be written there. Returns whether
-    it was created (so that a run that writes nothing can remove it again)."""
+def check_writable(directory: str | Path, *, option: str = "--output") -> bool:
+    """Create ``directory`` if needed and check a file can be written there; UsageError naming
+    ``option`` (the argument to change) if not. Returns whether it was created (so that a run
+    that writes nothing can remove it again)."""
+    directory = Path(directory)
     created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -141,10 +146,23 @@ def check_writable(directory: Path) -> bool:
             pass
     except OSError as error:
         raise UsageError(
-            f"cannot write to output directory {directory} ({error.strerror}): "
-            "choose another --output"
+            f"cannot write to output directory {directory} ({error.strerror or error}): "
+            f"choose another {option}"
         ) from error
     return created
+
+
+@contextlib.contextmanager
+def writable_folder(directory: str | Path, *, option: str = "--output") -> Iterator[Path]:
+    """:func:`check_writable` before the work in the ``with`` block; on the way out (an error
+    or Ctrl-C included) the folder is removed again when this run made it and left it empty."""
+    directory = Path(directory)
+    created = check_writable(directory, option=option)
+    try:
+        yield directory
+    finally:
+        if created and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
 
 
 def write_outputs(outputs: dict) -> None:

@@ -26,7 +26,7 @@ MIN_OUTPUT_PIXELS = 64 * 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from ovseg.apps.arguments import add_model_arguments, add_sam_arguments
+    from ovseg.apps.arguments import add_model_arguments, add_sam_arguments, add_threads_argument
     from ovseg.vocabulary import SHIPPED_VOCABULARIES
 
     parser = argparse.ArgumentParser(
@@ -72,6 +72,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default="outputs", help="output directory (default: outputs)")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--onnx",
         metavar="DIR",
@@ -135,6 +136,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
 
+    from ovseg.apps.arguments import precision_record
     from ovseg.model_zoo import model_caveat
     from ovseg.preprocess import load_image
 
@@ -153,6 +155,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
             if caveat:
                 record["model_caveat"] = caveat
     record["settings"] = settings
+    record["precision"] = precision_record(predictor)
     outputs[paths["json"]] = record
     write_outputs(outputs)
     return record
@@ -237,6 +240,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
     """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
     from tqdm import tqdm
 
+    from ovseg.apps.arguments import precision_record
     from ovseg.video import segment_video
 
     with tqdm(desc=video_path.name, unit="frame", file=sys.stderr, leave=False) as bar:
@@ -253,7 +257,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             short_side=args.short_side,
             progress=advance,
             stem=paths["json"].name.removesuffix("_frames.json"),
-            extra={"settings": settings},
+            extra={"settings": settings, "precision": precision_record(predictor)},
             info=info,
             model=settings["model"],
         )
@@ -439,9 +443,11 @@ def run(args) -> int:
         say_precision,
     )
     from ovseg.model_zoo import model_caveat
+    from ovseg.threads import set_threads
     from ovseg.vocabulary import as_vocabulary, describe_guessed_kinds, parse_class_list
 
     _check_arguments(args)
+    set_threads(args.threads)
     info = _join_torchrun(args)
     vocabulary = None  # heat maps only
     if args.classes is not None:

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     out = Path(args.out)
     if args.ship_only:
         return _ship_or_say_why(out)
+    try:  # before any work
+        _check_writable(out, ship=args.ship)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.data_only is not None:
         return _write_data(out, args.data_only, args.seed, patterns=not args.plain_things)
 
@@ -115,6 +120,24 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return 2
     print((out / "report.md").read_text())
     return _ship_or_say_why(out) if args.ship else 0
+
+
+def _check_writable(out: Path, *, ship: bool) -> None:
+    """UsageError (a ValueError) when --out, or with --ship the package's folders, cannot take
+    files."""
+    from ovseg.apps.outputs import UsageError, check_writable
+
+    check_writable(out, option="--out")
+    if ship:
+        for folder in (PACKAGE / "assets" / "synthetic_tiny", PACKAGE / "vocab"):
+            try:
+                check_writable(folder)
+            except UsageError as error:
+                raise UsageError(
+                    f"--ship writes into the package, and {folder} cannot take files "
+                    f"({error.__cause__.strerror}): ship from a checkout installed with "
+                    "pip install -e, or drop --ship"
+                ) from None
 
 
 def _write_data(out: Path, count: int, seed: int, *, patterns: bool) -> int:

@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        from ovseg.apps.outputs import check_writable
         from ovseg.synthetic.text_ablation import run
 
+        check_writable(args.out, option="--out")  # before any work
         text = run(
             args.out,
             rows,

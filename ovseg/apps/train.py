@@ -6,7 +6,12 @@ import argparse
 import dataclasses
 import sys
 
-from ovseg.apps.arguments import add_dataset_arguments, boolean, dataset_from_arguments
+from ovseg.apps.arguments import (
+    add_dataset_arguments,
+    add_threads_argument,
+    boolean,
+    dataset_from_arguments,
+)
 from ovseg.train.loop import TrainConfig
 
 
@@ -31,6 +36,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--init-weights", help="start from these weights (ovseg or official)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_threads_argument(parser)
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     defaults = TrainConfig()
@@ -54,29 +60,35 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    from ovseg.apps.outputs import writable_folder
     from ovseg.checkpoint import WeightsError
     from ovseg.config import load_config
     from ovseg.data import LargeScaleJitter
     from ovseg.train.loop import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    from ovseg.threads import set_threads
+
     try:
+        set_threads(args.threads)
         dataset = dataset_from_arguments(args)
         transform = LargeScaleJitter(
             crop_size=cfg.crop_size, min_scale=cfg.min_scale, max_scale=cfg.max_scale
         )
-        record = train(
-            load_config(args.config),
-            cfg,
-            dataset,
-            args.output,
-            transform=transform,
-            resume=args.resume,
-            init_weights=args.init_weights,
-            device=args.device,
-            tensorboard=args.tensorboard,
-            progress=not args.no_progress,
-        )
+        model_cfg = load_config(args.config)
+        with writable_folder(args.output):  # before any work
+            record = train(
+                model_cfg,
+                cfg,
+                dataset,
+                args.output,
+                transform=transform,
+                resume=args.resume,
+                init_weights=args.init_weights,
+                device=args.device,
+                tensorboard=args.tensorboard,
+                progress=not args.no_progress,
+            )
     except (ValueError, FileNotFoundError, WeightsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -82,8 +82,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    from ovseg.apps.outputs import writable_folder
+
     try:
-        return run(args)
+        with writable_folder(args.output):  # before any work
+            return run(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)

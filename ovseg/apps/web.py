@@ -481,16 +481,36 @@ def describe_model(name: str) -> str:
     return f"`{name}`: {entry.description}"
 
 
+def _check_can_serve(host: str, port: int) -> None:
+    """ValueError (one line) without gradio, or when ``port`` on ``host`` is taken."""
+    import socket
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("the web demo needs gradio: pip install 'ovseg[demo]'") from None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(
+                f"cannot listen on {host}:{port} ({error.strerror or error}): another program "
+                "(an earlier demo?) has it; give another --port"
+            ) from None
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     import argparse
     import os
     import signal
     import sys
 
-    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.apps.arguments import add_model_arguments, add_threads_argument
 
     parser = argparse.ArgumentParser(prog=prog, description="ovseg web demo (Gradio)")
     add_model_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -517,9 +537,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from ovseg.apps.arguments import load_predictor_from_arguments, say_precision
+    from ovseg.threads import set_threads
 
     messages = []
     try:
+        _check_can_serve(args.host, args.port)  # before the model loads
+        set_threads(args.threads)
         predictor = load_predictor_from_arguments(args, log=lambda m, **_: messages.append(m))
         sam_masks = None
         if args.sam_weights:

@@ -115,6 +115,7 @@ def evaluate(
     progress: bool = True,
     head: str = "fcclip",
     dist_info: DistInfo | None = None,
+    on_report=None,
 ) -> dict:
     """Run ``predictor`` over ``dataset`` with the dataset's vocabulary and score it.
 
@@ -122,6 +123,8 @@ def evaluate(
     ``head="pixel-text"`` scores the training-free pixel-text semantic output (semantic only).
     ``dist_info`` (:func:`ovseg.distributed.init_distributed`, under torchrun): this process
     scores its shard, and every process returns the combined report (rank 0 writes the files).
+    ``on_report(report)`` is called on rank 0 once the scores are known, before any file is
+    written (a front end prints them there: a failing write cannot lose them).
     Returns {"panoptic": ..., "semantic": ..., "instance": ..., "images": n, "seconds": s}.
     Raises ValueError for an image above the predictor's ``max_output_pixels``.
     """
@@ -175,8 +178,13 @@ def evaluate(
         report = {name: evaluator.compute() for name, evaluator in evaluators.items()}
         report["images"] = count
         report["seconds"] = time.perf_counter() - start
+        choice = getattr(predictor, "precision", None)
+        if choice is not None and hasattr(choice, "as_record"):
+            report["precision"] = choice.as_record()
     report = broadcast_object(report, info)  # also waits for every process to finish
     gathered = all_gather_objects(annotations, info)
+    if on_report is not None and info.is_main:
+        on_report(report)
     if output_dir is not None and info.is_main:
         output_dir = Path(output_dir)
         write_text_atomic(output_dir / "results.json", json.dumps(report, indent=1, default=float))
