@@ -246,3 +246,64 @@ def test_an_interrupted_lift_resumes_to_the_same_mixtures(tmp_path):
     resumed = lift_segments(splat, cameras, maps, cfg, state_path=state_path, progress=False)
     for key in ("segments", "weights", "total"):
         assert torch.equal(resumed[key], whole[key]), key
+
+
+def test_compiled_projection_equals_pytorch():
+    """Including Gaussians behind the camera, off-screen and beyond the Jacobian's clamp."""
+    from ovseg.fields.fast_raster import project_fast
+
+    cloud, camera = _cloud(n=2000, degree=0, seed=3), _camera()
+    means = cloud.means.detach() * 4  # spread: some behind, some far off-screen
+    covariances = covariance_3d(cloud.scales, cloud.quaternions).detach()
+    reference = project_gaussians(means, covariances, camera)
+    fast = project_fast(means, covariances, camera)
+    assert 0 < int(reference.visible.sum()) < 2000
+    either = fast.visible | reference.visible  # invisible ones' radii are not used
+    same = fast.radii == reference.radii
+    assert same[either].float().mean() > 0.995  # ceil(3 sqrt(lambda)) may flip at an integer
+    assert torch.equal(fast.visible[same], reference.visible[same])
+    shown = reference.visible & same
+    torch.testing.assert_close(fast.means2d[shown], reference.means2d[shown], rtol=1e-5,
+                               atol=1e-3)  # fmt: skip
+    torch.testing.assert_close(fast.conics[shown], reference.conics[shown], rtol=1e-4,
+                               atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(fast.depths, reference.depths, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_the_accumulator_keeps_each_gaussians_heaviest_segments(blocks):
+    """Two views folded in: per Gaussian the total and its 2 heaviest (segment, weight)
+    pairs equal those of the per-view sums, found here by brute force."""
+    from ovseg.fields.fast_raster import LiftAccumulator, project_fast
+
+    cloud = _cloud(n=500, degree=0, seed=1)
+    cameras = [_camera(), Camera(look_at((-2.5, -2.0, 1.2), (0, 0, 0)), 70.0, 70.0, 48.0,
+                                 36.0, 96, 72, "b")]  # fmt: skip
+    covariances = covariance_3d(cloud.scales, cloud.quaternions).detach()
+    opacities = cloud.opacities.detach()
+    rng = np.random.default_rng(0)
+    accumulator = LiftAccumulator(500, 2, blocks=blocks)
+    expected: dict[int, dict[int, float]] = {}
+    offset = 0
+    for camera in cameras:
+        segments = np.repeat(rng.integers(-1, 3, size=(camera.height // 8, 1)), 8, 0)
+        segments = np.repeat(segments, camera.width, 1)  # bands of rows, one segment each
+        projection = project_fast(cloud.means.detach(), covariances, camera)
+        found = render_fast(projection, opacities, None, camera.width, camera.height,
+                            segments=segments, blocks=1)["segment_weights"]  # fmt: skip
+        for g, s, w in zip(found.gaussians, found.segments, found.weights, strict=True):
+            expected.setdefault(int(g), {})[offset + int(s)] = float(w)
+        accumulator.add_view(projection, opacities, segments, offset, camera.width,
+                             camera.height)  # fmt: skip
+        offset += 3
+    assert accumulator.dropped == 0
+    assert len(expected) > 100
+    for g in range(500):
+        pairs = expected.get(g, {})
+        assert accumulator.total[g] == pytest.approx(sum(pairs.values()), rel=1e-5, abs=1e-7)
+        heaviest = sorted(pairs.items(), key=lambda p: -p[1])[:2]
+        held = zip(accumulator.segments[g], accumulator.weights[g], strict=True)
+        kept = {int(s): float(w) for s, w in held if s >= 0}
+        assert set(kept) == {s for s, _ in heaviest}, g
+        for s, w in heaviest:
+            assert kept[s] == pytest.approx(w, rel=1e-5)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.fast_raster import render_fast
+from ovseg.fields.fast_raster import project_fast, render_fast
 from ovseg.fields.field import (
     FieldError,
     check_same_clip,
@@ -57,7 +57,6 @@ from ovseg.fields.field import (
 )
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.posed_images import PosedImages, load_posed_images
-from ovseg.fields.rasterizer import project_gaussians
 from ovseg.fields.splat_ply import Splat, read_splat, write_splat
 from ovseg.fileio import atomic_write, write_text_atomic
 
@@ -222,91 +221,58 @@ def lift_segments(
         segment_maps: per camera, (H, W) int, -1 where void (no feature), at the camera's size.
         state_path: where progress is saved (every ``checkpoint_seconds``) and resumed from.
         stats: a dict that gets ``dropped_weight`` (weight that found no segment slot) and
-            ``project_s`` / ``raster_s`` / ``merge_s`` (seconds in each step).
+            ``lift_steps_s`` (seconds projecting and rasterizing + merging).
     Returns: ``segments`` (N, M) int64 (-1: empty), ``weights`` (N, M) float32, ``total``
         (N,) float32 (all blending weight on pixels with a feature).
     """
     from tqdm import tqdm
 
-    n, m = len(splat), cfg.mixture
+    from ovseg.fields.fast_raster import LiftAccumulator, project_fast
+
     offsets = np.cumsum([0] + [int(s.max()) + 1 if (s >= 0).any() else 0 for s in segment_maps])
-    state = {"segments": torch.full((n, m), -1, dtype=torch.int64),
-             "weights": torch.zeros(n, m), "total": torch.zeros(n), "done": 0,
-             "dropped": 0.0}  # fmt: skip
+    accumulator = LiftAccumulator(len(splat), cfg.mixture)
+    done = 0
     if state_path is not None and state_path.is_file():
         with np.load(state_path) as saved:
-            state = {key: torch.from_numpy(saved[key]) for key in ("segments", "weights", "total")}
-            state["done"], state["dropped"] = int(saved["done"]), float(saved["dropped"])
+            accumulator.segments[:] = saved["segments"]
+            accumulator.weights[:] = saved["weights"]
+            accumulator.total[:] = saved["total"]
+            done, accumulator.dropped = int(saved["done"]), float(saved["dropped"])
     cloud = splat.cloud
+    means = cloud.means.detach()
     covariances = covariance_3d(cloud.scales.detach(), cloud.quaternions.detach())
     opacities = cloud.opacities.detach()
-    timings = {"project_s": 0.0, "raster_s": 0.0, "merge_s": 0.0}
+    timings = {"project_s": 0.0, "raster_s": 0.0}
     last_save = time.perf_counter()
-    views = range(state["done"], len(cameras))
-    for v in tqdm(views, desc="lifting", disable=not progress, initial=state["done"],
-                  total=len(cameras)):  # fmt: skip
+    for v in tqdm(range(done, len(cameras)), desc="lifting", disable=not progress,
+                  initial=done, total=len(cameras)):  # fmt: skip
         camera, segment_map = cameras[v], segment_maps[v]
         if segment_map.shape != (camera.height, camera.width):
             raise ValueError(f"view '{camera.name}': segment map {segment_map.shape} is not the "
                              f"camera's {camera.height} x {camera.width}")  # fmt: skip
         start = time.perf_counter()
-        projection = project_gaussians(cloud.means.detach(), covariances, camera)
+        projection = project_fast(means, covariances, camera)
         timings["project_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        found = render_fast(projection, opacities, None, camera.width, camera.height,
-                            segments=segment_map)["segment_weights"]  # fmt: skip
+        accumulator.add_view(projection, opacities, segment_map, int(offsets[v]), camera.width,
+                             camera.height)  # fmt: skip
         timings["raster_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        merge_view(state, torch.from_numpy(found.gaussians),
-                   torch.from_numpy(found.segments) + int(offsets[v]),
-                   torch.from_numpy(found.weights))  # fmt: skip
-        state["dropped"] += found.dropped
-        state["done"] = v + 1
-        timings["merge_s"] += time.perf_counter() - start
         if state_path is not None and (time.perf_counter() - last_save > checkpoint_seconds
-                                       and state["done"] < len(cameras)):  # fmt: skip
-            _save_state(state_path, state)
+                                       and v + 1 < len(cameras)):  # fmt: skip
+            _save_state(state_path, accumulator, v + 1)
             last_save = time.perf_counter()
     if stats is not None:
-        stats["dropped_weight"] = state["dropped"]
-        for key, value in timings.items():
-            stats.setdefault("lift_steps_s", {})[key] = value
-    return state
+        stats["dropped_weight"] = accumulator.dropped
+        stats["lift_steps_s"] = timings
+    return {"segments": torch.from_numpy(accumulator.segments),
+            "weights": torch.from_numpy(accumulator.weights),
+            "total": torch.from_numpy(accumulator.total)}  # fmt: skip
 
 
-def merge_view(state: dict, gaussians: torch.Tensor, segments: torch.Tensor,
-               weights: torch.Tensor) -> None:  # fmt: skip
-    """Add one view's (Gaussian, segment, weight) entries to the running mixtures in
-    ``state`` (each Gaussian keeps its ``M`` heaviest segments; a view's segments are new
-    ones, so nothing needs summing) and to the totals."""
-    if not len(gaussians):
-        return
-    state["total"].index_add_(0, gaussians, weights)
-    order = torch.argsort(gaussians, stable=True)
-    gaussians, segments, weights = gaussians[order], segments[order], weights[order]
-    touched, counts = torch.unique_consecutive(gaussians, return_counts=True)
-    rank = torch.arange(len(gaussians)) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts
-    )
-    row = torch.repeat_interleave(torch.arange(len(touched)), counts)
-    width = int(counts.max())
-    new_segments = torch.full((len(touched), width), -1, dtype=torch.int64)
-    new_weights = torch.zeros(len(touched), width)
-    new_segments[row, rank] = segments
-    new_weights[row, rank] = weights
-    m = state["segments"].shape[1]
-    all_segments = torch.cat([state["segments"][touched], new_segments], 1)
-    all_weights = torch.cat([state["weights"][touched], new_weights], 1)
-    top = torch.topk(all_weights, m, dim=1, sorted=True)
-    state["weights"][touched] = top.values
-    state["segments"][touched] = torch.where(
-        top.values > 0, all_segments.gather(1, top.indices), -1
-    )
-
-
-def _save_state(path: Path, state: dict) -> None:
-    arrays = {key: state[key].numpy() for key in ("segments", "weights", "total")}
-    arrays["done"], arrays["dropped"] = np.array(state["done"]), np.array(state["dropped"])
+def _save_state(path: Path, accumulator, done: int) -> None:
+    arrays = {"segments": accumulator.segments, "weights": accumulator.weights,
+              "total": accumulator.total, "done": np.array(done),
+              "dropped": np.array(accumulator.dropped)}  # fmt: skip
 
     def write(tmp):
         with open(tmp, "wb") as file:
@@ -368,6 +334,7 @@ class LiftedField:
         self.norms = tensors["norms"].float()
         self.lifted = self.norms > 0
         self._canonical = None
+        self._covariances = None
 
     @staticmethod
     def read_meta(folder: str | Path) -> dict:
@@ -437,9 +404,9 @@ class LiftedField:
         ``channels`` (N, C) per-Gaussian values their blend normalised by the weight of lifted
         Gaussians, ``values`` (H, W, C), with ``covered`` (H, W) that weight."""
         cloud = self.splat.cloud
-        projection = project_gaussians(
-            cloud.means, covariance_3d(cloud.scales, cloud.quaternions), camera
-        )
+        if self._covariances is None:
+            self._covariances = covariance_3d(cloud.scales, cloud.quaternions)
+        projection = project_fast(cloud.means, self._covariances, camera)
         parts = [cloud.colours(camera.centre), self.lifted.float()[:, None]]
         if channels is not None:
             parts.append(channels.float())

@@ -285,14 +285,14 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
     if scale:
         lines += [
             "",
-            "| Gaussians | views | size | lift (s) | of which raster / merge | per view | "
+            "| Gaussians | views | size | lift (s) | of which project / raster | per view | "
             "2D inference per view | query | heat map | peak RSS (MiB) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in scale:
             lines.append(
                 f"| {r['gaussians']:,} | {r['views']} | {r['width']}x{r['height']} | "
-                f"{r['lift_s']:.1f} | {r['raster_s']:.1f} / {r['merge_s']:.1f} | "
+                f"{r['lift_s']:.1f} | {r['project_s']:.1f} / {r['raster_s']:.1f} | "
                 f"{r['lift_s'] / r['views']:.2f} | {r['inference_s_per_view']:.2f} | "
                 f"{r['query_s'] * 1000:.0f} ms | {r['heatmap_s']:.2f} s | "
                 f"{r['peak_rss_mib']:.0f} |"

@@ -111,13 +111,10 @@ def render_splat_view(splat: Splat, gaussian_segments: np.ndarray, camera,
                       segment_count: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A view of the splat: image (H, W, 3) uint8 on a black background, and the segment
     (H, W) uint8 of the largest blending weight (255 where alpha < 0.5)."""
-    from ovseg.fields.fast_raster import render_fast
-    from ovseg.fields.rasterizer import project_gaussians
+    from ovseg.fields.fast_raster import project_fast, render_fast
 
     cloud = splat.cloud
-    projection = project_gaussians(
-        cloud.means, covariance_3d(cloud.scales, cloud.quaternions), camera
-    )
+    projection = project_fast(cloud.means, covariance_3d(cloud.scales, cloud.quaternions), camera)
     one_hot = torch.nn.functional.one_hot(torch.from_numpy(gaussian_segments), segment_count)
     features = torch.cat([cloud.colours(camera.centre), one_hot.float()], 1)
     out = render_fast(projection, cloud.opacities, features, camera.width, camera.height)
