@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--accuracy", action="store_true", help="the 3D world's held-out scores")
     parser.add_argument("--scale", action="store_true", help="speed and memory at scale")
     parser.add_argument("--scenes", type=int, default=3)
+    parser.add_argument("--fit-scenes", type=int, help="fit the trained field on the first N "
+                        "scenes only (default: all; ~10-40 min a scene)")  # fmt: skip
     parser.add_argument("--fields", help="bench-fields' OUT/fields folder to reuse its fits")
     parser.add_argument("--gaussians", type=int, default=100_000,
                         help="Gaussians in the accuracy scenes' ground-truth splats")  # fmt: skip
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     else:
         if args.accuracy:
             accuracy = lift_report.run_accuracy(
-                out, scenes=args.scenes, fields=Path(args.fields) if args.fields else None,
+                out, scenes=args.scenes, fit_scenes=args.fit_scenes,
+                fields=Path(args.fields) if args.fields else None,
                 gaussians=args.gaussians, progress=not args.no_progress,
             )  # fmt: skip
         if args.scale:

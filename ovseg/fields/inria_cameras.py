@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.posed_images import PosedImages, PosedImagesError
+from ovseg.fields.posed import PosedImages, PosedImagesError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
 KEYS = ("img_name", "width", "height", "position", "rotation", "fx", "fy")

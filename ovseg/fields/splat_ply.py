@@ -32,8 +32,9 @@ from ovseg.fileio import atomic_write
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
             "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip
 HOW_TO_MAKE = (
-    "fit one with 'ovseg fields fit SCENE --out FIELD' (FIELD/splat.ply) or any 3DGS trainer "
-    "(gaussian-splatting, gsplat, nerfstudio splatfacto), then pass its point_cloud.ply"
+    "make one with any 3DGS trainer (gaussian-splatting, gsplat, nerfstudio splatfacto) and "
+    "pass its point_cloud.ply, or fit one with 'ovseg fields fit SCENE --out FIELD' and pass "
+    "--splat FIELD"
 )
 _PLY_TYPES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
               "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4,

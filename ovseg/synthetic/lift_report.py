@@ -33,9 +33,13 @@ from ovseg.fileio import write_text_atomic
 LIFTED_METHODS = ("lifted (fitted Gaussians)", "lifted (ground-truth splat)")
 
 
-def run_accuracy(out: str | Path, *, scenes: int = 3, seed: int = 0, fields: Path | None = None,
-                 gaussians: int = 100_000, cfg=None, progress: bool = True) -> dict:  # fmt: skip
-    """Fits (or reuses ``fields``/scene_K), lifts, scores -> a report dict (see module doc)."""
+def run_accuracy(out: str | Path, *, scenes: int = 3, fit_scenes: int | None = None,
+                 seed: int = 0, fields: Path | None = None, gaussians: int = 100_000, cfg=None,
+                 progress: bool = True) -> dict:  # fmt: skip
+    """Lifts onto each scene's ground-truth splat; on the first ``fit_scenes`` (default all)
+    also fits the trained field (or reuses ``fields``/scene_K) and lifts onto its Gaussians;
+    scores -> a report dict: ``summary`` over every scene (ground-truth splat and 2D), and
+    ``fitted_summary`` over the fitted scenes (all methods). See the module doc."""
     from ovseg.fields.field import LanguageField, fit_field
     from ovseg.fields.lift import LiftConfig, LiftedField, lift_field
     from ovseg.fields.splat_ply import write_splat
@@ -45,59 +49,70 @@ def run_accuracy(out: str | Path, *, scenes: int = 3, seed: int = 0, fields: Pat
     from ovseg.synthetic.world3d import make_scene3d, write_scene3d
 
     out = Path(out)
+    fit_scenes = scenes if fit_scenes is None else fit_scenes
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
     vocabulary = predictor.set_vocabulary("synthetic_world")
     base = {n.casefold() for n in predictor.train_vocabulary.names}
     seen = {name: name.casefold() in base for name in vocabulary.names}
     methods = ("trained field", *LIFTED_METHODS, *METHODS[1:])
-    records = {m: {"loc": [], "iou": [], "labels": []} for m in methods}
+    every = {m: {"loc": [], "iou": [], "labels": []} for m in (LIFTED_METHODS[1], *METHODS[1:])}
+    fitted = {m: {"loc": [], "iou": [], "labels": []} for m in methods}
     timings, gaussian_hits = [], []
+
+    def score(field) -> dict:
+        predictor.set_vocabulary("synthetic_world")
+        return score_scene(field, predictor, scene_dir, vocabulary, seen)
+
     for index in range(scenes):
         name = f"scene_{index:03d}"
         scene_dir = out / "world" / name
         if not (scene_dir / "scene.json").is_file():
             write_scene3d(scene_dir, seed, index)
-        truth = None
         if not (scene_dir / "splat.ply").is_file():
             splat, truth = scene_splat(make_scene3d(seed, index), gaussians, seed=seed)
             write_splat(scene_dir / "splat.ply", splat)
             np.save(scene_dir / "gaussian_segments.npy", truth)
         truth = np.load(scene_dir / "gaussian_segments.npy")
-        field_dir = (fields or out / "fields") / name
-        fit_meta = fit_field(scene_dir, field_dir, predictor, cfg or bench_fields_config(),
+        gt_dir = out / "lifted_gt" / name
+        gt_meta = lift_field(scene_dir, scene_dir / "splat.ply", gt_dir, predictor, LiftConfig(),
                              progress=progress)  # fmt: skip
-        lifted_dirs = (out / "lifted_fit" / name, out / "lifted_gt" / name)
-        lift_metas = [
-            lift_field(scene_dir, source, folder, predictor, LiftConfig(), progress=progress)
-            for source, folder in ((field_dir, lifted_dirs[0]),
-                                   (scene_dir / "splat.ply", lifted_dirs[1]))
-        ]  # fmt: skip
-        trained = LanguageField.load(field_dir, predictor)
-        predictor.set_vocabulary("synthetic_world")
-        found = score_scene(trained, predictor, scene_dir, vocabulary, seen)
-        _add(records["trained field"], found["field"])
+        lifted_gt = LiftedField.load(gt_dir, predictor)
+        found_gt = score(lifted_gt)
+        _add(every[LIFTED_METHODS[1]], found_gt["field"])
         for method in METHODS[1:]:
-            _add(records[method], found[method])
-        for method, folder in zip(LIFTED_METHODS, lifted_dirs, strict=True):
-            lifted = LiftedField.load(folder, predictor)
-            predictor.set_vocabulary("synthetic_world")
-            _add(records[method], score_scene(lifted, predictor, scene_dir, vocabulary,
-                                              seen)["field"])  # fmt: skip
-        gaussian_hits.append(_gaussian_labels(lifted, predictor, scene_dir, truth))
-        timings.append({
-            "trained_language_s": fit_meta["timings_s"]["autoencoder"]
-            + fit_meta["timings_s"]["language"],
-            "trained_total_s": sum(fit_meta["timings_s"].values()),
-            "lift_fitted_s": lift_metas[0]["timings_s"]["lift"],
-            "lift_gt_s": lift_metas[1]["timings_s"]["lift"],
-            "features_s": lift_metas[1]["timings_s"]["features"],
-            "fitted_gaussians": fit_meta["gaussians"],
-            "gt_gaussians": lift_metas[1]["gaussians"],
-        })  # fmt: skip
+            _add(every[method], found_gt[method])
+        gaussian_hits.append(_gaussian_labels(lifted_gt, predictor, scene_dir, truth))
+        timing = {"lift_gt_s": gt_meta["timings_s"]["lift"],
+                  "features_s": gt_meta["timings_s"]["features"],
+                  "gt_gaussians": gt_meta["gaussians"]}  # fmt: skip
+        if index < fit_scenes:
+            field_dir = (fields or out / "fields") / name
+            fit_meta = fit_field(scene_dir, field_dir, predictor, cfg or bench_fields_config(),
+                                 progress=progress)  # fmt: skip
+            fit_lift_dir = out / "lifted_fit" / name
+            fit_lift_meta = lift_field(scene_dir, field_dir, fit_lift_dir, predictor,
+                                       LiftConfig(), progress=progress)  # fmt: skip
+            found = score(LanguageField.load(field_dir, predictor))
+            _add(fitted["trained field"], found["field"])
+            for method in METHODS[1:]:
+                _add(fitted[method], found[method])
+            lifted_fit = LiftedField.load(fit_lift_dir, predictor)
+            _add(fitted[LIFTED_METHODS[0]], score(lifted_fit)["field"])
+            _add(fitted[LIFTED_METHODS[1]], found_gt["field"])
+            timing.update({
+                "trained_language_s": fit_meta["timings_s"]["autoencoder"]
+                + fit_meta["timings_s"]["language"],
+                "trained_total_s": sum(fit_meta["timings_s"].values()),
+                "lift_fitted_s": fit_lift_meta["timings_s"]["lift"],
+                "fitted_gaussians": fit_meta["gaussians"],
+            })  # fmt: skip
+        timings.append(timing)
     hits = np.concatenate(gaussian_hits)
     report = {
         "scenes": scenes,
-        "summary": summarise(records, seen),
+        "fit_scenes": fit_scenes,
+        "summary": summarise(every, seen),
+        "fitted_summary": summarise(fitted, seen) if fit_scenes else None,
         "timings": timings,
         "gaussian_label_accuracy": 100 * float(hits.mean()) if len(hits) else float("nan"),
         "threads": torch.get_num_threads(),
@@ -191,7 +206,8 @@ text_classes = field.gaussian_cosines(text).argmax(0).numpy()
 lifted = field.lifted.numpy()
 print(json.dumps({"gaussians": len(splat), "views": len(cameras), "width": cameras[0].width,
     "height": cameras[0].height, "read_s": read_s, "segment_maps_s": maps_s, "lift_s": lift_s,
-    **stats["lift_steps_s"], "query_s": query_s, "heatmap_s": heatmap_s,
+    **stats["lift_steps_s"], "dropped_weight": stats["dropped_weight"],
+    "query_s": query_s, "heatmap_s": heatmap_s,
     "lifted_share": float(lifted.mean()),
     "gaussian_accuracy": float((text_classes == truth)[lifted].mean()),
     "peak_rss_mib": peak_mib(), "threads": threads}))
@@ -255,33 +271,41 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
     """The README's tables from the two reports."""
     lines = []
     if accuracy:
-        lines += [
-            f"{accuracy['scenes']} scenes; novel classes: {', '.join(accuracy['novel_classes'])}",
-            "",
-            "| method | split | localisation % | mIoU % | consistency % | label accuracy % |",
-            "|---|---|---|---|---|---|",
-        ]
-        for method, splits in accuracy["summary"].items():
-            for split, v in splits.items():
-                lines.append(f"| {method} | {split} | {v['localisation']:.1f} | {v['mIoU']:.1f} "
-                             f"| {v['consistency']:.1f} | {v['label_accuracy']:.1f} |")  # fmt: skip
+        lines += [f"Novel classes: {', '.join(accuracy['novel_classes'])}."]
+        tables = [(f"{accuracy['scenes']} scenes", accuracy["summary"])]
+        if accuracy.get("fitted_summary"):
+            tables.append((f"the first {accuracy['fit_scenes']} scene(s), with the trained field",
+                           accuracy["fitted_summary"]))  # fmt: skip
+        for title, summary in tables:
+            lines += ["", f"{title}:", "",
+                      "| method | split | localisation % | mIoU % | consistency % | "
+                      "label accuracy % | pairs |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+            for method, splits in summary.items():
+                for split, v in splits.items():
+                    lines.append(f"| {method} | {split} | {v['localisation']:.1f} | "
+                                 f"{v['mIoU']:.1f} | {v['consistency']:.1f} | "
+                                 f"{v['label_accuracy']:.1f} | {v['pairs']} |")  # fmt: skip
         t = accuracy["timings"]
 
         def mean(key):
-            return float(np.mean([x[key] for x in t]))
+            values = [x[key] for x in t if key in x]
+            return float(np.mean(values)) if values else float("nan")
 
         lines += [
             "",
-            f"Trained field's autoencoder + language stages {mean('trained_language_s'):.0f} s "
-            f"per scene (whole fit {mean('trained_total_s') / 60:.1f} min, "
-            f"{mean('fitted_gaussians'):.0f} Gaussians); lifting onto the same Gaussians "
-            f"{mean('lift_fitted_s'):.2f} s "
-            f"({mean('trained_language_s') / mean('lift_fitted_s'):.0f}x faster); onto the "
-            f"ground-truth splat ({mean('gt_gaussians'):.0f} Gaussians) {mean('lift_gt_s'):.2f} "
-            f"s; 2D features {mean('features_s'):.1f} s. Ground-truth splat, per Gaussian: "
-            f"{accuracy['gaussian_label_accuracy']:.1f}% labelled with their own class. "
-            f"{accuracy['threads']} threads.",
+            f"Lifting onto the ground-truth splat ({mean('gt_gaussians'):.0f} Gaussians) "
+            f"{mean('lift_gt_s'):.2f} s per scene, 2D features {mean('features_s'):.1f} s; per "
+            f"Gaussian, {accuracy['gaussian_label_accuracy']:.1f}% of the lifted ones are "
+            f"labelled with the class they were sampled from. {accuracy['threads']} thread(s).",
         ]
+        if accuracy.get("fit_scenes"):
+            lines[-1] += (
+                f" Trained field: autoencoder + language stages {mean('trained_language_s'):.0f} "
+                f"s per scene (whole fit {mean('trained_total_s') / 60:.1f} min, "
+                f"{mean('fitted_gaussians'):.0f} Gaussians); lifting onto the same Gaussians "
+                f"{mean('lift_fitted_s'):.2f} s "
+                f"({mean('trained_language_s') / mean('lift_fitted_s'):.0f}x faster)."
+            )
     if scale:
         lines += [
             "",
