@@ -169,3 +169,26 @@ def test_config_key_defaults_off():
 
     for preset in ("fcclip_convnext_large_coco", "fcclip_tiny_parity", "synthetic_tiny"):
         assert load_config(preset).inference.keep_novel is False
+
+
+def test_web_demo_switch(parity_predictor, image):
+    from ovseg.apps.web import TYPED, Demo, DemoError
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.preprocess import load_image
+
+    predictor = OVSegPredictor(parity_predictor.model, parity_predictor.cfg)
+    demo = Demo(predictor, model_note="test")
+    try:
+        demo.segment_image(load_image(image), "cat, sky", TYPED, "panoptic", keep_novel=True)
+        assert predictor.cfg.inference.keep_novel is True
+        assert parity_predictor.cfg.inference.keep_novel is False  # a copy was switched
+        demo.segment_image(load_image(image), "cat, sky", TYPED, "panoptic", keep_novel=False)
+        assert predictor.cfg.inference.keep_novel is False
+        predictor.cfg = dataclasses.replace(
+            predictor.cfg,
+            inference=dataclasses.replace(predictor.cfg.inference, out_vocab_weight_unseen=0.0),
+        )
+        with pytest.raises(DemoError, match="out-of-vocabulary branch"):
+            demo.segment_image(load_image(image), "cat, sky", TYPED, "panoptic", keep_novel=True)
+    finally:
+        demo.close()
