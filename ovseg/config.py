@@ -63,6 +63,10 @@ class InferenceConfig:
     out_vocab_weight_unseen: float = 0.8  # GEOMETRIC_ENSEMBLE_BETA
     object_mask_threshold: float = 0.0
     overlap_threshold: float = 0.8
+    # Panoptic keeps a query whose best class is unseen (not in text.train_vocabulary) even when
+    # "no object" is more likely: the in-vocabulary no-object probability was trained on images
+    # where those classes were unlabelled (postprocess.panoptic_queries). Off: the official rule.
+    keep_novel: bool = False
     detections_per_image: int = 100
     min_size_test: int = 800
     max_size_test: int = 1333

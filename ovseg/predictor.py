@@ -15,6 +15,7 @@ segment-anything's ``set_image``:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ovseg.predictor_base import (  # noqa: F401  (TASKS, segment_outputs: publi
     ImageFeatures,
     PredictorBase,
     _check_tasks,
+    check_keep_novel,
     segment_outputs,
 )
 from ovseg.vocabulary import Vocabulary, VocabularyLike, load_templates, load_vocabulary
@@ -65,7 +67,10 @@ class OVSegPredictor(PredictorBase):
     (autocast), "int8" (CPU: dynamically quantized MLP and projection layers) or "auto" (the
     fastest path the hardware runs natively, measured; see :mod:`ovseg.precision`). The
     choice and its reason are in ``self.precision``; ValueError for an unknown one or int8 on
-    a GPU.
+    a GPU. ``keep_novel`` (None: the config's ``inference.keep_novel``, off for the official
+    model): panoptic output keeps the queries whose best class is unseen in training even where
+    the in-vocabulary head says "no object" (:func:`ovseg.modeling.postprocess.panoptic_queries`);
+    ValueError in one line where the model's ensemble gives the frozen CLIP no say on them.
     """
 
     def __init__(
@@ -79,7 +84,12 @@ class OVSegPredictor(PredictorBase):
         feature_cache_size: int = 4,
         max_output_pixels: int = 2048 * 1024,
         use_disk_text_cache: bool = True,
+        keep_novel: bool | None = None,
     ) -> None:
+        if keep_novel is not None:  # a copy: the caller's config is left as it was
+            inference = dataclasses.replace(cfg.inference, keep_novel=bool(keep_novel))
+            cfg = dataclasses.replace(cfg, inference=inference)
+        check_keep_novel(cfg.inference)
         self.cfg = cfg
         super().__init__(
             load_vocabulary(cfg.text.train_vocabulary),

@@ -218,7 +218,7 @@ class PredictorBase:
         class_logits = self._class_logits(features)
         out_hw = self.output_size(*features.image_size)
         return segment_outputs(
-            features, class_logits, self.vocabulary, self.inference, out_hw, tasks
+            features, class_logits, self.vocabulary, self.inference, out_hw, tasks, seen=self._seen
         )
 
     def predict_batch(self, images, **kwargs) -> list[dict]:
@@ -233,11 +233,14 @@ def segment_outputs(
     inference,
     out_hw: tuple[int, int],
     tasks: tuple[str, ...],
+    *,
+    seen: torch.Tensor | None = None,
 ) -> dict:
     """The post-processing of :meth:`OVSegPredictor.segment` (shared with the ONNX runtime,
     :class:`ovseg.export.OnnxPredictor`): an image's mask logits and its (Q, K+1) ensemble
     class logits -> the result dict, at ``out_hw``, with the thresholds of ``inference``
-    (:class:`ovseg.config.InferenceConfig`)."""
+    (:class:`ovseg.config.InferenceConfig`). ``seen`` (K,) bool: the vocabulary's classes
+    seen in training, needed by ``inference.keep_novel``."""
     result = {
         "image_size": tuple(features.image_size),
         "output_size": out_hw,
@@ -262,13 +265,21 @@ def segment_outputs(
 
     is_thing = torch.tensor(vocabulary.is_thing, device=class_logits.device)
     if "panoptic" in tasks:
-        keep = postprocess.panoptic_queries(class_logits, inference.object_mask_threshold)
+        novel = None
+        if getattr(inference, "keep_novel", False):
+            if seen is None:
+                raise ValueError("keep_novel needs the vocabulary's seen classes")
+            novel = ~seen.to(device=class_logits.device, dtype=torch.bool)
+        keep = postprocess.panoptic_queries(
+            class_logits, inference.object_mask_threshold, novel_classes=novel
+        )
         result["panoptic_seg"], result["segments_info"] = postprocess.panoptic_inference(
             class_logits[keep],
             masks_of(keep),
             is_thing,
             object_mask_threshold=inference.object_mask_threshold,
             overlap_threshold=inference.overlap_threshold,
+            novel_classes=novel,
         )
     if "instance" in tasks:
         scores, labels, query = postprocess.instance_queries(
@@ -279,6 +290,26 @@ def segment_outputs(
             scores, labels, masks_of(unique)[inverse]
         )
     return result
+
+
+def check_keep_novel(inference, tasks: tuple[str, ...] | None = None) -> None:
+    """One-line ValueError where the keep-novel rule (``inference.keep_novel``) means nothing:
+    an ensemble that gives the frozen CLIP's out-of-vocabulary branch no weight on unseen
+    classes (``out_vocab_weight_unseen`` 0: the in-vocabulary head, which calls them no object,
+    decides alone), or ``tasks`` without panoptic (the rule changes panoptic output only)."""
+    if not getattr(inference, "keep_novel", False):
+        return
+    if inference.out_vocab_weight_unseen <= 0:
+        raise ValueError(
+            "keep-novel needs the frozen CLIP's out-of-vocabulary branch, and this model's "
+            "ensemble gives it no weight on unseen classes (out_vocab_weight_unseen = "
+            f"{inference.out_vocab_weight_unseen}): drop keep-novel"
+        )
+    if tasks is not None and "panoptic" not in tasks:
+        raise ValueError(
+            f"keep-novel changes panoptic output only, and the task is {', '.join(tasks)}: "
+            "add the panoptic task or drop keep-novel"
+        )
 
 
 def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:

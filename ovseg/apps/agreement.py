@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.apps.arguments import add_keep_novel_argument, add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -30,6 +30,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="the first N images only")
     parser.add_argument("--json", help="write the table here too")
     add_model_arguments(parser, precision="fp32")
+    add_keep_novel_argument(parser)
     return parser
 
 

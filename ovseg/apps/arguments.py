@@ -58,6 +58,20 @@ def add_model_arguments(
     )
 
 
+def add_keep_novel_argument(parser: argparse.ArgumentParser) -> None:
+    """--keep-novel / --no-keep-novel (default: the model config's inference.keep_novel)."""
+    parser.add_argument(
+        "--keep-novel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="panoptic output keeps the masks whose best class was unseen in training (not in "
+        "the model's training vocabulary) even where the trained head says 'no object', as it "
+        "was taught for every unlabelled class; the frozen CLIP names them. Off for the "
+        "official FC-CLIP (its published rule); default: the model config's "
+        "inference.keep_novel",
+    )
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """--threads: CPU threads of the torch work (default: :func:`ovseg.threads.default_threads`)."""
     parser.add_argument(
@@ -209,6 +223,7 @@ def load_predictor_from_arguments(args, **kwargs):
         config=args.config,
         device=args.device,
         precision=args.precision,
+        keep_novel=getattr(args, "keep_novel", None),
         **kwargs,
     )
 

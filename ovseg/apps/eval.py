@@ -15,6 +15,7 @@ import sys
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from ovseg.apps.arguments import (
         add_dataset_arguments,
+        add_keep_novel_argument,
         add_model_arguments,
         add_threads_argument,
         dataset_from_arguments,
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     add_model_arguments(parser, default="fcclip_convnext_large_coco", precision="fp32")
     add_dataset_arguments(parser, semantic=True)
     parser.add_argument("--tasks", default="panoptic,semantic,instance")
+    add_keep_novel_argument(parser)
     parser.add_argument("--output", help="directory for results.json and saved predictions")
     parser.add_argument(
         "--save-predictions",
@@ -93,17 +95,22 @@ def _evaluate(args, dataset, info, printed: list) -> dict:
         printed.append(report)
 
     device = info.device if info.enabled else args.device
+    tasks = tuple(args.tasks.split(","))
+    if args.keep_novel and (args.head != "fcclip" or "panoptic" not in tasks):
+        used = f"--head {args.head}" if args.head != "fcclip" else f"--tasks {args.tasks}"
+        raise ValueError(f"--keep-novel changes panoptic output only, not {used}: drop one")
     predictor = OVSegPredictor.from_pretrained(
         args.model,
         weights=args.weights,
         config=args.config,
         device=device,
         precision=args.precision,
+        keep_novel=args.keep_novel,
     )
     return evaluate(
         predictor,
         dataset,
-        tasks=tuple(args.tasks.split(",")),
+        tasks=tasks,
         output_dir=args.output,
         save_predictions=args.save_predictions,
         limit=args.limit,

@@ -63,6 +63,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "semantic, every location of the frozen CLIP map matched with the class names "
         "(training-free baseline)",
     )
+    from ovseg.apps.arguments import add_keep_novel_argument
+
+    add_keep_novel_argument(parser)
     parser.add_argument(
         "--heatmap",
         action="append",
@@ -205,6 +208,8 @@ def _segmentation(predictor, image, image_path, args, settings, paths, outputs) 
         record["masks_from"] = args.sam_masks.name
     if args.head != "fcclip":
         record["head"] = args.head
+    if args.keep_novel:
+        record["keep_novel"] = True
     caveat = model_caveat(settings["model"], result["vocabulary"].classes)
     if caveat:
         record["model_caveat"] = caveat
@@ -314,6 +319,8 @@ def _check_arguments(args) -> None:
         args.heatmap = check_phrases(args.heatmap)
     if args.onnx is not None:
         _check_onnx_arguments(args)
+    if args.keep_novel:
+        _check_keep_novel_arguments(args)
     if args.head == "pixel-text":
         if args.task != "semantic":
             raise UsageError("--head pixel-text gives semantic output only: add --task semantic")
@@ -332,6 +339,21 @@ def _check_arguments(args) -> None:
 
         check_sam_arguments(args)
         sam_weights(args.sam_model, args.sam_weights)  # missing weights: say where, now
+
+
+def _check_keep_novel_arguments(args) -> None:
+    """--keep-novel: only where the model's own masks make panoptic output (UsageError)."""
+    for flag, given in (
+        (f"--task {args.task}", args.task != "panoptic"),
+        ("--points / --boxes", args.points or args.boxes),
+        ("--masks sam", args.masks == "sam"),
+        ("--onnx", args.onnx is not None),
+    ):
+        if given:
+            raise UsageError(
+                f"--keep-novel changes the panoptic output of the model's own masks, not "
+                f"{flag}: drop one of them"
+            )
 
 
 def _check_score_threshold(args) -> None:

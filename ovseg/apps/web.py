@@ -122,9 +122,36 @@ class Demo:
                 f"is {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
             )
 
-    def segment_image(self, image, classes: str, preset: str, task: str, name: str = "image"):
+    def set_keep_novel(self, keep: bool) -> None:
+        """Panoptic output keeps the masks of unseen classes (the predictor's
+        ``inference.keep_novel``); DemoError where the model's ensemble gives the frozen CLIP
+        no say on them."""
+        import dataclasses
+
+        from ovseg.predictor_base import check_keep_novel
+
+        cfg = self.predictor.cfg
+        if cfg.inference.keep_novel == bool(keep):
+            return
+        inference = dataclasses.replace(cfg.inference, keep_novel=bool(keep))
+        try:
+            check_keep_novel(inference)
+        except ValueError as error:
+            raise DemoError(str(error)) from None
+        self.predictor.cfg = dataclasses.replace(cfg, inference=inference)
+
+    def segment_image(
+        self,
+        image,
+        classes: str,
+        preset: str,
+        task: str,
+        name: str = "image",
+        keep_novel: bool | None = None,
+    ):
         """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text. The
-        downloads are named after the image (``name``) and the task."""
+        downloads are named after the image (``name``) and the task. ``keep_novel``: see
+        :meth:`set_keep_novel` (None: as it is)."""
         from PIL import Image
 
         from ovseg.model_zoo import model_caveat, model_tag
@@ -142,6 +169,8 @@ class Demo:
         array = as_rgb_array(image)
         self.check_image_size(array)
         vocabulary = self.vocabulary(classes, preset)
+        if keep_novel is not None:
+            self.set_keep_novel(keep_novel)
         start = time.perf_counter()
         encodes = self.predictor.image_encodes
         result = self.predictor.predict(array, vocabulary=vocabulary, tasks=(task,))
@@ -305,10 +334,10 @@ def _image_tab(gr, demo: Demo) -> None:
     from ovseg.assets import example_images
     from ovseg.preprocess import load_image
 
-    def run_image(image_path, classes, preset, task):
+    def run_image(image_path, classes, preset, task, keep_novel):
         image = load_image(image_path) if image_path else None
         name = Path(image_path).stem if image_path else "image"
-        return demo.segment_image(image, classes, preset, task, name=name)
+        return demo.segment_image(image, classes, preset, task, name=name, keep_novel=keep_novel)
 
     with gr.Tab("Image"):
         with gr.Row():
@@ -331,6 +360,12 @@ def _image_tab(gr, demo: Demo) -> None:
                     label="task",
                     elem_id="task",
                 )
+                keep_novel = gr.Checkbox(
+                    value=demo.predictor.cfg.inference.keep_novel,
+                    label="panoptic: keep classes unseen in training (the frozen CLIP names "
+                    "them; off: the official FC-CLIP rule)",
+                    elem_id="keep-novel",
+                )
                 run = gr.Button("Segment", variant="primary", elem_id="run")
             with gr.Column():
                 overlay = gr.Image(label="result", elem_id="overlay", interactive=False)
@@ -347,7 +382,7 @@ def _image_tab(gr, demo: Demo) -> None:
         gr.Examples([str(p) for p in example_images()], inputs=image_in, label="examples")
         run.click(
             _guarded(gr, run_image),
-            [image_in, classes, preset, task],
+            [image_in, classes, preset, task, keep_novel],
             [overlay, table, label_file, json_file, status],
             concurrency_limit=1,
         )

@@ -39,12 +39,26 @@ def semantic_inference(
 
 
 def panoptic_queries(
-    class_logits: torch.Tensor, object_mask_threshold: float = 0.0
+    class_logits: torch.Tensor,
+    object_mask_threshold: float = 0.0,
+    *,
+    novel_classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(Q, K+1) -> (Q,) bool: the queries panoptic inference can use (not "no object", score
-    above the threshold). Only their masks need resizing to the output size."""
-    scores, labels = F.softmax(class_logits, dim=-1).max(-1)
-    return labels.ne(class_logits.shape[-1] - 1) & (scores > object_mask_threshold)
+    above the threshold). Only their masks need resizing to the output size.
+
+    ``novel_classes`` (K,) bool (the keep-novel rule; None: the official rule): a query whose
+    most likely class other than no-object is one of these is kept too, whatever its no-object
+    probability. That probability comes from the in-vocabulary head, which was trained to call
+    exactly those classes "no object" (they were unlabelled), so it says nothing about them."""
+    probs = F.softmax(class_logits, dim=-1)
+    scores, labels = probs.max(-1)
+    keep = labels.ne(class_logits.shape[-1] - 1) & (scores > object_mask_threshold)
+    if novel_classes is not None:
+        object_scores, object_labels = probs[..., :-1].max(-1)
+        novel = novel_classes.to(device=labels.device, dtype=torch.bool)[object_labels]
+        keep |= novel & (object_scores > object_mask_threshold)
+    return keep
 
 
 def panoptic_inference(
@@ -54,12 +68,21 @@ def panoptic_inference(
     *,
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
+    novel_classes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """(Q, K+1), (Q, H, W), is_thing (K,) bool -> int32 map (H, W) (0 = no segment) and
     segments [{"id", "isthing", "category_id", "score"}]. Stuff of one class is one segment.
-    Passing only the :func:`panoptic_queries` rows of both gives the same result."""
-    scores, labels = F.softmax(class_logits, dim=-1).max(-1)
-    keep = panoptic_queries(class_logits, object_mask_threshold)
+    Passing only the :func:`panoptic_queries` rows of both gives the same result.
+    ``novel_classes``: the keep-novel rule of :func:`panoptic_queries`; a query it keeps
+    although no-object is its most likely class has its best other class and that class's
+    probability (small: its no-object probability stays in the score that ranks the queries
+    for each pixel, so it takes only pixels no confident query claims)."""
+    probs = F.softmax(class_logits, dim=-1)
+    if novel_classes is None:
+        scores, labels = probs.max(-1)
+    else:  # the same as above for every query the official rule keeps
+        scores, labels = probs[..., :-1].max(-1)
+    keep = panoptic_queries(class_logits, object_mask_threshold, novel_classes=novel_classes)
     cur_scores, cur_classes = scores[keep], labels[keep]
     cur_masks = mask_logits[keep].sigmoid()
     height, width = mask_logits.shape[-2:]
