@@ -50,6 +50,7 @@ SCRIPTS = {
     "tools/fields.py": "fields",
     "tools/bench_fields.py": "bench-fields",
     "tools/bench_fields4d.py": "bench-fields4d",
+    "tools/bench_lift.py": "bench-lift",
     "tools/export.py": "export",
 }
 
