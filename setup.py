@@ -24,10 +24,18 @@ setup(
     },
     entry_points={"console_scripts": ["ovseg = ovseg.apps.main:main"]},
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "open_clip_torch>=3.3,<4",
-        "timm>=1.0.31,<2",
+        # Ranges, not pins: an exact pin makes pip replace the user's torch (a CPU or ROCm build
+        # included). Floors measured (README "Install"): torch 2.4.1 / torchvision 0.19.1 is the
+        # oldest that passes the parity and smoke tests (2.3.x and 2.4.0 give NaN in CPU
+        # scaled_dot_product_attention with a sparse boolean mask; 2.2 needs numpy < 2);
+        # open_clip 2.24 fails (text attention mask), 2.26.1 passes; timm < 1.0.10 has no
+        # test_convnext (the shipped tiny models). No cap below torch 3: a cap makes pip
+        # downgrade a newer torch, the problem this range removes; CI pins the tested
+        # torch==2.14.1 (.ci/run).
+        "torch>=2.4.1,<3",
+        "torchvision>=0.19.1",
+        "open_clip_torch>=2.26.1,<4",
+        "timm>=1.0.10,<2",
         "numpy",
         "pillow",
         "pyyaml",
