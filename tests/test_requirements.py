@@ -55,3 +55,17 @@ def test_ci_pins_an_exact_torch_inside_the_declared_range():
     requires = install_requires()
     for name, version in pins.items():
         assert Version(version) in requires[name].specifier, (name, version)
+
+
+@pytest.mark.parametrize("extra", ["export", "dev"])
+def test_onnx_export_asks_for_a_torch_that_can_export_and_the_readme_says_which(extra):
+    """ovseg.modeling.deformable_attention keeps int64 indices only where
+    torch.compiler.is_exporting exists (torch >= 2.7); the exporter itself needs 2.12."""
+    (torch,) = [
+        Requirement(r)
+        for r in setup_requirements("extras_require")[extra]
+        if Requirement(r).name == "torch"
+    ]
+    assert Version(floor(torch)) >= Version("2.7")
+    install = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"needs torch >= {floor(torch)}" in install

@@ -11,7 +11,7 @@ from torch import nn
 
 def _is_exporting() -> bool:
     """True while torch.export traces. torch.compiler.is_exporting is torch >= 2.7; before it
-    nothing exports this path (the "export" extra needs torch >= 2.7, setup.py), so False."""
+    nothing exports this path (the "export" extra needs torch >= 2.12, setup.py), so False."""
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(is_exporting and is_exporting())
 
