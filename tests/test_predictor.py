@@ -238,3 +238,21 @@ def test_no_usable_query_gives_empty_outputs(parity_predictor):
         inference.object_mask_threshold = threshold
     assert result["segments_info"] == []
     assert not result["panoptic_seg"].any()
+
+
+def test_the_shipped_model_finds_the_objects_of_a_synthetic_scene():
+    """End to end on real trained weights (the parity model is random): torch 2.3.x and 2.4.0
+    give NaN in CPU scaled_dot_product_attention with a boolean mask whose allowed keys are
+    sparse (the masked cross-attention here), and every class is then lost without an error."""
+    from ovseg.assets import EXAMPLES_DIR
+    from ovseg.predictor import OVSegPredictor
+    from ovseg.vocabulary import load_vocabulary
+
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny", device="cpu", precision="fp32")
+    result = predictor.predict(
+        EXAMPLES_DIR / "synthetic_val_00001.png", vocabulary=load_vocabulary("synthetic_world")
+    )
+    assert torch.isfinite(result["sem_seg"]).all()
+    classes = predictor.vocabulary.classes
+    found = {classes[s["category_id"]][0] for s in result["segments_info"]}
+    assert {"brick", "house", "sky"} <= found, found

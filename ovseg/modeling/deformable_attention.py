@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _is_exporting() -> bool:
+    """True while torch.export traces. torch.compiler.is_exporting is torch >= 2.7; before it
+    nothing exports this path (the "export" extra needs torch >= 2.12, setup.py), so False."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
 def multi_scale_deformable_sampling(
     value: torch.Tensor,
     spatial_shapes: list[tuple[int, int]],
@@ -39,7 +46,7 @@ def multi_scale_deformable_sampling(
     device, dtype = value.device, sampling_locations.dtype
     rows = batch * num_in * heads
     # int32 indices are faster; an exported graph (ONNX) keeps int64, its index type.
-    exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    exporting = _is_exporting() or torch.onnx.is_in_onnx_export()
     index_dtype = torch.int32 if rows < 2**31 and not exporting else torch.int64
     heights = torch.tensor([h for h, _ in spatial_shapes], device=device)
     widths = torch.tensor([w for _, w in spatial_shapes], device=device)
