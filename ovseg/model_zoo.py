@@ -188,15 +188,6 @@ def missing_weights_message(name: str, *, zoo: dict[str, ZooEntry] | None = None
     return f"no weights for model '{name}': {manual_fetch_steps(name, zoo=zoo)}"
 
 
-def sha256_of(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_checkpoint_start(head: bytes) -> bool:
     """Whether bytes can begin a weights file: a torch zip ("PK\\x03\\x04"), a legacy torch
     pickle ("\\x80", the pickle protocol opcode) or safetensors (8-byte little-endian header

@@ -11,8 +11,15 @@ from PIL import Image
 
 from ovseg.apps.fields import main
 
-FIT = ["--model", "synthetic_tiny", "--iterations", "12", "--language-iterations", "10",
-       "--no-progress"]  # fmt: skip
+FIT = [
+    "--model",
+    "synthetic_tiny",
+    "--iterations",
+    "12",
+    "--language-iterations",
+    "10",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +41,46 @@ def test_fit_writes_a_complete_field(field):
     meta = json.loads((field / "field.json").read_text())
     assert meta["complete"] and meta["model"] == "synthetic_tiny"
     assert meta["gaussians"] > 0 and set(meta["timings_s"]) == {
-        "colour", "features", "autoencoder", "language"
-    }  # fmt: skip
+        "colour",
+        "features",
+        "autoencoder",
+        "language",
+    }
     assert sorted(p.name for p in (field / "features").iterdir()) == [
-        "view_000.npz", "view_001.npz", "view_002.npz"
-    ]  # fmt: skip
+        "view_000.npz",
+        "view_001.npz",
+        "view_002.npz",
+    ]
 
 
 def test_query_writes_heat_maps_masks_and_ply(field, tmp_path, capsys):
     out = tmp_path / "q"
-    code = main(["query", str(field), "--text", "star", "--text", "water", "--out", str(out),
-                 "--ply", "--model", "synthetic_tiny"])  # fmt: skip
+    code = main(
+        [
+            "query",
+            str(field),
+            "--text",
+            "star",
+            "--text",
+            "water",
+            "--out",
+            str(out),
+            "--ply",
+            "--model",
+            "synthetic_tiny",
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "relevancy_1_star.ply", "relevancy_2_water.ply", "view_003_1_star_heatmap.png",
-        "view_003_1_star_mask.png", "view_003_2_water_heatmap.png", "view_003_2_water_mask.png",
+        "relevancy_1_star.ply",
+        "relevancy_2_water.ply",
+        "view_003_1_star_heatmap.png",
+        "view_003_1_star_mask.png",
+        "view_003_2_water_heatmap.png",
+        "view_003_2_water_mask.png",
         "view_003_render.png",
-    ]  # fmt: skip
+    ]
     render = np.asarray(Image.open(out / "view_003_render.png"))
     assert render.shape == (48, 64, 3) and render.std() > 10  # a picture, not a flat colour
     mask = np.asarray(Image.open(out / "view_003_2_water_mask.png"))
@@ -64,8 +93,25 @@ def test_query_writes_heat_maps_masks_and_ply(field, tmp_path, capsys):
 
 def test_query_by_view_name_and_size(field, tmp_path):
     out = tmp_path / "q"
-    assert main(["query", str(field), "--text", "sand", "--view", "view_001", "--size", "32",
-                 "--out", str(out), "--model", "synthetic_tiny"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "query",
+                str(field),
+                "--text",
+                "sand",
+                "--view",
+                "view_001",
+                "--size",
+                "32",
+                "--out",
+                str(out),
+                "--model",
+                "synthetic_tiny",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out / "view_001_render.png").size == (32, 24)
 
 
@@ -75,10 +121,13 @@ def test_an_interrupted_fit_resumes(scene, tmp_path, one_thread):
     from ovseg.predictor import OVSegPredictor
 
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
-    cfg = FieldConfig(colour=FitConfig(iterations=8, densify_from=4, densify_until=6,
-                                       densify_every=2, checkpoint_every=4),
-                      language=LatentFitConfig(iterations=6, checkpoint_every=3),
-                      autoencoder_iterations=50)  # fmt: skip
+    cfg = FieldConfig(
+        colour=FitConfig(
+            iterations=8, densify_from=4, densify_until=6, densify_every=2, checkpoint_every=4
+        ),
+        language=LatentFitConfig(iterations=6, checkpoint_every=3),
+        autoencoder_iterations=50,
+    )
     straight = fit_field(scene, tmp_path / "a", predictor, cfg, progress=False)
     # a run stopped inside the colour stage, after its first checkpoint (iteration 4 of 8)
     from ovseg.fields.field import load_views
@@ -90,8 +139,9 @@ def test_an_interrupted_fit_resumes(scene, tmp_path, one_thread):
     cloud = GaussianCloud.from_points(posed.points, posed.colours, latent_dim=3)
     partial = tmp_path / "b"
     views = load_views(posed, posed.split("train"))
-    stopped = fit_rgb(cloud, views, cfg.colour, checkpoint=partial / "colour.pt", max_steps=4,
-                      progress=False)  # fmt: skip
+    stopped = fit_rgb(
+        cloud, views, cfg.colour, checkpoint=partial / "colour.pt", max_steps=4, progress=False
+    )
     assert stopped["iteration"] == 4
     resumed = fit_field(scene, partial, predictor, cfg, progress=False)
     assert resumed["complete"] and resumed["gaussians"] == straight["gaussians"]
@@ -156,8 +206,9 @@ def test_a_field_from_another_model_is_refused(field, tmp_path, capsys):
     meta["clip_fingerprint"], meta["model"] = "0123456789abcdef", "fcclip_convnext_large_coco"
     (other / "field.json").write_text(json.dumps(meta))
     out = tmp_path / "q"
-    code = main(["query", str(other), "--text", "star", "--out", str(out), "--model",
-                 "synthetic_tiny"])  # fmt: skip
+    code = main(
+        ["query", str(other), "--text", "star", "--out", str(out), "--model", "synthetic_tiny"]
+    )
     assert code == 2
     assert "fitted with model 'fcclip_convnext_large_coco'" in _one_line_error(capsys)
     assert not out.exists()
@@ -169,8 +220,23 @@ def test_unfinished_and_missing_fields_and_empty_phrases_are_refused(field, tmp_
     assert "no field.json" in _one_line_error(capsys)
     assert main(["query", str(field), "--text", " ", "--out", str(out)]) == 2
     assert "empty" in _one_line_error(capsys)
-    assert main(["query", str(field), "--text", "x", "--view", "nope", "--out", str(out),
-                 "--model", "synthetic_tiny"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "query",
+                str(field),
+                "--text",
+                "x",
+                "--view",
+                "nope",
+                "--out",
+                str(out),
+                "--model",
+                "synthetic_tiny",
+            ]
+        )
+        == 2
+    )
     assert "no view named nope" in _one_line_error(capsys)
     assert not out.exists()
 
@@ -213,9 +279,12 @@ def test_sam_levels_fit_and_query(scene, tmp_path):
         phrases, canonical = field._text(["water", "star"])
         from ovseg.fields.language import latent_relevancy
 
-        alone = latent_relevancy(field.autoencoder,
-                                 field.level_latents(result["latent"], index),
-                                 phrases[k : k + 1], canonical)[0]  # fmt: skip
+        alone = latent_relevancy(
+            field.autoencoder,
+            field.level_latents(result["latent"], index),
+            phrases[k : k + 1],
+            canonical,
+        )[0]
         torch.testing.assert_close(result["relevancy"][k], alone)
 
 
@@ -241,10 +310,25 @@ def test_the_language_iterations_default_to_visits_of_the_training_views(
     import ovseg.fields.fit
 
     asked = []
-    monkeypatch.setattr(ovseg.fields.fit, "language_iterations",
-                        lambda views: asked.append(views) or 7)  # fmt: skip
+    monkeypatch.setattr(
+        ovseg.fields.fit, "language_iterations", lambda views: asked.append(views) or 7
+    )
     out = tmp_path / "field"
-    assert main(["fit", str(scene), "--out", str(out), "--model", "synthetic_tiny",
-                 "--iterations", "2", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(scene),
+                "--out",
+                str(out),
+                "--model",
+                "synthetic_tiny",
+                "--iterations",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "field.json").read_text())
     assert asked == [3] and meta["config"]["language"]["iterations"] == 7

@@ -11,8 +11,17 @@ from PIL import Image
 
 from ovseg.apps.fields import main
 
-FIT = ["--model", "synthetic_tiny", "--iterations", "16", "--language-iterations", "8",
-       "--status-iterations", "8", "--no-progress"]  # fmt: skip
+FIT = [
+    "--model",
+    "synthetic_tiny",
+    "--iterations",
+    "16",
+    "--language-iterations",
+    "8",
+    "--status-iterations",
+    "8",
+    "--no-progress",
+]
 SMALL = ["--steps", "3", "--train-cameras", "2", "--test-cameras", "1", "--size", "48x40"]
 
 
@@ -35,8 +44,13 @@ def test_fit_writes_a_complete_4d_field(field, scene):
     assert meta["format"] == "ovseg-language-field-4d/1" and meta["complete"]
     assert meta["time_range"] == [0.0, 1.0]
     assert set(meta["timings_s"]) == {"colour", "features", "autoencoder", "language", "status"}
-    for name in ("deformation.safetensors", "status.safetensors", "gaussians.safetensors",
-                 "caption_embeddings.safetensors", "status_autoencoder.safetensors"):  # fmt: skip
+    for name in (
+        "deformation.safetensors",
+        "status.safetensors",
+        "gaussians.safetensors",
+        "caption_embeddings.safetensors",
+        "status_autoencoder.safetensors",
+    ):
         assert (field / name).is_file()
     from safetensors.torch import load_file
 
@@ -58,8 +72,21 @@ def test_a_finished_fit_is_not_fitted_again(field, scene, capsys):
 
 def test_query_over_time_with_a_state_and_a_video(field, tmp_path, capsys):
     out = tmp_path / "q"
-    code = main(["query", str(field), "--text", "grass", "--state", "a blue star",
-                 "--video", "--out", str(out), "--model", "synthetic_tiny"])  # fmt: skip
+    code = main(
+        [
+            "query",
+            str(field),
+            "--text",
+            "grass",
+            "--state",
+            "a blue star",
+            "--video",
+            "--out",
+            str(out),
+            "--model",
+            "synthetic_tiny",
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
     # the held-out camera c02 by default; every frame time of the scene (0, 0.5, 1)
@@ -78,8 +105,22 @@ def test_query_over_time_with_a_state_and_a_video(field, tmp_path, capsys):
 
 def test_a_query_time_outside_the_video_is_refused(field, tmp_path, capsys):
     out = tmp_path / "q"
-    code = main(["query", str(field), "--text", "grass", "--time", "0.5", "--time", "1.5",
-                 "--out", str(out), "--model", "synthetic_tiny"])  # fmt: skip
+    code = main(
+        [
+            "query",
+            str(field),
+            "--text",
+            "grass",
+            "--time",
+            "0.5",
+            "--time",
+            "1.5",
+            "--out",
+            str(out),
+            "--model",
+            "synthetic_tiny",
+        ]
+    )
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: time 1.5 is outside the video (0 to 1)"
@@ -87,8 +128,21 @@ def test_a_query_time_outside_the_video_is_refused(field, tmp_path, capsys):
 
 def test_a_time_range_picks_the_frames_inside_it(field, tmp_path, capsys):
     out = tmp_path / "q"
-    code = main(["query", str(field), "--state", "a blue star", "--time-range", "0.25", "1",
-                 "--out", str(out), "--model", "synthetic_tiny"])  # fmt: skip
+    code = main(
+        [
+            "query",
+            str(field),
+            "--state",
+            "a blue star",
+            "--time-range",
+            "0.25",
+            "1",
+            "--out",
+            str(out),
+            "--model",
+            "synthetic_tiny",
+        ]
+    )
     assert code == 0
     record = json.loads((out / "c02_state1_a-blue-star.json").read_text())
     assert record["times"] == [0.5, 1.0]  # the frames at 0.5 and 1, not the one at 0
@@ -99,23 +153,39 @@ def test_a_time_range_picks_the_frames_inside_it(field, tmp_path, capsys):
     [
         (["--time-range", "0.8", "0.2"], "error: --time-range 0.8 0.2: the start is after the end"),
         (["--time-range", "0.5", "2"], "error: time 2 is outside the video (0 to 1)"),
-        (["--time-range", "0.6", "0.9"],
-         "error: no frame between 0.6 and 0.9; the frames are at 0, 0.5, 1"),
-        (["--time", "0.5", "--time-range", "0", "1"],
-         "error: --time and --time-range: give one of them"),
+        (
+            ["--time-range", "0.6", "0.9"],
+            "error: no frame between 0.6 and 0.9; the frames are at 0, 0.5, 1",
+        ),
+        (
+            ["--time", "0.5", "--time-range", "0", "1"],
+            "error: --time and --time-range: give one of them",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_time_range_is_refused_in_one_line(field, tmp_path, capsys, extra, message):
     out = tmp_path / "q"
-    code = main(["query", str(field), "--text", "grass", *extra, "--out", str(out),
-                 "--model", "synthetic_tiny"])  # fmt: skip
+    code = main(
+        [
+            "query",
+            str(field),
+            "--text",
+            "grass",
+            *extra,
+            "--out",
+            str(out),
+            "--model",
+            "synthetic_tiny",
+        ]
+    )
     assert code == 2 and not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == message
 
 
 def test_a_query_needs_a_text_or_a_state(field, tmp_path, capsys):
-    assert main(["query", str(field), "--out", str(tmp_path / "a"), "--model",
-                 "synthetic_tiny"]) == 2  # fmt: skip
+    assert (
+        main(["query", str(field), "--out", str(tmp_path / "a"), "--model", "synthetic_tiny"]) == 2
+    )
     assert "--text or a --state" in capsys.readouterr().err
 
 

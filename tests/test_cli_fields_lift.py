@@ -17,16 +17,44 @@ MODEL = ["--model", "synthetic_tiny"]
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("lift")
-    assert main(["world", str(root), "--scenes", "1", "--train-views", "4", "--test-views", "1",
-                 "--gaussians", "8000"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "world",
+                str(root),
+                "--scenes",
+                "1",
+                "--train-views",
+                "4",
+                "--test-views",
+                "1",
+                "--gaussians",
+                "8000",
+            ]
+        )
+        == 0
+    )
     return root / "scene_000"
 
 
 @pytest.fixture(scope="module")
 def lifted(scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("lifted") / "field"
-    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(out),
-                 *MODEL, "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lift",
+                str(scene),
+                "--splat",
+                str(scene / "splat.ply"),
+                "--out",
+                str(out),
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -58,11 +86,28 @@ def test_query_and_extract(lifted, tmp_path, capsys):
     with trimesh."""
     out = tmp_path / "q"
     extract = tmp_path / "sel.ply"
-    assert main(["query", str(lifted), "--text", "sand", "--out", str(out), "--extract",
-                 str(extract), *MODEL]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "query",
+                str(lifted),
+                "--text",
+                "sand",
+                "--out",
+                str(out),
+                "--extract",
+                str(extract),
+                *MODEL,
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["view_004_1_sand_heatmap.png", "view_004_1_sand_mask.png",
-                     "view_004_render.png"]  # fmt: skip
+    assert names == [
+        "view_004_1_sand_heatmap.png",
+        "view_004_1_sand_mask.png",
+        "view_004_render.png",
+    ]
     render = np.asarray(Image.open(out / "view_004_render.png"))
     assert render.shape == (128, 160, 3) and render.std() > 10
     from ovseg.fields.splat_ply import read_splat
@@ -106,8 +151,21 @@ def test_a_second_lift_resumes_and_gives_the_same_field(lifted, scene, tmp_path)
     meta = json.loads((again / "field.json").read_text())
     meta["complete"] = False
     (again / "field.json").write_text(json.dumps(meta))
-    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(again),
-                 *MODEL, "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lift",
+                str(scene),
+                "--splat",
+                str(scene / "splat.ply"),
+                "--out",
+                str(again),
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (again / "lifted.safetensors").read_bytes() == (
         lifted / "lifted.safetensors"
     ).read_bytes()
@@ -143,12 +201,41 @@ def test_lift_with_inria_cameras(scene, lifted, tmp_path):
     write_inria_cameras(tmp_path / "cameras.json", posed)
     out = tmp_path / "field"
     cameras = str(tmp_path / "cameras.json")
-    assert main(["lift", str(scene), "--cameras", cameras, "--splat", str(scene / "splat.ply"),
-                 "--out", str(out), *MODEL, "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lift",
+                str(scene),
+                "--cameras",
+                cameras,
+                "--splat",
+                str(scene / "splat.ply"),
+                "--out",
+                str(out),
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "field.json").read_text())
     assert len(meta["train_views"]) == 5 and meta["cameras"].endswith("cameras.json")
-    assert main(["query", str(out), "--text", "sand", "--view", "view_004", "--out",
-                 str(tmp_path / "q"), *MODEL]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "query",
+                str(out),
+                "--text",
+                "sand",
+                "--view",
+                "view_004",
+                "--out",
+                str(tmp_path / "q"),
+                *MODEL,
+            ]
+        )
+        == 0
+    )
 
 
 def test_bad_splats_and_cameras_are_refused(scene, tmp_path, capsys):
@@ -176,8 +263,23 @@ def test_a_folder_of_another_lift_or_a_changed_splat_is_refused(lifted, scene, t
 
     other = tmp_path / "field"
     shutil.copytree(lifted, other)
-    assert main(["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(other),
-                 "--mixture", "4", *MODEL, "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "lift",
+                str(scene),
+                "--splat",
+                str(scene / "splat.ply"),
+                "--out",
+                str(other),
+                "--mixture",
+                "4",
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "holds a field made with another config" in _one_line_error(capsys)
     meta = json.loads((other / "field.json").read_text())
     meta["splat_bytes"] += 1
@@ -185,8 +287,24 @@ def test_a_folder_of_another_lift_or_a_changed_splat_is_refused(lifted, scene, t
     out = tmp_path / "q"
     assert main(["query", str(other), "--text", "sand", "--out", str(out), *MODEL]) == 2
     assert "gone or changed since" in _one_line_error(capsys)
-    assert main(["query", str(lifted), "--text", "a", "--text", "b", "--extract",
-                 str(tmp_path / "x.ply"), "--out", str(out), *MODEL]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "query",
+                str(lifted),
+                "--text",
+                "a",
+                "--text",
+                "b",
+                "--extract",
+                str(tmp_path / "x.ply"),
+                "--out",
+                str(out),
+                *MODEL,
+            ]
+        )
+        == 2
+    )
     assert "one --text" in _one_line_error(capsys)
     assert not out.exists()
 
@@ -205,13 +323,43 @@ def test_views_in_per_camera_folders_keep_their_own_features(scene, tmp_path):
     posed.cameras, posed.image_paths = posed.cameras[:4], paths
     write_transforms(posed, tmp_path / "scene" / "transforms.json")
     out = tmp_path / "field"
-    assert main(["lift", str(tmp_path / "scene"), "--splat", str(scene / "splat.ply"), "--out",
-                 str(out), *MODEL, "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lift",
+                str(tmp_path / "scene"),
+                "--splat",
+                str(scene / "splat.ply"),
+                "--out",
+                str(out),
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "field.json").read_text())
     assert meta["train_views"] == ["cam0/000", "cam0/001", "cam1/000", "cam1/001"]
     assert sorted(p.name for p in (out / "features").iterdir()) == [
-        "cam0__000.npz", "cam0__001.npz", "cam1__000.npz", "cam1__001.npz"
-    ]  # fmt: skip
-    assert main(["query", str(out), "--text", "sand", "--view", "cam1/000", "--out",
-                 str(tmp_path / "q"), *MODEL]) == 0  # fmt: skip
+        "cam0__000.npz",
+        "cam0__001.npz",
+        "cam1__000.npz",
+        "cam1__001.npz",
+    ]
+    assert (
+        main(
+            [
+                "query",
+                str(out),
+                "--text",
+                "sand",
+                "--view",
+                "cam1/000",
+                "--out",
+                str(tmp_path / "q"),
+                *MODEL,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "q" / "cam1__000_1_sand_heatmap.png").is_file()

@@ -17,8 +17,14 @@ def dataset(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("unwritable_data")
     json_path = Path(write_synthetic_panoptic(root, 2, size=(64, 80), seed=1, split="val"))
     folder = json_path.parent
-    return ["--images", folder / "images", "--panoptic-json", json_path,
-            "--panoptic-dir", folder / "panoptic"]  # fmt: skip
+    return [
+        "--images",
+        folder / "images",
+        "--panoptic-json",
+        json_path,
+        "--panoptic-dir",
+        folder / "panoptic",
+    ]
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def test_fields_commands_check_their_output_folder_first(tmp_path, blocked, caps
                 blocked / "star.ply",
             ],
             "--extract",
-        ),  # fmt: skip
+        ),
     ):
         code, _, err = run_main(fields.main, args, capsys)
         _refused(code, err, option)
@@ -127,8 +133,17 @@ def test_eval_prints_its_scores_before_a_failing_write(dataset, tmp_path, capsys
     def disk_full(path, text):
         raise OSError(28, "No space left on device", str(path))
 
-    args = ["--model", "fcclip_tiny_parity", *dataset, "--output", tmp_path / "out",
-            "--num-workers", "0", "--limit", "1"]  # fmt: skip
+    args = [
+        "--model",
+        "fcclip_tiny_parity",
+        *dataset,
+        "--output",
+        tmp_path / "out",
+        "--num-workers",
+        "0",
+        "--limit",
+        "1",
+    ]
     with monkeypatch.context() as patch:
         patch.setattr(runner, "write_text_atomic", disk_full)
         code, out, err = run_main(eval_app.main, args, capsys)

@@ -106,12 +106,24 @@ def test_eval_cli_runs_the_tiny_model(synthetic, tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["images"] == 3
     code = main(
         [
-            "--model", "fcclip_tiny_parity", "--images", str(synthetic.image_dir),
-            "--panoptic-json", str(synthetic.panoptic_json),
-            "--panoptic-dir", str(synthetic.panoptic_dir), "--output", str(tmp_path / "pt"),
-            "--num-workers", "0", "--limit", "2", "--head", "pixel-text",
+            "--model",
+            "fcclip_tiny_parity",
+            "--images",
+            str(synthetic.image_dir),
+            "--panoptic-json",
+            str(synthetic.panoptic_json),
+            "--panoptic-dir",
+            str(synthetic.panoptic_dir),
+            "--output",
+            str(tmp_path / "pt"),
+            "--num-workers",
+            "0",
+            "--limit",
+            "2",
+            "--head",
+            "pixel-text",
         ]
-    )  # fmt: skip
+    )
     report = json.loads((tmp_path / "pt" / "results.json").read_text())
     assert code == 0 and set(report) == {"semantic", "images", "seconds", "precision"}
     assert report["precision"]["precision"] == "fp32"  # eval's default: the exact path

@@ -35,10 +35,18 @@ def test_summarise_splits_base_and_novel_and_averages_the_time_sensitive_records
     assert row["psnr"] == pytest.approx(21.0) and row["pairs"] == 3 and row["queries"] == 2
     assert math.isnan(summary["3d field"]["mIoU_novel"])
     assert math.isnan(summary["2d masks"]["psnr"]) and math.isnan(summary["2d masks"]["mIoU_all"])
-    report = {"scenes": 1, "novel_classes": ["star"], "summary": summary,
-              "fit4d_minutes": [2.0], "fit4d_stage_minutes": {"colour": 1.5, "status": 0.5},
-              "fit3d_minutes": [1.0], "gaussians": [100], "render_frame_seconds": 0.25,
-              "peak_rss_mib": 500.0, "threads": 1}  # fmt: skip
+    report = {
+        "scenes": 1,
+        "novel_classes": ["star"],
+        "summary": summary,
+        "fit4d_minutes": [2.0],
+        "fit4d_stage_minutes": {"colour": 1.5, "status": 0.5},
+        "fit3d_minutes": [1.0],
+        "gaussians": [100],
+        "render_frame_seconds": 0.25,
+        "peak_rss_mib": 500.0,
+        "threads": 1,
+    }
     text = markdown(report)
     assert "| 4d field | 60.0 | 20.0 | 46.7 | 75.0 | 25.0 | 20.0 | 21.00 | 3 / 2 |" in text
     assert "| 2d masks | nan | nan | nan | 25.0 | 25.0 | 25.0 | - | 0 / 1 |" in text
@@ -55,10 +63,11 @@ def test_psnr_of_known_images():
 def _scene_record(settings, iou, seconds):
     return {
         "settings": settings,
-        "records": {"agnostic": {"4d field": [["circle", iou]], "3d field": [], "2d masks": []},
-                    "sensitive": {"4d field": [_record(1.0, 1.0, iou)], "3d field": [],
-                                  "2d masks": []},
-                    "psnr": {"4d field": [20.0], "3d field": []}},
+        "records": {
+            "agnostic": {"4d field": [["circle", iou]], "3d field": [], "2d masks": []},
+            "sensitive": {"4d field": [_record(1.0, 1.0, iou)], "3d field": [], "2d masks": []},
+            "psnr": {"4d field": [20.0], "3d field": []},
+        },
         "seen": {"circle": True, "star": False},
         "fit4d_timings_s": {"colour": seconds, "status": 60.0},
         "fit3d_timings_s": {"colour": 30.0},
@@ -66,7 +75,7 @@ def _scene_record(settings, iou, seconds):
         "render_frame_seconds": 0.5,
         "peak_rss_mib": seconds,
         "threads": 1,
-    }  # fmt: skip
+    }
 
 
 def test_the_bench_gathers_scenes_scored_apart_and_refits_a_scene_scored_otherwise(
@@ -87,8 +96,12 @@ def test_the_bench_gathers_scenes_scored_apart_and_refits_a_scene_scored_otherwi
     monkeypatch.setattr(world4d, "write_scene4d", no_fitting)
     monkeypatch.setattr("ovseg.predictor.OVSegPredictor.from_pretrained", no_fitting)
     cfg, cfg3d = Field4DConfig(), FieldConfig()
-    settings = {"seed": 0, "world": {"steps": 5}, "fields4d": cfg.to_dict(),
-                "fields3d": cfg3d.to_dict()}  # fmt: skip
+    settings = {
+        "seed": 0,
+        "world": {"steps": 5},
+        "fields4d": cfg.to_dict(),
+        "fields3d": cfg3d.to_dict(),
+    }
     (tmp_path / "scores").mkdir()
     for index, (iou, seconds) in enumerate([(0.2, 120.0), (0.6, 240.0)]):
         record = _scene_record(settings, iou, seconds)

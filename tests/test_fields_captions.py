@@ -20,8 +20,12 @@ def _write(path, objects):
 
 
 def test_round_trip_in_time_order(tmp_path):
-    spans = {7: [{"start": 0.5, "end": 1.0, "caption": "a red star"},
-                 {"start": 0.0, "end": 0.5, "caption": "a blue star"}]}  # fmt: skip
+    spans = {
+        7: [
+            {"start": 0.5, "end": 1.0, "caption": "a red star"},
+            {"start": 0.0, "end": 0.5, "caption": "a blue star"},
+        ]
+    }
     write_captions(tmp_path / "c.json", spans, names={7: "star"})
     read = read_captions(tmp_path / "c.json")
     assert read == {7: [CaptionSpan(0.0, 0.5, "a blue star"), CaptionSpan(0.5, 1.0, "a red star")]}

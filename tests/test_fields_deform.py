@@ -32,8 +32,11 @@ def _cameras(size=(40, 32)):
     for k in range(3):
         angle = 2 * math.pi * k / 3
         eye = (1.2 * math.cos(angle), 1.2 * math.sin(angle), 2.0)
-        cameras.append(Camera(look_at(eye, (0, 0, 0)), 40.0, 40.0, width / 2, height / 2,
-                              width, height, f"v{k}"))  # fmt: skip
+        cameras.append(
+            Camera(
+                look_at(eye, (0, 0, 0)), 40.0, 40.0, width / 2, height / 2, width, height, f"v{k}"
+            )
+        )
     return cameras
 
 
@@ -42,8 +45,12 @@ def test_sinusoidal_encoding_matches_nerf():
     out = sinusoidal_encoding(values, 2)
     expected = [0.25, -0.5]
     for k in range(2):
-        expected += [math.sin(2**k * math.pi * 0.25), math.sin(2**k * math.pi * -0.5),
-                     math.cos(2**k * math.pi * 0.25), math.cos(2**k * math.pi * -0.5)]  # fmt: skip
+        expected += [
+            math.sin(2**k * math.pi * 0.25),
+            math.sin(2**k * math.pi * -0.5),
+            math.cos(2**k * math.pi * 0.25),
+            math.cos(2**k * math.pi * -0.5),
+        ]
     assert out.shape == (1, 10)
     assert torch.allclose(out, torch.tensor([expected]), atol=1e-6)
 
@@ -99,9 +106,13 @@ def _views_over_time(truth, times, *, offset=lambda t: 0.0, sh_sign=lambda t: 1.
     ``offset(t)`` and its colour coefficients multiplied by ``sh_sign(t)``."""
     views = []
     for time in times:
-        state = GaussianCloud(truth.means.detach() + offset(time), truth.log_scales.detach(),
-                              truth.quaternions.detach(), truth.opacity_logits.detach(),
-                              sh_sign(time) * truth.sh.detach())  # fmt: skip
+        state = GaussianCloud(
+            truth.means.detach() + offset(time),
+            truth.log_scales.detach(),
+            truth.quaternions.detach(),
+            truth.opacity_logits.detach(),
+            sh_sign(time) * truth.sh.detach(),
+        )
         for camera in _cameras():
             with torch.no_grad():
                 image = render(state, camera, background=torch.zeros(3))["features"]
@@ -117,9 +128,13 @@ def _moving_views(times, velocity=(0.35, 0.0, 0.0)):
 
 def _uncoloured(truth):
     """``truth``'s geometry with zero colour coefficients: the start of a fit."""
-    return GaussianCloud(truth.means.detach(), truth.log_scales.detach(),
-                         truth.quaternions.detach(), truth.opacity_logits.detach(),
-                         torch.zeros_like(truth.sh))  # fmt: skip
+    return GaussianCloud(
+        truth.means.detach(),
+        truth.log_scales.detach(),
+        truth.quaternions.detach(),
+        truth.opacity_logits.detach(),
+        torch.zeros_like(truth.sh),
+    )
 
 
 @torch.no_grad()
@@ -141,8 +156,14 @@ def test_a_dynamic_fit_follows_motion_that_a_static_fit_cannot():
     for name in ("static", "dynamic"):
         cloud = _uncoloured(truth)
         field = DeformationField(torch.zeros(3), 1.0) if name == "dynamic" else None
-        fit_rgb(cloud, views, cfg, progress=False, deformation=field,
-                deformation_cfg=DeformationFitConfig(warm_up=20, lr=3e-3))  # fmt: skip
+        fit_rgb(
+            cloud,
+            views,
+            cfg,
+            progress=False,
+            deformation=field,
+            deformation_cfg=DeformationFitConfig(warm_up=20, lr=3e-3),
+        )
         results[name] = _mean_error(cloud, field, views)
     # measured: static 0.065, dynamic 0.033 (the static fit can only blur the motion)
     assert results["dynamic"] < 0.75 * results["static"], results
@@ -152,15 +173,26 @@ def test_a_deformation_needs_times():
     _, views = _moving_views([0.0])
     untimed = [View(v.camera, v.image) for v in views]
     with pytest.raises(ValueError, match="time on every view"):
-        fit_rgb(_cloud(), untimed, FitConfig(iterations=2), progress=False,
-                deformation=DeformationField(torch.zeros(3), 1.0))  # fmt: skip
+        fit_rgb(
+            _cloud(),
+            untimed,
+            FitConfig(iterations=2),
+            progress=False,
+            deformation=DeformationField(torch.zeros(3), 1.0),
+        )
 
 
 @pytest.mark.parametrize("spacetime", [False, True], ids=["canonical", "spacetime"])
 def test_an_interrupted_dynamic_fit_resumes(tmp_path, one_thread, spacetime):
     _, views = _moving_views([0.0, 1.0])
-    cfg = FitConfig(iterations=40, densify_from=20, densify_until=35, densify_every=10,
-                    densify_grad=1e-6, checkpoint_every=10)  # fmt: skip
+    cfg = FitConfig(
+        iterations=40,
+        densify_from=20,
+        densify_until=35,
+        densify_every=10,
+        densify_grad=1e-6,
+        checkpoint_every=10,
+    )
     dcfg = DeformationFitConfig(warm_up=10)
 
     def run(checkpoint, steps):
@@ -169,8 +201,16 @@ def test_an_interrupted_dynamic_fit_resumes(tmp_path, one_thread, spacetime):
         if spacetime:
             cloud = SpacetimeCloud.from_cloud(cloud, slices=2)
         for budget in steps:
-            fit_rgb(cloud, views, cfg, checkpoint=checkpoint, max_steps=budget, progress=False,
-                    deformation=field, deformation_cfg=dcfg)  # fmt: skip
+            fit_rgb(
+                cloud,
+                views,
+                cfg,
+                checkpoint=checkpoint,
+                max_steps=budget,
+                progress=False,
+                deformation=field,
+                deformation_cfg=dcfg,
+            )
         return cloud, field
 
     whole_cloud, whole_field = run(tmp_path / "a.pt", [None])
@@ -203,8 +243,16 @@ def test_a_status_field_learns_a_state_that_changes_over_time(one_thread):
             valid.append(covered)
     frame_times = [t for t in times for _ in cameras]
     status = StatusField(len(cloud), torch.zeros(3), 1.0, states=2, channels=2)
-    fit_latents(cloud, views_cameras, targets, valid, LatentFitConfig(iterations=150, lr=2e-2),
-                progress=False, times=frame_times, status=status)  # fmt: skip
+    fit_latents(
+        cloud,
+        views_cameras,
+        targets,
+        valid,
+        LatentFitConfig(iterations=150, lr=2e-2),
+        progress=False,
+        times=frame_times,
+        status=status,
+    )
     with torch.no_grad():
         for t, expected in ((0.1, before), (0.9, after)):
             latents = status(cloud.means, t)

@@ -17,8 +17,9 @@ def _cameras(count=4, size=(24, 20)):
     for k in range(count):
         angle = 2 * math.pi * k / count
         eye = (2.5 * math.cos(angle), 2.5 * math.sin(angle), 1.5)
-        cameras.append(Camera(look_at(eye, (0, 0, 0)), 24.0, 24.0, size[0] / 2, size[1] / 2,
-                              *size, f"v{k}"))  # fmt: skip
+        cameras.append(
+            Camera(look_at(eye, (0, 0, 0)), 24.0, 24.0, size[0] / 2, size[1] / 2, *size, f"v{k}")
+        )
     return cameras
 
 
@@ -42,8 +43,14 @@ def _student():
 
 
 def _config(**changes):
-    base = dict(iterations=40, densify_from=10, densify_until=35, densify_every=10,
-                densify_grad=1e-7, checkpoint_every=10)  # fmt: skip
+    base = dict(
+        iterations=40,
+        densify_from=10,
+        densify_until=35,
+        densify_every=10,
+        densify_grad=1e-7,
+        checkpoint_every=10,
+    )
     return FitConfig(**{**base, **changes})
 
 
@@ -51,12 +58,14 @@ def test_the_colour_fit_lowers_the_loss_and_densifies():
     views = _teacher_views(_cameras())
     cloud = _student()
     with torch.no_grad():
-        before = sum(float((render(cloud, v.camera)["features"] - v.image).abs().mean())
-                     for v in views)  # fmt: skip
+        before = sum(
+            float((render(cloud, v.camera)["features"] - v.image).abs().mean()) for v in views
+        )
     result = fit_rgb(cloud, views, _config(iterations=80, lr_sh=0.02), progress=False)
     with torch.no_grad():
-        after = sum(float((render(cloud, v.camera)["features"] - v.image).abs().mean())
-                    for v in views)  # fmt: skip
+        after = sum(
+            float((render(cloud, v.camera)["features"] - v.image).abs().mean()) for v in views
+        )
     assert after < 0.7 * before
     assert result["gaussians"] == len(cloud) > 30  # the tiny threshold densifies
 
@@ -66,8 +75,9 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(tmp_path):
     straight = _student()
     fit_rgb(straight, views, _config(), checkpoint=tmp_path / "a.pt", progress=False)
     resumed = _student()
-    first = fit_rgb(resumed, views, _config(), checkpoint=tmp_path / "b.pt", max_steps=15,
-                    progress=False)  # fmt: skip
+    first = fit_rgb(
+        resumed, views, _config(), checkpoint=tmp_path / "b.pt", max_steps=15, progress=False
+    )
     assert first["iteration"] == 15
     again = _student()  # a fresh process: the checkpoint holds everything
     second = fit_rgb(again, views, _config(), checkpoint=tmp_path / "b.pt", progress=False)
@@ -76,8 +86,9 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(tmp_path):
     for name in ("means", "log_scales", "sh", "opacity_logits"):
         torch.testing.assert_close(getattr(again, name), getattr(straight, name))
     with pytest.raises(ValueError, match="other settings.*iterations"):
-        fit_rgb(_student(), views, _config(iterations=50), checkpoint=tmp_path / "b.pt",
-                progress=False)  # fmt: skip
+        fit_rgb(
+            _student(), views, _config(iterations=50), checkpoint=tmp_path / "b.pt", progress=False
+        )
 
 
 def test_the_latent_fit_moves_only_the_latents():
@@ -90,8 +101,9 @@ def test_the_latent_fit_moves_only_the_latents():
         with torch.no_grad():
             valid.append(render(cloud, camera)["alpha"] > 0.5)
     assert all(bool(v.any()) for v in valid)
-    result = fit_latents(cloud, cameras, targets, valid, LatentFitConfig(iterations=150, lr=0.05),
-                         progress=False)  # fmt: skip
+    result = fit_latents(
+        cloud, cameras, targets, valid, LatentFitConfig(iterations=150, lr=0.05), progress=False
+    )
     for name, value in geometry.items():
         assert torch.equal(getattr(cloud, name).detach(), value), name
     with torch.no_grad():

@@ -106,10 +106,14 @@ def test_blender_nerf_synthetic_layout(tmp_path):
     (tmp_path / "train").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "train" / "r_0.png")
     c2w = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0], [0, 0, 0, 1]]  # at z=4 looking down -z
-    (tmp_path / "transforms_train.json").write_text(json.dumps(
-        {"camera_angle_x": 2 * math.atan(0.5), "frames": [
-            {"file_path": "./train/r_0", "transform_matrix": c2w}]}
-    ))  # fmt: skip
+    (tmp_path / "transforms_train.json").write_text(
+        json.dumps(
+            {
+                "camera_angle_x": 2 * math.atan(0.5),
+                "frames": [{"file_path": "./train/r_0", "transform_matrix": c2w}],
+            }
+        )
+    )
     read = load_posed_images(tmp_path)
     camera = read.cameras[0]
     assert camera.fx == pytest.approx(20.0) and (camera.cx, camera.cy) == (10.0, 10.0)
@@ -188,13 +192,35 @@ def test_truncated_binary_model_is_refused(tmp_path):
         ({"frames": [{"file_path": "images/view_00.png"}]}, "needs 'file_path' and"),
         ({"k1": 0.2, "frames": []}, "distortion"),
         ({"nope": 1}, "no 'frames' list"),
-        ({"frames": [{"file_path": "images/view_00.png", "w": 24, "h": 16,
-                      "transform_matrix": np.eye(4).tolist()}]}, "no focal length"),
-        ({"fl_x": 30, "w": 24, "h": 16, "frames": [
-            {"file_path": "images/view_00.png",
-             "transform_matrix": [[float("nan")] * 4] * 4}]}, "NaN"),
+        (
+            {
+                "frames": [
+                    {
+                        "file_path": "images/view_00.png",
+                        "w": 24,
+                        "h": 16,
+                        "transform_matrix": np.eye(4).tolist(),
+                    }
+                ]
+            },
+            "no focal length",
+        ),
+        (
+            {
+                "fl_x": 30,
+                "w": 24,
+                "h": 16,
+                "frames": [
+                    {
+                        "file_path": "images/view_00.png",
+                        "transform_matrix": [[float("nan")] * 4] * 4,
+                    }
+                ],
+            },
+            "NaN",
+        ),
     ],
-)  # fmt: skip
+)
 def test_broken_transforms_are_refused_in_one_line(tmp_path, meta, message):
     _scene(tmp_path, count=1)
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
@@ -265,8 +291,9 @@ def test_broken_frame_times_are_refused_in_one_line(tmp_path, edit, message):
 
 def test_each_camera_has_its_own_time_order(tmp_path):
     # two cameras interleaved: times go back between cameras, never within one
-    write_transforms(_timed(tmp_path, [0.0, 0.0, 1.0], ["a", "b", "a"]),
-                     tmp_path / "transforms.json")  # fmt: skip
+    write_transforms(
+        _timed(tmp_path, [0.0, 0.0, 1.0], ["a", "b", "a"]), tmp_path / "transforms.json"
+    )
     assert load_posed_images(tmp_path).times == [0.0, 0.0, 1.0]
 
 
@@ -278,9 +305,16 @@ def _per_camera_folders(tmp_path, times=None):
         relative = f"cam{index // 2}/{index % 2:03d}.png"
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         scene.image_paths[index].rename(tmp_path / relative)
-        frame = {"file_path": relative, "transform_matrix": opengl_from_camera(camera).tolist(),
-                 "fl_x": camera.fx, "fl_y": camera.fy, "cx": camera.cx, "cy": camera.cy,
-                 "w": camera.width, "h": camera.height}  # fmt: skip
+        frame = {
+            "file_path": relative,
+            "transform_matrix": opengl_from_camera(camera).tolist(),
+            "fl_x": camera.fx,
+            "fl_y": camera.fy,
+            "cx": camera.cx,
+            "cy": camera.cy,
+            "w": camera.width,
+            "h": camera.height,
+        }
         if times is not None:
             frame["time"] = times[index]
         frames.append(frame)

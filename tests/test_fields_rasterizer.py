@@ -58,9 +58,12 @@ def _brute_force(means, log_scales, quats, opacity_logits, features, camera):
         xz = min(max(float(t[0] / t[2]), -lim_xn), lim_x)
         yz = min(max(float(t[1] / t[2]), -lim_yn), lim_y)
         jac = torch.tensor(
-            [[camera.fx / t[2], 0.0, -camera.fx * xz / t[2]],
-             [0.0, camera.fy / t[2], -camera.fy * yz / t[2]]], dtype=torch.float64
-        )  # fmt: skip
+            [
+                [camera.fx / t[2], 0.0, -camera.fx * xz / t[2]],
+                [0.0, camera.fy / t[2], -camera.fy * yz / t[2]],
+            ],
+            dtype=torch.float64,
+        )
         cov2 = jac @ rotation @ cov3[i] @ rotation.T @ jac.T + 0.3 * torch.eye(
             2, dtype=torch.float64
         )
@@ -138,8 +141,10 @@ def test_the_transmittance_rule_stops_behind_two_opaque_gaussians(opacity, third
 def test_gradcheck_float64():
     means, log_scales, quats, opacity_logits, features = _scene(seed=1)
     keep = [0, 1, 2, 3]
-    inputs = [t[keep].clone().requires_grad_(True)
-              for t in (means, log_scales, quats, opacity_logits, features)]  # fmt: skip
+    inputs = [
+        t[keep].clone().requires_grad_(True)
+        for t in (means, log_scales, quats, opacity_logits, features)
+    ]
     camera = _camera(width=10, height=9, eye=(0.0, -3.0, 0.5))
 
     def fn(*args):

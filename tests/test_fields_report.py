@@ -14,10 +14,14 @@ def test_summarise_counts_localisation_iou_consistency_and_accuracy():
             "loc": [("star", True), ("star", False), ("circle", True)],
             "iou": [("star", 0.5), ("circle", 1.0), ("grass", 0.0)],
             # object a (a star) is called star, star, circle; object b (a circle) circle
-            "labels": [("a", "star", "star"), ("a", "star", "star"), ("a", "star", "circle"),
-                       ("b", "circle", "circle")],
+            "labels": [
+                ("a", "star", "star"),
+                ("a", "star", "star"),
+                ("a", "star", "circle"),
+                ("b", "circle", "circle"),
+            ],
         }
-    }  # fmt: skip
+    }
     seen = {"circle": True, "star": False, "grass": False}
     summary = summarise(records, seen)["field"]
     assert summary["novel"]["localisation"] == pytest.approx(50.0)

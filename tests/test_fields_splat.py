@@ -27,15 +27,26 @@ def _cloud(n=300, degree=3, seed=0):
 
 
 def _camera(width=96, height=72):
-    return Camera(look_at((0.3, -3.0, 1.4), (0, 0, 0)), 80.0, 82.0, width / 2 + 0.7,
-                  height / 2 - 0.4, width, height, "cam")  # fmt: skip
+    return Camera(
+        look_at((0.3, -3.0, 1.4), (0, 0, 0)),
+        80.0,
+        82.0,
+        width / 2 + 0.7,
+        height / 2 - 0.4,
+        width,
+        height,
+        "cam",
+    )
 
 
 def test_ply_round_trip_keeps_every_property(tmp_path):
     cloud = _cloud()
-    extra = {"nx": np.zeros(300, np.float32), "ny": np.ones(300, np.float32),
-             "nz": np.zeros(300, np.float32),
-             "trainer_id": np.arange(300, dtype=np.float32)}  # fmt: skip
+    extra = {
+        "nx": np.zeros(300, np.float32),
+        "ny": np.ones(300, np.float32),
+        "nz": np.zeros(300, np.float32),
+        "trainer_id": np.arange(300, dtype=np.float32),
+    }
     write_splat(tmp_path / "a.ply", Splat(cloud, extra))
     back = read_splat(tmp_path / "a.ply")
     for name in ("means", "log_scales", "quaternions", "opacity_logits", "sh"):
@@ -48,8 +59,16 @@ def test_ply_round_trip_keeps_every_property(tmp_path):
     raw = trimesh.load(tmp_path / "a.ply", process=False).metadata["_ply_raw"]["vertex"]["data"]
     names = raw.dtype.names
     assert names[:9] == ("x", "y", "z", "nx", "ny", "nz", "trainer_id", "f_dc_0", "f_dc_1")
-    assert names[-8:] == ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1",
-                          "rot_2", "rot_3")  # fmt: skip
+    assert names[-8:] == (
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    )
     # f_rest is channel-major, as 3DGS's save_ply writes it: f_rest_{c * 15 + j}
     assert np.array_equal(raw["f_rest_16"], cloud.sh.detach()[:, 2, 1].numpy())
 
@@ -136,10 +155,12 @@ def test_segment_weights_are_the_blending_weights_per_segment():
     segments[:, : camera.width // 2] = 0  # left half segment 0, a quarter 1, a quarter void
     segments[: camera.height // 2, camera.width // 2 :] = 1
     opacities = cloud.opacities.detach()
-    one = render_fast(projection, opacities, None, camera.width, camera.height,
-                      segments=segments, blocks=1)  # fmt: skip
-    two = render_fast(projection, opacities, None, camera.width, camera.height,
-                      segments=segments, blocks=2)  # fmt: skip
+    one = render_fast(
+        projection, opacities, None, camera.width, camera.height, segments=segments, blocks=1
+    )
+    two = render_fast(
+        projection, opacities, None, camera.width, camera.height, segments=segments, blocks=2
+    )
     for found in (one["segment_weights"], two["segment_weights"]):
         assert found.dropped == 0
         for k in (0, 1):  # each segment's weights add up to its pixels' alpha
@@ -164,8 +185,9 @@ def test_projection_clamps_at_gsplat_limits():
     means = torch.tensor([[1.45 * 2.0, 0.0, 2.0]])
     covariances = torch.diag(torch.tensor([0.3, 0.2, 0.5]))[None]
     projection = project_gaussians(means, covariances, camera)
-    jacobian = torch.tensor([[camera.fx / 2.0, 0.0, -camera.fx * 1.3 / 2.0],
-                             [0.0, camera.fy / 2.0, 0.0]])  # fmt: skip
+    jacobian = torch.tensor(
+        [[camera.fx / 2.0, 0.0, -camera.fx * 1.3 / 2.0], [0.0, camera.fy / 2.0, 0.0]]
+    )
     conic = torch.linalg.inv(jacobian @ covariances[0] @ jacobian.T + 0.3 * torch.eye(2))
     expected = torch.stack([conic[0, 0], conic[0, 1], conic[1, 1]])
     torch.testing.assert_close(projection.conics[0], expected, rtol=1e-5, atol=0)
@@ -174,8 +196,17 @@ def test_projection_clamps_at_gsplat_limits():
 def _gt_world(tmp_path, gaussians=20_000, views=6):
     from ovseg.synthetic.splat3d import write_splat_world
 
-    return write_splat_world(tmp_path / "world", 0, 1, gaussians=gaussians, train_views=views,
-                             test_views=1, width=96, height=72, progress=False)  # fmt: skip
+    return write_splat_world(
+        tmp_path / "world",
+        0,
+        1,
+        gaussians=gaussians,
+        train_views=views,
+        test_views=1,
+        width=96,
+        height=72,
+        progress=False,
+    )
 
 
 def _segment_maps(scene_dir, cameras):
@@ -203,8 +234,9 @@ def test_lifting_ground_truth_segments_recovers_each_gaussians_segment(tmp_path)
     state = lift_segments(splat, cameras, maps, cfg, progress=False)
     count = max(int(truth.max()), max(int(m.max()) for m in maps)) + 1
     # each view's segments are global ids offset by the views before; embed each as its class
-    per_view = [torch.nn.functional.one_hot(torch.arange(int(m.max()) + 1), count).float()
-                for m in maps]  # fmt: skip
+    per_view = [
+        torch.nn.functional.one_hot(torch.arange(int(m.max()) + 1), count).float() for m in maps
+    ]
     tensors = finish_mixture(state, torch.cat(per_view), cfg)
     from ovseg.fields.lift import LiftedField
 
@@ -240,8 +272,15 @@ def test_an_interrupted_lift_resumes_to_the_same_mixtures(tmp_path):
 
     state_path = tmp_path / "lift_state.npz"
     with pytest.raises(KeyboardInterrupt):
-        lift_segments(splat, cameras, Interrupting(maps), cfg, state_path=state_path,
-                      progress=False, checkpoint_seconds=0.0)  # fmt: skip
+        lift_segments(
+            splat,
+            cameras,
+            Interrupting(maps),
+            cfg,
+            state_path=state_path,
+            progress=False,
+            checkpoint_seconds=0.0,
+        )
     assert state_path.is_file()
     resumed = lift_segments(splat, cameras, maps, cfg, state_path=state_path, progress=False)
     for key in ("segments", "weights", "total"):
@@ -263,10 +302,8 @@ def test_compiled_projection_equals_pytorch():
     assert same[either].float().mean() > 0.995  # ceil(3 sqrt(lambda)) may flip at an integer
     assert torch.equal(fast.visible[same], reference.visible[same])
     shown = reference.visible & same
-    torch.testing.assert_close(fast.means2d[shown], reference.means2d[shown], rtol=1e-5,
-                               atol=1e-3)  # fmt: skip
-    torch.testing.assert_close(fast.conics[shown], reference.conics[shown], rtol=1e-4,
-                               atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(fast.means2d[shown], reference.means2d[shown], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fast.conics[shown], reference.conics[shown], rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(fast.depths, reference.depths, rtol=1e-5, atol=1e-6)
 
 
@@ -277,8 +314,10 @@ def test_the_accumulator_keeps_each_gaussians_heaviest_segments(blocks):
     from ovseg.fields.fast_raster import LiftAccumulator, project_fast
 
     cloud = _cloud(n=500, degree=0, seed=1)
-    cameras = [_camera(), Camera(look_at((-2.5, -2.0, 1.2), (0, 0, 0)), 70.0, 70.0, 48.0,
-                                 36.0, 96, 72, "b")]  # fmt: skip
+    cameras = [
+        _camera(),
+        Camera(look_at((-2.5, -2.0, 1.2), (0, 0, 0)), 70.0, 70.0, 48.0, 36.0, 96, 72, "b"),
+    ]
     covariances = covariance_3d(cloud.scales, cloud.quaternions).detach()
     opacities = cloud.opacities.detach()
     rng = np.random.default_rng(0)
@@ -289,12 +328,12 @@ def test_the_accumulator_keeps_each_gaussians_heaviest_segments(blocks):
         segments = np.repeat(rng.integers(-1, 3, size=(camera.height // 8, 1)), 8, 0)
         segments = np.repeat(segments, camera.width, 1)  # bands of rows, one segment each
         projection = project_fast(cloud.means.detach(), covariances, camera)
-        found = render_fast(projection, opacities, None, camera.width, camera.height,
-                            segments=segments, blocks=1)["segment_weights"]  # fmt: skip
+        found = render_fast(
+            projection, opacities, None, camera.width, camera.height, segments=segments, blocks=1
+        )["segment_weights"]
         for g, s, w in zip(found.gaussians, found.segments, found.weights, strict=True):
             expected.setdefault(int(g), {})[offset + int(s)] = float(w)
-        accumulator.add_view(projection, opacities, segments, offset, camera.width,
-                             camera.height)  # fmt: skip
+        accumulator.add_view(projection, opacities, segments, offset, camera.width, camera.height)
         offset += 3
     assert accumulator.dropped == 0
     assert len(expected) > 100

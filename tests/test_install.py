@@ -157,9 +157,16 @@ def test_the_installed_wheel_runs_the_main_job_from_another_directory(wheel, tmp
     assert (elsewhere / "out" / "synthetic_val_00000_overlay.png").stat().st_size > 1000
     # A click on a shipped scene works out of the box (the shipped prompt head).
     clicked = run(
-        ovseg, "predict", "--examples", "--vocab", "synthetic_world", "--points", "91,16",
-        "--output", "clicks",
-    )  # fmt: skip
+        ovseg,
+        "predict",
+        "--examples",
+        "--vocab",
+        "synthetic_world",
+        "--points",
+        "91,16",
+        "--output",
+        "clicks",
+    )
     assert clicked.returncode == 0, clicked.stderr
     record = json.loads((elsewhere / "clicks" / "synthetic_val_00000.json").read_text())
     assert record["task"] == "prompts" and record["prompts"][0]["top_classes"]

@@ -19,17 +19,26 @@ def ctrl_c(*args, **kwargs):
 @pytest.mark.parametrize(
     "argv, said",
     [
-        (["train", "--output", "runs/my run"], "resume with: ovseg train --output 'runs/my run' "
-         "--resume"),
+        (
+            ["train", "--output", "runs/my run"],
+            "resume with: ovseg train --output 'runs/my run' --resume",
+        ),
         (["train", "--output", "r", "--resume"], "resume with: ovseg train --output r --resume"),
-        (["train-prompt-head", "--output", "r", "--no-resume"],
-         "resume with (from the last checkpoint): ovseg train-prompt-head --output r"),
-        (["fields", "fit", "scene", "--out", "f"], "resume with the same command (it continues "
-         "in its --out folder): ovseg fields fit scene --out f"),
-        (["eval", "--dataset", "d"], "nothing is resumed: run the command again to start over "
-         "(ovseg eval --dataset d)"),
+        (
+            ["train-prompt-head", "--output", "r", "--no-resume"],
+            "resume with (from the last checkpoint): ovseg train-prompt-head --output r",
+        ),
+        (
+            ["fields", "fit", "scene", "--out", "f"],
+            "resume with the same command (it continues "
+            "in its --out folder): ovseg fields fit scene --out f",
+        ),
+        (
+            ["eval", "--dataset", "d"],
+            "nothing is resumed: run the command again to start over (ovseg eval --dataset d)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_ctrl_c_in_a_command_is_one_line_with_what_to_run(argv, said, monkeypatch, capsys):
     module = ovseg_main.COMMANDS[argv[0]][0]
     monkeypatch.setattr(f"ovseg.apps.{module}.main", ctrl_c)

@@ -89,7 +89,7 @@ def test_every_output_json_records_the_precision_in_use(image, tmp_path, capsys)
             tmp_path / "out",
             "--precision",
             "fp32",
-        ],  # fmt: skip
+        ],
         capsys,
     )
     assert code == 0, err

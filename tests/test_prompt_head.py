@@ -222,12 +222,25 @@ def test_train_command_writes_a_model_that_answers_clicks(tmp_path, capsys):
     code, _, err = run_main(
         train_prompt_head.main,
         [
-            "--model", "fcclip_tiny_parity", "--output", out, "--synthetic-world", 3,
-            "--iterations", 2, "--batch-size", 1, "--embed-dim", 16,
-            "--decoder-mlp-dim", 32, "--decoder-num-heads", 2,
+            "--model",
+            "fcclip_tiny_parity",
+            "--output",
+            out,
+            "--synthetic-world",
+            3,
+            "--iterations",
+            2,
+            "--batch-size",
+            1,
+            "--embed-dim",
+            16,
+            "--decoder-mlp-dim",
+            32,
+            "--decoder-num-heads",
+            2,
         ],
         capsys,
-    )  # fmt: skip
+    )
     assert code == 0, err
     assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
     image = tmp_path / "scene.png"
@@ -235,12 +248,22 @@ def test_train_command_writes_a_model_that_answers_clicks(tmp_path, capsys):
     code, _, err = run_main(
         predict.main,
         [
-            image, "--weights", out / "model.safetensors", "--config", out / "config.yaml",
-            "--vocab", "synthetic_world", "--points", "40,30", "--short-side", "64",
-            "--output", tmp_path / "pred",
+            image,
+            "--weights",
+            out / "model.safetensors",
+            "--config",
+            out / "config.yaml",
+            "--vocab",
+            "synthetic_world",
+            "--points",
+            "40,30",
+            "--short-side",
+            "64",
+            "--output",
+            tmp_path / "pred",
         ],
         capsys,
-    )  # fmt: skip
+    )
     assert code == 0, err
     import json
 

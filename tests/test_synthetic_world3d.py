@@ -32,8 +32,9 @@ def test_the_scene_folder_loads_with_its_splits_points_and_labels(scene_dir):
 
 
 def test_same_seed_same_bytes(scene_dir, tmp_path):
-    again = write_scene3d(tmp_path / "again", seed=0, index=1, train_views=4, test_views=2,
-                          width=64, height=48)  # fmt: skip
+    again = write_scene3d(
+        tmp_path / "again", seed=0, index=1, train_views=4, test_views=2, width=64, height=48
+    )
     for name in ("images/view_000.png", "segments/view_005.png", "scene.json", "points3d.ply"):
         assert (again / name).read_bytes() == (scene_dir / name).read_bytes(), name
 

@@ -12,8 +12,14 @@ from ovseg.fields.posed_images import load_posed_images
 from ovseg.synthetic import world4d
 from ovseg.synthetic.render import SHAPES, draw_shape
 
-SMALL = {"train_cameras": 2, "test_cameras": 1, "steps": 4, "held_out_every": 3,
-         "width": 48, "height": 40}  # fmt: skip
+SMALL = {
+    "train_cameras": 2,
+    "test_cameras": 1,
+    "steps": 4,
+    "held_out_every": 3,
+    "width": 48,
+    "height": 40,
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +60,33 @@ def test_every_scene_has_a_change_and_captions_cover_the_video():
 
 
 def test_a_colour_change_is_captioned_and_painted():
-    thing = {"event": "colour", "category_from": "star", "category_to": "star",
-             "colour_from": "blue", "colour_to": "red",
-             "change_start": 0.4, "change_end": 0.4}  # fmt: skip
+    thing = {
+        "event": "colour",
+        "category_from": "star",
+        "category_to": "star",
+        "colour_from": "blue",
+        "colour_to": "red",
+        "change_start": 0.4,
+        "change_end": 0.4,
+    }
     assert world4d.colour_at(thing, 0.39) == "blue" and world4d.colour_at(thing, 0.4) == "red"
     assert [s["caption"] for s in world4d.captions(thing)] == ["a blue star", "a red star"]
 
 
 def test_a_morph_goes_from_one_shape_to_the_other():
-    thing = {"event": "morph", "category_from": "ring", "category_to": "circle",
-             "colour_from": "blue", "colour_to": "blue", "change_start": 0.2, "change_end": 0.6,
-             "start": [0.0, 0.0], "end": [0.0, 0.0], "angle": 0.0, "radius": 0.3}  # fmt: skip
+    thing = {
+        "event": "morph",
+        "category_from": "ring",
+        "category_to": "circle",
+        "colour_from": "blue",
+        "colour_to": "blue",
+        "change_start": 0.2,
+        "change_end": 0.6,
+        "start": [0.0, 0.0],
+        "end": [0.0, 0.0],
+        "angle": 0.0,
+        "radius": 0.3,
+    }
     size = (256, 256)
     centre, radius = (128.0, 128.0), 0.3 * world4d.TEXELS_PER_UNIT
     ring = draw_shape(SHAPES["ring"], size, centre, radius, 0.0)
@@ -82,8 +104,11 @@ def test_a_morph_goes_from_one_shape_to_the_other():
 
 def test_things_move_along_their_paths(scene_dir):
     meta = json.loads((scene_dir / "scene.json").read_text())
-    moving = [o for o in meta["objects"]
-              if o["isthing"] and o["start"] != o["end"] and o["event"] != "morph"]  # fmt: skip
+    moving = [
+        o
+        for o in meta["objects"]
+        if o["isthing"] and o["start"] != o["end"] and o["event"] != "morph"
+    ]
     assert moving
     scene = world4d.make_dynamic_scene(0, 0)
     for thing in moving:

@@ -159,9 +159,16 @@ def test_training_with_every_text_context_part_runs_and_saves_them(tmp_path):
         ),
     )
     cfg = TrainConfig(
-        max_iters=4, batch_size=2, crop_size=64, num_points=64, checkpoint_every=4,
-        log_every=1, num_workers=0, seed=0, warmup_iters=1,
-    )  # fmt: skip
+        max_iters=4,
+        batch_size=2,
+        crop_size=64,
+        num_points=64,
+        checkpoint_every=4,
+        log_every=1,
+        num_workers=0,
+        seed=0,
+        warmup_iters=1,
+    )
     out = tmp_path / "run"
     train(model_cfg, cfg, dataset, out, transform=LargeScaleJitter(crop_size=64), progress=False)
     record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])

@@ -62,7 +62,7 @@ def test_predict_eval_train_and_app_take_threads(image, tmp_path, capsys, restor
             tmp_path / "out",
             "--threads",
             "1",
-        ],  # fmt: skip
+        ],
         capsys,
     )
     assert code == 0 and torch.get_num_threads() == 1, err

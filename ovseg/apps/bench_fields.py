@@ -35,11 +35,16 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.scenes < 1 or args.iterations < 1 or args.language_iterations < 1:
-        print("error: --scenes, --iterations and --language-iterations must be >= 1",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: --scenes, --iterations and --language-iterations must be >= 1", file=sys.stderr
+        )
         return 2
-    iterations, language, scenes, views = args.iterations, args.language_iterations, args.scenes, (
-        24, 6)  # fmt: skip
+    iterations, language, scenes, views = (
+        args.iterations,
+        args.language_iterations,
+        args.scenes,
+        (24, 6),
+    )
     if args.quick:
         iterations, language, scenes, views = 60, 40, 1, (8, 2)
     densify_until = max(1, int(iterations * 2 / 3))
@@ -48,11 +53,18 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             iterations=iterations,
             densify_until=densify_until,
             densify_from=min(100, densify_until // 2),
-        ),  # fmt: skip
+        ),
         language=LatentFitConfig(iterations=language),
     )
-    report = run(args.out, scenes=scenes, cfg=cfg, train_views=views[0], test_views=views[1],
-                 query=args.query, progress=not args.no_progress)  # fmt: skip
+    report = run(
+        args.out,
+        scenes=scenes,
+        cfg=cfg,
+        train_views=views[0],
+        test_views=views[1],
+        query=args.query,
+        progress=not args.no_progress,
+    )
     from ovseg.synthetic.fields_report import markdown
 
     print(markdown(report))

@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         torch.set_num_threads(args.threads)
     counts = (args.scenes, args.iterations, args.language_iterations, args.status_iterations)
     if min(counts) < 1 or args.steps < 4 or (args.scene is not None and args.scene < 0):
-        print("error: --scenes and the iterations must be >= 1, --scene >= 0, --steps >= 4",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: --scenes and the iterations must be >= 1, --scene >= 0, --steps >= 4",
+            file=sys.stderr,
+        )
         return 2
     iterations, language, status = args.iterations, args.language_iterations, args.status_iterations
     world = {"steps": args.steps}
@@ -65,21 +67,35 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         iterations, language, status = 300, 200, 200
         world = {"steps": 6, "train_cameras": 3, "test_cameras": 1, "width": 80, "height": 64}
     densify_until = max(1, int(iterations * 2 / 3))
-    colour = FitConfig(iterations=iterations, densify_until=densify_until,
-                       densify_from=min(100, densify_until // 2))  # fmt: skip
-    cfg = Field4DConfig(colour=colour,
-                        deformation=DeformationFitConfig(warm_up=min(150, iterations // 4)),
-                        language=LatentFitConfig(iterations=language),
-                        status=LatentFitConfig(iterations=status))  # fmt: skip
+    colour = FitConfig(
+        iterations=iterations,
+        densify_until=densify_until,
+        densify_from=min(100, densify_until // 2),
+    )
+    cfg = Field4DConfig(
+        colour=colour,
+        deformation=DeformationFitConfig(warm_up=min(150, iterations // 4)),
+        language=LatentFitConfig(iterations=language),
+        status=LatentFitConfig(iterations=status),
+    )
     cfg3d = FieldConfig(colour=colour, language=LatentFitConfig(iterations=language))
     if args.scene is not None:
-        record = run_scene(args.out, args.scene, cfg=cfg, cfg3d=cfg3d, world=world,
-                           progress=not args.no_progress)  # fmt: skip
+        record = run_scene(
+            args.out, args.scene, cfg=cfg, cfg3d=cfg3d, world=world, progress=not args.no_progress
+        )
         minutes = sum(record["fit4d_timings_s"].values()) / 60
-        print(f"scene {args.scene}: scored (4D fit {minutes:.1f} min); gather the scenes with "
-              f"--scenes N")  # fmt: skip
+        print(
+            f"scene {args.scene}: scored (4D fit {minutes:.1f} min); gather the scenes with "
+            f"--scenes N"
+        )
         return 0
-    report = run(args.out, scenes=args.scenes, cfg=cfg, cfg3d=cfg3d, world=world,
-                 progress=not args.no_progress)  # fmt: skip
+    report = run(
+        args.out,
+        scenes=args.scenes,
+        cfg=cfg,
+        cfg3d=cfg3d,
+        world=world,
+        progress=not args.no_progress,
+    )
     print(markdown(report))
     return 0

@@ -26,13 +26,21 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--accuracy", action="store_true", help="the 3D world's held-out scores")
     parser.add_argument("--scale", action="store_true", help="speed and memory at scale")
     parser.add_argument("--scenes", type=int, default=3)
-    parser.add_argument("--fit-scenes", type=int, help="fit the trained field on the first N "
-                        "scenes only (default: all; ~10-40 min a scene)")  # fmt: skip
+    parser.add_argument(
+        "--fit-scenes",
+        type=int,
+        help="fit the trained field on the first N scenes only (default: all; ~10-40 min a scene)",
+    )
     parser.add_argument("--fields", help="bench-fields' OUT/fields folder to reuse its fits")
-    parser.add_argument("--gaussians", type=int, default=100_000,
-                        help="Gaussians in the accuracy scenes' ground-truth splats")  # fmt: skip
-    parser.add_argument("--sizes", help="GAUSSIANSxVIEWSxWIDTHxHEIGHT, ... (default: "
-                        f"{SIZES})", default=SIZES)  # fmt: skip
+    parser.add_argument(
+        "--gaussians",
+        type=int,
+        default=100_000,
+        help="Gaussians in the accuracy scenes' ground-truth splats",
+    )
+    parser.add_argument(
+        "--sizes", help=f"GAUSSIANSxVIEWSxWIDTHxHEIGHT, ... (default: {SIZES})", default=SIZES
+    )
     parser.add_argument("--quick", action="store_true", help="1 small scene of each kind")
     parser.add_argument("--threads", type=int, help="torch and numba threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -51,8 +59,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         if not sizes or any(len(s) != 4 or min(s) < 1 for s in sizes):
             raise ValueError
     except ValueError:
-        print("error: --sizes takes GAUSSIANSxVIEWSxWIDTHxHEIGHT, comma-separated",
-              file=sys.stderr)  # fmt: skip
+        print("error: --sizes takes GAUSSIANSxVIEWSxWIDTHxHEIGHT, comma-separated", file=sys.stderr)
         return 2
     if args.scenes < 1 or (args.threads is not None and args.threads < 1):
         print("error: --scenes and --threads must be >= 1", file=sys.stderr)
@@ -66,19 +73,25 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         from ovseg.fields.field import FieldConfig
         from ovseg.fields.fit import FitConfig, LatentFitConfig
 
-        cfg = FieldConfig(colour=FitConfig(iterations=30, densify_from=10, densify_until=20),
-                          language=LatentFitConfig(iterations=20),
-                          autoencoder_iterations=100)  # fmt: skip
-        accuracy = lift_report.run_accuracy(out, scenes=1, gaussians=20_000, cfg=cfg,
-                                            progress=not args.no_progress)  # fmt: skip
+        cfg = FieldConfig(
+            colour=FitConfig(iterations=30, densify_from=10, densify_until=20),
+            language=LatentFitConfig(iterations=20),
+            autoencoder_iterations=100,
+        )
+        accuracy = lift_report.run_accuracy(
+            out, scenes=1, gaussians=20_000, cfg=cfg, progress=not args.no_progress
+        )
         scale = lift_report.run_scale(out, [(20_000, 8, 160, 120)], progress=False)
     else:
         if args.accuracy:
             accuracy = lift_report.run_accuracy(
-                out, scenes=args.scenes, fit_scenes=args.fit_scenes,
+                out,
+                scenes=args.scenes,
+                fit_scenes=args.fit_scenes,
                 fields=Path(args.fields) if args.fields else None,
-                gaussians=args.gaussians, progress=not args.no_progress,
-            )  # fmt: skip
+                gaussians=args.gaussians,
+                progress=not args.no_progress,
+            )
         if args.scale:
             scale = lift_report.run_scale(out, sizes, progress=not args.no_progress)
     if accuracy is None and (out / "accuracy.json").is_file():

@@ -43,24 +43,38 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--train-views", type=int, default=24)
     world.add_argument("--test-views", type=int, default=6)
-    world.add_argument("--gaussians", type=int, help="also write each scene's ground-truth "
-                       "splat of this many Gaussians (splat.ply, 3DGS layout)")  # fmt: skip
-    world.add_argument("--size", default="160x128", help="view size WxH (other than 160x128: "
-                       "rendered from the splat)")  # fmt: skip
-    world.add_argument("--views-from-splat", action="store_true",
-                       help="render the views from the splat (needs --gaussians; fast at "
-                       "any size) instead of ray-marching the scene")  # fmt: skip
+    world.add_argument(
+        "--gaussians",
+        type=int,
+        help="also write each scene's ground-truth "
+        "splat of this many Gaussians (splat.ply, 3DGS layout)",
+    )
+    world.add_argument(
+        "--size",
+        default="160x128",
+        help="view size WxH (other than 160x128: rendered from the splat)",
+    )
+    world.add_argument(
+        "--views-from-splat",
+        action="store_true",
+        help="render the views from the splat (needs --gaussians; fast at "
+        "any size) instead of ray-marching the scene",
+    )
 
     fields4d.add_world4d_parser(commands)
-    fit = commands.add_parser("fit", help="fit a language field to a posed scene (a 4D one "
-                              "when its frames have times)")  # fmt: skip
+    fit = commands.add_parser(
+        "fit", help="fit a language field to a posed scene (a 4D one when its frames have times)"
+    )
     fit.add_argument("scene", help="scene folder (COLMAP sparse/0 or transforms.json)")
     fit.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
     add_model_arguments(fit)
     fit.add_argument("--iterations", type=int, default=600, help="colour-fit iterations")
-    fit.add_argument("--language-iterations", type=int,
-                     help="language-fit iterations (default: about 11 visits to each training "
-                     "view, at least 300)")  # fmt: skip
+    fit.add_argument(
+        "--language-iterations",
+        type=int,
+        help="language-fit iterations (default: about 11 visits to each training "
+        "view, at least 300)",
+    )
     fit.add_argument("--scale", type=float, default=1.0, help="fit the views at this scale")
     fit.add_argument(
         "--mask-vocabulary",
@@ -78,23 +92,45 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true")
     fields4d.add_fit4d_arguments(fit)
 
-    lift = commands.add_parser("lift", help="lift ovseg's features onto an existing Gaussian "
-                               "splat, no training (Occam's LGS)")  # fmt: skip
-    lift.add_argument("scene", help="scene folder with the views the splat was trained on "
-                      "(COLMAP sparse/0, transforms.json)")  # fmt: skip
-    lift.add_argument("--splat", required=True, help="the splat: a 3DGS PLY (point_cloud.ply) "
-                      "or a field folder from 'ovseg fields fit'")  # fmt: skip
+    lift = commands.add_parser(
+        "lift",
+        help="lift ovseg's features onto an existing Gaussian splat, no training (Occam's LGS)",
+    )
+    lift.add_argument(
+        "scene",
+        help="scene folder with the views the splat was trained on "
+        "(COLMAP sparse/0, transforms.json)",
+    )
+    lift.add_argument(
+        "--splat",
+        required=True,
+        help="the splat: a 3DGS PLY (point_cloud.ply) or a field folder from 'ovseg fields fit'",
+    )
     lift.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
-    lift.add_argument("--cameras", help="3DGS's cameras.json (from the splat's output folder) "
-                      "instead of SCENE's poses; images from SCENE/images or SCENE")  # fmt: skip
+    lift.add_argument(
+        "--cameras",
+        help="3DGS's cameras.json (from the splat's output folder) "
+        "instead of SCENE's poses; images from SCENE/images or SCENE",
+    )
     add_model_arguments(lift)
-    lift.add_argument("--scale", type=float, default=1.0,
-                      help="rasterize the views at this scale (0 < scale <= 1)")  # fmt: skip
-    lift.add_argument("--mask-vocabulary", help="vocabulary whose panoptic segments are the "
-                      "masks (default: a toy model's own world, else coco_panoptic)")  # fmt: skip
+    lift.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="rasterize the views at this scale (0 < scale <= 1)",
+    )
+    lift.add_argument(
+        "--mask-vocabulary",
+        help="vocabulary whose panoptic segments are the "
+        "masks (default: a toy model's own world, else coco_panoptic)",
+    )
     lift.add_argument("--mixture", type=int, default=8, help="segments kept per Gaussian")
-    lift.add_argument("--min-weight", type=float, default=0.05, help="Gaussians whose blending "
-                      "weights sum below this (pixels) get no feature")  # fmt: skip
+    lift.add_argument(
+        "--min-weight",
+        type=float,
+        default=0.05,
+        help="Gaussians whose blending weights sum below this (pixels) get no feature",
+    )
     lift.add_argument("--threads", type=int, help="torch and numba threads")
     lift.add_argument("--no-progress", action="store_true")
 
@@ -110,8 +146,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     query.add_argument("--size", type=int, help="render at this width (height follows)")
     query.add_argument("--ply", action="store_true", help="also write relevancy-coloured PLY")
-    query.add_argument("--extract", metavar="FILE.ply", help="write the Gaussians the (one) "
-                       "--text selects (relevancy > 0.5) as a 3DGS PLY")  # fmt: skip
+    query.add_argument(
+        "--extract",
+        metavar="FILE.ply",
+        help="write the Gaussians the (one) --text selects (relevancy > 0.5) as a 3DGS PLY",
+    )
     add_model_arguments(query)
     fields4d.add_query4d_arguments(query)
     return parser
@@ -130,8 +169,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                 raise ValueError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
             numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-        commands = {"world": _world, "world4d": _world4d, "fit": _fit, "lift": _lift,
-                    "query": _query}  # fmt: skip
+        commands = {
+            "world": _world,
+            "world4d": _world4d,
+            "fit": _fit,
+            "lift": _lift,
+            "query": _query,
+        }
         with _writable_outputs(args):  # before any work
             return commands[args.command](args)
     except (PosedImagesError, ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
@@ -161,22 +205,32 @@ def _world(args) -> int:
     width, height = _size(args.size)
     from_splat = args.views_from_splat or (width, height) != (160, 128)
     if from_splat and args.gaussians is None:
-        raise ValueError("views other than 160x128 are rendered from the splat: add "
-                         "--gaussians N (e.g. 300000)")  # fmt: skip
+        raise ValueError(
+            "views other than 160x128 are rendered from the splat: add --gaussians N (e.g. 300000)"
+        )
     for index in range(args.scenes):
         out = Path(args.out) / f"scene_{index:03d}"
         if from_splat:
-            write_splat_world(out, args.seed, index, gaussians=args.gaussians,
-                              train_views=args.train_views, test_views=args.test_views,
-                              width=width, height=height)  # fmt: skip
+            write_splat_world(
+                out,
+                args.seed,
+                index,
+                gaussians=args.gaussians,
+                train_views=args.train_views,
+                test_views=args.test_views,
+                width=width,
+                height=height,
+            )
         else:
-            write_scene3d(out, args.seed, index, train_views=args.train_views,
-                          test_views=args.test_views)  # fmt: skip
+            write_scene3d(
+                out, args.seed, index, train_views=args.train_views, test_views=args.test_views
+            )
             if args.gaussians is not None:
                 from ovseg.fields.splat_ply import write_splat
 
-                splat, _ = scene_splat(make_scene3d(args.seed, index), args.gaussians,
-                                       seed=args.seed)  # fmt: skip
+                splat, _ = scene_splat(
+                    make_scene3d(args.seed, index), args.gaussians, seed=args.seed
+                )
                 write_splat(out / "splat.ply", splat)
         print(f"wrote {out}")
     return 0
@@ -206,10 +260,22 @@ def _lift(args) -> int:
     cameras = [scene.cameras[i] for i in scene.split("train")]
     check_cameras_see(splat, cameras)
     predictor = load_predictor_from_arguments(args, log=print)
-    cfg = LiftConfig(mixture=args.mixture, min_weight=args.min_weight, image_scale=args.scale,
-                     mask_vocabulary=args.mask_vocabulary)  # fmt: skip
-    meta = lift_field(args.scene, args.splat, args.out, predictor, cfg, scene=scene,
-                      cameras_json=args.cameras, progress=not args.no_progress)  # fmt: skip
+    cfg = LiftConfig(
+        mixture=args.mixture,
+        min_weight=args.min_weight,
+        image_scale=args.scale,
+        mask_vocabulary=args.mask_vocabulary,
+    )
+    meta = lift_field(
+        args.scene,
+        args.splat,
+        args.out,
+        predictor,
+        cfg,
+        scene=scene,
+        cameras_json=args.cameras,
+        progress=not args.no_progress,
+    )
     times = meta["timings_s"]
     print(
         f"lifted {args.out}: {meta['lifted_gaussians']} of {meta['gaussians']} Gaussians from "
@@ -274,8 +340,9 @@ def colour_config(iterations: int):
     from ovseg.fields.fit import FitConfig
 
     densify_until = max(1, int(iterations * 2 / 3))
-    return FitConfig(iterations=iterations, densify_until=densify_until,
-                     densify_from=min(100, densify_until))  # fmt: skip
+    return FitConfig(
+        iterations=iterations, densify_until=densify_until, densify_from=min(100, densify_until)
+    )
 
 
 def _levels(text: str) -> tuple[str, ...]:
@@ -316,8 +383,10 @@ def _query(args) -> int:
             raise ValueError("--ply writes a 3D field's Gaussians; a 4D field's move over time")
         return query4d(args, load_predictor_from_arguments(args, log=print), phrases)
     if args.time or args.state or args.video:
-        raise ValueError(f"{args.field} is a 3D field: --time, --state and --video need a 4D "
-                         "one (fitted on frames with times)")  # fmt: skip
+        raise ValueError(
+            f"{args.field} is a 3D field: --time, --state and --video need a 4D "
+            "one (fitted on frames with times)"
+        )
     if not phrases:
         raise ValueError("give at least one --text")
     if args.extract and len(phrases) != 1:
@@ -352,14 +421,17 @@ def _query(args) -> int:
         result = field.relevancy(camera, phrases)
         rgb = (result["rgb"].numpy() * 255).round().astype(np.uint8)
         file_stem = view_file_stem(name)
-        atomic_write(out / f"{file_stem}_render.png",
-                     lambda tmp, a=rgb: Image.fromarray(a).save(tmp, format="PNG"))  # fmt: skip
+        atomic_write(
+            out / f"{file_stem}_render.png",
+            lambda tmp, a=rgb: Image.fromarray(a).save(tmp, format="PNG"),
+        )
         for number, phrase in enumerate(phrases, 1):
             scores = result["relevancy"][number - 1].numpy()
             stem = f"{file_stem}_{number}{_slug(phrase)}"
             picture = draw_heatmap(rgb, scores, phrase, note=f"field {Path(args.field).name}")
-            atomic_write(out / f"{stem}_heatmap.png",
-                         lambda tmp, p=picture: p.save(tmp, format="PNG"))  # fmt: skip
+            atomic_write(
+                out / f"{stem}_heatmap.png", lambda tmp, p=picture: p.save(tmp, format="PNG")
+            )
             mask = ((scores > 0.5) * 255).astype(np.uint8)
             atomic_write(
                 out / f"{stem}_mask.png",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def add_world4d_parser(commands) -> None:
-    world = commands.add_parser("world4d", help="write synthetic dynamic scenes (multi-view "
-                                "video with times, captions)")  # fmt: skip
+    world = commands.add_parser(
+        "world4d", help="write synthetic dynamic scenes (multi-view video with times, captions)"
+    )
     world.add_argument("out", help="folder for scene_000, scene_001, ...")
     world.add_argument("--scenes", type=int, default=1)
     world.add_argument("--seed", type=int, default=0)
@@ -21,28 +22,48 @@ def add_world4d_parser(commands) -> None:
 
 def add_fit4d_arguments(fit) -> None:
     group = fit.add_argument_group("dynamic scenes (frames with times)")
-    group.add_argument("--captions", help="captions of the objects' states (default: "
-                       "SCENE/captions.json when there); see ovseg.fields.captions")  # fmt: skip
+    group.add_argument(
+        "--captions",
+        help="captions of the objects' states (default: "
+        "SCENE/captions.json when there); see ovseg.fields.captions",
+    )
     group.add_argument("--status-iterations", type=int, default=400)
-    group.add_argument("--time-slices", type=int, default=2,
-                       help="Spacetime Gaussians: start from this many copies of the points, "
-                       "each living in its share of the video (0: one canonical cloud that "
-                       "only the deformation network moves)")  # fmt: skip
-    group.add_argument("--sentence-model", default="all-MiniLM-L6-v2",
-                       help="sentence-transformers model for the captions")  # fmt: skip
+    group.add_argument(
+        "--time-slices",
+        type=int,
+        default=2,
+        help="Spacetime Gaussians: start from this many copies of the points, "
+        "each living in its share of the video (0: one canonical cloud that "
+        "only the deformation network moves)",
+    )
+    group.add_argument(
+        "--sentence-model",
+        default="all-MiniLM-L6-v2",
+        help="sentence-transformers model for the captions",
+    )
 
 
 def add_query4d_arguments(query) -> None:
     group = query.add_argument_group("4D fields")
-    group.add_argument("--time", type=float, action="append",
-                       help="a time in the scene's unit (repeatable; default: every frame "
-                       "time of the scene)")  # fmt: skip
-    group.add_argument("--time-range", type=float, nargs=2, metavar=("START", "END"),
-                       help="the scene's frame times from START to END (both inside the "
-                       "video), instead of --time")  # fmt: skip
-    group.add_argument("--state", action="append",
-                       help="a time-sensitive query ('a red star'): the frames where it holds "
-                       "and its masks there (repeatable)")  # fmt: skip
+    group.add_argument(
+        "--time",
+        type=float,
+        action="append",
+        help="a time in the scene's unit (repeatable; default: every frame time of the scene)",
+    )
+    group.add_argument(
+        "--time-range",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="the scene's frame times from START to END (both inside the video), instead of --time",
+    )
+    group.add_argument(
+        "--state",
+        action="append",
+        help="a time-sensitive query ('a red star'): the frames where it holds "
+        "and its masks there (repeatable)",
+    )
     group.add_argument("--video", action="store_true", help="also an MP4 per query over time")
 
 
@@ -58,10 +79,17 @@ def world4d(args) -> int:
     if width < 32 or height < 32:
         raise ValueError("--size must be at least 32x32")
     for index in range(args.scenes):
-        out = write_scene4d(Path(args.out) / f"scene_{index:03d}", args.seed, index,
-                            train_cameras=args.train_cameras, test_cameras=args.test_cameras,
-                            steps=args.steps, width=width, height=height,
-                            progress=True)  # fmt: skip
+        out = write_scene4d(
+            Path(args.out) / f"scene_{index:03d}",
+            args.seed,
+            index,
+            train_cameras=args.train_cameras,
+            test_cameras=args.test_cameras,
+            steps=args.steps,
+            width=width,
+            height=height,
+            progress=True,
+        )
         print(f"wrote {out}")
     return 0
 
@@ -96,13 +124,21 @@ def fit4d(args, predictor) -> int:
         mask_vocabulary=args.mask_vocabulary,
         sentence_model=args.sentence_model,
     )
-    meta = fit_field4d(args.scene, args.out, predictor, cfg, captions_path=args.captions,
-                       progress=not args.no_progress)  # fmt: skip
+    meta = fit_field4d(
+        args.scene,
+        args.out,
+        predictor,
+        cfg,
+        captions_path=args.captions,
+        progress=not args.no_progress,
+    )
     total = sum(meta["timings_s"].values())
     captions = "with" if meta["captions"] else "without"
-    print(f"fitted {args.out} (4D): {meta['gaussians']} Gaussians, colour loss "
-          f"{meta['colour_loss']:.4f}, latent L1 {meta['language_loss']:.4f}, "
-          f"{captions} captions, {total / 60:.1f} min")  # fmt: skip
+    print(
+        f"fitted {args.out} (4D): {meta['gaussians']} Gaussians, colour loss "
+        f"{meta['colour_loss']:.4f}, latent L1 {meta['language_loss']:.4f}, "
+        f"{captions} captions, {total / 60:.1f} min"
+    )
     return 0
 
 
@@ -123,8 +159,10 @@ def query4d(args, predictor, phrases: list[str]) -> int:
     labels: dict[str, float] = {}
     for t in times:  # times name files (VIEW_1phrase_t0.5_mask.png): one name, one time
         if labels.setdefault(f"{t:g}", t) != t:
-            raise ValueError(f"times {labels[f'{t:g}']!r} and {t!r} would write the same files "
-                             f"(t{t:g}); give times that differ within 6 digits")  # fmt: skip
+            raise ValueError(
+                f"times {labels[f'{t:g}']!r} and {t!r} would write the same files "
+                f"(t{t:g}); give times that differ within 6 digits"
+            )
     # a camera by its id (its pose at its first frame) or by a frame's name
     by_name = {camera.name: camera for camera in scene.cameras}
     for camera, camera_id in zip(scene.cameras, scene.camera_ids, strict=True):
@@ -145,8 +183,9 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         renders = [_rgb(r["rgb"]) for r in rendered]
         for number, phrase in enumerate(phrases, 1):
             stem = out / f"{view_file_stem(name)}_{number}{_slug(phrase)}"
-            written += _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem,
-                                         args.video)  # fmt: skip
+            written += _agnostic_outputs(
+                field, camera, times, rendered, renders, phrase, stem, args.video
+            )
         for number, state in enumerate(states, 1):
             stem = out / f"{view_file_stem(name)}_state{number}{_slug(state)}"
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
@@ -192,8 +231,9 @@ def _save_png(path: Path, picture) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem: Path,
-                      video: bool) -> int:  # fmt: skip
+def _agnostic_outputs(
+    field, camera, times, rendered, renders, phrase, stem: Path, video: bool
+) -> int:
     """Per time a heat map and a mask (relevancy > 0.5) of ``phrase`` (``rendered``: the
     field's renders, ``renders`` their RGB as uint8); with ``video`` an MP4 of the heat maps.
     Returns the number of files written."""
@@ -207,8 +247,9 @@ def _agnostic_outputs(field, camera, times, rendered, renders, phrase, stem: Pat
         picture = draw_heatmap(rgb, scores, phrase, note=f"t = {t:g}")
         pictures.append(np.asarray(picture))
         _save_png(stem.with_name(f"{stem.name}_t{t:g}_heatmap.png"), picture)
-        _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"),
-                  ((scores > 0.5) * 255).astype(np.uint8))  # fmt: skip
+        _save_png(
+            stem.with_name(f"{stem.name}_t{t:g}_mask.png"), ((scores > 0.5) * 255).astype(np.uint8)
+        )
     if video:
         _video(stem.with_suffix(".mp4"), pictures)
     return 2 * len(times) + int(video)
@@ -225,8 +266,14 @@ def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool
     holds = [bool(h) for h in answer["holds"]]
     holds_at = [t for t, h in zip(times, holds, strict=True) if h]
     scores = [round(float(s), 4) for s in answer["scores"]]
-    record = {"state": state, "view": camera.name, "times": times, "holds": holds,
-              "scores": scores, "holds_at": holds_at}  # fmt: skip
+    record = {
+        "state": state,
+        "view": camera.name,
+        "times": times,
+        "holds": holds,
+        "scores": scores,
+        "holds_at": holds_at,
+    }
     write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=1))
     pictures, written = [], 1
     for t, rgb, mask, held in zip(times, renders, answer["masks"], holds, strict=True):
@@ -234,8 +281,7 @@ def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool
         caption = f"'{state}' at t = {t:g}: {'holds' if held else 'no'}"
         pictures.append(_mask_overlay(rgb, mask, caption))
         if held:
-            _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"),
-                      (mask * 255).astype(np.uint8))  # fmt: skip
+            _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"), (mask * 255).astype(np.uint8))
             written += 1
     if video:
         _video(stem.with_suffix(".mp4"), pictures)
@@ -266,6 +312,8 @@ def _video(path: Path, pictures) -> None:
 
     height = max(p.shape[0] for p in pictures)
     width = max(p.shape[1] for p in pictures)
-    frames = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)),
-                     constant_values=255) for p in pictures]  # fmt: skip
+    frames = [
+        np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+        for p in pictures
+    ]
     write_mp4(path, frames, fps=4.0)

@@ -57,8 +57,10 @@ def read_captions(path: str | Path) -> dict[int, list[CaptionSpan]]:
             raise CaptionsError(f"{where} needs an 'id' and a 'states' list")
         object_id = item.get("id")
         if isinstance(object_id, bool) or not isinstance(object_id, int):
-            raise CaptionsError(f"{where}: 'id' must be an integer (its value in the segment "
-                                f"maps), got {object_id!r}")  # fmt: skip
+            raise CaptionsError(
+                f"{where}: 'id' must be an integer (its value in the segment "
+                f"maps), got {object_id!r}"
+            )
         if object_id in out:
             raise CaptionsError(f"{where}: object id {object_id} is listed twice")
         spans = [_span(state, f"{where} (id {object_id})") for state in item["states"]]
@@ -119,12 +121,12 @@ def write_captions(path: str | Path, spans: dict[int, list[dict]], *, names=None
     file (checked as :func:`read_captions` checks it)."""
     objects = []
     for object_id in sorted(spans):
-        checked = check_spans([_span(s, f"object {object_id}") for s in spans[object_id]],
-                              f"object {object_id}")  # fmt: skip
+        checked = check_spans(
+            [_span(s, f"object {object_id}") for s in spans[object_id]], f"object {object_id}"
+        )
         item = {"id": int(object_id)}
         if names and object_id in names:
             item["name"] = names[object_id]
-        item["states"] = [{"start": s.start, "end": s.end, "caption": s.caption}
-                          for s in checked]  # fmt: skip
+        item["states"] = [{"start": s.start, "end": s.end, "caption": s.caption} for s in checked]
         objects.append(item)
     write_text_atomic(path, json.dumps({"objects": objects}, indent=1))

@@ -18,10 +18,18 @@ from ovseg.fileio import atomic_write, write_text_atomic
 
 # model id -> (name, number of parameters); https://colmap.github.io/cameras.html
 COLMAP_MODELS = {
-    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
-    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
-    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
-}  # fmt: skip
+    0: ("SIMPLE_PINHOLE", 3),
+    1: ("PINHOLE", 4),
+    2: ("SIMPLE_RADIAL", 4),
+    3: ("RADIAL", 5),
+    4: ("OPENCV", 8),
+    5: ("OPENCV_FISHEYE", 8),
+    6: ("FULL_OPENCV", 12),
+    7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4),
+    9: ("RADIAL_FISHEYE", 5),
+    10: ("THIN_PRISM_FISHEYE", 12),
+}
 _MODEL_IDS = {name: (model_id, count) for model_id, (name, count) in COLMAP_MODELS.items()}
 
 
@@ -257,8 +265,9 @@ def write_colmap(scene: PosedImages, model: str | Path, *, binary: bool = False)
     model = Path(model)
     model.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, (camera, image_path) in enumerate(zip(scene.cameras, scene.image_paths,
-                                                     strict=True)):  # fmt: skip
+    for index, (camera, image_path) in enumerate(
+        zip(scene.cameras, scene.image_paths, strict=True)
+    ):
         qvec = _rotation_to_quaternion(camera.rotation.double())
         rows.append(
             (index + 1, qvec, camera.translation.double().tolist(), camera, Path(image_path).name)

@@ -70,10 +70,14 @@ class SpaceTimeEncoding(nn.Module):
 
     def forward(self, means: torch.Tensor, time: float) -> torch.Tensor:
         positions = (means - self.centre) / self.extent
-        times = torch.full((means.shape[0], 1), float(time), dtype=means.dtype,
-                           device=means.device)  # fmt: skip
-        return torch.cat([sinusoidal_encoding(positions, self.position_frequencies),
-                          sinusoidal_encoding(times, self.time_frequencies)], dim=1)  # fmt: skip
+        times = torch.full((means.shape[0], 1), float(time), dtype=means.dtype, device=means.device)
+        return torch.cat(
+            [
+                sinusoidal_encoding(positions, self.position_frequencies),
+                sinusoidal_encoding(times, self.time_frequencies),
+            ],
+            dim=1,
+        )
 
 
 class DeformationField(nn.Module):
@@ -106,8 +110,13 @@ class DeformationField(nn.Module):
         d_log_scales (N, 3), d_colour (N, 3) added to the degree-0 SH coefficients,
         d_opacity (N,) added to the opacity logits."""
         out = self.net(self.encoding(means, time))
-        return (out[:, :3] * self.encoding.extent, out[:, 3:7], out[:, 7:10], out[:, 10:13],
-                out[:, 13])  # fmt: skip
+        return (
+            out[:, :3] * self.encoding.extent,
+            out[:, 3:7],
+            out[:, 7:10],
+            out[:, 10:13],
+            out[:, 13],
+        )
 
 
 class SpacetimeCloud(GaussianCloud):
@@ -120,18 +129,33 @@ class SpacetimeCloud(GaussianCloud):
     :meth:`from_cloud`."""
 
     parameter_names = GaussianCloud.parameter_names + (
-        "time_centres", "time_log_scales", "velocities")  # fmt: skip
+        "time_centres",
+        "time_log_scales",
+        "velocities",
+    )
 
-    def __init__(self, means, log_scales, quaternions, opacity_logits, sh, latents=None,
-                 time_centres=None, time_log_scales=None, velocities=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        means,
+        log_scales,
+        quaternions,
+        opacity_logits,
+        sh,
+        latents=None,
+        time_centres=None,
+        time_log_scales=None,
+        velocities=None,
+    ) -> None:
         super().__init__(means, log_scales, quaternions, opacity_logits, sh, latents)
         n = len(self)
         time_centres = torch.full((n,), 0.5) if time_centres is None else time_centres
         time_log_scales = torch.zeros(n) if time_log_scales is None else time_log_scales
         velocities = torch.zeros(n, 3) if velocities is None else velocities
-        for name, value, shape in (("time_centres", time_centres, (n,)),
-                                   ("time_log_scales", time_log_scales, (n,)),
-                                   ("velocities", velocities, (n, 3))):  # fmt: skip
+        for name, value, shape in (
+            ("time_centres", time_centres, (n,)),
+            ("time_log_scales", time_log_scales, (n,)),
+            ("velocities", velocities, (n, 3)),
+        ):
             if tuple(value.shape) != shape:
                 raise ValueError(
                     f"SpacetimeCloud: {name} must be {shape}, got {tuple(value.shape)}"
@@ -217,8 +241,9 @@ class DeformedCloud:
     ``opacity_factor`` (N,) scales the opacities (a :class:`SpacetimeCloud`'s temporal
     opacity)."""
 
-    def __init__(self, means, quaternions, log_scales, opacity_logits, sh, latents,
-                 opacity_factor=None) -> None:  # fmt: skip
+    def __init__(
+        self, means, quaternions, log_scales, opacity_logits, sh, latents, opacity_factor=None
+    ) -> None:
         self.means, self.quaternions, self.log_scales = means, quaternions, log_scales
         self.opacity_logits, self.sh, self.latents = opacity_logits, sh, latents
         self.opacity_factor = opacity_factor
@@ -260,5 +285,12 @@ def deform(
         means, quaternions = means + d_means, quaternions + d_quaternions
         log_scales, opacity_logits = log_scales + d_log_scales, opacity_logits + d_opacity
         sh = torch.cat([sh[:, :1] + d_colour[:, None], sh[:, 1:]], dim=1)
-    return DeformedCloud(means, quaternions, log_scales, opacity_logits, sh,
-                         cloud.latents if latents is None else latents, factor)  # fmt: skip
+    return DeformedCloud(
+        means,
+        quaternions,
+        log_scales,
+        opacity_logits,
+        sh,
+        cloud.latents if latents is None else latents,
+        factor,
+    )

@@ -65,8 +65,25 @@ class SegmentWeights:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _project(means, covariances, rotation, translation, fx, fy, cx, cy, width, height, limits,
-             near, out_means2d, out_conics, out_radii, out_depths, out_visible):  # fmt: skip
+def _project(
+    means,
+    covariances,
+    rotation,
+    translation,
+    fx,
+    fy,
+    cx,
+    cy,
+    width,
+    height,
+    limits,
+    near,
+    out_means2d,
+    out_conics,
+    out_radii,
+    out_depths,
+    out_visible,
+):
     n = means.shape[0]
     f32 = np.float32
     dilation, half, three = f32(DILATION), f32(0.5), f32(3.0)
@@ -85,17 +102,27 @@ def _project(means, covariances, rotation, translation, fx, fy, cx, cy, width, h
         j00, j02 = fx / tz, -fx * xz / tz
         j11, j12 = fy / tz, -fy * yz / tz
         # T = J R (2 x 3), cov2d = T Sigma T^T
-        t0 = (j00 * rotation[0, 0] + j02 * rotation[2, 0], j00 * rotation[0, 1]
-              + j02 * rotation[2, 1], j00 * rotation[0, 2] + j02 * rotation[2, 2])  # fmt: skip
-        t1 = (j11 * rotation[1, 0] + j12 * rotation[2, 0], j11 * rotation[1, 1]
-              + j12 * rotation[2, 1], j11 * rotation[1, 2] + j12 * rotation[2, 2])  # fmt: skip
+        t0 = (
+            j00 * rotation[0, 0] + j02 * rotation[2, 0],
+            j00 * rotation[0, 1] + j02 * rotation[2, 1],
+            j00 * rotation[0, 2] + j02 * rotation[2, 2],
+        )
+        t1 = (
+            j11 * rotation[1, 0] + j12 * rotation[2, 0],
+            j11 * rotation[1, 1] + j12 * rotation[2, 1],
+            j11 * rotation[1, 2] + j12 * rotation[2, 2],
+        )
         s = covariances[i]
-        st0 = (s[0, 0] * t0[0] + s[0, 1] * t0[1] + s[0, 2] * t0[2],
-               s[1, 0] * t0[0] + s[1, 1] * t0[1] + s[1, 2] * t0[2],
-               s[2, 0] * t0[0] + s[2, 1] * t0[1] + s[2, 2] * t0[2])  # fmt: skip
-        st1 = (s[0, 0] * t1[0] + s[0, 1] * t1[1] + s[0, 2] * t1[2],
-               s[1, 0] * t1[0] + s[1, 1] * t1[1] + s[1, 2] * t1[2],
-               s[2, 0] * t1[0] + s[2, 1] * t1[1] + s[2, 2] * t1[2])  # fmt: skip
+        st0 = (
+            s[0, 0] * t0[0] + s[0, 1] * t0[1] + s[0, 2] * t0[2],
+            s[1, 0] * t0[0] + s[1, 1] * t0[1] + s[1, 2] * t0[2],
+            s[2, 0] * t0[0] + s[2, 1] * t0[1] + s[2, 2] * t0[2],
+        )
+        st1 = (
+            s[0, 0] * t1[0] + s[0, 1] * t1[1] + s[0, 2] * t1[2],
+            s[1, 0] * t1[0] + s[1, 1] * t1[1] + s[1, 2] * t1[2],
+            s[2, 0] * t1[0] + s[2, 1] * t1[1] + s[2, 2] * t1[2],
+        )
         a = t0[0] * st0[0] + t0[1] * st0[1] + t0[2] * st0[2] + dilation
         b = t0[0] * st1[0] + t0[1] * st1[1] + t0[2] * st1[2]
         c = t1[0] * st1[0] + t1[1] * st1[1] + t1[2] * st1[2] + dilation
@@ -110,30 +137,54 @@ def _project(means, covariances, rotation, translation, fx, fy, cx, cy, width, h
         v = fy * ty / tz + cy
         out_means2d[i, 0], out_means2d[i, 1] = u, v
         out_radii[i] = radius
-        out_visible[i] = (radius > 0 and u + radius > 0 and u - radius < width
-                          and v + radius > 0 and v - radius < height)  # fmt: skip
+        out_visible[i] = (
+            radius > 0
+            and u + radius > 0
+            and u - radius < width
+            and v + radius > 0
+            and v - radius < height
+        )
 
 
-def project_fast(means: torch.Tensor, covariances: torch.Tensor, camera: Camera, *,
-                 near: float = 0.01) -> Projection:  # fmt: skip
+def project_fast(
+    means: torch.Tensor, covariances: torch.Tensor, camera: Camera, *, near: float = 0.01
+) -> Projection:
     """:func:`ovseg.fields.rasterizer.project_gaussians` compiled, without gradients (equal
     to it to float32 rounding). means (N, 3), covariances (N, 3, 3) -> :class:`Projection`
     (CPU tensors; means2d, conics, radii of invisible Gaussians are 0)."""
     n = means.shape[0]
     f32 = np.float32
     tan_x, tan_y = 0.5 * camera.width / camera.fx, 0.5 * camera.height / camera.fy
-    limits = np.array([(camera.width - camera.cx) / camera.fx + 0.3 * tan_x,
-                       camera.cx / camera.fx + 0.3 * tan_x,
-                       (camera.height - camera.cy) / camera.fy + 0.3 * tan_y,
-                       camera.cy / camera.fy + 0.3 * tan_y], f32)  # fmt: skip
+    limits = np.array(
+        [
+            (camera.width - camera.cx) / camera.fx + 0.3 * tan_x,
+            camera.cx / camera.fx + 0.3 * tan_x,
+            (camera.height - camera.cy) / camera.fy + 0.3 * tan_y,
+            camera.cy / camera.fy + 0.3 * tan_y,
+        ],
+        f32,
+    )
     means2d, conics = np.zeros((n, 2), f32), np.zeros((n, 3), f32)
     radii, depths, visible = np.zeros(n, np.int64), np.zeros(n, f32), np.zeros(n, np.bool_)
     _project(
-        _array(means, f32), _array(covariances, f32), _array(camera.rotation, f32),
-        _array(camera.translation, f32), f32(camera.fx), f32(camera.fy), f32(camera.cx),
-        f32(camera.cy), camera.width, camera.height, limits, f32(near),
-        means2d, conics, radii, depths, visible,
-    )  # fmt: skip
+        _array(means, f32),
+        _array(covariances, f32),
+        _array(camera.rotation, f32),
+        _array(camera.translation, f32),
+        f32(camera.fx),
+        f32(camera.fy),
+        f32(camera.cx),
+        f32(camera.cy),
+        camera.width,
+        camera.height,
+        limits,
+        f32(near),
+        means2d,
+        conics,
+        radii,
+        depths,
+        visible,
+    )
     return Projection(*(torch.from_numpy(a) for a in (means2d, conics, radii, depths, visible)))
 
 
@@ -187,9 +238,24 @@ def _tile_lists(order, means2d, radii, width, height, tile, tiles_x, tiles_y):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel simple)
-    ranges, pairs, params, features, tiles_x, tile, width, height, blocks, segments,
-    buffers, out_features, out_alpha, out_depth, slot_segment, slot_weight, dropped,
-):  # fmt: skip
+    ranges,
+    pairs,
+    params,
+    features,
+    tiles_x,
+    tile,
+    width,
+    height,
+    blocks,
+    segments,
+    buffers,
+    out_features,
+    out_alpha,
+    out_depth,
+    slot_segment,
+    slot_weight,
+    dropped,
+):
     tile_count = ranges.shape[0]
     channels = features.shape[1]
     slots = slot_segment.shape[2]
@@ -261,8 +327,9 @@ def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel s
                     out_depth[py, px] = depth_sum
 
 
-def _run(projection, opacities, features, width, height, segments, blocks, slot_segment,
-         slot_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:  # fmt: skip
+def _run(
+    projection, opacities, features, width, height, segments, blocks, slot_segment, slot_weight
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Tiles, buffers and the compositing kernel; slots are accumulated into in place."""
     n = projection.means2d.shape[0]
     tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
@@ -288,10 +355,24 @@ def _run(projection, opacities, features, width, height, segments, blocks, slot_
     out_depth = np.zeros((height, width), np.float32)
     dropped = np.zeros(blocks, np.float64)
     _composite(
-        ranges, pairs, params, feature_array, tiles_x, TILE, width, height, blocks,
-        segments if segments is not None else np.zeros((0, 0), np.int32), buffers,
-        out_features, out_alpha, out_depth, slot_segment, slot_weight, dropped,
-    )  # fmt: skip
+        ranges,
+        pairs,
+        params,
+        feature_array,
+        tiles_x,
+        TILE,
+        width,
+        height,
+        blocks,
+        segments if segments is not None else np.zeros((0, 0), np.int32),
+        buffers,
+        out_features,
+        out_alpha,
+        out_depth,
+        slot_segment,
+        slot_weight,
+        dropped,
+    )
     return out_features, out_alpha, out_depth, float(dropped.sum())
 
 
@@ -339,9 +420,16 @@ def render_fast(
     if segments is not None:
         segments = _check_segments(segments, width, height)
     out_features, out_alpha, out_depth, dropped = _run(
-        projection, opacities, features, width, height, segments, blocks, slot_segment,
+        projection,
+        opacities,
+        features,
+        width,
+        height,
+        segments,
+        blocks,
+        slot_segment,
         slot_weight,
-    )  # fmt: skip
+    )
     rendered = torch.from_numpy(out_features)
     alpha = torch.from_numpy(out_alpha)
     if background is not None and features is not None:
@@ -434,13 +522,30 @@ class LiftAccumulator:
         self._slot_segment = np.full((self.blocks, count, SEGMENT_SLOTS), -1, np.int32)
         self._slot_weight = np.zeros((self.blocks, count, SEGMENT_SLOTS), np.float32)
 
-    def add_view(self, projection: Projection, opacities: torch.Tensor, segments: np.ndarray,
-                 offset: int, width: int, height: int) -> None:  # fmt: skip
+    def add_view(
+        self,
+        projection: Projection,
+        opacities: torch.Tensor,
+        segments: np.ndarray,
+        offset: int,
+        width: int,
+        height: int,
+    ) -> None:
         """Rasterize one view (segments (H, W), -1 void; its segment k is global segment
         ``offset`` + k) and fold its weights in."""
         segments = _check_segments(segments, width, height)
-        *_, dropped = _run(projection, opacities, None, width, height, segments, self.blocks,
-                           self._slot_segment, self._slot_weight)  # fmt: skip
-        _merge_slots(self._slot_segment, self._slot_weight, offset, self.segments,
-                     self.weights, self.total)  # fmt: skip
+        *_, dropped = _run(
+            projection,
+            opacities,
+            None,
+            width,
+            height,
+            segments,
+            self.blocks,
+            self._slot_segment,
+            self._slot_weight,
+        )
+        _merge_slots(
+            self._slot_segment, self._slot_weight, offset, self.segments, self.weights, self.total
+        )
         self.dropped += dropped

@@ -149,9 +149,7 @@ def fit_field(
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=latent_channels)
     colour_result = timed(
         "colour",
-        lambda: fit_rgb(
-            cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress
-        ),  # fmt: skip
+        lambda: fit_rgb(cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress),
     )
     meta["colour_loss"], meta["gaussians"] = colour_result["loss"], len(cloud)
     # (b) per-view masks and their CLIP embeddings, at the fitted views' size
@@ -166,7 +164,7 @@ def fit_field(
             cfg.levels,
             out / "features",
             progress,
-        ),  # fmt: skip
+        ),
     )  # per view: {level: (segment_map, embeddings)}
     pairs = [levels[level] for levels in per_view for level in cfg.levels]
     # (c) the scene's autoencoder, on every level's embeddings
@@ -188,7 +186,7 @@ def fit_field(
             cfg.language,
             checkpoint=out / "language.pt",
             progress=progress,
-        ),  # fmt: skip
+        ),
     )
     meta["language_loss"] = language_result["loss"]
     from safetensors.torch import save_file
@@ -210,8 +208,11 @@ def run_stage(meta: dict, meta_path: Path, stage: str, work):
     return result
 
 
-def resume_meta(meta_path: Path, meta: dict, keys=("scene", "model", "clip_fingerprint",
-                                                  "config", "train_views")) -> None:  # fmt: skip
+def resume_meta(
+    meta_path: Path,
+    meta: dict,
+    keys=("scene", "model", "clip_fingerprint", "config", "train_views"),
+) -> None:
     """Carry a previous run's timings into ``meta``; FieldError when that run was made from
     another scene, model or settings (any of ``keys`` differs)."""
     if not meta_path.is_file():
@@ -256,9 +257,12 @@ def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
     for view in views:
         pixels, depth = view.camera.project(points.float())
         inside = (
-            (depth > 0) & (pixels[:, 0] >= 0) & (pixels[:, 0] < view.camera.width)
-            & (pixels[:, 1] >= 0) & (pixels[:, 1] < view.camera.height)
-        )  # fmt: skip
+            (depth > 0)
+            & (pixels[:, 0] >= 0)
+            & (pixels[:, 0] < view.camera.width)
+            & (pixels[:, 1] >= 0)
+            & (pixels[:, 1] < view.camera.height)
+        )
         if not bool(inside.any()):
             raise ValueError(
                 f"camera '{view.camera.name}' sees none of the scene's points: its pose is wrong "
@@ -277,8 +281,9 @@ def view_features(predictor, scene, indices, cameras, levels, folder: Path, prog
     from ovseg.fields.language import view_levels
 
     per_view = []
-    for index, camera in tqdm(list(zip(indices, cameras, strict=True)), desc="view masks",
-                              disable=not progress):  # fmt: skip
+    for index, camera in tqdm(
+        list(zip(indices, cameras, strict=True)), desc="view masks", disable=not progress
+    ):
         path = folder / f"{view_file_stem(camera.name)}.npz"
         if path.is_file():
             with np.load(path) as saved:
@@ -311,8 +316,7 @@ def view_features(predictor, scene, indices, cameras, levels, folder: Path, prog
     return per_view
 
 
-def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool,
-                 meta: dict):  # fmt: skip
+def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool, meta: dict):
     """The scene's CLIP autoencoder (trained once, then loaded from ``out``); a fresh one's
     reconstruction quality goes into ``meta``."""
     from safetensors.torch import load_file, save_file
@@ -326,14 +330,20 @@ def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress
         model.load_state_dict(load_file(path))
         return model.eval()
     stacked = torch.cat([e for e in embeddings if len(e)])
-    areas = torch.cat([
-        torch.from_numpy(np.bincount(m[m >= 0], minlength=len(e)).astype(np.float32))
-        for m, e in zip(segment_maps, embeddings, strict=True) if len(e)
-    ])  # fmt: skip
+    areas = torch.cat(
+        [
+            torch.from_numpy(np.bincount(m[m >= 0], minlength=len(e)).astype(np.float32))
+            for m, e in zip(segment_maps, embeddings, strict=True)
+            if len(e)
+        ]
+    )
     model, quality = train_autoencoder(
-        stacked, areas, latent_dim=cfg.latent_dim, iterations=cfg.autoencoder_iterations,
+        stacked,
+        areas,
+        latent_dim=cfg.latent_dim,
+        iterations=cfg.autoencoder_iterations,
         progress=progress,
-    )  # fmt: skip
+    )
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
     meta["autoencoder_cosine"] = quality
@@ -341,23 +351,31 @@ def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress
 
 
 def read_finished_meta(
-    folder: str | Path, fmt: str, what: str, *, result: str = "gaussians.safetensors",
+    folder: str | Path,
+    fmt: str,
+    what: str,
+    *,
+    result: str = "gaussians.safetensors",
     verb: str = "fit",
-) -> dict:  # fmt: skip
+) -> dict:
     """field.json of a finished field folder of format ``fmt``; FieldError when the folder
     holds none, another kind (``what`` names the expected one) or an unfinished run (no
     ``result`` file; ``verb`` names the command that resumes it)."""
     folder = Path(folder)
     meta_path = folder / "field.json"
     if not meta_path.is_file():
-        raise FieldError(f"{folder}: no field.json; fit a field there first (ovseg fields "
-                         "fit SCENE --out FOLDER)")  # fmt: skip
+        raise FieldError(
+            f"{folder}: no field.json; fit a field there first (ovseg fields "
+            "fit SCENE --out FOLDER)"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != fmt:
         raise FieldError(f"{folder}: field.json is not an ovseg {what}")
     if not meta.get("complete") or not (folder / result).is_file():
-        raise FieldError(f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
-                         f"{verb}' again to resume it")  # fmt: skip
+        raise FieldError(
+            f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
+            f"{verb}' again to resume it"
+        )
     return meta
 
 
@@ -395,11 +413,14 @@ class LanguageField:
         """Relevancy (P, ...) of each phrase at the mask level where it peaks highest
         (LangSplat's choice among its three levels), and those levels' names."""
         phrase_embeddings, canonical = self._text(phrases)
-        per_level = torch.stack([
-            latent_relevancy(self.autoencoder, self.level_latents(latents, k), phrase_embeddings,
-                             canonical)
-            for k in range(len(self.levels))
-        ])  # (levels, P, ...)  # fmt: skip
+        per_level = torch.stack(
+            [
+                latent_relevancy(
+                    self.autoencoder, self.level_latents(latents, k), phrase_embeddings, canonical
+                )
+                for k in range(len(self.levels))
+            ]
+        )  # (levels, P, ...)
         best = per_level.flatten(2).amax(2).argmax(0)  # (P,)
         scores = per_level[best, torch.arange(len(phrases))]
         return scores, [self.levels[int(k)] for k in best]
@@ -440,8 +461,11 @@ class LanguageField:
         """``rgb`` (H, W, 3) in [0, 1], ``latent`` (H, W, L), ``alpha`` (H, W)."""
         out = render(self.cloud, camera, what="rgb+latent")
         features = out["features"]
-        return {"rgb": features[..., :3].clamp(0, 1), "latent": features[..., 3:],
-                "alpha": out["alpha"]}  # fmt: skip
+        return {
+            "rgb": features[..., :3].clamp(0, 1),
+            "latent": features[..., 3:],
+            "alpha": out["alpha"],
+        }
 
     @torch.no_grad()
     def relevancy(self, camera: Camera, phrases: list[str]) -> dict[str, torch.Tensor]:
@@ -453,8 +477,13 @@ class LanguageField:
         phrases = check_phrases(phrases)
         rendered = self.render(camera)
         scores, levels = self._best_level(rendered["latent"], phrases)
-        return {"relevancy": scores, "levels": levels, "rgb": rendered["rgb"],
-                "alpha": rendered["alpha"], "latent": rendered["latent"]}  # fmt: skip
+        return {
+            "relevancy": scores,
+            "levels": levels,
+            "rgb": rendered["rgb"],
+            "alpha": rendered["alpha"],
+            "latent": rendered["latent"],
+        }
 
     @torch.no_grad()
     def gaussian_relevancy(self, phrases: list[str]) -> torch.Tensor:
@@ -483,13 +512,21 @@ class LanguageField:
         """Write the Gaussians' centres (opacity >= ``min_opacity``) as a PLY point cloud
         coloured by relevancy to ``phrase``; returns the number of points."""
         return write_relevancy_ply(
-            path, self.cloud.means.detach(), self.cloud.opacities.detach(),
-            self.gaussian_relevancy([phrase])[0], min_opacity,
-        )  # fmt: skip
+            path,
+            self.cloud.means.detach(),
+            self.cloud.opacities.detach(),
+            self.gaussian_relevancy([phrase])[0],
+            min_opacity,
+        )
 
 
-def write_relevancy_ply(path, means: torch.Tensor, opacities: torch.Tensor,
-                        scores: torch.Tensor, min_opacity: float = 0.05) -> int:  # fmt: skip
+def write_relevancy_ply(
+    path,
+    means: torch.Tensor,
+    opacities: torch.Tensor,
+    scores: torch.Tensor,
+    min_opacity: float = 0.05,
+) -> int:
     """Gaussian centres ``means`` (N, 3) with opacity >= ``min_opacity`` as a PLY point cloud
     coloured by ``scores`` (N,) (Turbo, 0.5 and below dark blue), with a float ``relevancy``
     property; returns the number of points."""
@@ -503,9 +540,12 @@ def write_relevancy_ply(path, means: torch.Tensor, opacities: torch.Tensor,
     colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
     rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
     mesh = trimesh.Trimesh(
-        vertices=points, faces=np.zeros((0, 3), np.int64), vertex_colors=rgba,
-        vertex_attributes={"relevancy": values.astype(np.float32)}, process=False,
-    )  # fmt: skip
+        vertices=points,
+        faces=np.zeros((0, 3), np.int64),
+        vertex_colors=rgba,
+        vertex_attributes={"relevancy": values.astype(np.float32)},
+        process=False,
+    )
     data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return len(points)

@@ -94,8 +94,10 @@ class Field4DConfig:
 def normalised_times(scene: PosedImages) -> tuple[list[float], tuple[float, float]]:
     """Each view's time mapped to [0, 1] over the scene's frames, and the (first, last) time."""
     if scene.times is None:
-        raise ValueError("this scene has no frame times: a 4D field needs multi-view video "
-                         "(a 'time' on every frame of transforms.json)")  # fmt: skip
+        raise ValueError(
+            "this scene has no frame times: a 4D field needs multi-view video "
+            "(a 'time' on every frame of transforms.json)"
+        )
     first, last = min(scene.times), max(scene.times)
     span = last - first
     if span <= 0:
@@ -144,8 +146,10 @@ def fit_field4d(
     times, time_range = normalised_times(scene)
     train = scene.split("train")
     if scene.points is None or len(scene.points) == 0:
-        raise ValueError(f"{scene_path}: no 3D points to start the Gaussians from; give a "
-                         "transforms.json with ply_file_path")  # fmt: skip
+        raise ValueError(
+            f"{scene_path}: no 3D points to start the Gaussians from; give a "
+            "transforms.json with ply_file_path"
+        )
     if captions_path is None and (scene_dir / "captions.json").is_file():
         captions_path = scene_dir / "captions.json"
     captions = read_captions(captions_path) if captions_path is not None else None
@@ -171,8 +175,11 @@ def fit_field4d(
         "timings_s": {},
         "complete": False,
     }
-    resume_meta(meta_path, meta, keys=("scene", "model", "clip_fingerprint", "config",
-                                       "train_views", "captions"))  # fmt: skip
+    resume_meta(
+        meta_path,
+        meta,
+        keys=("scene", "model", "clip_fingerprint", "config", "train_views", "captions"),
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
 
@@ -184,9 +191,18 @@ def fit_field4d(
     if cfg.time_slices:
         cloud = SpacetimeCloud.from_cloud(cloud, slices=cfg.time_slices)
     deformation = _deformation(cfg, scene)
-    colour = timed("colour", lambda: fit_rgb(
-        cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress,
-        deformation=deformation, deformation_cfg=cfg.deformation))  # fmt: skip
+    colour = timed(
+        "colour",
+        lambda: fit_rgb(
+            cloud,
+            views,
+            cfg.colour,
+            checkpoint=out / "colour.pt",
+            progress=progress,
+            deformation=deformation,
+            deformation_cfg=cfg.deformation,
+        ),
+    )
     meta["colour_loss"], meta["gaussians"] = colour["loss"], len(cloud)
     frame_times = [v.time for v in views]
     cameras = [v.camera for v in views]
@@ -194,24 +210,60 @@ def fit_field4d(
     from ovseg.fields.field import default_mask_vocabulary
 
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
-    per_view = timed("features", lambda: view_features(
-        predictor, scene, train, [v.camera for v in views], cfg.levels, out / "features",
-        progress))  # fmt: skip
+    per_view = timed(
+        "features",
+        lambda: view_features(
+            predictor,
+            scene,
+            train,
+            [v.camera for v in views],
+            cfg.levels,
+            out / "features",
+            progress,
+        ),
+    )
     pairs = [found["panoptic"] for found in per_view]
-    autoencoder = timed("autoencoder", lambda: _autoencoder(
-        out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta))  # fmt: skip
+    autoencoder = timed(
+        "autoencoder",
+        lambda: _autoencoder(
+            out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
+        ),
+    )
     targets, valid = latent_targets(per_view, autoencoder, cfg.levels, cfg.latent_dim)
-    language = timed("language", lambda: fit_latents(
-        cloud, cameras, targets, valid, cfg.language, checkpoint=out / "language.pt",
-        progress=progress, times=frame_times, deformation=deformation))  # fmt: skip
+    language = timed(
+        "language",
+        lambda: fit_latents(
+            cloud,
+            cameras,
+            targets,
+            valid,
+            cfg.language,
+            checkpoint=out / "language.pt",
+            progress=progress,
+            times=frame_times,
+            deformation=deformation,
+        ),
+    )
     meta["language_loss"] = language["loss"]
     # (e-f) time-sensitive language: captions -> sentence embeddings -> status field
     status = None
     if captions is not None:
         scene_times = [scene.times[i] for i in train]
-        status = timed("status", lambda: _fit_status(
-            out, cfg, cloud, deformation, captions, object_maps, cameras, frame_times,
-            scene_times, progress))  # fmt: skip
+        status = timed(
+            "status",
+            lambda: _fit_status(
+                out,
+                cfg,
+                cloud,
+                deformation,
+                captions,
+                object_maps,
+                cameras,
+                frame_times,
+                scene_times,
+                progress,
+            ),
+        )
     from safetensors.torch import save_file
 
     tensors = {name: getattr(cloud, name).detach().contiguous() for name in cloud.parameter_names}
@@ -228,17 +280,28 @@ def _deformation(cfg: Field4DConfig, scene: PosedImages) -> DeformationField:
     centre = scene.points.float().mean(0)
     extent = scene_extent(scene.cameras)
     torch.manual_seed(cfg.colour.seed)
-    return DeformationField(centre, extent, position_frequencies=cfg.position_frequencies,
-                            time_frequencies=cfg.time_frequencies, width=cfg.deformation_width,
-                            depth=cfg.deformation_depth)  # fmt: skip
+    return DeformationField(
+        centre,
+        extent,
+        position_frequencies=cfg.position_frequencies,
+        time_frequencies=cfg.time_frequencies,
+        width=cfg.deformation_width,
+        depth=cfg.deformation_depth,
+    )
 
 
 def _status_field(cfg: Field4DConfig, count: int, deformation: DeformationField) -> StatusField:
     torch.manual_seed(cfg.status.seed)
     encoding = deformation.encoding
-    return StatusField(count, encoding.centre, float(encoding.extent), states=cfg.status_states,
-                       channels=cfg.latent_dim, position_frequencies=cfg.position_frequencies,
-                       time_frequencies=cfg.time_frequencies)  # fmt: skip
+    return StatusField(
+        count,
+        encoding.centre,
+        float(encoding.extent),
+        states=cfg.status_states,
+        channels=cfg.latent_dim,
+        position_frequencies=cfg.position_frequencies,
+        time_frequencies=cfg.time_frequencies,
+    )
 
 
 def _save_module(path: Path, module: torch.nn.Module) -> None:
@@ -248,8 +311,9 @@ def _save_module(path: Path, module: torch.nn.Module) -> None:
     atomic_write(path, lambda tmp: save_file(state, tmp))
 
 
-def _fit_status(out, cfg, cloud, deformation, captions, object_maps, cameras, times,
-                scene_times, progress):  # fmt: skip
+def _fit_status(
+    out, cfg, cloud, deformation, captions, object_maps, cameras, times, scene_times, progress
+):
     """Caption embeddings, their autoencoder, per-frame targets, the status-field fit."""
     from safetensors.torch import load_file, save_file
 
@@ -283,8 +347,12 @@ def _fit_status(out, cfg, cloud, deformation, captions, object_maps, cameras, ti
         if not bool(present.any()):
             raise ValueError("no training frame shows a captioned object at a captioned time")
         autoencoder, _ = train_autoencoder(
-            embeddings[present], areas[present], latent_dim=cfg.latent_dim,
-            iterations=cfg.autoencoder_iterations, progress=progress)  # fmt: skip
+            embeddings[present],
+            areas[present],
+            latent_dim=cfg.latent_dim,
+            iterations=cfg.autoencoder_iterations,
+            progress=progress,
+        )
         _save_module(autoencoder_path, autoencoder)
     autoencoder.eval()
     targets, valid = [], []
@@ -297,9 +365,18 @@ def _fit_status(out, cfg, cloud, deformation, captions, object_maps, cameras, ti
             targets.append(target)
             valid.append(covered)
     status = _status_field(cfg, len(cloud), deformation)
-    fit_latents(cloud, cameras, targets, valid, cfg.status, checkpoint=out / "status.pt",
-                progress=progress, times=times, deformation=deformation,
-                status=status)  # fmt: skip
+    fit_latents(
+        cloud,
+        cameras,
+        targets,
+        valid,
+        cfg.status,
+        checkpoint=out / "status.pt",
+        progress=progress,
+        times=times,
+        deformation=deformation,
+        status=status,
+    )
     return status
 
 
@@ -308,8 +385,9 @@ class DynamicField:
     predictor)``; FieldError when the folder holds no finished 4D field or was made with
     another CLIP). Times are in the scene's unit; ValueError outside the video."""
 
-    def __init__(self, folder, meta, cloud, deformation, autoencoder, status, status_decoder,
-                 predictor):  # fmt: skip
+    def __init__(
+        self, folder, meta, cloud, deformation, autoencoder, status, status_decoder, predictor
+    ):
         self.folder, self.meta, self.cloud, self.deformation = folder, meta, cloud, deformation
         self.autoencoder, self.status, self.status_decoder = autoencoder, status, status_decoder
         self.predictor = predictor
@@ -335,28 +413,43 @@ class DynamicField:
         cloud = kind(*(tensors[name] for name in kind.parameter_names)).eval()
         deformation_state = load_file(folder / "deformation.safetensors")
         deformation = DeformationField(
-            deformation_state["encoding.centre"], float(deformation_state["encoding.extent"]),
+            deformation_state["encoding.centre"],
+            float(deformation_state["encoding.extent"]),
             position_frequencies=cfg["position_frequencies"],
-            time_frequencies=cfg["time_frequencies"], width=cfg["deformation_width"],
-            depth=cfg["deformation_depth"])  # fmt: skip
+            time_frequencies=cfg["time_frequencies"],
+            width=cfg["deformation_width"],
+            depth=cfg["deformation_depth"],
+        )
         deformation.load_state_dict(deformation_state)
         autoencoder = LanguageAutoencoder(meta["embed_dim"], cfg["latent_dim"])
         autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
         status = status_decoder = None
         if (folder / "status.safetensors").is_file():
-            status = StatusField(len(cloud), deformation.encoding.centre,
-                                 float(deformation.encoding.extent), states=cfg["status_states"],
-                                 channels=cfg["latent_dim"],
-                                 position_frequencies=cfg["position_frequencies"],
-                                 time_frequencies=cfg["time_frequencies"])  # fmt: skip
+            status = StatusField(
+                len(cloud),
+                deformation.encoding.centre,
+                float(deformation.encoding.extent),
+                states=cfg["status_states"],
+                channels=cfg["latent_dim"],
+                position_frequencies=cfg["position_frequencies"],
+                time_frequencies=cfg["time_frequencies"],
+            )
             status.load_state_dict(load_file(folder / "status.safetensors"))
             embeddings = load_file(folder / "caption_embeddings.safetensors")["embeddings"]
             status_decoder = LanguageAutoencoder(embeddings.shape[1], cfg["latent_dim"])
             status_decoder.load_state_dict(load_file(folder / "status_autoencoder.safetensors"))
             status.eval()
             status_decoder.eval()
-        return cls(folder, meta, cloud, deformation.eval(), autoencoder.eval(), status,
-                   status_decoder, predictor)  # fmt: skip
+        return cls(
+            folder,
+            meta,
+            cloud,
+            deformation.eval(),
+            autoencoder.eval(),
+            status,
+            status_decoder,
+            predictor,
+        )
 
     def scene(self) -> PosedImages:
         return load_posed_images(self.meta["scene"], check_images=False)
@@ -379,8 +472,11 @@ class DynamicField:
         subject = deform(self.cloud, self.deformation, t, latents=torch.cat(latents, dim=1))
         rendered = render(subject, camera, what="rgb+latent")
         features, L = rendered["features"], self.cloud.latents.shape[1]
-        out = {"rgb": features[..., :3].clamp(0, 1), "latent": features[..., 3 : 3 + L],
-               "alpha": rendered["alpha"]}  # fmt: skip
+        out = {
+            "rgb": features[..., :3].clamp(0, 1),
+            "latent": features[..., 3 : 3 + L],
+            "alpha": rendered["alpha"],
+        }
         if self.status is not None:
             out["status"] = features[..., 3 + L :]
         return out
@@ -403,8 +499,9 @@ class DynamicField:
         return self._sentences.encode(phrases), self._canonical["sentence"]
 
     @torch.no_grad()
-    def relevancy(self, camera: Camera, scene_time: float, phrases: list[str], *,
-                  rendered: dict | None = None) -> torch.Tensor:  # fmt: skip
+    def relevancy(
+        self, camera: Camera, scene_time: float, phrases: list[str], *, rendered: dict | None = None
+    ) -> torch.Tensor:
         """Time-agnostic relevancy (P, H, W) in (0, 1) at ``scene_time`` (LangSplat's ratio
         against the canonical phrases on the decoded CLIP latent; > 0.5 relevant).
         ``rendered``: this camera's :meth:`render` at that time, when the caller has it (saves
@@ -425,8 +522,9 @@ class DynamicField:
         from ovseg.modeling.pixel_text import relevancy
 
         if self.status is None:
-            raise ValueError(f"{self.folder} was fitted without captions: it answers only "
-                             "time-agnostic queries")  # fmt: skip
+            raise ValueError(
+                f"{self.folder} was fitted without captions: it answers only time-agnostic queries"
+            )
         phrases = check_phrases(phrases)
         latent = self.render(camera, scene_time)["status"]
         decoded = self.status_decoder.decode(latent.reshape(-1, latent.shape[-1]))
@@ -436,8 +534,9 @@ class DynamicField:
         return cosine, scores.reshape(len(phrases), *latent.shape[:2])
 
     @torch.no_grad()
-    def when(self, camera: Camera, scene_times: list[float], phrase: str, *,
-             margin: float = 0.05) -> dict:  # fmt: skip
+    def when(
+        self, camera: Camera, scene_times: list[float], phrase: str, *, margin: float = 0.05
+    ) -> dict:
         """When a state holds, seen from ``camera`` at ``scene_times``.
 
         Per frame, the score is the 99th percentile of the phrase's cosine with the decoded

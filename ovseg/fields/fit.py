@@ -136,8 +136,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     return value.mean()
 
 
-def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float,
-               dynamic: DeformationFitConfig | None = None) -> torch.optim.Adam:  # fmt: skip
+def _optimizer(
+    cloud: GaussianCloud, cfg: FitConfig, extent: float, dynamic: DeformationFitConfig | None = None
+) -> torch.optim.Adam:
     groups = [
         {"params": [cloud.means], "lr": cfg.lr_means * extent, "name": "means"},
         {"params": [cloud.sh], "lr": cfg.lr_sh, "name": "sh"},
@@ -156,8 +157,9 @@ def _optimizer(cloud: GaussianCloud, cfg: FitConfig, extent: float,
 
 
 def _means_lr(cfg: FitConfig, extent: float, iteration: int) -> float:
-    return _exponential(cfg.lr_means, cfg.lr_means_final, iteration / max(cfg.iterations, 1),
-                        extent)  # fmt: skip
+    return _exponential(
+        cfg.lr_means, cfg.lr_means_final, iteration / max(cfg.iterations, 1), extent
+    )
 
 
 def _exponential(start: float, end: float, fraction: float, scale: float) -> float:
@@ -215,8 +217,13 @@ def fit_rgb(
     grad_count = state.get("grad_count", torch.zeros(len(cloud)))
     losses: list[float] = list(state.get("losses", []))
     end = cfg.iterations if max_steps is None else min(cfg.iterations, start + max_steps)
-    bar = tqdm(range(start, end), desc="fit colours", disable=not progress,
-               initial=start, total=cfg.iterations)  # fmt: skip
+    bar = tqdm(
+        range(start, end),
+        desc="fit colours",
+        disable=not progress,
+        initial=start,
+        total=cfg.iterations,
+    )
     for iteration in bar:
         optimizer.param_groups[0]["lr"] = _means_lr(cfg, extent, iteration)
         view = views[int(order[iteration])]
@@ -224,7 +231,8 @@ def fit_rgb(
         deforming = deformation is not None and iteration >= deformation_cfg.warm_up
         if deforming:
             fraction = (iteration - deformation_cfg.warm_up) / max(
-                cfg.iterations - deformation_cfg.warm_up, 1)  # fmt: skip
+                cfg.iterations - deformation_cfg.warm_up, 1
+            )
             lr = _exponential(deformation_cfg.lr, deformation_cfg.lr_final, fraction, extent)
             for group in deformation_optimizer.param_groups:
                 group["lr"] = lr
@@ -257,20 +265,38 @@ def fit_rgb(
             if cfg.densify_from <= step < cfg.densify_until and step % cfg.densify_every == 0:
                 # seeded by the step, so a resumed fit splits like an uninterrupted one
                 noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                _densify_and_prune(cloud, grad_sum / grad_count.clamp_min(1), cfg, extent, noise,
-                                   deformation_cfg)  # fmt: skip
+                _densify_and_prune(
+                    cloud, grad_sum / grad_count.clamp_min(1), cfg, extent, noise, deformation_cfg
+                )
                 optimizer = _optimizer(cloud, cfg, extent, deformation_cfg)
                 grad_sum = torch.zeros(len(cloud))
                 grad_count = torch.zeros(len(cloud))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", gaussians=len(cloud))
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == end):
-            extra = {} if deformation is None else {
-                "deformation": deformation.state_dict(),
-                "deformation_optimizer": deformation_optimizer.state_dict()}  # fmt: skip
-            _save_checkpoint(checkpoint, cloud, cfg_dict, step, optimizer, losses,
-                             grad_sum=grad_sum, grad_count=grad_count, **extra)  # fmt: skip
-    return {"loss": float(np.mean(losses[-50:])) if losses else float("nan"),
-            "gaussians": len(cloud), "iteration": end}  # fmt: skip
+            extra = (
+                {}
+                if deformation is None
+                else {
+                    "deformation": deformation.state_dict(),
+                    "deformation_optimizer": deformation_optimizer.state_dict(),
+                }
+            )
+            _save_checkpoint(
+                checkpoint,
+                cloud,
+                cfg_dict,
+                step,
+                optimizer,
+                losses,
+                grad_sum=grad_sum,
+                grad_count=grad_count,
+                **extra,
+            )
+    return {
+        "loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+        "gaussians": len(cloud),
+        "iteration": end,
+    }
 
 
 def _densify_and_prune(cloud, mean_grad, cfg, extent, generator, dynamic=None) -> None:
@@ -302,8 +328,9 @@ def _densify_and_prune(cloud, mean_grad, cfg, extent, generator, dynamic=None) -
         rotation = quaternion_to_rotation(params["quaternions"][split]).repeat(2, 1, 1)
         noise = torch.randn(scales.shape, generator=generator) * scales
         samples = params["means"][split].repeat(2, 1) + (rotation @ noise[..., None])[..., 0]
-        children = {name: value[split].repeat(2, *[1] * (value.dim() - 1))
-                    for name, value in params.items()}  # fmt: skip
+        children = {
+            name: value[split].repeat(2, *[1] * (value.dim() - 1)) for name, value in params.items()
+        }
         children["means"] = samples
         children["log_scales"] = (scales / 1.6).log()
         for name in cloud.parameter_names:
@@ -364,8 +391,13 @@ def fit_latents(
         optimizer.load_state_dict(state["optimizer"])
     losses: list[float] = list(state.get("losses", []))
     end = cfg.iterations if max_steps is None else min(cfg.iterations, start + max_steps)
-    bar = tqdm(range(start, end), desc="fit language", disable=not progress,
-               initial=start, total=cfg.iterations)  # fmt: skip
+    bar = tqdm(
+        range(start, end),
+        desc="fit language",
+        disable=not progress,
+        initial=start,
+        total=cfg.iterations,
+    )
     for iteration in bar:
         index = int(order[iteration])
         subject = cloud
@@ -399,7 +431,7 @@ def _save_checkpoint(path, cloud, cfg_dict, iteration, optimizer, losses, **extr
         "iteration": iteration,
         "gaussians": {
             name: getattr(cloud, name).detach().clone() for name in cloud.parameter_names
-        },  # fmt: skip
+        },
         "optimizer": optimizer.state_dict(),
         "losses": losses,
         **extra,

@@ -24,12 +24,18 @@ def quaternion_to_rotation(quaternions: torch.Tensor) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)  # fmt: skip
+    ).reshape(*q.shape[:-1], 3, 3)
 
 
 def covariance_3d(scales: torch.Tensor, quaternions: torch.Tensor) -> torch.Tensor:
@@ -40,10 +46,22 @@ def covariance_3d(scales: torch.Tensor, quaternions: torch.Tensor) -> torch.Tens
 
 
 # the real SH basis' constants of degrees 2 and 3, as 3DGS's sh_utils writes them
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005,
-         -1.0925484305920792, 0.5462742152960396)  # fmt: skip
-SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)  # fmt: skip
+SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 SH_COEFFICIENTS = (1, 4, 9, 16)  # per channel, for degrees 0-3
 
 
@@ -70,19 +88,24 @@ def sh_to_rgb(sh: torch.Tensor, directions: torch.Tensor | None = None) -> torch
         if sh.shape[1] >= 9:
             xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
             rgb = (
-                rgb + SH_C2[0] * xy * sh[:, 4] + SH_C2[1] * yz * sh[:, 5]
-                + SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6] + SH_C2[3] * xz * sh[:, 7]
+                rgb
+                + SH_C2[0] * xy * sh[:, 4]
+                + SH_C2[1] * yz * sh[:, 5]
+                + SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6]
+                + SH_C2[3] * xz * sh[:, 7]
                 + SH_C2[4] * (xx - yy) * sh[:, 8]
-            )  # fmt: skip
+            )
             if sh.shape[1] == 16:
                 rgb = (
-                    rgb + SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + SH_C3[1] * xy * z * sh[:, 10]
+                    rgb
+                    + SH_C3[0] * y * (3 * xx - yy) * sh[:, 9]
+                    + SH_C3[1] * xy * z * sh[:, 10]
                     + SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
                     + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
                     + SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
                     + SH_C3[5] * z * (xx - yy) * sh[:, 14]
                     + SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]
-                )  # fmt: skip
+                )
     return (rgb + 0.5).clamp_min(0.0)
 
 
@@ -112,7 +135,13 @@ class GaussianCloud(nn.Module):
 
     # the per-Gaussian tensors, in the constructor's order (fits, densification, files)
     parameter_names: tuple[str, ...] = (
-        "means", "log_scales", "quaternions", "opacity_logits", "sh", "latents")  # fmt: skip
+        "means",
+        "log_scales",
+        "quaternions",
+        "opacity_logits",
+        "sh",
+        "latents",
+    )
 
     def __init__(
         self,

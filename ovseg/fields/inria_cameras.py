@@ -40,8 +40,9 @@ def load_inria_cameras(path: str | Path, images_dir: str | Path) -> PosedImages:
     except (OSError, ValueError) as error:
         raise PosedImagesError(f"{path}: not readable as JSON ({error})") from None
     if not isinstance(entries, list) or not entries:
-        raise PosedImagesError(f"{path}: expected a non-empty list of cameras (3DGS's "
-                               "cameras.json)")  # fmt: skip
+        raise PosedImagesError(
+            f"{path}: expected a non-empty list of cameras (3DGS's cameras.json)"
+        )
     cameras, paths = [], []
     for number, entry in enumerate(entries):
         missing = [key for key in KEYS if not isinstance(entry, dict) or key not in entry]
@@ -57,8 +58,9 @@ def load_inria_cameras(path: str | Path, images_dir: str | Path) -> PosedImages:
         rotation = torch.tensor(entry["rotation"], dtype=torch.float64).T  # world-to-camera
         position = torch.tensor(entry["position"], dtype=torch.float64)
         if rotation.shape != (3, 3) or position.shape != (3,):
-            raise PosedImagesError(f"{path}: camera {number}: rotation must be 3x3 and "
-                                   "position 3 numbers")  # fmt: skip
+            raise PosedImagesError(
+                f"{path}: camera {number}: rotation must be 3x3 and position 3 numbers"
+            )
         w2c = torch.eye(4, dtype=torch.float64)
         w2c[:3, :3] = rotation
         w2c[:3, 3] = -rotation @ position
@@ -73,8 +75,9 @@ def load_inria_cameras(path: str | Path, images_dir: str | Path) -> PosedImages:
                 "at one scale; give the images the splat was trained on"
             )
         try:
-            camera = Camera(w2c, fx * sx, fy * sy, actual[0] / 2, actual[1] / 2, actual[0],
-                            actual[1], name.stem)  # fmt: skip
+            camera = Camera(
+                w2c, fx * sx, fy * sy, actual[0] / 2, actual[1] / 2, actual[0], actual[1], name.stem
+            )
         except ValueError as error:
             raise PosedImagesError(f"{path}: {error}") from None
         cameras.append(camera)
@@ -99,13 +102,20 @@ def write_inria_cameras(path: str | Path, scene: PosedImages) -> None:
     entries = []
     for number, camera in enumerate(scene.cameras):
         if abs(camera.cx - camera.width / 2) > 1e-3 or abs(camera.cy - camera.height / 2) > 1e-3:
-            raise ValueError(f"camera '{camera.name}': cameras.json assumes a centred "
-                             "principal point")  # fmt: skip
+            raise ValueError(
+                f"camera '{camera.name}': cameras.json assumes a centred principal point"
+            )
         rotation = camera.rotation.double()
-        entries.append({
-            "id": number, "img_name": Path(scene.image_paths[number]).stem,
-            "width": camera.width, "height": camera.height,
-            "position": camera.centre.double().tolist(), "rotation": rotation.T.tolist(),
-            "fy": camera.fy, "fx": camera.fx,
-        })  # fmt: skip
+        entries.append(
+            {
+                "id": number,
+                "img_name": Path(scene.image_paths[number]).stem,
+                "width": camera.width,
+                "height": camera.height,
+                "position": camera.centre.double().tolist(),
+                "rotation": rotation.T.tolist(),
+                "fy": camera.fy,
+                "fx": camera.fx,
+            }
+        )
     write_text_atomic(path, json.dumps(entries, indent=1))

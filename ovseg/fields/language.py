@@ -124,8 +124,7 @@ def _prompt_head_levels(predictor, image: np.ndarray, points_per_side: int) -> d
         point_labels=torch.ones(len(points), 1, dtype=torch.long, device=points.device),
         multimask=True,
     )
-    upsampled = F.interpolate(logits, size=features.padded_hw, mode="bilinear",
-                              align_corners=False)  # fmt: skip
+    upsampled = F.interpolate(logits, size=features.padded_hw, mode="bilinear", align_corners=False)
     masks = (
         resize_to_original(upsampled.flatten(0, 1), features.resized_hw, (height, width)).reshape(
             len(points), 3, height, width
@@ -152,8 +151,10 @@ def _deduplicate(candidates: list[tuple[float, np.ndarray]], threshold: float = 
     kept: list[np.ndarray] = []
     for _, mask in sorted(candidates, key=lambda c: -c[0]):
         area = mask.sum()
-        if all((mask & other).sum() / max(area + other.sum() - (mask & other).sum(), 1)
-               <= threshold for other in kept):  # fmt: skip
+        if all(
+            (mask & other).sum() / max(area + other.sum() - (mask & other).sum(), 1) <= threshold
+            for other in kept
+        ):
             kept.append(mask)
     return kept
 

@@ -103,8 +103,9 @@ def splat_identity(path: str | Path) -> dict:
     return {"splat": str(path), "splat_bytes": stat.st_size, "splat_mtime": stat.st_mtime}
 
 
-def lift_scene(scene_path: str | Path, cameras_json: str | Path | None = None, *,
-               check_images: bool = True) -> PosedImages:  # fmt: skip
+def lift_scene(
+    scene_path: str | Path, cameras_json: str | Path | None = None, *, check_images: bool = True
+) -> PosedImages:
     """The posed images of a lift: ``scene_path`` in any format :func:`load_posed_images`
     reads, or with ``cameras_json`` (3DGS's cameras.json) those cameras and the images in
     ``scene_path``/images (or ``scene_path``). Raises PosedImagesError."""
@@ -122,9 +123,12 @@ def check_cameras_see(splat: Splat, cameras: list[Camera]) -> None:
     for camera in cameras:
         pixels, depth = camera.project(means)
         inside = (
-            (depth > 0.01) & (pixels[:, 0] >= 0) & (pixels[:, 0] < camera.width)
-            & (pixels[:, 1] >= 0) & (pixels[:, 1] < camera.height)
-        )  # fmt: skip
+            (depth > 0.01)
+            & (pixels[:, 0] >= 0)
+            & (pixels[:, 0] < camera.width)
+            & (pixels[:, 1] >= 0)
+            & (pixels[:, 1] < camera.height)
+        )
         if not bool(inside.any()):
             raise ValueError(
                 f"camera '{camera.name}' sees none of the splat's {len(means)} Gaussians: the "
@@ -177,20 +181,50 @@ def lift_field(
         "timings_s": {},
         "complete": False,
     }
-    resume_meta(meta_path, meta, keys=("scene", "cameras", "splat", "splat_bytes", "model",
-                                       "clip_fingerprint", "config", "train_views"))  # fmt: skip
+    resume_meta(
+        meta_path,
+        meta,
+        keys=(
+            "scene",
+            "cameras",
+            "splat",
+            "splat_bytes",
+            "model",
+            "clip_fingerprint",
+            "config",
+            "train_views",
+        ),
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
-    per_view = run_stage(meta, meta_path, "features", lambda: view_features(
-        predictor, scene, train, cameras, ("panoptic",), out / "features", progress))  # fmt: skip
+    per_view = run_stage(
+        meta,
+        meta_path,
+        "features",
+        lambda: view_features(
+            predictor, scene, train, cameras, ("panoptic",), out / "features", progress
+        ),
+    )
     maps = [found["panoptic"][0] for found in per_view]
     embeddings = [found["panoptic"][1] for found in per_view]
     if not any(len(e) for e in embeddings):
         raise ValueError("no view gave a segment: nothing to lift (are the images blank?)")
-    lifted = run_stage(meta, meta_path, "lift", lambda: lift_segments(
-        splat, cameras, maps, cfg, state_path=out / "lift_state.npz", progress=progress,
-        checkpoint_seconds=checkpoint_seconds, stats=meta))  # fmt: skip
+    lifted = run_stage(
+        meta,
+        meta_path,
+        "lift",
+        lambda: lift_segments(
+            splat,
+            cameras,
+            maps,
+            cfg,
+            state_path=out / "lift_state.npz",
+            progress=progress,
+            checkpoint_seconds=checkpoint_seconds,
+            stats=meta,
+        ),
+    )
     tensors = finish_mixture(lifted, torch.cat([e.float() for e in embeddings]), cfg)
     from safetensors.torch import save_file
 
@@ -244,35 +278,50 @@ def lift_segments(
     opacities = cloud.opacities.detach()
     timings = {"project_s": 0.0, "raster_s": 0.0}
     last_save = time.perf_counter()
-    for v in tqdm(range(done, len(cameras)), desc="lifting", disable=not progress,
-                  initial=done, total=len(cameras)):  # fmt: skip
+    for v in tqdm(
+        range(done, len(cameras)),
+        desc="lifting",
+        disable=not progress,
+        initial=done,
+        total=len(cameras),
+    ):
         camera, segment_map = cameras[v], segment_maps[v]
         if segment_map.shape != (camera.height, camera.width):
-            raise ValueError(f"view '{camera.name}': segment map {segment_map.shape} is not the "
-                             f"camera's {camera.height} x {camera.width}")  # fmt: skip
+            raise ValueError(
+                f"view '{camera.name}': segment map {segment_map.shape} is not the "
+                f"camera's {camera.height} x {camera.width}"
+            )
         start = time.perf_counter()
         projection = project_fast(means, covariances, camera)
         timings["project_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        accumulator.add_view(projection, opacities, segment_map, int(offsets[v]), camera.width,
-                             camera.height)  # fmt: skip
+        accumulator.add_view(
+            projection, opacities, segment_map, int(offsets[v]), camera.width, camera.height
+        )
         timings["raster_s"] += time.perf_counter() - start
-        if state_path is not None and (time.perf_counter() - last_save > checkpoint_seconds
-                                       and v + 1 < len(cameras)):  # fmt: skip
+        if state_path is not None and (
+            time.perf_counter() - last_save > checkpoint_seconds and v + 1 < len(cameras)
+        ):
             _save_state(state_path, accumulator, v + 1)
             last_save = time.perf_counter()
     if stats is not None:
         stats["dropped_weight"] = accumulator.dropped
         stats["lift_steps_s"] = timings
-    return {"segments": torch.from_numpy(accumulator.segments),
-            "weights": torch.from_numpy(accumulator.weights),
-            "total": torch.from_numpy(accumulator.total)}  # fmt: skip
+    return {
+        "segments": torch.from_numpy(accumulator.segments),
+        "weights": torch.from_numpy(accumulator.weights),
+        "total": torch.from_numpy(accumulator.total),
+    }
 
 
 def _save_state(path: Path, accumulator, done: int) -> None:
-    arrays = {"segments": accumulator.segments, "weights": accumulator.weights,
-              "total": accumulator.total, "done": np.array(done),
-              "dropped": np.array(accumulator.dropped)}  # fmt: skip
+    arrays = {
+        "segments": accumulator.segments,
+        "weights": accumulator.weights,
+        "total": accumulator.total,
+        "done": np.array(done),
+        "dropped": np.array(accumulator.dropped),
+    }
 
     def write(tmp):
         with open(tmp, "wb") as file:
@@ -281,8 +330,9 @@ def _save_state(path: Path, accumulator, done: int) -> None:
     atomic_write(path, write)
 
 
-def finish_mixture(state: dict, segment_embeddings: torch.Tensor,
-                   cfg: LiftConfig) -> dict[str, torch.Tensor]:  # fmt: skip
+def finish_mixture(
+    state: dict, segment_embeddings: torch.Tensor, cfg: LiftConfig
+) -> dict[str, torch.Tensor]:
     """The stored field: ``segment_embeddings`` (S, D) float16 (L2-normalised),
     ``mixture_segments`` (N, M) int32 (-1 empty), ``mixture_weights`` (N, M) float16 summing
     to 1 per lifted Gaussian, ``total_weight`` (N,) float32, ``norms`` (N,) float32 (the
@@ -303,8 +353,9 @@ def finish_mixture(state: dict, segment_embeddings: torch.Tensor,
     }
 
 
-def mixture_norms(embeddings: torch.Tensor, segments: torch.Tensor, weights: torch.Tensor,
-                  *, chunk: int = 1 << 16) -> torch.Tensor:  # fmt: skip
+def mixture_norms(
+    embeddings: torch.Tensor, segments: torch.Tensor, weights: torch.Tensor, *, chunk: int = 1 << 16
+) -> torch.Tensor:
     """(N,) ||sum_k w_k e_{s_k}|| through the segments' Gram matrix (S x S), in chunks."""
     gram = embeddings @ embeddings.T
     out = torch.zeros(len(segments))
@@ -339,8 +390,9 @@ class LiftedField:
     @staticmethod
     def read_meta(folder: str | Path) -> dict:
         """field.json of a finished lifted field (no model needed); FieldError otherwise."""
-        return read_finished_meta(folder, FORMAT, "lifted field (fields lift)",
-                                  result="lifted.safetensors", verb="lift")  # fmt: skip
+        return read_finished_meta(
+            folder, FORMAT, "lifted field (fields lift)", result="lifted.safetensors", verb="lift"
+        )
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LiftedField:
@@ -351,13 +403,17 @@ class LiftedField:
         check_same_clip(folder, meta, predictor)
         source = Path(meta["splat"])
         if not source.exists() or splat_identity(source)["splat_bytes"] != meta["splat_bytes"]:
-            raise FieldError(f"{folder} was lifted onto {source}, which is gone or changed "
-                             "since; lift again onto the splat you have")  # fmt: skip
+            raise FieldError(
+                f"{folder} was lifted onto {source}, which is gone or changed "
+                "since; lift again onto the splat you have"
+            )
         splat = read_splat_source(source)
         tensors = load_file(folder / "lifted.safetensors")
         if len(tensors["norms"]) != len(splat):
-            raise FieldError(f"{folder}: {len(tensors['norms'])} lifted Gaussians but the splat "
-                             f"has {len(splat)}; lift again")  # fmt: skip
+            raise FieldError(
+                f"{folder}: {len(tensors['norms'])} lifted Gaussians but the splat "
+                f"has {len(splat)}; lift again"
+            )
         return cls(folder, meta, splat, tensors, predictor)
 
     def scene(self) -> PosedImages:
@@ -410,11 +466,15 @@ class LiftedField:
         parts = [cloud.colours(camera.centre), self.lifted.float()[:, None]]
         if channels is not None:
             parts.append(channels.float())
-        out = render_fast(projection, cloud.opacities, torch.cat(parts, 1), camera.width,
-                          camera.height)  # fmt: skip
+        out = render_fast(
+            projection, cloud.opacities, torch.cat(parts, 1), camera.width, camera.height
+        )
         features = out["features"]
-        result = {"rgb": features[..., :3].clamp(0, 1), "alpha": out["alpha"],
-                  "covered": features[..., 3]}  # fmt: skip
+        result = {
+            "rgb": features[..., :3].clamp(0, 1),
+            "alpha": out["alpha"],
+            "covered": features[..., 3],
+        }
         if channels is not None:
             result["values"] = features[..., 4:] / features[..., 3:4].clamp_min(1e-6)
         return result
@@ -449,8 +509,12 @@ class LiftedField:
         phrase, canon = values[: len(phrases)], values[len(phrases) :]
         scores = torch.sigmoid(RELEVANCY_TEMPERATURE * (phrase - canon.amax(0, keepdim=True)))
         scores = torch.where(rendered["covered"][None] > 0.05, scores, torch.zeros_like(scores))
-        return {"relevancy": scores, "levels": ["panoptic"] * len(phrases),
-                "rgb": rendered["rgb"], "alpha": rendered["alpha"]}  # fmt: skip
+        return {
+            "relevancy": scores,
+            "levels": ["panoptic"] * len(phrases),
+            "rgb": rendered["rgb"],
+            "alpha": rendered["alpha"],
+        }
 
     @torch.no_grad()
     def class_scores(self, camera: Camera, class_embeddings: torch.Tensor) -> torch.Tensor:
@@ -469,5 +533,10 @@ class LiftedField:
         from ovseg.fields.field import write_relevancy_ply
 
         cloud = self.splat.cloud
-        return write_relevancy_ply(path, cloud.means.detach(), cloud.opacities.detach(),
-                                   self.gaussian_relevancy([phrase])[0], min_opacity)  # fmt: skip
+        return write_relevancy_ply(
+            path,
+            cloud.means.detach(),
+            cloud.opacities.detach(),
+            self.gaussian_relevancy([phrase])[0],
+            min_opacity,
+        )

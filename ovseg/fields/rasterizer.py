@@ -116,9 +116,11 @@ def project_gaussians(
     means2d = torch.stack([u, v], dim=1)
     with torch.no_grad():
         on_screen = (
-            (u + radii > 0) & (u - radii < camera.width) & (v + radii > 0)
+            (u + radii > 0)
+            & (u - radii < camera.width)
+            & (v + radii > 0)
             & (v - radii < camera.height)
-        )  # fmt: skip
+        )
     visible = good & (radii > 0) & on_screen
     return Projection(means2d, conics, radii, tz, visible)
 
@@ -166,10 +168,15 @@ def rasterize(
         # similar counts share a chunk, so padding to the chunk's longest list wastes little
         occupied = occupied[torch.argsort(counts[occupied], stable=True)]
         packed = torch.cat(
-            [features, projection.depths[:, None], opacities[:, None],
-             projection.means2d, projection.conics],
+            [
+                features,
+                projection.depths[:, None],
+                opacities[:, None],
+                projection.means2d,
+                projection.conics,
+            ],
             dim=1,
-        )  # fmt: skip
+        )
         radii = projection.radii
         needs_grad = torch.is_grad_enabled() and packed.requires_grad
         recompute = needs_grad and pairs_gaussian.numel() * pixel_count > checkpoint_above

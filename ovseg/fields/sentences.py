@@ -37,8 +37,9 @@ class SentenceEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.dim)
-        vectors = self._model.encode(list(texts), normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+        vectors = self._model.encode(
+            list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return torch.from_numpy(np.asarray(vectors, dtype=np.float32))
 
 

@@ -29,16 +29,45 @@ import torch
 from ovseg.fields.gaussians import SH_COEFFICIENTS, GaussianCloud
 from ovseg.fileio import atomic_write
 
-REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
-            "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip
+REQUIRED = (
+    "x",
+    "y",
+    "z",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+)
 HOW_TO_MAKE = (
     "make one with any 3DGS trainer (gaussian-splatting, gsplat, nerfstudio splatfacto) and "
     "pass its point_cloud.ply, or fit one with 'ovseg fields fit SCENE --out FIELD' and pass "
     "--splat FIELD"
 )
-_PLY_TYPES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
-              "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4,
-              "float32": 4, "double": 8, "float64": 8}  # fmt: skip
+_PLY_TYPES = {
+    "char": 1,
+    "uchar": 1,
+    "int8": 1,
+    "uint8": 1,
+    "short": 2,
+    "ushort": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int": 4,
+    "uint": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
+}
 
 
 class SplatError(ValueError):
@@ -124,8 +153,9 @@ def read_splat(path: str | Path) -> Splat:
         return values
 
     def stack(names: list[str]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([column(n) for n in names], 1) if names else
-                                np.zeros((count, 0), np.float32))  # fmt: skip
+        return torch.from_numpy(
+            np.stack([column(n) for n in names], 1) if names else np.zeros((count, 0), np.float32)
+        )
 
     quaternions = stack([f"rot_{i}" for i in range(4)])
     zero = quaternions.norm(dim=1) == 0
@@ -147,8 +177,11 @@ def read_splat(path: str | Path) -> Splat:
         sh,
     )
     used = set(REQUIRED) | set(rest)
-    extra = {name: np.ascontiguousarray(data[name]).reshape(-1) for name in properties
-             if name not in used}  # fmt: skip
+    extra = {
+        name: np.ascontiguousarray(data[name]).reshape(-1)
+        for name in properties
+        if name not in used
+    }
     return Splat(cloud.eval().requires_grad_(False), extra)
 
 
@@ -192,9 +225,11 @@ def write_splat(path: str | Path, splat: Splat) -> int:
     columns = splat_properties(splat)
     xyz = np.stack([columns.pop("x"), columns.pop("y"), columns.pop("z")], 1)
     cloud = trimesh.Trimesh(
-        vertices=xyz, faces=np.zeros((0, 3), np.int64), process=False,
+        vertices=xyz,
+        faces=np.zeros((0, 3), np.int64),
+        process=False,
         vertex_attributes={k: np.ascontiguousarray(v) for k, v in columns.items()},
-    )  # fmt: skip
+    )
     data = trimesh.exchange.ply.export_ply(cloud, encoding="binary", include_attributes=True)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return len(xyz)
@@ -227,8 +262,9 @@ def _read_header(path: Path) -> tuple[dict, int]:
         if words[0] == "format":
             header["format"] = words[1] if len(words) > 1 else None
         elif words[0] == "element" and len(words) == 3:
-            header["elements"].append({"name": words[1], "count": int(words[2]), "row": 0,
-                                       "lists": False})  # fmt: skip
+            header["elements"].append(
+                {"name": words[1], "count": int(words[2]), "row": 0, "lists": False}
+            )
         elif words[0] == "property" and header["elements"]:
             element = header["elements"][-1]
             if words[1] == "list":

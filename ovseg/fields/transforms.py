@@ -204,12 +204,20 @@ def write_transforms(
     frames = []
     for index in indices if indices is not None else range(len(scene)):
         camera, image = scene.cameras[index], Path(scene.image_paths[index])
-        frames.append({
-            "file_path": Path(os.path.relpath(image.resolve(), path.parent.resolve())).as_posix(),
-            "transform_matrix": opengl_from_camera(camera).tolist(),
-            "fl_x": camera.fx, "fl_y": camera.fy, "cx": camera.cx, "cy": camera.cy,
-            "w": camera.width, "h": camera.height,
-        })  # fmt: skip
+        frames.append(
+            {
+                "file_path": Path(
+                    os.path.relpath(image.resolve(), path.parent.resolve())
+                ).as_posix(),
+                "transform_matrix": opengl_from_camera(camera).tolist(),
+                "fl_x": camera.fx,
+                "fl_y": camera.fy,
+                "cx": camera.cx,
+                "cy": camera.cy,
+                "w": camera.width,
+                "h": camera.height,
+            }
+        )
         if scene.times is not None:
             frames[-1]["time"] = scene.times[index]
             if scene.camera_ids is not None:

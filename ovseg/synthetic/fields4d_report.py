@@ -96,8 +96,10 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
         with torch.no_grad():  # one render per field serves PSNR and relevancy
             rendered4d = field4d.render(camera, t)
             answer3d = field3d.relevancy(camera, present)
-            maps = {"4d field": field4d.relevancy(camera, t, present, rendered=rendered4d),
-                    "3d field": answer3d["relevancy"]}  # fmt: skip
+            maps = {
+                "4d field": field4d.relevancy(camera, t, present, rendered=rendered4d),
+                "3d field": answer3d["relevancy"],
+            }
             psnr["4d field"].append(_psnr(rendered4d["rgb"].numpy(), image))
             psnr["3d field"].append(_psnr(answer3d["rgb"].numpy(), image))
             text = encoder.encode_texts(present).float().cpu()
@@ -123,8 +125,10 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
                 continue  # a ground region's one state is not a time-sensitive query
             visible = [(m == object_id).sum() >= MIN_PIXELS for m in truths]
             for span in spans:
-                holds = [v and caption_at(spans, t) == span.caption for v, t in
-                         zip(visible, times, strict=True)]  # fmt: skip
+                holds = [
+                    v and caption_at(spans, t) == span.caption
+                    for v, t in zip(visible, times, strict=True)
+                ]
                 if not any(holds):
                     continue
                 answers = {"4d field": field4d.when(camera, times, span.caption)}
@@ -151,14 +155,18 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
                         for mask, p, h, truth in zip(masks, predicted, holds, truths, strict=True)
                         if h
                     ]
-                    sensitive[method].append({
-                        "caption": span.caption, "camera": camera_id,
-                        "frame_accuracy": float(np.mean([p == h for p, h in
-                                                         zip(predicted, holds, strict=True)])),
-                        "temporal_iou": both / either if either else 0.0,
-                        "iou_inside": float(np.mean(inside)),
-                        "novel": not seen.get(objects[object_id]["category_from"], True),
-                    })  # fmt: skip
+                    sensitive[method].append(
+                        {
+                            "caption": span.caption,
+                            "camera": camera_id,
+                            "frame_accuracy": float(
+                                np.mean([p == h for p, h in zip(predicted, holds, strict=True)])
+                            ),
+                            "temporal_iou": both / either if either else 0.0,
+                            "iou_inside": float(np.mean(inside)),
+                            "novel": not seen.get(objects[object_id]["category_from"], True),
+                        }
+                    )
     return {"agnostic": agnostic, "sensitive": sensitive, "psnr": psnr}
 
 
@@ -173,8 +181,9 @@ def summarise(records: dict, seen: dict[str, bool]) -> dict:
         pairs = records["agnostic"][method]
         row = {}
         for split in ("base", "novel", "all"):
-            values = [iou for c, iou in pairs
-                      if split == "all" or seen.get(c, False) == (split == "base")]  # fmt: skip
+            values = [
+                iou for c, iou in pairs if split == "all" or seen.get(c, False) == (split == "base")
+            ]
             row[f"mIoU_{split}"] = 100 * float(np.mean(values)) if values else float("nan")
         sensitive = records["sensitive"][method]
         for key in ("frame_accuracy", "temporal_iou", "iou_inside"):
@@ -228,9 +237,7 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
             _captioned(truth, f"truth t={t:.2f}"),
             _captioned(render, "4D render"),
             draw_heatmap(render, heat, phrase, note="time-agnostic"),
-            Image.fromarray(
-                _mask_overlay(render, mask, "holds" if holds else "not now")
-            ),  # fmt: skip
+            Image.fromarray(_mask_overlay(render, mask, "holds" if holds else "not now")),
         ]
         rows.append(panels)
     width = sum(p.width for p in rows[0]) + 8 * 3
@@ -238,8 +245,9 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     canvas = Image.new("RGB", (width, height), "white")
     from PIL import ImageDraw
 
-    ImageDraw.Draw(canvas).text((2, 2), f"time-sensitive query (4th column, red): '{state}'",
-                                fill=(0, 0, 0))  # fmt: skip
+    ImageDraw.Draw(canvas).text(
+        (2, 2), f"time-sensitive query (4th column, red): '{state}'", fill=(0, 0, 0)
+    )
     y = 16
     for row in rows:
         x = 0
@@ -251,8 +259,16 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=None,
-              world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+def run_scene(
+    out: str | Path,
+    index: int,
+    *,
+    seed: int = 0,
+    cfg=None,
+    cfg3d=None,
+    world: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Scene ``index``: its world, 4D and 3D fits (resumable), scores and timings ->
     OUT/scores/scene_K.json (the figure too for scene 0); returns that record. A record made
     with the same settings is read back, not recomputed, so scenes can run in separate
@@ -265,8 +281,12 @@ def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=Non
 
     out = Path(out)
     cfg, cfg3d = cfg or Field4DConfig(), cfg3d or FieldConfig()
-    settings = {"seed": seed, "world": world or {}, "fields4d": cfg.to_dict(),
-                "fields3d": cfg3d.to_dict()}  # fmt: skip
+    settings = {
+        "seed": seed,
+        "world": world or {},
+        "fields4d": cfg.to_dict(),
+        "fields3d": cfg3d.to_dict(),
+    }
     name = f"scene_{index:03d}"
     scene_dir, path = out / "world" / name, out / "scores" / f"{name}.json"
     if path.is_file():
@@ -310,15 +330,25 @@ def run_scene(out: str | Path, index: int, *, seed: int = 0, cfg=None, cfg3d=Non
     return record
 
 
-def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None,
-        world: dict | None = None, progress: bool = True) -> dict:  # fmt: skip
+def run(
+    out: str | Path,
+    *,
+    scenes: int = 1,
+    seed: int = 0,
+    cfg=None,
+    cfg3d=None,
+    world: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Scenes 0 .. ``scenes`` - 1 (:func:`run_scene`, each resumable) gathered ->
     OUT/report.json, report.md, figure.png (scene 0); returns the report."""
     from ovseg.fileio import write_text_atomic
 
     out = Path(out)
-    scene_records = [run_scene(out, index, seed=seed, cfg=cfg, cfg3d=cfg3d, world=world,
-                               progress=progress) for index in range(scenes)]  # fmt: skip
+    scene_records = [
+        run_scene(out, index, seed=seed, cfg=cfg, cfg3d=cfg3d, world=world, progress=progress)
+        for index in range(scenes)
+    ]
     seen = scene_records[0]["seen"]
     records = {part: {m: [] for m in METHODS} for part in ("agnostic", "sensitive", "psnr")}
     for scene in scene_records:
@@ -332,12 +362,10 @@ def run(out: str | Path, *, scenes: int = 1, seed: int = 0, cfg=None, cfg3d=None
         "fit4d_minutes": [sum(r["fit4d_timings_s"].values()) / 60 for r in scene_records],
         "fit4d_stage_minutes": {
             k: float(np.mean([r["fit4d_timings_s"][k] for r in scene_records])) / 60 for k in stages
-        },  # fmt: skip
+        },
         "fit3d_minutes": [sum(r["fit3d_timings_s"].values()) / 60 for r in scene_records],
         "gaussians": [r["gaussians"] for r in scene_records],
-        "render_frame_seconds": float(
-            np.mean([r["render_frame_seconds"] for r in scene_records])
-        ),  # fmt: skip
+        "render_frame_seconds": float(np.mean([r["render_frame_seconds"] for r in scene_records])),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in scene_records),
         "threads": max(r["threads"] for r in scene_records),
         "novel_classes": sorted(n for n, s in seen.items() if not s),

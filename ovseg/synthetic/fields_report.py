@@ -103,8 +103,10 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
             pixels = torch.from_numpy(truth == segment["id"])
             if int(pixels.sum()) < MIN_PIXELS:
                 continue
-            for method, scores in (("field", field_scores),
-                                   ("2d masks", mask_embeddings @ class_text.T)):  # fmt: skip
+            for method, scores in (
+                ("field", field_scores),
+                ("2d masks", mask_embeddings @ class_text.T),
+            ):
                 label = names[int(scores[pixels].mean(0).argmax())]
                 records[method]["labels"].append(
                     (f"{meta['index']}:{segment['id']}", segment["category"], label)
@@ -137,9 +139,10 @@ def summarise(records: dict, seen: dict[str, bool]) -> dict:
                 "mIoU": 100 * float(np.mean(iou)) if iou else float("nan"),
                 "consistency": 100 * consistent / len(labels) if labels else float("nan"),
                 "label_accuracy": 100 * float(np.mean([t == lab for _, t, lab in labels]))
-                if labels else float("nan"),
+                if labels
+                else float("nan"),
                 "pairs": len(iou),
-            }  # fmt: skip
+            }
     return summary
 
 
@@ -150,8 +153,9 @@ def render_timing(field, *, size: int = 256, repeats: int = 5) -> float:
     posed = field.scene()
     base = posed.cameras[posed.split("test")[0]]
     scale = size / base.width
-    camera = Camera(base.world_to_camera, base.fx * scale, base.fy * scale, size / 2, size / 2,
-                    size, size)  # fmt: skip
+    camera = Camera(
+        base.world_to_camera, base.fx * scale, base.fy * scale, size / 2, size / 2, size, size
+    )
     field.render(camera)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -202,8 +206,12 @@ def memory_probe(count: int = 50_000, size: int = 256) -> dict:
     import sys
 
     threads = str(torch.get_num_threads())  # the caller's, as the rest of the report
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(count), str(size), threads],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(count), str(size), threads],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     forward, both, before, forward_rss, after = map(float, done.stdout.split()[-5:])
     return {
         "gaussians": count,
@@ -289,8 +297,9 @@ def run(
         scene_dir = out / "world" / f"scene_{index:03d}"
         if not (scene_dir / "scene.json").is_file():
             write_scene3d(scene_dir, seed, index, train_views=train_views, test_views=test_views)
-        meta = fit_field(scene_dir, out / "fields" / f"scene_{index:03d}", predictor, cfg,
-                         progress=progress)  # fmt: skip
+        meta = fit_field(
+            scene_dir, out / "fields" / f"scene_{index:03d}", predictor, cfg, progress=progress
+        )
         fits.append(meta)
         field = LanguageField.load(out / "fields" / f"scene_{index:03d}", predictor)
         predictor.set_vocabulary("synthetic_world")

@@ -33,9 +33,17 @@ from ovseg.fileio import write_text_atomic
 LIFTED_METHODS = ("lifted (fitted Gaussians)", "lifted (ground-truth splat)")
 
 
-def run_accuracy(out: str | Path, *, scenes: int = 3, fit_scenes: int | None = None,
-                 seed: int = 0, fields: Path | None = None, gaussians: int = 100_000, cfg=None,
-                 progress: bool = True) -> dict:  # fmt: skip
+def run_accuracy(
+    out: str | Path,
+    *,
+    scenes: int = 3,
+    fit_scenes: int | None = None,
+    seed: int = 0,
+    fields: Path | None = None,
+    gaussians: int = 100_000,
+    cfg=None,
+    progress: bool = True,
+) -> dict:
     """Lifts onto each scene's ground-truth splat; on the first ``fit_scenes`` (default all)
     also fits the trained field (or reuses ``fields``/scene_K) and lifts onto its Gaussians;
     scores -> a report dict: ``summary`` over every scene (ground-truth splat and 2D), and
@@ -74,24 +82,29 @@ def run_accuracy(out: str | Path, *, scenes: int = 3, fit_scenes: int | None = N
             np.save(scene_dir / "gaussian_segments.npy", truth)
         truth = np.load(scene_dir / "gaussian_segments.npy")
         gt_dir = out / "lifted_gt" / name
-        gt_meta = lift_field(scene_dir, scene_dir / "splat.ply", gt_dir, predictor, LiftConfig(),
-                             progress=progress)  # fmt: skip
+        gt_meta = lift_field(
+            scene_dir, scene_dir / "splat.ply", gt_dir, predictor, LiftConfig(), progress=progress
+        )
         lifted_gt = LiftedField.load(gt_dir, predictor)
         found_gt = score(lifted_gt)
         _add(every[LIFTED_METHODS[1]], found_gt["field"])
         for method in METHODS[1:]:
             _add(every[method], found_gt[method])
         gaussian_hits.append(_gaussian_labels(lifted_gt, predictor, scene_dir, truth))
-        timing = {"lift_gt_s": gt_meta["timings_s"]["lift"],
-                  "features_s": gt_meta["timings_s"]["features"],
-                  "gt_gaussians": gt_meta["gaussians"]}  # fmt: skip
+        timing = {
+            "lift_gt_s": gt_meta["timings_s"]["lift"],
+            "features_s": gt_meta["timings_s"]["features"],
+            "gt_gaussians": gt_meta["gaussians"],
+        }
         if index < fit_scenes:
             field_dir = (fields or out / "fields") / name
-            fit_meta = fit_field(scene_dir, field_dir, predictor, cfg or bench_fields_config(),
-                                 progress=progress)  # fmt: skip
+            fit_meta = fit_field(
+                scene_dir, field_dir, predictor, cfg or bench_fields_config(), progress=progress
+            )
             fit_lift_dir = out / "lifted_fit" / name
-            fit_lift_meta = lift_field(scene_dir, field_dir, fit_lift_dir, predictor,
-                                       LiftConfig(), progress=progress)  # fmt: skip
+            fit_lift_meta = lift_field(
+                scene_dir, field_dir, fit_lift_dir, predictor, LiftConfig(), progress=progress
+            )
             found = score(LanguageField.load(field_dir, predictor))
             _add(fitted["trained field"], found["field"])
             for method in METHODS[1:]:
@@ -99,13 +112,15 @@ def run_accuracy(out: str | Path, *, scenes: int = 3, fit_scenes: int | None = N
             lifted_fit = LiftedField.load(fit_lift_dir, predictor)
             _add(fitted[LIFTED_METHODS[0]], score(lifted_fit)["field"])
             _add(fitted[LIFTED_METHODS[1]], found_gt["field"])
-            timing.update({
-                "trained_language_s": fit_meta["timings_s"]["autoencoder"]
-                + fit_meta["timings_s"]["language"],
-                "trained_total_s": sum(fit_meta["timings_s"].values()),
-                "lift_fitted_s": fit_lift_meta["timings_s"]["lift"],
-                "fitted_gaussians": fit_meta["gaussians"],
-            })  # fmt: skip
+            timing.update(
+                {
+                    "trained_language_s": fit_meta["timings_s"]["autoencoder"]
+                    + fit_meta["timings_s"]["language"],
+                    "trained_total_s": sum(fit_meta["timings_s"].values()),
+                    "lift_fitted_s": fit_lift_meta["timings_s"]["lift"],
+                    "fitted_gaussians": fit_meta["gaussians"],
+                }
+            )
         timings.append(timing)
     hits = np.concatenate(gaussian_hits)
     report = {
@@ -128,8 +143,10 @@ def bench_fields_config():
     from ovseg.fields.field import FieldConfig
     from ovseg.fields.fit import FitConfig, LatentFitConfig
 
-    return FieldConfig(colour=FitConfig(iterations=600, densify_until=400, densify_from=100),
-                       language=LatentFitConfig(iterations=300))  # fmt: skip
+    return FieldConfig(
+        colour=FitConfig(iterations=600, densify_until=400, densify_from=100),
+        language=LatentFitConfig(iterations=300),
+    )
 
 
 def _add(into: dict, found: dict) -> None:
@@ -234,8 +251,14 @@ print(json.dumps({"inference_s_per_view": (time.perf_counter() - start) / (len(i
 """
 
 
-def run_scale(out: str | Path, sizes: list[tuple[int, int, int, int]], *, seed: int = 0,
-              threads: int | None = None, progress: bool = True) -> list[dict]:  # fmt: skip
+def run_scale(
+    out: str | Path,
+    sizes: list[tuple[int, int, int, int]],
+    *,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """For each (gaussians, views, width, height): write the world (once), then lift and
     query it in a fresh process; returns one record per size (module doc)."""
     from ovseg.synthetic.splat3d import write_splat_world
@@ -247,9 +270,17 @@ def run_scale(out: str | Path, sizes: list[tuple[int, int, int, int]], *, seed: 
         scene_dir = out / f"splat_{gaussians}_{views}v_{width}x{height}"
         if not (scene_dir / "scene.json").is_file():
             start = time.perf_counter()
-            write_splat_world(scene_dir, seed, 0, gaussians=gaussians, train_views=views,
-                              test_views=2, width=width, height=height,
-                              progress=progress)  # fmt: skip
+            write_splat_world(
+                scene_dir,
+                seed,
+                0,
+                gaussians=gaussians,
+                train_views=views,
+                test_views=2,
+                width=width,
+                height=height,
+                progress=progress,
+            )
             print(f"wrote {scene_dir} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         record = _subprocess_json(_SCALE, scene_dir, threads)
         record.update(_subprocess_json(_INFERENCE, scene_dir, threads))
@@ -260,8 +291,9 @@ def run_scale(out: str | Path, sizes: list[tuple[int, int, int, int]], *, seed: 
 
 
 def _subprocess_json(code: str, scene_dir: Path, threads: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", code, str(scene_dir), str(threads)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(scene_dir), str(threads)], capture_output=True, text=True
+    )
     if done.returncode:
         raise RuntimeError(f"bench-lift: a measurement failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -274,17 +306,28 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
         lines += [f"Novel classes: {', '.join(accuracy['novel_classes'])}."]
         tables = [(f"{accuracy['scenes']} scenes", accuracy["summary"])]
         if accuracy.get("fitted_summary"):
-            tables.append((f"the first {accuracy['fit_scenes']} scene(s), with the trained field",
-                           accuracy["fitted_summary"]))  # fmt: skip
+            tables.append(
+                (
+                    f"the first {accuracy['fit_scenes']} scene(s), with the trained field",
+                    accuracy["fitted_summary"],
+                )
+            )
         for title, summary in tables:
-            lines += ["", f"{title}:", "",
-                      "| method | split | localisation % | mIoU % | consistency % | "
-                      "label accuracy % | pairs |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"{title}:",
+                "",
+                "| method | split | localisation % | mIoU % | consistency % | "
+                "label accuracy % | pairs |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for method, splits in summary.items():
                 for split, v in splits.items():
-                    lines.append(f"| {method} | {split} | {v['localisation']:.1f} | "
-                                 f"{v['mIoU']:.1f} | {v['consistency']:.1f} | "
-                                 f"{v['label_accuracy']:.1f} | {v['pairs']} |")  # fmt: skip
+                    lines.append(
+                        f"| {method} | {split} | {v['localisation']:.1f} | "
+                        f"{v['mIoU']:.1f} | {v['consistency']:.1f} | "
+                        f"{v['label_accuracy']:.1f} | {v['pairs']} |"
+                    )
         t = accuracy["timings"]
 
         def mean(key):
@@ -346,18 +389,21 @@ def figure(out: Path, phrase: str) -> None:
     truth = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
     panels = [_captioned(truth, "held-out view (truth)")]
     fields_dir = Path(json.loads((out / "lifted_fit" / name / "field.json").read_text())["splat"])
-    for field, note in ((LanguageField.load(fields_dir, predictor), "trained field"),
-                        (LiftedField.load(out / "lifted_fit" / name, predictor),
-                         "lifted, fitted Gaussians"),
-                        (lifted, "lifted, true splat")):  # fmt: skip
+    for field, note in (
+        (LanguageField.load(fields_dir, predictor), "trained field"),
+        (LiftedField.load(out / "lifted_fit" / name, predictor), "lifted, fitted Gaussians"),
+        (lifted, "lifted, true splat"),
+    ):
         result = field.relevancy(camera, [phrase])
         render = (result["rgb"].numpy() * 255).round().astype(np.uint8)
         panels.append(draw_heatmap(render, result["relevancy"][0].numpy(), phrase, note=note))
-    panels.append(draw_heatmap(truth, predictor.heatmap(truth, [phrase])[0], phrase,
-                               note="2D, same view"))  # fmt: skip
+    panels.append(
+        draw_heatmap(truth, predictor.heatmap(truth, [phrase])[0], phrase, note="2D, same view")
+    )
     height = max(p.height for p in panels)
-    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height),
-                       "white")  # fmt: skip
+    canvas = Image.new(
+        "RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), "white"
+    )
     x = 0
     for panel in panels:
         canvas.paste(panel, (x, 0))

@@ -38,8 +38,9 @@ from ovseg.synthetic.world3d import (
 )
 
 
-def scene_splat(scene: Scene3D, count: int, *, seed: int = 0,
-                sh_degree: int = 3) -> tuple[Splat, np.ndarray]:  # fmt: skip
+def scene_splat(
+    scene: Scene3D, count: int, *, seed: int = 0, sh_degree: int = 3
+) -> tuple[Splat, np.ndarray]:
     """``count`` (>= 100) Gaussians on the surfaces of ``scene`` (module doc): the splat
     (SH of ``sh_degree`` 0-3, higher bands zero) and each Gaussian's segment index (N,)."""
     if count < 100:
@@ -77,9 +78,17 @@ def scene_splat(scene: Scene3D, count: int, *, seed: int = 0,
         segments.append(scene.segment[r, c].astype(np.int64))
         # rotate z onto the horizontal normal: 90 degrees about z x n = (-n_y, n_x, 0)
         s = math.sin(math.pi / 4)
-        quaternions.append(np.stack([np.full(n_wall, math.cos(math.pi / 4)),
-                                     -normals[:, 1] * s, normals[:, 0] * s,
-                                     np.zeros(n_wall)], 1))  # fmt: skip
+        quaternions.append(
+            np.stack(
+                [
+                    np.full(n_wall, math.cos(math.pi / 4)),
+                    -normals[:, 1] * s,
+                    normals[:, 0] * s,
+                    np.zeros(n_wall),
+                ],
+                1,
+            )
+        )
     means_t = torch.from_numpy(np.concatenate(means)).float()
     n = len(means_t)
     log_scales = torch.tensor([math.log(sigma), math.log(sigma), math.log(sigma * 0.1)])
@@ -87,9 +96,12 @@ def scene_splat(scene: Scene3D, count: int, *, seed: int = 0,
     sh[:, :1] = rgb_to_sh_dc(torch.from_numpy(np.concatenate(colours)).float())
     opacity = torch.from_numpy(rng.uniform(0.6, 0.95, n)).float()
     cloud = GaussianCloud(
-        means_t, log_scales.expand(n, 3), torch.from_numpy(np.concatenate(quaternions)).float(),
-        torch.logit(opacity), sh,
-    )  # fmt: skip
+        means_t,
+        log_scales.expand(n, 3),
+        torch.from_numpy(np.concatenate(quaternions)).float(),
+        torch.logit(opacity),
+        sh,
+    )
     return Splat(cloud.eval().requires_grad_(False)), np.concatenate(segments)
 
 
@@ -102,13 +114,17 @@ def _outward_normals(raised: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
     ny = (~padded[r - 1, c]).astype(float) - (~padded[r + 1, c]).astype(float)
     norm = np.hypot(nx, ny)
     fallback = norm == 0  # a corner texel with opposite open sides: any horizontal direction
-    nx, ny, norm = np.where(fallback, 1.0, nx), np.where(fallback, 0.0, ny), np.where(
-        fallback, 1.0, norm)  # fmt: skip
+    nx, ny, norm = (
+        np.where(fallback, 1.0, nx),
+        np.where(fallback, 0.0, ny),
+        np.where(fallback, 1.0, norm),
+    )
     return np.stack([nx / norm, ny / norm], 1)
 
 
-def render_splat_view(splat: Splat, gaussian_segments: np.ndarray, camera,
-                      segment_count: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def render_splat_view(
+    splat: Splat, gaussian_segments: np.ndarray, camera, segment_count: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A view of the splat: image (H, W, 3) uint8 on a black background, and the segment
     (H, W) uint8 of the largest blending weight (255 where alpha < 0.5)."""
     from ovseg.fields.fast_raster import project_fast, render_fast
@@ -148,27 +164,46 @@ def write_splat_world(
     scene = make_scene3d(seed, index)
     splat, gaussian_segments = scene_splat(scene, gaussians, seed=seed)
     write_splat(out / "splat.ply", splat)
-    atomic_write(out / "gaussian_segments.npy",
-                 lambda tmp: np.save(open(tmp, "wb"), gaussian_segments))  # fmt: skip
+    atomic_write(
+        out / "gaussian_segments.npy", lambda tmp: np.save(open(tmp, "wb"), gaussian_segments)
+    )
     train = orbit_cameras(train_views, width=width, height=height, prefix="view")
-    test = orbit_cameras(test_views, width=width, height=height, elevations=(73.0,),
-                         azimuth_offset=180.0 / train_views, prefix="view",
-                         start=train_views)  # fmt: skip
+    test = orbit_cameras(
+        test_views,
+        width=width,
+        height=height,
+        elevations=(73.0,),
+        azimuth_offset=180.0 / train_views,
+        prefix="view",
+        start=train_views,
+    )
     cameras, paths = train + test, []
     for camera in tqdm(cameras, desc="views", disable=not progress):
         image, segment = render_splat_view(splat, gaussian_segments, camera, len(scene.segments))
         path = out / "images" / f"{camera.name}.png"
         atomic_write(path, lambda tmp, a=image: Image.fromarray(a).save(tmp, format="PNG"))
-        atomic_write(out / "segments" / f"{camera.name}.png",
-                     lambda tmp, a=segment: Image.fromarray(a).save(tmp, format="PNG"))  # fmt: skip
+        atomic_write(
+            out / "segments" / f"{camera.name}.png",
+            lambda tmp, a=segment: Image.fromarray(a).save(tmp, format="PNG"),
+        )
         paths.append(path)
     posed = PosedImages(cameras, paths)
     write_transforms(posed, out / "transforms_train.json", indices=list(range(train_views)))
-    write_transforms(posed, out / "transforms_test.json",
-                     indices=list(range(train_views, len(cameras))))  # fmt: skip
-    write_text_atomic(out / "scene.json", json.dumps({
-        "seed": seed, "index": index, "half_extent": scene.half_extent,
-        "segments": scene.segments, "classes": sorted({s["category"] for s in scene.segments}),
-        "gaussians": len(splat),
-    }, indent=1))  # fmt: skip
+    write_transforms(
+        posed, out / "transforms_test.json", indices=list(range(train_views, len(cameras)))
+    )
+    write_text_atomic(
+        out / "scene.json",
+        json.dumps(
+            {
+                "seed": seed,
+                "index": index,
+                "half_extent": scene.half_extent,
+                "segments": scene.segments,
+                "classes": sorted({s["category"] for s in scene.segments}),
+                "gaussians": len(splat),
+            },
+            indent=1,
+        ),
+    )
     return out

@@ -83,9 +83,9 @@ def make_scene3d(
     segment = regions.astype(np.uint8)
     height = np.zeros(size, np.float32)
     segments = [
-        {"id": k, "category": c.name, "isthing": False, "colour": None} for k, c in
-        enumerate(region_stuff)
-    ]  # fmt: skip
+        {"id": k, "category": c.name, "isthing": False, "colour": None}
+        for k, c in enumerate(region_stuff)
+    ]
     things = [c for c in CATEGORIES if c.isthing]
     occupied = np.zeros(size, bool)
     wanted = int(rng.integers(2, max_things + 1))
@@ -114,13 +114,24 @@ def make_scene3d(
         segment[mask] = len(segments)
         occupied |= grown
         rows, cols = np.nonzero(mask)
-        segments.append({
-            "id": len(segments), "category": category.name, "isthing": True, "colour": colour,
-            "box_min": [float(cols.min() / TEXELS_PER_UNIT - half_extent),
-                        float(half_extent - (rows.max() + 1) / TEXELS_PER_UNIT), 0.0],
-            "box_max": [float((cols.max() + 1) / TEXELS_PER_UNIT - half_extent),
-                        float(half_extent - rows.min() / TEXELS_PER_UNIT), thing_height],
-        })  # fmt: skip
+        segments.append(
+            {
+                "id": len(segments),
+                "category": category.name,
+                "isthing": True,
+                "colour": colour,
+                "box_min": [
+                    float(cols.min() / TEXELS_PER_UNIT - half_extent),
+                    float(half_extent - (rows.max() + 1) / TEXELS_PER_UNIT),
+                    0.0,
+                ],
+                "box_max": [
+                    float((cols.max() + 1) / TEXELS_PER_UNIT - half_extent),
+                    float(half_extent - rows.min() / TEXELS_PER_UNIT),
+                    thing_height,
+                ],
+            }
+        )
     return Scene3D(
         np.clip(texture, 0, 255).astype(np.float32), height, segment, segments, half_extent
     )
@@ -130,8 +141,7 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     grown = mask.copy()
     for _ in range(steps):
         padded = np.pad(grown, 1)
-        grown = (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
-                 | grown)  # fmt: skip
+        grown = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:] | grown
     return grown
 
 
@@ -159,8 +169,18 @@ def orbit_cameras(
             radius * math.cos(elevation) * math.sin(azimuth),
             radius * math.sin(elevation),
         )
-        cameras.append(Camera(look_at(eye, (0.0, 0.0, 0.0)), fx, fx, width / 2, height / 2,
-                              width, height, f"{prefix}_{start + k:03d}"))  # fmt: skip
+        cameras.append(
+            Camera(
+                look_at(eye, (0.0, 0.0, 0.0)),
+                fx,
+                fx,
+                width / 2,
+                height / 2,
+                width,
+                height,
+                f"{prefix}_{start + k:03d}",
+            )
+        )
     return cameras
 
 
@@ -248,8 +268,7 @@ def surface_points(scene: Scene3D, *, stride: int = 2, wall_levels: int = 3):
         ey = scene.half_extent - (er + 0.5) / TEXELS_PER_UNIT
         points.append(np.stack([ex, ey, scene.height[er, ec] * fraction], 1))
         colours.append(scene.texture[er, ec] / 255.0 * SIDE_SHADE)
-    return (np.concatenate(points).astype(np.float32),
-            np.concatenate(colours).astype(np.float32))  # fmt: skip
+    return (np.concatenate(points).astype(np.float32), np.concatenate(colours).astype(np.float32))
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -295,17 +314,30 @@ def write_scene3d(
         )
         paths.append(image_path)
     posed = PosedImages(cameras, paths)
-    write_transforms(posed, out / "transforms_train.json", indices=list(range(train_views)),
-                     extra={"ply_file_path": "points3d.ply"})  # fmt: skip
-    write_transforms(posed, out / "transforms_test.json",
-                     indices=list(range(train_views, len(cameras))))  # fmt: skip
+    write_transforms(
+        posed,
+        out / "transforms_train.json",
+        indices=list(range(train_views)),
+        extra={"ply_file_path": "points3d.ply"},
+    )
+    write_transforms(
+        posed, out / "transforms_test.json", indices=list(range(train_views, len(cameras)))
+    )
     points, colours = surface_points(scene)
     _write_ply(out / "points3d.ply", points, colours)
-    write_text_atomic(out / "scene.json", json.dumps({
-        "seed": seed, "index": index, "half_extent": scene.half_extent,
-        "segments": scene.segments,
-        "classes": sorted({s["category"] for s in scene.segments}),
-    }, indent=1))  # fmt: skip
+    write_text_atomic(
+        out / "scene.json",
+        json.dumps(
+            {
+                "seed": seed,
+                "index": index,
+                "half_extent": scene.half_extent,
+                "segments": scene.segments,
+                "classes": sorted({s["category"] for s in scene.segments}),
+            },
+            indent=1,
+        ),
+    )
     return out
 
 

@@ -63,8 +63,7 @@ class DynamicScene:
     @property
     def objects(self) -> list[dict]:
         """Segment records: stuff regions (ids 0..) then things (their ``id``)."""
-        stuff = [{"id": k, "category": c.name, "isthing": False}
-                 for k, c in enumerate(self.stuff)]  # fmt: skip
+        stuff = [{"id": k, "category": c.name, "isthing": False} for k, c in enumerate(self.stuff)]
         return stuff + [
             {"id": t["id"], "isthing": True, **{k: t[k] for k in _THING_KEYS}} for t in self.things
         ]
@@ -74,8 +73,10 @@ class DynamicScene:
         texture = self.ground.copy()
         height = np.zeros(size, np.float32)
         segment = self.regions.astype(np.uint8)
-        segments = [{"id": k, "category": c.name, "isthing": False, "colour": None}
-                    for k, c in enumerate(self.stuff)]  # fmt: skip
+        segments = [
+            {"id": k, "category": c.name, "isthing": False, "colour": None}
+            for k, c in enumerate(self.stuff)
+        ]
         for thing in self.things:
             mask = footprint(thing, t, size)
             category, colour = category_at(thing, t), colour_at(thing, t)
@@ -84,14 +85,27 @@ class DynamicScene:
             texture[mask] = paint[mask]
             height[mask] = thing["height"]
             segment[mask] = thing["id"]
-            segments.append({"id": thing["id"], "category": category, "isthing": True,
-                             "colour": colour})  # fmt: skip
-        return Scene3D(np.clip(texture, 0, 255).astype(np.float32), height, segment, segments,
-                       HALF_EXTENT)  # fmt: skip
+            segments.append(
+                {"id": thing["id"], "category": category, "isthing": True, "colour": colour}
+            )
+        return Scene3D(
+            np.clip(texture, 0, 255).astype(np.float32), height, segment, segments, HALF_EXTENT
+        )
 
 
-_THING_KEYS = ("event", "category_from", "category_to", "colour_from", "colour_to",
-               "change_start", "change_end", "start", "end", "radius", "height")  # fmt: skip
+_THING_KEYS = (
+    "event",
+    "category_from",
+    "category_to",
+    "colour_from",
+    "colour_to",
+    "change_start",
+    "change_end",
+    "start",
+    "end",
+    "radius",
+    "height",
+)
 
 
 def _lerp(a, b, t: float):
@@ -152,8 +166,10 @@ def captions(thing: dict) -> list[dict]:
         return [{"start": 0.0, "end": 1.0, "caption": f"a {colour} {first}"}]
     if thing["event"] == "colour":
         change = thing["change_start"]
-        return [{"start": 0.0, "end": change, "caption": f"a {colour} {first}"},
-                {"start": change, "end": 1.0, "caption": f"a {colour_to} {first}"}]  # fmt: skip
+        return [
+            {"start": 0.0, "end": change, "caption": f"a {colour} {first}"},
+            {"start": change, "end": 1.0, "caption": f"a {colour_to} {first}"},
+        ]
     start, end = thing["change_start"], thing["change_end"]
     return [
         {"start": 0.0, "end": start, "caption": f"a {colour} {first}"},
@@ -186,25 +202,29 @@ def make_dynamic_scene(seed: int, index: int, *, max_things: int = 3) -> Dynamic
         still = rng.uniform() < 0.25
         heading = rng.uniform(0, 2 * math.pi)
         travel = 0.0 if still else rng.uniform(0.3, 0.8)
-        end = np.clip(start + travel * np.array([math.cos(heading), math.sin(heading)]),
-                      -0.9, 0.9)  # fmt: skip
+        end = np.clip(start + travel * np.array([math.cos(heading), math.sin(heading)]), -0.9, 0.9)
         change_start = float(rng.uniform(0.25, 0.55))
-        change_end = change_start + float(rng.uniform(0.15, 0.3)) if event == "morph" else (
-            change_start)  # fmt: skip
-        max_angle = np.deg2rad(min(MAX_ROTATION.get(names[first], 180.0),
-                                   MAX_ROTATION.get(names[second], 180.0)))  # fmt: skip
+        change_end = (
+            change_start + float(rng.uniform(0.15, 0.3)) if event == "morph" else (change_start)
+        )
+        max_angle = np.deg2rad(
+            min(MAX_ROTATION.get(names[first], 180.0), MAX_ROTATION.get(names[second], 180.0))
+        )
         thing = {
-            "id": len(stuff) + len(things), "event": event,
+            "id": len(stuff) + len(things),
+            "event": event,
             "category_from": names[first],
             "category_to": names[second] if event == "morph" else names[first],
             "colour_from": colours[colour_from],
             "colour_to": colours[colour_to] if event == "colour" else colours[colour_from],
             "change_start": change_start if event != "move" else 1.0,
             "change_end": change_end if event != "move" else 1.0,
-            "start": [float(v) for v in start], "end": [float(v) for v in end],
+            "start": [float(v) for v in start],
+            "end": [float(v) for v in end],
             "angle": float(rng.uniform(-max_angle, max_angle)),
-            "radius": radius, "height": float(rng.uniform(0.08, 0.22)),
-        }  # fmt: skip
+            "radius": radius,
+            "height": float(rng.uniform(0.08, 0.22)),
+        }
         clash = any(
             _distance(thing, other, s) < 1.25 * (thing["radius"] + other["radius"]) + 0.05
             for other in things
@@ -252,9 +272,15 @@ def write_scene4d(
     out = Path(out)
     scene = make_dynamic_scene(seed, index)
     train = orbit_cameras(train_cameras, width=width, height=height, prefix="c")
-    test = orbit_cameras(test_cameras, width=width, height=height, elevations=(73.0,),
-                         azimuth_offset=180.0 / train_cameras, prefix="c",
-                         start=train_cameras)  # fmt: skip
+    test = orbit_cameras(
+        test_cameras,
+        width=width,
+        height=height,
+        elevations=(73.0,),
+        azimuth_offset=180.0 / train_cameras,
+        prefix="c",
+        start=train_cameras,
+    )
     cameras = train + test
     times = [k / (steps - 1) for k in range(steps)]
     held_out_steps = [k for k in range(steps) if k % held_out_every == 2 % held_out_every]
@@ -268,8 +294,10 @@ def write_scene4d(
             image, segment, _ = render_view(at, camera)
             image_path = out / "images" / f"{name}.png"
             atomic_write(image_path, lambda tmp, a=image: Image.fromarray(a).save(tmp, "PNG"))
-            atomic_write(out / "segments" / f"{name}.png",
-                         lambda tmp, a=segment: Image.fromarray(a).save(tmp, "PNG"))  # fmt: skip
+            atomic_write(
+                out / "segments" / f"{name}.png",
+                lambda tmp, a=segment: Image.fromarray(a).save(tmp, "PNG"),
+            )
             held_out = number >= train_cameras or step in held_out_steps
             splits["test" if held_out else "train"].append(len(frames))
             frames.append(dataclasses.replace(camera, name=name))
@@ -293,11 +321,22 @@ def write_scene4d(
     names = {k: c.name for k, c in enumerate(scene.stuff)}
     names.update({t["id"]: t["category_from"] for t in scene.things})
     write_captions(out / "captions.json", spans, names=names)
-    write_text_atomic(out / "scene.json", json.dumps({
-        "seed": seed, "index": index, "half_extent": HALF_EXTENT, "times": times,
-        "held_out_steps": held_out_steps, "train_cameras": train_cameras,
-        "test_cameras": test_cameras, "objects": scene.objects,
-        "classes_per_step": classes,
-        "classes": sorted({c for step in classes for c in step}),
-    }, indent=1))  # fmt: skip
+    write_text_atomic(
+        out / "scene.json",
+        json.dumps(
+            {
+                "seed": seed,
+                "index": index,
+                "half_extent": HALF_EXTENT,
+                "times": times,
+                "held_out_steps": held_out_steps,
+                "train_cameras": train_cameras,
+                "test_cameras": test_cameras,
+                "objects": scene.objects,
+                "classes_per_step": classes,
+                "classes": sorted({c for step in classes for c in step}),
+            },
+            indent=1,
+        ),
+    )
     return out
