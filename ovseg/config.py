@@ -77,7 +77,7 @@ class InferenceConfig:
 
 @dataclass
 class PromptHeadConfig:
-    """SAM's prompt encoder + mask decoder on the frozen CLIP (ovseg.sam.prompt_head). Off in
+    """SAM's prompt encoder + mask decoder on the frozen CLIP (ovseg.modeling.prompt_head). Off in
     the official model; the decoder defaults are SAM's own sizes."""
 
     enabled: bool = False

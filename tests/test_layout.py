@@ -112,3 +112,17 @@ def test_the_unknown_command_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown command 'segment'") and "\n" not in err
     assert main([]) == 0 and "predict" in capsys.readouterr().out
+
+
+def _modules_under(room: str):
+    for path in sorted((PACKAGE / room).rglob("*.py")):
+        yield path.relative_to(PACKAGE), _imports(path)
+
+
+def test_the_model_imports_neither_sam_nor_fields_nor_export_nor_the_predictor():
+    """``modeling/`` is tensors in, tensors out: the rooms above it build on it, not it on them
+    (the prompt head is a model part, in ``modeling/prompt_head.py``)."""
+    above = ("ovseg.sam", "ovseg.fields", "ovseg.export", "ovseg.predictor")
+    for relative, modules in _modules_under("modeling"):
+        bad = sorted(m for m in modules if m.startswith(above))
+        assert not bad, f"{relative} imports {bad}"

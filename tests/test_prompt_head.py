@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ovseg.config import PromptHeadConfig
-from ovseg.sam.prompt_head import box_coverage, build_prompt_head
+from ovseg.modeling.prompt_head import box_coverage, build_prompt_head
 from ovseg.sam.training import (
     PromptTrainConfig,
     centre_point,

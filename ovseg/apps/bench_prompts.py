@@ -183,8 +183,8 @@ def cost(predictor, image: np.ndarray) -> dict:
     and resize only), and SAM-tiny automatic masks + their labelling per image."""
     from ovseg.config import load_config
     from ovseg.modeling.fcclip import build_model
+    from ovseg.modeling.prompt_head import build_prompt_head
     from ovseg.sam.masks import SamMasks
-    from ovseg.sam.prompt_head import build_prompt_head
     from ovseg.sam.segment import segment_automatic
     from ovseg.sam.zoo import build_sam
 

@@ -128,7 +128,7 @@ def run(args) -> int:
     from ovseg.checkpoint import save_weights
     from ovseg.config import config_to_dict
     from ovseg.fileio import write_text_atomic
-    from ovseg.sam.prompt_head import build_prompt_head, head_input_channels
+    from ovseg.modeling.prompt_head import build_prompt_head, head_input_channels
     from ovseg.sam.training import train_prompt_head
 
     cfg_train = PromptTrainConfig(

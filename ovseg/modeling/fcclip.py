@@ -36,7 +36,7 @@ class FCCLIP(nn.Module):
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
-        # Optional (ovseg.sam.prompt_head): promptable masks from the same frozen CLIP maps.
+        # Optional (ovseg.modeling.prompt_head): promptable masks from the same frozen CLIP maps.
         self.prompt_head = prompt_head
         # Optional (ovseg.modeling.text_context): learned / image-adapted text, pixel-text loss.
         self.text_context = text_context
@@ -206,7 +206,7 @@ def _assemble(cfg: ModelConfig, clip_model: nn.Module) -> FCCLIP:
     )
     prompt_head = None
     if cfg.prompt_head.enabled:
-        from ovseg.sam.prompt_head import build_prompt_head
+        from ovseg.modeling.prompt_head import build_prompt_head
 
         channels = {**backbone.feature_channels, "mask_features": pixel_decoder.mask_dim}
         prompt_head = build_prompt_head(channels, cfg.prompt_head)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ovseg.modeling.prompt_head import PromptDecoder, head_inputs
 from ovseg.preprocess import normalize_and_pad, resize_image
-from ovseg.sam.prompt_head import PromptDecoder, head_inputs
 
 
 @dataclass
