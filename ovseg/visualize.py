@@ -271,3 +271,14 @@ def draw_heatmap(
         draw.text((8, y), text, fill=colour, font=line_font)
         y += line_font.size + 4
     return board
+
+
+def mask_overlay(rgb: np.ndarray, mask: np.ndarray, caption: str) -> np.ndarray:
+    """An (H, W, 3) uint8 frame with the (H, W) bool ``mask`` tinted red and a ``caption``
+    line under it: an (H + 14, W, 3) uint8 array."""
+    tinted = rgb.astype(np.float32)
+    tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([255, 40, 40])
+    canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + 14), "white")
+    canvas.paste(Image.fromarray(tinted.round().astype(np.uint8)), (0, 0))
+    ImageDraw.Draw(canvas).text((2, rgb.shape[0] + 1), caption, fill=(0, 0, 0))
+    return np.asarray(canvas)

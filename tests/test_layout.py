@@ -126,3 +126,10 @@ def test_the_model_imports_neither_sam_nor_fields_nor_export_nor_the_predictor()
     for relative, modules in _modules_under("modeling"):
         bad = sorted(m for m in modules if m.startswith(above))
         assert not bad, f"{relative} imports {bad}"
+
+
+def test_the_synthetic_world_imports_no_front_end():
+    """The synthetic worlds' reports draw with the core (``visualize``), not with a command."""
+    for relative, modules in _modules_under("synthetic"):
+        bad = sorted(m for m in modules if m.startswith("ovseg.apps"))
+        assert not bad, f"{relative} imports {bad}"

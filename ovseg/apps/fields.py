@@ -362,7 +362,7 @@ def _query(args) -> int:
     from PIL import Image
 
     from ovseg.apps.arguments import load_predictor_from_arguments
-    from ovseg.apps.outputs import _slug
+    from ovseg.apps.outputs import slug
     from ovseg.fields.field import LanguageField
     from ovseg.fields.posed_images import view_file_stem
     from ovseg.fileio import atomic_write
@@ -427,7 +427,7 @@ def _query(args) -> int:
         )
         for number, phrase in enumerate(phrases, 1):
             scores = result["relevancy"][number - 1].numpy()
-            stem = f"{file_stem}_{number}{_slug(phrase)}"
+            stem = f"{file_stem}_{number}{slug(phrase)}"
             picture = draw_heatmap(rgb, scores, phrase, note=f"field {Path(args.field).name}")
             atomic_write(
                 out / f"{stem}_heatmap.png", lambda tmp, p=picture: p.save(tmp, format="PNG")
@@ -440,7 +440,7 @@ def _query(args) -> int:
             written += 2
     if args.ply:
         for number, phrase in enumerate(phrases, 1):
-            count = field.export_ply(out / f"relevancy_{number}{_slug(phrase)}.ply", phrase)
+            count = field.export_ply(out / f"relevancy_{number}{slug(phrase)}.ply", phrase)
             print(f"ply: {count} Gaussians for '{phrase}'")
     if args.extract:
         count = field.extract(args.extract, phrases[0])

@@ -143,6 +143,7 @@ def fit4d(args, predictor) -> int:
 
 
 def query4d(args, predictor, phrases: list[str]) -> int:
+    from ovseg.apps.outputs import slug
     from ovseg.fields.field4d import DynamicField
     from ovseg.fields.posed_images import view_file_stem
     from ovseg.heatmap import check_phrases
@@ -182,12 +183,12 @@ def query4d(args, predictor, phrases: list[str]) -> int:
         rendered = [field.render(camera, t) for t in times]  # one render a time serves all
         renders = [_rgb(r["rgb"]) for r in rendered]
         for number, phrase in enumerate(phrases, 1):
-            stem = out / f"{view_file_stem(name)}_{number}{_slug(phrase)}"
+            stem = out / f"{view_file_stem(name)}_{number}{slug(phrase)}"
             written += _agnostic_outputs(
                 field, camera, times, rendered, renders, phrase, stem, args.video
             )
         for number, state in enumerate(states, 1):
-            stem = out / f"{view_file_stem(name)}_state{number}{_slug(state)}"
+            stem = out / f"{view_file_stem(name)}_state{number}{slug(state)}"
             written += _state_outputs(field, camera, times, renders, state, stem, args.video)
     print(f"wrote {written} files for {len(names)} view(s) and {len(times)} time(s) to {out}")
     return 0
@@ -208,12 +209,6 @@ def _times_in_range(field, scene, times, time_range) -> list[float]:
         frames = ", ".join(f"{t:g}" for t in sorted(set(scene.times)))
         raise ValueError(f"no frame between {start:g} and {end:g}; the frames are at {frames}")
     return inside
-
-
-def _slug(text: str) -> str:
-    from ovseg.apps.outputs import _slug as slug
-
-    return slug(text)
 
 
 def _rgb(tensor):
@@ -261,6 +256,7 @@ def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool
     import numpy as np
 
     from ovseg.fileio import write_text_atomic
+    from ovseg.visualize import mask_overlay
 
     answer = field.when(camera, times, state)
     holds = [bool(h) for h in answer["holds"]]
@@ -279,7 +275,7 @@ def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool
     for t, rgb, mask, held in zip(times, renders, answer["masks"], holds, strict=True):
         mask = mask.numpy()
         caption = f"'{state}' at t = {t:g}: {'holds' if held else 'no'}"
-        pictures.append(_mask_overlay(rgb, mask, caption))
+        pictures.append(mask_overlay(rgb, mask, caption))
         if held:
             _save_png(stem.with_name(f"{stem.name}_t{t:g}_mask.png"), (mask * 255).astype(np.uint8))
             written += 1
@@ -289,20 +285,6 @@ def _state_outputs(field, camera, times, renders, state, stem: Path, video: bool
     when = ", ".join(f"{t:g}" for t in holds_at) or "no frame"
     print(f"'{state}' seen from {camera.name}: holds at {when}")
     return written
-
-
-def _mask_overlay(rgb, mask, caption: str):
-    """The frame with the mask tinted, and a caption line under it, as an (H + 14, W, 3)
-    array."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    tinted = rgb.astype(np.float32)
-    tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([255, 40, 40])
-    canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + 14), "white")
-    canvas.paste(Image.fromarray(tinted.round().astype(np.uint8)), (0, 0))
-    ImageDraw.Draw(canvas).text((2, rgb.shape[0] + 1), caption, fill=(0, 0, 0))
-    return np.asarray(canvas)
 
 
 def _video(path: Path, pictures) -> None:

@@ -63,15 +63,15 @@ def output_paths(
         paths["overlay"] = directory / f"{stem}_overlay.png"
         paths["labels"] = directory / f"{stem}_labels.png"
     for index, phrase in enumerate(heatmaps or []):
-        paths[f"heatmap {index}"] = directory / f"{stem}_heatmap_{index + 1}{_slug(phrase)}.png"
+        paths[f"heatmap {index}"] = directory / f"{stem}_heatmap_{index + 1}{slug(phrase)}.png"
     return paths
 
 
-def _slug(phrase: str) -> str:
+def slug(phrase: str) -> str:
     """A file-name part for a phrase: ``_red-car`` (ASCII letters and digits, at most 40), or
     nothing when none is left (the heat map's number names it alone)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")[:40].strip("-")
-    return f"_{slug}" if slug else ""
+    part = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")[:40].strip("-")
+    return f"_{part}" if part else ""
 
 
 def run_settings(args, model: str, vocabulary, image: Path) -> dict:

@@ -213,10 +213,9 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     heat map of ``phrase`` and the time-sensitive mask of ``state``."""
     from PIL import Image
 
-    from ovseg.apps.fields4d import _mask_overlay
     from ovseg.fileio import atomic_write
     from ovseg.synthetic.fields_report import _captioned
-    from ovseg.visualize import draw_heatmap
+    from ovseg.visualize import draw_heatmap, mask_overlay
 
     posed = field4d.scene()
     meta = json.loads((scene_dir / "scene.json").read_text())
@@ -237,7 +236,7 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
             _captioned(truth, f"truth t={t:.2f}"),
             _captioned(render, "4D render"),
             draw_heatmap(render, heat, phrase, note="time-agnostic"),
-            Image.fromarray(_mask_overlay(render, mask, "holds" if holds else "not now")),
+            Image.fromarray(mask_overlay(render, mask, "holds" if holds else "not now")),
         ]
         rows.append(panels)
     width = sum(p.width for p in rows[0]) + 8 * 3
