@@ -128,3 +128,13 @@ def test_the_language_iterations_visit_each_training_view_about_eleven_times():
     assert language_iterations(90, visits=2, minimum=100) == 200
     with pytest.raises(ValueError, match="training view"):
         language_iterations(0)
+
+
+def test_the_colour_fit_for_n_iterations_densifies_over_its_first_two_thirds():
+    from ovseg.fields.fit import colour_config
+
+    cfg = colour_config(600)
+    assert (cfg.iterations, cfg.densify_from, cfg.densify_until) == (600, 100, 400)
+    short = colour_config(30)  # densification still starts before it stops
+    assert (short.iterations, short.densify_from, short.densify_until) == (30, 20, 20)
+    assert colour_config(1).densify_until == 1

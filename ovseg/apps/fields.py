@@ -294,7 +294,7 @@ def _world4d(args) -> int:
 def _fit(args) -> int:
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.fields.field import FieldConfig, fit_field
-    from ovseg.fields.fit import LatentFitConfig, language_iterations
+    from ovseg.fields.fit import LatentFitConfig, colour_config, language_iterations
     from ovseg.fields.posed_images import load_posed_images
 
     language = args.language_iterations
@@ -333,16 +333,6 @@ def _fit(args) -> int:
         f"{total / 60:.1f} min"
     )
     return 0
-
-
-def colour_config(iterations: int):
-    """The colour fit for ``iterations``: densification over its first two thirds."""
-    from ovseg.fields.fit import FitConfig
-
-    densify_until = max(1, int(iterations * 2 / 3))
-    return FitConfig(
-        iterations=iterations, densify_until=densify_until, densify_from=min(100, densify_until)
-    )
 
 
 def _levels(text: str) -> tuple[str, ...]:

@@ -107,9 +107,8 @@ def check_fit4d_extras(args) -> None:
 
 
 def fit4d(args, predictor) -> int:
-    from ovseg.apps.fields import colour_config
     from ovseg.fields.field4d import Field4DConfig, fit_field4d
-    from ovseg.fields.fit import LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig, colour_config
 
     if args.status_iterations < 1:
         raise ValueError("--status-iterations must be >= 1")

@@ -54,6 +54,14 @@ class FitConfig:
     seed: int = 0
 
 
+def colour_config(iterations: int) -> FitConfig:
+    """The colour fit for ``iterations``: densification over its first two thirds."""
+    densify_until = max(1, int(iterations * 2 / 3))
+    return FitConfig(
+        iterations=iterations, densify_until=densify_until, densify_from=min(100, densify_until)
+    )
+
+
 @dataclass
 class LatentFitConfig:
     """The language-latent fit: L1 between the rendered latent and the view's encoded
