@@ -130,6 +130,7 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     back into the mask losses; by default things wear patterns and void is left out."""
     import ovseg.synthetic.world as world
     from ovseg.apps.synthetic_world import main
+    from ovseg.synthetic.config import WorldConfig
 
     seen = []
 
@@ -142,10 +143,10 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     assert main(["--out", str(tmp_path / "a"), "--quick", "--no-progress"]) == 0
     argv = ["--out", str(tmp_path / "b"), "--plain-things", "--novel-things", "5"]
     assert main(argv + ["--void-in-mask-loss"]) == 0
-    assert seen[0].patterns and seen[0].num_train == world.WorldConfig.quick().num_train
+    assert seen[0].patterns and seen[0].num_train == WorldConfig.quick().num_train
     assert seen[0].ignore_void
     assert not seen[1].patterns and seen[1].novel_things == 5 and not seen[1].ignore_void
-    assert seen[1].num_train == world.WorldConfig().num_train
+    assert seen[1].num_train == WorldConfig().num_train
 
 
 @pytest.mark.parametrize("broken", ["no weights", "corrupt report", "no run"])

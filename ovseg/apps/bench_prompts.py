@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 def val_scenes(root: Path, count: int):
     """The synthetic world's validation scenes (seed 0, 128x160) and its novel class ids."""
     from ovseg.data import PanopticDataset
+    from ovseg.synthetic.config import WorldConfig
     from ovseg.synthetic.scenes import base_novel_split, write_synthetic_panoptic
-    from ovseg.synthetic.world import WorldConfig
 
     world = WorldConfig()
     json_path = write_synthetic_panoptic(

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     import torch
 
-    from ovseg.synthetic.world import WorldConfig, run
+    from ovseg.synthetic.config import WorldConfig
+    from ovseg.synthetic.world import run
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -97,8 +97,9 @@ def synthetic_training_set(root: Path, scenes: int):
     """The synthetic world's training scenes (the shipped model's: seed 0, 128x160), base
     classes only."""
     from ovseg.data import PanopticDataset
+    from ovseg.synthetic.config import WorldConfig
     from ovseg.synthetic.scenes import CATEGORIES, base_novel_split, write_synthetic_panoptic
-    from ovseg.synthetic.world import BaseOnlyDataset, WorldConfig
+    from ovseg.synthetic.world import BaseOnlyDataset
 
     world = WorldConfig()
     json_path = root / "train" / "panoptic.json"

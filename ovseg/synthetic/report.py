@@ -16,7 +16,7 @@ import torch
 if TYPE_CHECKING:
     from ovseg.data import PanopticDataset
     from ovseg.predictor import ImageFeatures, OVSegPredictor
-    from ovseg.synthetic.world import WorldConfig
+    from ovseg.synthetic.config import WorldConfig
 
 # (alpha, beta) of the geometric ensemble for each classifier mode.
 MODES = {"in_vocab": (0.0, 0.0), "out_vocab": (1.0, 1.0), "ensemble": (0.4, 0.8)}

@@ -148,7 +148,8 @@ def run(
 ) -> str:
     """Every (row, seed) not yet done, then OUT/ablation.md (returned)."""
     from ovseg.fileio import write_text_atomic
-    from ovseg.synthetic.world import WorldConfig, make_world
+    from ovseg.synthetic.config import WorldConfig
+    from ovseg.synthetic.world import make_world
 
     for row in rows:
         if row not in ROWS:

@@ -24,50 +24,10 @@ import torch
 
 from ovseg.data import PanopticDataset
 from ovseg.synthetic.caption_pairs import clip_zero_shot, crop_pairs, region_pairs
+from ovseg.synthetic.config import WorldConfig
 from ovseg.synthetic.report import evaluate_world, write_report
 from ovseg.synthetic.scenes import CATEGORIES, base_novel_split, write_synthetic_panoptic
 from ovseg.vocabulary import Vocabulary
-
-
-@dataclass
-class WorldConfig:
-    """Sizes, seeds and training lengths of one experiment: the defaults are the full run,
-    :meth:`quick` the CI-sized one (about 4 min on 2 CPU cores). ``size`` is (H, W) pixels."""
-
-    num_train: int = 2000
-    num_val: int = 200
-    size: tuple[int, int] = (128, 160)
-    novel_things: int = 4
-    novel_stuff: int = 1
-    patterns: bool = True  # things wear their class's surface pattern (synthetic_render)
-    split_seed: int = 0
-    seed: int = 0
-    # CLIP: first object / texture crops alone (it learns the words and shapes fastest
-    # there), then scenes at the test scale with region captions mixed in (the dense map
-    # learns where things are, which mask pooling needs).
-    clip_crop_steps: int = 2000
-    clip_steps: int = 500
-    clip_scenes: int = 6  # scenes per joint CLIP step (their captions and region captions)
-    clip_first_crops: int = 56  # object / texture crops per step of the first phase
-    clip_crops: int = 32  # object / texture crops per joint CLIP step
-    clip_lr: float = 5e-4
-    seg_iters: int = 3600
-    # The small heads learn from scratch in few iterations: 1e-3 rather than the official 1e-4
-    # (measured at 500 iterations: ensemble base PQ 36.0 vs 30.1 at 2e-4).
-    seg_lr: float = 1e-3
-    seg_batch: int = 4
-    seg_crop: int = 256
-    # Void pixels (novel classes among them) out of the mask losses (LossConfig.ignore_void):
-    # with them in, every matched mask learns that unlabelled grass is no mask, and novel stuff
-    # is never proposed (measured at 500 iterations: grass proposal recall 0% -> 100%, ensemble
-    # novel mIoU 4.5 -> 23.9).
-    ignore_void: bool = True
-    test_short_side: int = 256
-
-    @classmethod
-    def quick(cls) -> WorldConfig:
-        """The CI-sized run: fewer scenes, CLIP steps and segmentation iterations."""
-        return cls(num_train=300, num_val=40, clip_crop_steps=150, clip_steps=100, seg_iters=200)
 
 
 class BaseOnlyDataset:
