@@ -33,8 +33,8 @@ from ovseg.predictor_base import (  # noqa: F401  (TASKS, segment_outputs: publi
     TASKS,
     ImageFeatures,
     PredictorBase,
-    _check_tasks,
     check_keep_novel,
+    check_tasks,
     segment_outputs,
 )
 from ovseg.vocabulary import Vocabulary, VocabularyLike, load_templates, load_vocabulary
@@ -232,7 +232,7 @@ class OVSegPredictor(PredictorBase):
         """
         from ovseg.sam.segment import segment_masks
 
-        tasks = _check_tasks(tasks)
+        tasks = check_tasks(tasks)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
@@ -309,7 +309,7 @@ class OVSegPredictor(PredictorBase):
             the dict of :meth:`segment`. ValueError for an unknown head, or "pixel-text" with
             a task other than semantic.
         """
-        tasks = _check_tasks(tasks)
+        tasks = check_tasks(tasks)
         if head not in HEADS:
             raise ValueError(f"unknown head '{head}': choose one of {', '.join(HEADS)}")
         if head == "pixel-text" and tasks != ("semantic",):

@@ -211,7 +211,7 @@ class PredictorBase:
             y1, scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q,
             Hp/4, Wp/4). Raises ValueError for an unknown task or no vocabulary.
         """
-        tasks = _check_tasks(tasks)
+        tasks = check_tasks(tasks)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
@@ -332,7 +332,7 @@ def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
+def check_tasks(tasks: tuple[str, ...] | str) -> tuple[str, ...]:
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:

@@ -133,3 +133,20 @@ def test_the_synthetic_world_imports_no_front_end():
     for relative, modules in _modules_under("synthetic"):
         bad = sorted(m for m in modules if m.startswith("ovseg.apps"))
         assert not bad, f"{relative} imports {bad}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name another module needs is public: ``from ovseg.x import _y`` hides a dependency
+    behind a name that says nothing outside ``x`` relies on it."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = "." * node.level + (node.module or "")
+            if not (node.level or module.startswith("ovseg")):
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    bad.append(f"{path.relative_to(PACKAGE)}: from {module} import {alias.name}")
+    assert not bad, "\n".join(bad)

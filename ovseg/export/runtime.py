@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ovseg.export.onnx_export import FORMAT_VERSION, ExportError
 from ovseg.modeling.backbone import tokenize
 from ovseg.modeling.text_classifier import TextClassifier
-from ovseg.predictor_base import TASKS, ImageFeatures, PredictorBase, _check_tasks
+from ovseg.predictor_base import TASKS, ImageFeatures, PredictorBase, check_tasks
 from ovseg.vocabulary import Vocabulary, VocabularyLike, as_vocabulary
 
 
@@ -189,7 +189,7 @@ class OnnxPredictor(PredictorBase):
         (``head`` "fcclip"; the pixel-text head is not exported: ValueError)."""
         if head != "fcclip":
             raise ValueError(f"head '{head}' is not in the ONNX export: use the PyTorch model")
-        tasks = _check_tasks(tasks)
+        tasks = check_tasks(tasks)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()

@@ -137,7 +137,7 @@ def fit_field(
     }
     resume_meta(meta_path, meta)
     views = load_views(scene, train, cfg.image_scale)
-    _check_views_see_points(views, scene.points)  # before anything is written
+    check_views_see_points(views, scene.points)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
 
@@ -170,7 +170,7 @@ def fit_field(
     # (c) the scene's autoencoder, on every level's embeddings
     autoencoder = timed(
         "autoencoder",
-        lambda: _autoencoder(
+        lambda: scene_autoencoder(
             out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
         ),
     )
@@ -253,7 +253,7 @@ def latent_targets(per_view, autoencoder, levels, latent_dim: int):
     return targets, valid
 
 
-def _check_views_see_points(views: list[View], points: torch.Tensor) -> None:
+def check_views_see_points(views: list[View], points: torch.Tensor) -> None:
     for view in views:
         pixels, depth = view.camera.project(points.float())
         inside = (
@@ -316,7 +316,9 @@ def view_features(predictor, scene, indices, cameras, levels, folder: Path, prog
     return per_view
 
 
-def _autoencoder(out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool, meta: dict):
+def scene_autoencoder(
+    out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool, meta: dict
+):
     """The scene's CLIP autoencoder (trained once, then loaded from ``out``); a fresh one's
     reconstruction quality goes into ``meta``."""
     from safetensors.torch import load_file, save_file

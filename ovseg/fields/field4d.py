@@ -33,15 +33,15 @@ from ovseg.fields.camera import Camera
 from ovseg.fields.captions import caption_at, check_objects, read_captions
 from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform
 from ovseg.fields.field import (
-    _autoencoder,
-    _check_views_see_points,
     check_same_clip,
+    check_views_see_points,
     latent_targets,
     load_views,
     model_identity,
     read_finished_meta,
     resume_meta,
     run_stage,
+    scene_autoencoder,
     view_features,
 )
 from ovseg.fields.fit import (
@@ -162,7 +162,7 @@ def fit_field4d(
         object_maps = _object_maps(scene_dir, [scene.cameras[i].name for i in train], size)
         known = set(np.unique(np.concatenate([m.ravel() for m in object_maps])).tolist())
         check_objects(captions, known, str(captions_path))
-    _check_views_see_points(views, scene.points)
+    check_views_see_points(views, scene.points)
     meta_path = out / "field.json"
     meta = {
         "format": FORMAT,
@@ -225,7 +225,7 @@ def fit_field4d(
     pairs = [found["panoptic"] for found in per_view]
     autoencoder = timed(
         "autoencoder",
-        lambda: _autoencoder(
+        lambda: scene_autoencoder(
             out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
         ),
     )

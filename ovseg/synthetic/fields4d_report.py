@@ -27,8 +27,8 @@ import torch
 
 from ovseg.synthetic.fields_report import (
     MIN_PIXELS,
-    _relevancy_of_embeddings,
-    _segment_embedding_map,
+    relevancy_of_embeddings,
+    segment_embedding_map,
 )
 
 METHODS = ("4d field", "3d field", "2d masks")
@@ -79,7 +79,7 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
         if index not in segments_cache:
             image = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
             segment_map, embeddings = view_segments(predictor, image)
-            segments_cache[index] = _segment_embedding_map(segment_map, embeddings)
+            segments_cache[index] = segment_embedding_map(segment_map, embeddings)
         return segments_cache[index]
 
     psnr = {"4d field": [], "3d field": []}
@@ -103,7 +103,7 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
             psnr["4d field"].append(_psnr(rendered4d["rgb"].numpy(), image))
             psnr["3d field"].append(_psnr(answer3d["rgb"].numpy(), image))
             text = encoder.encode_texts(present).float().cpu()
-            maps["2d masks"] = _relevancy_of_embeddings(two_d(index), text, canonical)
+            maps["2d masks"] = relevancy_of_embeddings(two_d(index), text, canonical)
         for number, category in enumerate(present):
             gt = np.isin(truth, classes[category])
             if gt.sum() < MIN_PIXELS:
@@ -142,7 +142,7 @@ def score_scene(field4d, field3d, predictor, scene_dir: Path, vocabulary, seen) 
                         embedding_map = static_map if method == "3d field" else two_d(i)
                         cosine = embedding_map @ text[0]
                         scores.append(float(torch.quantile(cosine.flatten(), 0.99)))
-                        relevant = _relevancy_of_embeddings(embedding_map, text, canonical)[0]
+                        relevant = relevancy_of_embeddings(embedding_map, text, canonical)[0]
                         masks.append(relevant.numpy() > 0.5)
                     answers[method] = {"holds": _clip_when(scores, masks), "masks": masks}
                 for method, answer in answers.items():
@@ -214,7 +214,7 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
     from PIL import Image
 
     from ovseg.fileio import atomic_write
-    from ovseg.synthetic.fields_report import _captioned
+    from ovseg.synthetic.fields_report import captioned
     from ovseg.visualize import draw_heatmap, mask_overlay
 
     posed = field4d.scene()
@@ -233,8 +233,8 @@ def figure(field4d, scene_dir: Path, out: Path, state: str, phrase: str) -> None
         holds = bool(answer["holds"][position])
         mask = answer["masks"][position].numpy()
         panels = [
-            _captioned(truth, f"truth t={t:.2f}"),
-            _captioned(render, "4D render"),
+            captioned(truth, f"truth t={t:.2f}"),
+            captioned(render, "4D render"),
             draw_heatmap(render, heat, phrase, note="time-agnostic"),
             Image.fromarray(mask_overlay(render, mask, "holds" if holds else "not now")),
         ]

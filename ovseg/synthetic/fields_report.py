@@ -32,7 +32,7 @@ MIN_PIXELS = 20
 METHODS = ("field", "2d masks", "2d dense")
 
 
-def _segment_embedding_map(segment_map: np.ndarray, embeddings: torch.Tensor) -> torch.Tensor:
+def segment_embedding_map(segment_map: np.ndarray, embeddings: torch.Tensor) -> torch.Tensor:
     """(H, W, D): each pixel its segment's embedding, zeros where void."""
     out = torch.zeros(*segment_map.shape, embeddings.shape[1] if len(embeddings) else 1)
     if len(embeddings):
@@ -41,7 +41,7 @@ def _segment_embedding_map(segment_map: np.ndarray, embeddings: torch.Tensor) ->
     return out
 
 
-def _relevancy_of_embeddings(embedding_map, phrase_embeddings, canonical) -> torch.Tensor:
+def relevancy_of_embeddings(embedding_map, phrase_embeddings, canonical) -> torch.Tensor:
     from ovseg.modeling.pixel_text import relevancy
 
     pixels = embedding_map.permute(2, 0, 1)[None]
@@ -73,7 +73,7 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
             # labels from the first mask level (the panoptic segments by default)
             field_scores = field.class_scores(camera, class_text)
         segment_map, embeddings = view_segments(predictor, image)
-        mask_embeddings = _segment_embedding_map(segment_map, embeddings)
+        mask_embeddings = segment_embedding_map(segment_map, embeddings)
         dense = torch.from_numpy(predictor.heatmap(image, present))
         for number, category in enumerate(present):
             gt = np.isin(truth, [s["id"] for s in segments if s["category"] == category])
@@ -82,7 +82,7 @@ def score_scene(field, predictor, scene_dir: Path, vocabulary, seen: dict[str, b
             text = class_text[names.index(category)][None]
             maps = {
                 "field": queried["relevancy"][number],
-                "2d masks": _relevancy_of_embeddings(mask_embeddings, text, canonical)[0],
+                "2d masks": relevancy_of_embeddings(mask_embeddings, text, canonical)[0],
                 "2d dense": dense[number],
             }
             is_thing = any(s["isthing"] for s in segments if s["category"] == category)
@@ -238,8 +238,8 @@ def figure(field, predictor, scene_dir: Path, phrase: str, out: Path) -> None:
     result = field.relevancy(camera, [phrase])
     render = (result["rgb"].numpy() * 255).round().astype(np.uint8)
     panels = [
-        _captioned(truth, "held-out view (truth)"),
-        _captioned(render, "field render"),
+        captioned(truth, "held-out view (truth)"),
+        captioned(render, "field render"),
         draw_heatmap(render, result["relevancy"][0].numpy(), phrase, note="3D field"),
         draw_heatmap(truth, predictor.heatmap(truth, [phrase])[0], phrase, note="2D, same view"),
     ]
@@ -257,7 +257,7 @@ def figure(field, predictor, scene_dir: Path, phrase: str, out: Path) -> None:
     atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def _captioned(array: np.ndarray, caption: str):
+def captioned(array: np.ndarray, caption: str):
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(array)

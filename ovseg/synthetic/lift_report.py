@@ -377,7 +377,7 @@ def figure(out: Path, phrase: str) -> None:
     from ovseg.fields.lift import LiftedField
     from ovseg.fileio import atomic_write
     from ovseg.predictor import OVSegPredictor
-    from ovseg.synthetic.fields_report import _captioned
+    from ovseg.synthetic.fields_report import captioned
     from ovseg.visualize import draw_heatmap
 
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
@@ -387,7 +387,7 @@ def figure(out: Path, phrase: str) -> None:
     index = posed.split("test")[0]
     camera = posed.cameras[index]
     truth = np.asarray(Image.open(posed.image_paths[index]).convert("RGB"))
-    panels = [_captioned(truth, "held-out view (truth)")]
+    panels = [captioned(truth, "held-out view (truth)")]
     fields_dir = Path(json.loads((out / "lifted_fit" / name / "field.json").read_text())["splat"])
     for field, note in (
         (LanguageField.load(fields_dir, predictor), "trained field"),

@@ -32,7 +32,7 @@ from ovseg.synthetic.world3d import (
     SIDE_SHADE,
     TEXELS_PER_UNIT,
     Scene3D,
-    _erode,
+    erode,
     make_scene3d,
     orbit_cameras,
 )
@@ -48,7 +48,7 @@ def scene_splat(
     rng = np.random.default_rng([seed, count])
     side, half = scene.texels, scene.half_extent
     raised = scene.height > 0
-    edge = raised & ~_erode(raised)
+    edge = raised & ~erode(raised)
     er, ec = np.nonzero(edge)
     ground_area = (2 * half) ** 2
     wall_area = len(er) / TEXELS_PER_UNIT * float(scene.height[er, ec].mean() if len(er) else 0)

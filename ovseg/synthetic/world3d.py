@@ -260,7 +260,7 @@ def surface_points(scene: Scene3D, *, stride: int = 2, wall_levels: int = 3):
     points = [np.stack([x, y, z], 1)]
     colours = [scene.texture[rows, cols] / 255.0]
     raised = scene.height > 0
-    edge = raised & ~_erode(raised)
+    edge = raised & ~erode(raised)
     er, ec = np.nonzero(edge)
     for level in range(wall_levels):
         fraction = (level + 0.5) / wall_levels
@@ -271,7 +271,7 @@ def surface_points(scene: Scene3D, *, stride: int = 2, wall_levels: int = 3):
     return (np.concatenate(points).astype(np.float32), np.concatenate(colours).astype(np.float32))
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
+def erode(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1)
     return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
 
@@ -324,7 +324,7 @@ def write_scene3d(
         posed, out / "transforms_test.json", indices=list(range(train_views, len(cameras)))
     )
     points, colours = surface_points(scene)
-    _write_ply(out / "points3d.ply", points, colours)
+    write_ply(out / "points3d.ply", points, colours)
     write_text_atomic(
         out / "scene.json",
         json.dumps(
@@ -341,7 +341,7 @@ def write_scene3d(
     return out
 
 
-def _write_ply(path: Path, points: np.ndarray, colours: np.ndarray) -> None:
+def write_ply(path: Path, points: np.ndarray, colours: np.ndarray) -> None:
     import trimesh
 
     rgba = np.concatenate(

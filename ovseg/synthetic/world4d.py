@@ -41,10 +41,10 @@ from ovseg.synthetic.scenes import CATEGORIES, COLOURS, stuff_background, thing_
 from ovseg.synthetic.world3d import (
     TEXELS_PER_UNIT,
     Scene3D,
-    _write_ply,
     orbit_cameras,
     render_view,
     surface_points,
+    write_ply,
 )
 
 EVENTS = ("move", "colour", "morph")
@@ -311,7 +311,7 @@ def write_scene4d(
         extra = {"ply_file_path": "points3d.ply"} if split == "train" else None
         write_transforms(posed, out / f"transforms_{split}.json", indices=order, extra=extra)
     points, colours = surface_points(scene.at(0.0))
-    _write_ply(out / "points3d.ply", points, colours)
+    write_ply(out / "points3d.ply", points, colours)
     from ovseg.fields.captions import write_captions
 
     # every object is captioned, as 4D LangSplat captions every tracked mask: the ground's
