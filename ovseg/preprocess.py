@@ -81,6 +81,15 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
+def check_image(path: str | Path) -> tuple[int, int]:
+    """(H, W) as :func:`probe_image`, after decoding the pixels once: ImageError for all that
+    :func:`load_image` refuses, a truncated or corrupt file included (its header alone reads
+    fine), so a command can refuse it before it loads a model."""
+    with _opened_image(path) as image:
+        image.load()
+    return probe_image(path)
+
+
 # How pixel values of each depth reach the model: one rule for files and arrays. The type,
 # never the content, sets the scale: 16-bit integers are 0..65535 (v / 257, rounded), floats
 # 0..1, 8-bit 0..255; values outside are clipped. A 16-bit file that holds 8-bit values
