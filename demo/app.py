@@ -6,7 +6,10 @@ The same as ``ovseg app``: the logic lives in ovseg.apps.web.
 
 import sys
 
-from ovseg.apps.web import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line("app"):  # as `ovseg app`: one line, no traceback
+        from ovseg.apps.web import main
+
+        sys.exit(main())

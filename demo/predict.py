@@ -6,7 +6,10 @@ The same as ``ovseg predict``: the logic lives in ovseg.apps.predict.
 
 import sys
 
-from ovseg.apps.predict import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line("predict"):  # as `ovseg predict`: one line, no traceback
+        from ovseg.apps.predict import main
+
+        sys.exit(main())

@@ -63,14 +63,31 @@ def load_image(path: str | Path) -> np.ndarray:
         return to_rgb_uint8(ImageOps.exif_transpose(image))
 
 
+# EXIF orientations that turn the picture a quarter (transposed, 90, transverse, 270): the
+# picture a viewer shows, and :func:`load_image` returns, has width and height swapped.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def probe_image(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header, without decoding the pixels. Raises ImageError
-    for what :func:`load_image` refuses up front: missing, empty, not an image, too large."""
+    """(H, W) of an image file as :func:`load_image` returns it (and a viewer shows it: EXIF
+    orientation applied), from its header, without decoding the pixels. Raises ImageError for
+    what :func:`load_image` refuses up front: missing, empty, not an image, too large."""
     with _opened_image(path) as image:
         width, height = image.size
+        if image.getexif().get(0x0112) in _QUARTER_TURNS:  # 0x0112: the Orientation tag
+            width, height = height, width
     if width * height == 0:
         raise ImageError(f"{path} has 0 pixels")
     return height, width
+
+
+def check_image(path: str | Path) -> tuple[int, int]:
+    """(H, W) as :func:`probe_image`, after decoding the pixels once: ImageError for all that
+    :func:`load_image` refuses, a truncated or corrupt file included (its header alone reads
+    fine), so a command can refuse it before it loads a model."""
+    with _opened_image(path) as image:
+        image.load()
+    return probe_image(path)
 
 
 # How pixel values of each depth reach the model: one rule for files and arrays. The type,

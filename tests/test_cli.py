@@ -126,6 +126,17 @@ def test_bad_images(tmp_path, photo, capsys, kind):
     assert outputs_of(out) == []  # nothing written, not even temp files
 
 
+def test_a_truncated_image_is_refused_before_the_model_loads(tmp_path, photo, capsys):
+    """Exit 2 like any other bad input, one line, before any model loads (its header alone
+    reads fine: only decoding finds the missing bytes)."""
+    truncated = tmp_path / "cut_short.jpg"
+    Image.open(photo).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:-400])  # the header whole, the pixels not
+    code, _, err = run([truncated, "--classes", "cat", "--output", tmp_path / "out", *TINY], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "is truncated or corrupt" in err, err
+
+
 @pytest.mark.parametrize(
     "classes,message",
     [

@@ -87,6 +87,25 @@ def test_bad_prompts_are_one_line_exit_2_nothing_written(
     assert not out.exists()
 
 
+def test_prompts_are_checked_against_the_picture_as_shown(sam_file, tmp_path, capsys):
+    """A photo stored 80x48 with EXIF orientation 6 is shown (and segmented) 48x80: prompts
+    are in that picture's pixels, and its bounds are the ones checked."""
+    import numpy as np
+
+    photo = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the Orientation tag: turn 90 degrees clockwise to show
+    stored = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(photo, exif=exif)
+    args = [photo, *TINY, *sam_args(sam_file), "--output", tmp_path / "out"]
+    code, _, err = run_main(main, [*args, "--points", "20,70", "--boxes", "2,50,40,79"], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "turned.json").read_text())
+    assert record["image_size"] == [80, 48]
+    code, _, err = run_main(main, [*args, "--points", "70,20", "--overwrite"], capsys)
+    assert code == 2 and "outside the 48x80 image" in err.strip().splitlines()[-1], err
+
+
 def test_bad_sam_weights_are_refused_before_anything_is_written(image, sam_file, tmp_path, capsys):
     out = tmp_path / "out"
     corrupt = tmp_path / "corrupt.pth"

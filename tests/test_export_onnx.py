@@ -295,3 +295,19 @@ def test_predict_with_onnx_refuses_a_folder_that_is_no_export(image, tmp_path, c
     args = [image, "--classes", "star", "--onnx", tmp_path, "--output", tmp_path / "o"]
     code, _, err = run_main(predict_main, args, capsys)
     assert code == 2 and "not an ovseg export" in err and err.count("\n") == 1
+
+
+def test_predict_with_a_corrupt_onnx_graph_is_one_line_exit_2(exported, image, tmp_path, capsys):
+    import shutil
+
+    from ovseg.apps.predict import main as predict_main
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported[0], folder)
+    graph = folder / "image_encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])  # truncated: a download cut short
+    args = [image, "--classes", "star", "--onnx", folder, "--output", tmp_path / "o"]
+    code, _, err = run_main(predict_main, args, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "image_encoder.onnx cannot be loaded" in err and "export the model again" in err
+    assert not (tmp_path / "o").exists()

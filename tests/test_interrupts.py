@@ -7,6 +7,7 @@ import socket
 import sys
 
 import pytest
+from test_layout import ROOT, SCRIPTS
 
 from conftest import run_main
 from ovseg.apps import main as ovseg_main
@@ -100,3 +101,18 @@ def test_a_4d_fit_without_the_fields4d_extra_is_refused_before_any_work(
     code, _, err = run_main(fields.main, args, capsys)
     assert code == 2 and err.count("\n") == 1 and "pip install 'ovseg[fields4d]'" in err, err
     assert not (tmp_path / "field").exists()
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_ctrl_c_in_a_script_is_the_same_one_line(script, monkeypatch, capsys):
+    """python demo/predict.py ... (or any tools/ script) ends as ``ovseg predict ...`` does."""
+    import runpy
+
+    command = SCRIPTS[script]
+    monkeypatch.setattr(f"ovseg.apps.{ovseg_main.COMMANDS[command][0]}.main", ctrl_c)
+    monkeypatch.setattr(sys, "argv", [script, "--output", "o"])
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert ended.value.code == 130 and err.startswith("interrupted; ") and err.count("\n") == 1
+    assert f"ovseg {command} --output o" in err, err

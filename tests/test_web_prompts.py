@@ -4,8 +4,16 @@ labelled masks, and a model without a mask source says what to do."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from ovseg.apps.web import Demo, DemoError, add_click, empty_prompts
+from ovseg.apps.web import (
+    Demo,
+    DemoError,
+    add_click,
+    build_app,
+    canvas_to_image,
+    empty_prompts,
+)
 from ovseg.sam.masks import SamMasks
 from ovseg.sam.zoo import build_sam
 
@@ -47,5 +55,60 @@ def test_without_prompt_head_or_sam_the_page_says_what_to_do(parity_predictor):
         state = add_click(empty_prompts(), "positive point", 2, 2)
         with pytest.raises(DemoError, match="--sam-weights"):
             demo.segment_prompts(np.zeros((8, 8, 3), np.uint8), state, "cat", "")
+    finally:
+        demo.close()
+
+
+# A 2400 x 1400 upload: above the 2048 x 1024-pixel output limit, the overlay is 1896 x 1106.
+UPLOAD = (1400, 2400)
+OVERLAY = (1106, 1896)
+
+
+def test_a_fresh_canvas_shows_the_upload_itself():
+    fresh = empty_prompts()
+    assert canvas_to_image(fresh, 2300, 700, image_size=UPLOAD, output_size=OVERLAY) == (2300, 700)
+    assert canvas_to_image(fresh, 2400, 700, image_size=UPLOAD, output_size=OVERLAY) is None
+
+
+def test_after_a_first_box_corner_the_canvas_still_shows_the_upload():
+    corner = add_click(empty_prompts(), "box corner", 100, 200)
+    place = canvas_to_image(corner, 2000, 1300, image_size=UPLOAD, output_size=OVERLAY)
+    assert place == (2000, 1300)
+
+
+def test_on_the_overlay_a_click_is_scaled_and_the_legend_is_refused():
+    drawn = add_click(empty_prompts(), "positive point", 10, 10)
+    x, y = canvas_to_image(drawn, 1896 / 2, 1106 / 2, image_size=UPLOAD, output_size=OVERLAY)
+    assert (x, y) == pytest.approx((1200, 700))
+    assert canvas_to_image(drawn, 1900, 500, image_size=UPLOAD, output_size=OVERLAY) is None
+    assert canvas_to_image(drawn, 500, 1110, image_size=UPLOAD, output_size=OVERLAY) is None
+
+
+def test_the_prompt_tab_maps_clicks_on_each_canvas_it_shows(parity_predictor, tmp_path):
+    """The page's click handler itself: the fresh upload, one box corner, then the overlay."""
+    import gradio as gr
+
+    upload = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((UPLOAD[0], UPLOAD[1], 3), np.uint8)).save(upload)
+    demo = Demo(parity_predictor, model_note="test")
+    assert demo.predictor.output_size(*UPLOAD) == OVERLAY
+    demo.segment_prompts = lambda image, state, classes, preset: (None, [], "drawn")
+    try:
+        app = build_app(demo)
+        (click,) = [f.fn for f in app.fns.values() if f.name == "click"]
+
+        def press(state, mode, x, y):
+            event = gr.SelectData(None, {"index": [x, y], "value": None})
+            _, state, _, status = click(str(upload), state, mode, "cat", "", event)
+            return state, status
+
+        state, status = press(empty_prompts(), "box corner", 2300, 700)  # fresh: the upload
+        assert state["corner"] == [2300, 700], status
+        state, status = press(state, "box corner", 2000, 1300)  # one corner: still the upload
+        assert state["boxes"] == [[2000, 700, 2301, 1301]], status
+        state, status = press(state, "positive point", 1896 / 2, 1106 / 2)  # the overlay
+        assert state["points"] == [pytest.approx([1200, 700])], status
+        state, status = press(state, "positive point", 2000, 500)  # the overlay's legend
+        assert "not the legend" in status and len(state["points"]) == 1
     finally:
         demo.close()

@@ -6,7 +6,10 @@ The same as ``ovseg bench``: the logic lives in ovseg.apps.bench.
 
 import sys
 
-from ovseg.apps.bench import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line("bench"):  # as `ovseg bench`: one line, no traceback
+        from ovseg.apps.bench import main
+
+        sys.exit(main())

@@ -6,7 +6,10 @@ The same as ``ovseg eval``: the logic lives in ovseg.apps.eval.
 
 import sys
 
-from ovseg.apps.eval import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line("eval"):  # as `ovseg eval`: one line, no traceback
+        from ovseg.apps.eval import main
+
+        sys.exit(main())

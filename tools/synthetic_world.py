@@ -6,7 +6,12 @@ The same as ``ovseg synthetic-world``: the logic lives in ovseg.apps.synthetic_w
 
 import sys
 
-from ovseg.apps.synthetic_world import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line(
+        "synthetic-world"
+    ):  # as `ovseg synthetic-world`: one line, no traceback
+        from ovseg.apps.synthetic_world import main
+
+        sys.exit(main())

@@ -6,7 +6,10 @@ The same as ``ovseg agreement``: the logic lives in ovseg.apps.agreement.
 
 import sys
 
-from ovseg.apps.agreement import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line("agreement"):  # as `ovseg agreement`: one line, no traceback
+        from ovseg.apps.agreement import main
+
+        sys.exit(main())

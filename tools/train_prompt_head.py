@@ -6,7 +6,12 @@ The same as ``ovseg train-prompt-head``: the logic lives in ovseg.apps.train_pro
 
 import sys
 
-from ovseg.apps.train_prompt_head import main
+from ovseg.apps.main import ctrl_c_as_one_line
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with ctrl_c_as_one_line(
+        "train-prompt-head"
+    ):  # as `ovseg train-prompt-head`: one line, no traceback
+        from ovseg.apps.train_prompt_head import main
+
+        sys.exit(main())

@@ -9,6 +9,7 @@ Each sub-command is the ``main`` of a module in :mod:`ovseg.apps`, imported only
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shlex
 import sys
@@ -102,9 +103,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"ovseg.apps.{COMMANDS[name][0]}")
         return module.main(rest, prog=f"ovseg {name}")
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, what to run next
-        print(f"interrupted; {resume_hint(name, rest)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:
+        return say_interrupted(name, rest)
+
+
+def say_interrupted(name: str, rest: list[str]) -> int:
+    """Ctrl-C in ``ovseg NAME REST``: one line, no traceback, what to run next; exit code 130."""
+    print(f"interrupted; {resume_hint(name, rest)}", file=sys.stderr)
+    return 130
+
+
+@contextlib.contextmanager
+def ctrl_c_as_one_line(name: str):
+    """For the scripts in demo/ and tools/ (the command NAME with ``sys.argv``): Ctrl-C in the
+    block, its imports included, ends the program as ``ovseg NAME`` does (:func:`main`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(say_interrupted(name, sys.argv[1:])) from None
 
 
 def resume_hint(name: str, rest: list[str]) -> str:

@@ -270,16 +270,16 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
 
 def check_input(path: Path, max_frames: int) -> dict | None:
     """Refuse, before any model is loaded, an input that is no image or video at all (missing,
-    empty, not an image format, too large) or a video above ``max_frames`` (ImageError /
-    VideoError saying why). Returns a video's probe (None for an image)."""
-    from ovseg.preprocess import probe_image
+    empty, not an image format, too large, truncated) or a video above ``max_frames``
+    (ImageError / VideoError saying why). Returns a video's probe (None for an image)."""
+    from ovseg.preprocess import check_image
     from ovseg.video import check_frame_limit, probe
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
         info = probe(path)
         check_frame_limit(path, info, max_frames)
         return info
-    probe_image(path)
+    check_image(path)  # decodes once: a truncated file is found before the model loads
     return None
 
 

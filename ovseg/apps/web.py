@@ -74,6 +74,26 @@ def add_click(state: dict, mode: str, x: float, y: float) -> dict:
     return state
 
 
+def prompts_drawn(state: dict) -> bool:
+    """Whether the Prompts canvas shows the prompt overlay (drawn at the model's output size,
+    a legend beside it) rather than the upload itself: once a point or a box is in."""
+    return bool(state["points"] or state["boxes"])
+
+
+def canvas_to_image(
+    state: dict, x: float, y: float, *, image_size: tuple[int, int], output_size: tuple[int, int]
+) -> tuple[float, float] | None:
+    """A click at pixel (x, y) of the picture the Prompts canvas shows for ``state`` -> the
+    same place in the image (``image_size`` (H, W)); None on the legend, outside the picture.
+    The canvas shows the upload at its own size until a prompt is in (a fresh canvas, one box
+    corner), then the overlay at ``output_size`` (H, W) (:func:`prompts_drawn`)."""
+    height, width = image_size
+    shown_h, shown_w = output_size if prompts_drawn(state) else image_size
+    if not (0 <= x < shown_w and 0 <= y < shown_h):
+        return None
+    return x * width / shown_w, y * height / shown_h
+
+
 class Demo:
     """State of a running demo: one predictor (and optionally a SAM for prompts), a temp
     directory for downloads."""
@@ -228,7 +248,7 @@ class Demo:
                 "--sam-weights FILE (a SAM checkpoint) to click on objects"
             )
         array = as_rgb_array(image)
-        if not state["points"] and not state["boxes"]:
+        if not prompts_drawn(state):
             hint = "click the box's second corner" if state["corner"] else "click the image"
             return array, [], f"No prompt yet: {hint}."
         prompts = make_prompts(
@@ -399,12 +419,12 @@ def _prompt_tab(gr, demo: Demo) -> None:
     def click(image_path, state, mode, classes, preset, event: gr.SelectData):
         if not image_path:
             raise DemoError("upload an image first (or pick an example)")
-        height, width = load_image(image_path).shape[:2]
-        shown_h, shown_w = demo.predictor.output_size(height, width)  # the canvas's picture
-        x, y = event.index
-        if x >= shown_w or y >= shown_h:  # the legend beside the picture
+        image_size = load_image(image_path).shape[:2]
+        output_size = demo.predictor.output_size(*image_size)
+        place = canvas_to_image(state, *event.index, image_size=image_size, output_size=output_size)
+        if place is None:  # the legend beside the picture
             return gr.skip(), state, gr.skip(), "Click on the picture, not the legend."
-        state = add_click(state, mode, x * width / shown_w, y * height / shown_h)
+        state = add_click(state, mode, *place)
         overlay, rows, status = redraw(image_path, state, classes, preset)
         return overlay, state, rows, status
 

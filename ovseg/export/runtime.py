@@ -47,6 +47,29 @@ def read_export(folder: str | Path) -> dict:
     return settings
 
 
+def _session(ort, path: Path, options, providers: list[str]):
+    """ONNX Runtime's session for the graph at ``path``; ExportError (one line) for a graph it
+    cannot load (truncated, corrupt, or from an ONNX Runtime it does not know)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    load_errors = (
+        ort_errors.Fail,
+        ort_errors.InvalidArgument,
+        ort_errors.InvalidProtobuf,
+        ort_errors.InvalidGraph,
+        ort_errors.NoSuchFile,
+        ort_errors.NotImplemented,
+        ort_errors.RuntimeException,
+    )
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except load_errors as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ExportError(
+            f"{path} cannot be loaded by ONNX Runtime ({reason}): export the model again"
+        ) from None
+
+
 class OnnxPredictor(PredictorBase):
     """An export folder's graphs in ONNX Runtime, used like ``OVSegPredictor`` (the same
     vocabulary handling, feature cache, pre- and post-processing: :class:`PredictorBase`):
@@ -91,7 +114,7 @@ class OnnxPredictor(PredictorBase):
         options.log_severity_level = 3
         providers = providers or ["CPUExecutionProvider"]
         self.sessions = {
-            name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=providers)
+            name: _session(ort, folder / f"{name}.onnx", options, providers)
             for name in settings.get("graphs", ["image_encoder", "classifier"])
         }
         self._inference = _Inference(settings["inference"])
