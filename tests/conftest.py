@@ -88,3 +88,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Tests of about 10 s and more on 2 cores (`--durations`), and whole files whose module
+# fixtures are that long: the README's `python -m pytest` skips them (marker "long"), CI runs
+# them too (`python -m pytest -m "not slow"`, .ci/run).
+LONG = (
+    "test_synthetic_world.py::test_quick_world",
+    "test_export_onnx.py::",
+    "test_cli_fields4d.py::",
+    "test_install.py::",
+    "test_distributed_inference.py::",
+    "test_prompt_head.py::test_a_whole_small_sam_trains_and_loads_back_as_a_teacher",
+    "test_prompt_head.py::test_training_lowers_the_loss_and_resumes_exactly",
+    "test_prompt_head.py::test_train_command_writes_a_model_that_answers_clicks",
+    "test_fields_rasterizer.py::test_gradcheck_float64",
+    "test_keep_novel.py::test_synthetic_tiny_finds_novel_segments_with_it",
+    "test_fields_deform.py::test_a_dynamic_fit_follows_motion_that_a_static_fit_cannot",
+    "test_fields_deform.py::test_a_spacetime_fit_shows_a_change_of_state",
+    "test_precision.py::test_bench_reports_stages_per_precision",
+    "test_precision.py::test_fast_paths_agree_with_fp32_on_the_trained_tiny_model",
+    "test_text_ablation.py::test_an_ablation_row_runs_once_and_lands_in_the_table",
+    "test_train.py::test_two_process_torchrun_equals_one_process",
+    "test_cli_fields.py::test_an_interrupted_fit_resumes",
+    "test_fields_splat.py::test_sh_bases_to_degree_3_are_orthonormal",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        node = item.nodeid.split("/")[-1]
+        if node.startswith(LONG):
+            item.add_marker(pytest.mark.long)
