@@ -34,7 +34,7 @@ from ovseg.synthetic.world3d import (
     Scene3D,
     erode,
     make_scene3d,
-    orbit_cameras,
+    scene_cameras,
 )
 
 
@@ -164,20 +164,13 @@ def write_splat_world(
     scene = make_scene3d(seed, index)
     splat, gaussian_segments = scene_splat(scene, gaussians, seed=seed)
     write_splat(out / "splat.ply", splat)
-    atomic_write(
-        out / "gaussian_segments.npy", lambda tmp: np.save(open(tmp, "wb"), gaussian_segments)
-    )
-    train = orbit_cameras(train_views, width=width, height=height, prefix="view")
-    test = orbit_cameras(
-        test_views,
-        width=width,
-        height=height,
-        elevations=(73.0,),
-        azimuth_offset=180.0 / train_views,
-        prefix="view",
-        start=train_views,
-    )
-    cameras, paths = train + test, []
+
+    def save_segments(tmp):
+        with open(tmp, "wb") as file:
+            np.save(file, gaussian_segments)
+
+    atomic_write(out / "gaussian_segments.npy", save_segments)
+    cameras, paths = scene_cameras(train_views, test_views, width, height), []
     for camera in tqdm(cameras, desc="views", disable=not progress):
         image, segment = render_splat_view(splat, gaussian_segments, camera, len(scene.segments))
         path = out / "images" / f"{camera.name}.png"

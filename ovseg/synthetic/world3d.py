@@ -184,6 +184,22 @@ def orbit_cameras(
     return cameras
 
 
+def scene_cameras(train_views: int, test_views: int, width: int, height: int) -> list[Camera]:
+    """A scene's views: ``train_views`` orbiting at 68 / 78 degrees, then ``test_views``
+    held out at azimuths halfway between them, at 73 degrees (named view_000, ...)."""
+    train = orbit_cameras(train_views, width=width, height=height, prefix="view")
+    test = orbit_cameras(
+        test_views,
+        width=width,
+        height=height,
+        elevations=(73.0,),
+        azimuth_offset=180.0 / train_views,
+        prefix="view",
+        start=train_views,
+    )
+    return train + test
+
+
 def render_view(
     scene: Scene3D, camera: Camera, *, supersample: int = 2, steps: int = 48
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -292,17 +308,7 @@ def write_scene3d(
 
     out = Path(out)
     scene = make_scene3d(seed, index)
-    train = orbit_cameras(train_views, width=width, height=height, prefix="view")
-    test = orbit_cameras(
-        test_views,
-        width=width,
-        height=height,
-        elevations=(73.0,),
-        azimuth_offset=180.0 / train_views,
-        prefix="view",
-        start=train_views,
-    )
-    cameras = train + test
+    cameras = scene_cameras(train_views, test_views, width, height)
     paths = []
     for camera in cameras:
         image, segment, _ = render_view(scene, camera)
