@@ -363,3 +363,19 @@ def test_views_in_per_camera_folders_keep_their_own_features(scene, tmp_path):
         == 0
     )
     assert (tmp_path / "q" / "cam1__000_1_sand_heatmap.png").is_file()
+
+
+def test_one_door_opens_every_kind_of_field(lifted, tmp_path):
+    from ovseg.fields.field import LanguageField
+    from ovseg.fields.field4d import FORMAT as DYNAMIC
+    from ovseg.fields.field4d import DynamicField
+    from ovseg.fields.folders import field_class, open_field
+    from ovseg.fields.lift import LiftedField
+    from ovseg.predictor import OVSegPredictor
+
+    assert field_class(lifted) is LiftedField
+    (tmp_path / "field.json").write_text(json.dumps({"format": DYNAMIC}))
+    assert field_class(tmp_path) is DynamicField
+    assert field_class(tmp_path / "nothing") is LanguageField  # its reader says what is wrong
+    field = open_field(lifted, OVSegPredictor.from_pretrained("synthetic_tiny"))
+    assert isinstance(field, LiftedField) and len(field.norms) == 8000

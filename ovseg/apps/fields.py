@@ -353,7 +353,6 @@ def _query(args) -> int:
 
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.apps.outputs import slug
-    from ovseg.fields.field import LanguageField
     from ovseg.fields.posed_images import view_file_stem
     from ovseg.fileio import atomic_write
     from ovseg.heatmap import check_phrases
@@ -362,11 +361,14 @@ def _query(args) -> int:
     phrases = check_phrases(args.text) if args.text else []
     if args.size is not None and args.size < 16:
         raise ValueError("--size must be at least 16 pixels")
-    if _is_4d(args.field):
-        from ovseg.apps.fields4d import query4d
-        from ovseg.fields.field4d import DynamicField
+    from ovseg.fields.field4d import DynamicField
+    from ovseg.fields.folders import field_class
 
-        DynamicField.read_meta(args.field)  # a wrong folder fails before the model loads
+    kind = field_class(args.field)
+    kind.read_meta(args.field)  # a wrong folder fails before the model loads
+    if kind is DynamicField:
+        from ovseg.apps.fields4d import query4d
+
         if not phrases and not args.state:
             raise ValueError("give a --text or a --state to query")
         if args.ply:
@@ -383,14 +385,8 @@ def _query(args) -> int:
         raise ValueError("--extract writes the Gaussians of one phrase: give one --text")
     if args.extract and not args.extract.endswith(".ply"):
         raise ValueError(f"--extract must name a .ply file, got '{args.extract}'")
-    kind = _field_kind(args.field)
-    if kind == "lifted":
-        from ovseg.fields.lift import LiftedField as field_class
-    else:
-        field_class = LanguageField
-    field_class.read_meta(args.field)  # a wrong folder fails before the model loads
     predictor = load_predictor_from_arguments(args, log=print)
-    field = field_class.load(args.field, predictor)
+    field = kind.load(args.field, predictor)
     scene = field.scene()
     by_name = {camera.name: index for index, camera in enumerate(scene.cameras)}
     names = (
@@ -437,29 +433,3 @@ def _query(args) -> int:
         print(f"extract: {count} Gaussians for '{phrases[0]}' in {args.extract}")
     print(f"wrote {written + len(names)} images for {len(names)} view(s) to {out}")
     return 0
-
-
-def _field_kind(folder: str) -> str:
-    """ "lifted", "4d" or "3d" (the default: its reader then says what is wrong)."""
-    import json
-
-    from ovseg.fields.lift import FORMAT as LIFTED
-
-    try:
-        fmt = json.loads((Path(folder) / "field.json").read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        return "3d"
-    return "lifted" if fmt == LIFTED else "4d" if _is_4d(folder) else "3d"
-
-
-def _is_4d(folder: str) -> bool:
-    """Whether ``folder`` holds a 4D field (its field.json says; False when there is none)."""
-    import json
-
-    from ovseg.fields.field4d import FORMAT
-
-    meta_path = Path(folder) / "field.json"
-    try:
-        return json.loads(meta_path.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
