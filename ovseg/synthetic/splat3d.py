@@ -19,7 +19,6 @@ a megapixel view takes ~25 s, the splat ~1 s)::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ovseg.synthetic.world3d import (
     erode,
     make_scene3d,
     scene_cameras,
+    write_views,
 )
 
 
@@ -154,11 +154,7 @@ def write_splat_world(
 ) -> Path:
     """Scene ``index`` of ``seed`` as a ground-truth splat of ``gaussians`` Gaussians and
     views rendered from it (module doc layout); returns ``out``."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from ovseg.fields.posed_images import PosedImages, write_transforms
-    from ovseg.fileio import atomic_write, write_text_atomic
+    from ovseg.fileio import atomic_write
 
     out = Path(out)
     scene = make_scene3d(seed, index)
@@ -170,33 +166,15 @@ def write_splat_world(
             np.save(file, gaussian_segments)
 
     atomic_write(out / "gaussian_segments.npy", save_segments)
-    cameras, paths = scene_cameras(train_views, test_views, width, height), []
-    for camera in tqdm(cameras, desc="views", disable=not progress):
-        image, segment = render_splat_view(splat, gaussian_segments, camera, len(scene.segments))
-        path = out / "images" / f"{camera.name}.png"
-        atomic_write(path, lambda tmp, a=image: Image.fromarray(a).save(tmp, format="PNG"))
-        atomic_write(
-            out / "segments" / f"{camera.name}.png",
-            lambda tmp, a=segment: Image.fromarray(a).save(tmp, format="PNG"),
-        )
-        paths.append(path)
-    posed = PosedImages(cameras, paths)
-    write_transforms(posed, out / "transforms_train.json", indices=list(range(train_views)))
-    write_transforms(
-        posed, out / "transforms_test.json", indices=list(range(train_views, len(cameras)))
-    )
-    write_text_atomic(
-        out / "scene.json",
-        json.dumps(
-            {
-                "seed": seed,
-                "index": index,
-                "half_extent": scene.half_extent,
-                "segments": scene.segments,
-                "classes": sorted({s["category"] for s in scene.segments}),
-                "gaussians": len(splat),
-            },
-            indent=1,
-        ),
+    cameras = scene_cameras(train_views, test_views, width, height)
+    count = len(scene.segments)
+    write_views(
+        out,
+        scene,
+        cameras,
+        train_views,
+        lambda camera: render_splat_view(splat, gaussian_segments, camera, count),
+        meta={"seed": seed, "index": index, "gaussians": len(splat)},
+        progress=progress,
     )
     return out

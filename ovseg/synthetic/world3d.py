@@ -304,14 +304,44 @@ def write_scene3d(
 ) -> Path:
     """Write scene ``index`` of ``seed`` (module doc layout) into ``out``; returns ``out``.
     Held-out views sit at azimuths halfway between training ones, at a third elevation."""
-    from PIL import Image
-
     out = Path(out)
     scene = make_scene3d(seed, index)
     cameras = scene_cameras(train_views, test_views, width, height)
+    write_views(
+        out,
+        scene,
+        cameras,
+        train_views,
+        lambda camera: render_view(scene, camera)[:2],
+        meta={"seed": seed, "index": index},
+        transforms_extra={"ply_file_path": "points3d.ply"},
+    )
+    points, colours = surface_points(scene)
+    write_ply(out / "points3d.ply", points, colours)
+    return out
+
+
+def write_views(
+    out: Path,
+    scene: Scene3D,
+    cameras: list[Camera],
+    train_views: int,
+    render,
+    *,
+    meta: dict,
+    transforms_extra: dict | None = None,
+    progress: bool = False,
+) -> None:
+    """Each camera's ``render(camera)`` -> (image, segment map) as images/NAME.png and
+    segments/NAME.png, the first ``train_views`` in transforms_train.json (with
+    ``transforms_extra``) and the rest in transforms_test.json, and scene.json (``meta``,
+    the half extent, the segments and the classes)."""
+    from PIL import Image
+    from tqdm import tqdm
+
     paths = []
-    for camera in cameras:
-        image, segment, _ = render_view(scene, camera)
+    for camera in tqdm(cameras, desc="views", disable=not progress):
+        image, segment = render(camera)
         image_path = out / "images" / f"{camera.name}.png"
         atomic_write(image_path, lambda tmp, a=image: Image.fromarray(a).save(tmp, format="PNG"))
         atomic_write(
@@ -324,19 +354,16 @@ def write_scene3d(
         posed,
         out / "transforms_train.json",
         indices=list(range(train_views)),
-        extra={"ply_file_path": "points3d.ply"},
+        extra=transforms_extra,
     )
     write_transforms(
         posed, out / "transforms_test.json", indices=list(range(train_views, len(cameras)))
     )
-    points, colours = surface_points(scene)
-    write_ply(out / "points3d.ply", points, colours)
     write_text_atomic(
         out / "scene.json",
         json.dumps(
             {
-                "seed": seed,
-                "index": index,
+                **meta,
                 "half_extent": scene.half_extent,
                 "segments": scene.segments,
                 "classes": sorted({s["category"] for s in scene.segments}),
@@ -344,7 +371,6 @@ def write_scene3d(
             indent=1,
         ),
     )
-    return out
 
 
 def write_ply(path: Path, points: np.ndarray, colours: np.ndarray) -> None:
