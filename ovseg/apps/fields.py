@@ -273,6 +273,7 @@ def _lift(args) -> int:
         predictor,
         cfg,
         scene=scene,
+        splat=splat,
         cameras_json=args.cameras,
         progress=not args.no_progress,
     )

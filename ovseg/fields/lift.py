@@ -146,14 +146,16 @@ def lift_field(
     *,
     cameras_json: str | Path | None = None,
     scene: PosedImages | None = None,
+    splat: Splat | None = None,
     progress: bool = True,
     checkpoint_seconds: float = 60.0,
 ) -> dict:
     """Lift ovseg's 2D features onto the splat at ``splat_path`` from the "train" views of
     the scene at ``scene_path`` (any format :func:`load_posed_images` reads; with
     ``cameras_json`` 3DGS's cameras and the images in ``scene_path``; ``scene`` when already
-    loaded from them), into the folder ``out``, resuming whatever a previous run left (features per
-    view; the lifting every ``checkpoint_seconds``). Returns field.json's dict.
+    loaded from them; ``splat`` when already read from ``splat_path``), into the folder
+    ``out``, resuming whatever a previous run left (features per view; the lifting every
+    ``checkpoint_seconds``). Returns field.json's dict.
 
     Raises: PosedImagesError / SplatError for a bad scene or splat; ValueError when a camera
     sees none of the Gaussians or no view gave a segment; FieldError when ``out`` holds a
@@ -162,7 +164,7 @@ def lift_field(
     cfg = cfg or LiftConfig()
     out = Path(out)
     scene = scene or lift_scene(scene_path, cameras_json)
-    splat = read_splat_source(splat_path)
+    splat = splat or read_splat_source(splat_path)
     train = scene.split("train")
     cameras = [scene.cameras[i] for i in train]
     if cfg.image_scale != 1.0:
