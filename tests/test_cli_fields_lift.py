@@ -379,3 +379,33 @@ def test_one_door_opens_every_kind_of_field(lifted, tmp_path):
     assert field_class(tmp_path / "nothing") is LanguageField  # its reader says what is wrong
     field = open_field(lifted, OVSegPredictor.from_pretrained("synthetic_tiny"))
     assert isinstance(field, LiftedField) and len(field.norms) == 8000
+
+
+def test_an_empty_splat_writes_and_reads_but_is_not_lifted(scene, tmp_path, capsys):
+    """An --extract that selects nothing is an empty but valid splat; lifting onto one is
+    refused in one line, nothing written."""
+    from ovseg.fields.splat_ply import read_splat, write_splat
+
+    splat = read_splat(scene / "splat.ply")
+    empty = splat.subset(torch.zeros(len(splat), dtype=torch.bool))
+    write_splat(tmp_path / "empty.ply", empty)
+    back = read_splat(tmp_path / "empty.ply")
+    assert len(back) == 0 and back.cloud.sh.shape == (0, 16, 3)
+    out = tmp_path / "f"
+    assert (
+        main(
+            [
+                "lift",
+                str(scene),
+                "--splat",
+                str(tmp_path / "empty.ply"),
+                "--out",
+                str(out),
+                *MODEL,
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "has no Gaussians" in _one_line_error(capsys)
+    assert not out.exists()

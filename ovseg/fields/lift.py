@@ -120,6 +120,8 @@ def lift_scene(
 def check_cameras_see(splat: Splat, cameras: list[Camera]) -> None:
     """ValueError naming the first camera that sees none of the splat's Gaussian centres."""
     means = splat.cloud.means.detach()
+    if len(means) == 0:
+        raise ValueError("the splat has no Gaussians: nothing to lift onto")
     for camera in cameras:
         pixels, depth = camera.project(means)
         inside = (

@@ -205,7 +205,7 @@ def splat_properties(splat: Splat) -> dict[str, np.ndarray]:
     sh = numpy(cloud.sh)
     for c in range(3):
         columns[f"f_dc_{c}"] = sh[:, 0, c]
-    rest = sh[:, 1:].transpose(0, 2, 1).reshape(n, -1)  # channel-major, as 3DGS writes
+    rest = sh[:, 1:].transpose(0, 2, 1).reshape(n, 3 * (sh.shape[1] - 1))  # channel-major (3DGS)
     for i in range(rest.shape[1]):
         columns[f"f_rest_{i}"] = rest[:, i]
     columns["opacity"] = numpy(cloud.opacity_logits)
