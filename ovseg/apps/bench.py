@@ -90,7 +90,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--config", default="fcclip_convnext_large_coco")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
-    parser.add_argument("--image", default=str(EXAMPLES_DIR / "coffee.jpg"))
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="photo to time (default: the shipped coffee.jpg; with --official its "
+        "data/scene640x480.jpg)",
+    )
     parser.add_argument("--short-side", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -101,7 +106,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="comma-separated precisions to time, each against the first (default: fp32,auto)",
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--vocab", default="coco", help="vocabulary classified against")
+    parser.add_argument(
+        "--vocab",
+        default=None,
+        help="vocabulary classified against (default: coco; with --official its data/vocab8.tsv)",
+    )
     parser.add_argument(
         "--switch-vocab",
         default="ade150",
@@ -129,6 +138,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "Runtime with the same threads: the image network, then ovseg's post-processing",
     )
     parser.add_argument("--json", default=None, help="write the results here")
+    official = parser.add_argument_group(
+        "side by side with the official FC-CLIP (ovseg.apps.bench_official)"
+    )
+    official.add_argument(
+        "--official",
+        metavar="DIR",
+        default=None,
+        help="the official code's CPU harness (built by shared/reference/official_fcclip/"
+        "rebuild.sh): time it and ovseg in turn, fresh processes, A B A B, and print the "
+        "ratio table (--precisions, --repeats, --threads, --short-side apply to both)",
+    )
+    official.add_argument("--rounds", type=int, default=2, help="A B rounds (default 2)")
+    official.add_argument(
+        "--memory",
+        action="store_true",
+        help="also each side's peak RSS in one fresh process at --memory-short-side",
+    )
+    official.add_argument("--memory-short-side", type=int, default=800)
     return parser
 
 
@@ -419,17 +446,48 @@ def format_agreement(agreement: dict) -> str:
     return f"{agreement['precision']} vs fp32: " + "; ".join(parts)
 
 
+def _official_defaults(args) -> None:
+    """--official: the harness's own photo and 8-class vocabulary unless given; checks the
+    options that have no meaning there."""
+    from ovseg.apps.bench_official import check_harness
+
+    data = check_harness(args.official) / "data"
+    args.image = str(Path(args.image or data / "scene640x480.jpg").resolve())
+    args.vocab = args.vocab or str(data / "vocab8.tsv")
+    if Path(args.vocab).is_file():
+        args.vocab = str(Path(args.vocab).resolve())
+    else:
+        raise ValueError(
+            f"--official needs --vocab as a file both sides read ({args.vocab} is not one): "
+            "one class per line, KIND<TAB>synonyms"
+        )
+    if args.device != "cpu":
+        raise ValueError("--official runs on the CPU (the harness is CPU-only): drop --device")
+    if args.rounds < 1 or args.repeats < 1:
+        raise ValueError("--rounds and --repeats must be at least 1")
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from ovseg.checkpoint import WeightsError
     from ovseg.preprocess import ImageError
 
     args = build_parser(prog).parse_args(argv)
     try:
-        report = run(args)
+        if args.official:
+            from ovseg.apps.bench_official import format_side_by_side, side_by_side
+
+            _official_defaults(args)
+            report = side_by_side(args)
+            table = format_side_by_side(report)
+        else:
+            args.image = args.image or str(EXAMPLES_DIR / "coffee.jpg")
+            args.vocab = args.vocab or "coco"
+            report = run(args)
+            table = format_table(report)
     except (ValueError, FileNotFoundError, ImageError, WeightsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(report))
+    print(table)
     if args.json:
         from ovseg.fileio import atomic_write
 
