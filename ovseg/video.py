@@ -160,35 +160,6 @@ def write_mp4(
     atomic_write(path, write)
 
 
-def _track_frame(tracker, segments: list[dict], frame_hw: tuple[int, int]) -> None:
-    """Give each thing segment of a frame its ``track_id`` (kept across frames)."""
-    things = [s for s in segments if s["isthing"]]
-    ids = tracker.update(
-        np.stack([s["mask"] for s in things]) if things else np.zeros((0, *frame_hw), bool),
-        np.array([s["class_id"] for s in things], dtype=np.int64),
-    )
-    for segment, track_id in zip(things, ids, strict=True):
-        segment["track_id"] = track_id
-
-
-def _draw_frame(
-    frame: np.ndarray, segments: list[dict], colours: np.ndarray, note: str | None = None
-) -> np.ndarray:
-    """The overlay of one frame: things coloured by track, stuff by class; ``note`` under the
-    legend (the model, and a toy or random model's caveat)."""
-    from ovseg.visualize import overlay
-
-    shown = [
-        {
-            "mask": s["mask"],
-            "label": f"{s['class']} #{s['track_id']}" if s["isthing"] else s["class"],
-            "color": colours[(s["track_id"] + 7 if s["isthing"] else s["class_id"]) % 64],
-        }
-        for s in segments
-    ]
-    return np.asarray(overlay(frame, shown, note=note))
-
-
 def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
     """Legends differ between frames: pad every frame (white) to the largest one."""
     width = max(p.shape[1] for p in pictures)
@@ -212,7 +183,8 @@ def segment_video(
     info: dict | None = None,
     model: str | None = None,
 ) -> dict:
-    """Panoptic segmentation of every frame with the predictor's current vocabulary.
+    """Panoptic segmentation of every frame with the predictor's current vocabulary, each
+    frame drawn and recorded as an image is (:func:`ovseg.render.render`).
 
     Things carry a ``track_id`` that stays with the object across frames. Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
@@ -223,27 +195,23 @@ def segment_video(
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
-    from ovseg.model_zoo import model_caveat, model_tag
-    from ovseg.results import describe, segment_records
+    from ovseg.model_zoo import model_caveat
+    from ovseg.render import render
     from ovseg.tracking import IoUTracker
-    from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = info or probe(path)
     model = model or predictor.model_name
     caveat = model_caveat(model, predictor.vocabulary.classes)
-    note = f"model: {model_tag(model)}"
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
-    colours = palette(64)
     drawn, records = [], []
     for index, frame in enumerate(read_frames(path, max_frames)):
         result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
-        _, segments = describe(result, "panoptic")
-        _track_frame(tracker, segments, frame.shape[:2])
-        drawn.append(_draw_frame(frame, segments, colours, note))
+        rendered = render(result, frame, "panoptic", model=model, tracker=tracker)
+        drawn.append(np.asarray(rendered.overlay))
         time = info["times"][index] if index < len(info["times"]) else None
-        records.append({"frame": index, "time": time, "segments": segment_records(segments)})
+        records.append({"frame": index, "time": time, "segments": rendered.record["segments"]})
         if progress is not None:
             progress(index + 1, max(info["frames"], index + 1))
     if not drawn:

@@ -167,12 +167,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
 def _segmentation(predictor, image, image_path, args, settings, paths, outputs) -> dict:
     """Segment one image (the task, prompts or SAM masks); its overlay and label map go into
     ``outputs``; returns its JSON record."""
-    import numpy as np
-
-    from ovseg.model_zoo import model_caveat, model_tag
-    from ovseg.preprocess import resize_image
-    from ovseg.results import describe, image_record, label_map_image
-    from ovseg.visualize import draw_result
+    from ovseg.render import render
 
     task = "prompts" if args.prompts is not None else args.task
     if args.prompts is not None:
@@ -185,51 +180,33 @@ def _segmentation(predictor, image, image_path, args, settings, paths, outputs) 
         result = predictor.predict(
             image, tasks=(args.task,), short_side=args.short_side, head=args.head
         )
-    label_map, segments = describe(result, task, score_threshold=args.score_threshold)
-    if task == "prompts":
-        for segment in segments:
-            segment["shown"] = True  # every prompt's mask is drawn, whatever its score
-    source = "" if args.masks == "model" else f", masks: {args.sam_masks.name}"
-    if args.head == "pixel-text":
-        source += ", pixel-text head"
-    outputs[paths["overlay"]] = draw_result(
-        resize_image(image, result["output_size"]),
-        segments,
+    rendered = render(
+        result,
+        image,
         task,
-        note=f"model: {model_tag(settings['model'])}{source}",
+        model=settings["model"],
+        score_threshold=args.score_threshold,
         prompts=args.prompts,
-        prompt_scale=result["output_size"][0] / result["image_size"][0],
+        masks_from=None if args.sam_masks is None else args.sam_masks.name,
+        head=args.head,
+        image_name=str(image_path),
     )
-    outputs[paths["labels"]] = label_map_image(np.asarray(label_map), task)
-    record = image_record(result, segments, task=task, model=settings["model"], image=image_path)
-    if task == "prompts":
-        record["prompts"] = result["prompts"]
-    if args.sam_masks is not None:
-        record["masks_from"] = args.sam_masks.name
-    if args.head != "fcclip":
-        record["head"] = args.head
-    if args.keep_novel:
-        record["keep_novel"] = True
-    caveat = model_caveat(settings["model"], result["vocabulary"].classes)
-    if caveat:
-        record["model_caveat"] = caveat
-    return record
+    outputs[paths["overlay"]] = rendered.overlay
+    outputs[paths["labels"]] = rendered.label_image()
+    return rendered.record
 
 
 def _heatmaps(predictor, image, args, settings, paths, outputs) -> list[dict]:
     """One relevancy heat map picture per ``--heatmap`` phrase into ``outputs``; returns their
     JSON entries (phrase, file, peak relevancy, share of pixels above 0.5)."""
-    from ovseg.model_zoo import model_tag
-    from ovseg.preprocess import resize_image
-    from ovseg.visualize import draw_heatmap
+    from ovseg.render import render_heatmaps
 
     maps = predictor.heatmap(image, args.heatmap, short_side=args.short_side)
-    shown = resize_image(image, maps.shape[1:])
+    pictures = render_heatmaps(image, maps, args.heatmap, model=settings["model"])
     entries = []
     for index, (phrase, relevancy) in enumerate(zip(args.heatmap, maps, strict=True)):
         path = paths[f"heatmap {index}"]
-        note = f"model: {model_tag(settings['model'])}"
-        outputs[path] = draw_heatmap(shown, relevancy, phrase, note=note)
+        outputs[path] = pictures[index]
         entries.append(
             {
                 "phrase": phrase,
