@@ -175,6 +175,9 @@ def segment_video(
     path: str | Path,
     out_dir: str | Path,
     *,
+    task: str = "panoptic",
+    score_threshold: float | None = None,
+    head: str = "fcclip",
     max_frames: int = DEFAULT_MAX_FRAMES,
     short_side: int | None = None,
     progress=None,
@@ -183,32 +186,46 @@ def segment_video(
     info: dict | None = None,
     model: str | None = None,
 ) -> dict:
-    """Panoptic segmentation of every frame with the predictor's current vocabulary, each
-    frame drawn and recorded as an image is (:func:`ovseg.render.render`).
+    """Segment every frame with the predictor's current vocabulary in ``task`` (panoptic,
+    semantic or instance), each frame drawn and recorded as an image is
+    (:func:`ovseg.render.render`).
 
-    Things carry a ``track_id`` that stays with the object across frames. Writes
+    Things carry a ``track_id`` that stays with the object across frames (panoptic things,
+    instances scoring at least ``score_threshold``, default
+    :data:`ovseg.results.INSTANCE_SCORE_THRESHOLD`; semantic segments are classes). Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
     defaults to the video's file stem; ``extra`` fields are added to the JSON record; ``info``:
     the file's :func:`probe`, when the caller has it already; ``model``: its name, for the
     note under each frame's legend and a toy or random model's ``model_caveat`` in the JSON;
-    default the predictor's).
+    default the predictor's; ``head``: see :meth:`ovseg.predictor.OVSegPredictor.predict`).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
     from ovseg.model_zoo import model_caveat
     from ovseg.render import render
+    from ovseg.results import INSTANCE_SCORE_THRESHOLD
     from ovseg.tracking import IoUTracker
 
     path, out_dir = Path(path), Path(out_dir)
     info = info or probe(path)
     model = model or predictor.model_name
     caveat = model_caveat(model, predictor.vocabulary.classes)
+    if score_threshold is None:
+        score_threshold = INSTANCE_SCORE_THRESHOLD
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     drawn, records = [], []
     for index, frame in enumerate(read_frames(path, max_frames)):
-        result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
-        rendered = render(result, frame, "panoptic", model=model, tracker=tracker)
+        result = predictor.predict(frame, tasks=(task,), short_side=short_side, head=head)
+        rendered = render(
+            result,
+            frame,
+            task,
+            model=model,
+            score_threshold=score_threshold,
+            head=head,
+            tracker=tracker,
+        )
         drawn.append(np.asarray(rendered.overlay))
         time = info["times"][index] if index < len(info["times"]) else None
         records.append({"frame": index, "time": time, "segments": rendered.record["segments"]})
@@ -218,6 +235,7 @@ def segment_video(
         raise VideoError(f"{path.name} has no frames")
     record = {
         "video": str(path),
+        "task": task,
         "fps": info["fps"],
         "frames": len(records),
         "classes": predictor.vocabulary.names,

@@ -125,6 +125,36 @@ def test_a_video_frame_is_drawn_and_listed_as_predict_draws_it(
     assert (drawn[0][height:] == 255).all() and (drawn[0][:, width:] == 255).all()
 
 
+@pytest.mark.parametrize("task", ["instance", "semantic"])
+def test_a_video_is_segmented_in_the_task_asked_for(clip_path, tmp_path, capsys, task):
+    """--task instance on a video silently gave panoptic output."""
+    out = tmp_path / "out"
+    code, _, err = run_main(
+        main,
+        [clip_path, "--classes", "square, wall", "--task", task, "--output", out, *SMALL],
+        capsys,
+    )
+    assert code == 0, err
+    record = json.loads((out / "moving_frames.json").read_text())
+    assert record["task"] == task
+    frame = next(read_frames(clip_path, 1))
+    Image.fromarray(frame).save(tmp_path / "frame0.png")
+    code, _, err = run_main(
+        main,
+        [tmp_path / "frame0.png", "--classes", "square, wall", "--task", task, "--output", out]
+        + SMALL,
+        capsys,
+    )
+    assert code == 0, err
+    image = json.loads((out / "frame0.json").read_text())
+    segments = record["per_frame"][0]["segments"]
+    untracked = [{k: v for k, v in s.items() if k != "track_id"} for s in segments]
+    assert untracked == image["segments"]
+    for segment in segments:  # instances shown are tracked; a semantic class is no object
+        tracked = task == "instance" and segment.get("shown", True) and segment["isthing"]
+        assert ("track_id" in segment) == tracked
+
+
 @pytest.fixture
 def sam_file(tmp_path):
     import torch

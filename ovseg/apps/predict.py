@@ -219,7 +219,7 @@ def _heatmaps(predictor, image, args, settings, paths, outputs) -> list[dict]:
 
 
 def process_video(predictor, video_path: Path, args, paths: dict, settings: dict, info) -> dict:
-    """NAME_overlay.mp4 and NAME_frames.json: panoptic per frame, tracked thing ids."""
+    """NAME_overlay.mp4 and NAME_frames.json: each frame in the task, tracked thing ids."""
     from tqdm import tqdm
 
     from ovseg.apps.arguments import precision_record
@@ -235,6 +235,9 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             predictor,
             video_path,
             paths["overlay"].parent,
+            task=args.task,
+            score_threshold=args.score_threshold,
+            head=args.head,
             max_frames=args.max_frames,
             short_side=args.short_side,
             progress=advance,
