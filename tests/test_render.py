@@ -185,3 +185,22 @@ def test_every_prompted_mask_drawn_is_in_the_label_map(image, sam_file, tmp_path
     assert any(s["score"] < 0.5 for s in record["segments"])  # the case that was lost
     labels = np.asarray(Image.open(out / "photo_labels.png"))
     assert set(np.unique(labels)) - {0} == {s["id"] for s in record["segments"]}
+
+
+def test_short_side_is_honoured_for_prompts_and_sam_masks(image, sam_file, tmp_path, capsys):
+    """--short-side was silently ignored with --points / --boxes and --masks sam: the frozen
+    CLIP that labels the masks saw the image at the model's own size."""
+    sam = ["--masks", "sam", "--sam-model", "tiny", "--sam-weights", sam_file]
+    base = [image, "--model", "fcclip_tiny_parity", "--classes", "cat, dog, sky", *sam]
+    automatic = ["--sam-points-per-side", "4", "--sam-min-iou", "0", "--sam-min-stability", "0"]
+    for extra in (PROMPTS, automatic):
+        scores = []
+        for short_side in ("64", "160"):
+            out = tmp_path / f"out{short_side}{len(extra)}"
+            code, _, err = run_main(
+                main, [*base, *extra, "--short-side", short_side, "--output", out], capsys
+            )
+            assert code == 0, err
+            record = json.loads((out / "photo.json").read_text())
+            scores.append([s["score"] for s in record["segments"]])
+        assert scores[0] != scores[1], extra

@@ -86,7 +86,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--short-side",
         type=int,
         default=None,
-        help="test-time short side in pixels (default: the model's, 800)",
+        help="test-time short side in pixels of the model's image pass, prompts and SAM masks' "
+        "labels included (default: the model's, 800; SAM draws its masks at its own size)",
     )
     parser.add_argument(
         "--max-output-pixels",
@@ -171,11 +172,15 @@ def _segmentation(predictor, image, image_path, args, settings, paths, outputs) 
 
     task = "prompts" if args.prompts is not None else args.task
     if args.prompts is not None:
-        result = predictor.segment_prompts(image, prompts=args.prompts, sam=args.sam_masks)
+        result = predictor.segment_prompts(
+            image, prompts=args.prompts, sam=args.sam_masks, short_side=args.short_side
+        )
     elif args.sam_masks is not None:
         from ovseg.sam.segment import segment_automatic
 
-        result = segment_automatic(predictor, image, args.sam_masks, tasks=(args.task,))
+        result = segment_automatic(
+            predictor, image, args.sam_masks, tasks=(args.task,), short_side=args.short_side
+        )
     else:
         result = predictor.predict(
             image, tasks=(args.task,), short_side=args.short_side, head=args.head
