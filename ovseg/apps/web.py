@@ -22,6 +22,7 @@ import numpy as np
 
 from ovseg import model_zoo
 from ovseg.apps.web_heatmap import heatmap_tab
+from ovseg.apps.web_inputs import tolerant_image_input
 
 TYPED = "(type classes)"
 
@@ -281,26 +282,6 @@ class Demo:
         mp4, frames_json = record["outputs"]
         status = f"{record['frames']} frames at {fps:.1f} frames/s."
         return mp4, frames_json, status + self.preset_note(classes, preset)
-
-
-def tolerant_image_input(gr, **kwargs):
-    """An image input that hands the uploaded file itself to ovseg's loader, as the command
-    line reads it: gradio's default image_mode="RGB" converts first, which turned a 16-bit
-    PNG white; files PIL cannot open reach the loader too, whose message says what is wrong
-    (gradio's own error comes before the handler runs, without one)."""
-    from PIL import UnidentifiedImageError
-
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    preprocess = component.preprocess
-
-    def lenient(payload):
-        try:
-            return preprocess(payload)
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            return payload.path
-
-    component.preprocess = lenient
-    return component
 
 
 def _guarded(gr, function):

@@ -68,7 +68,7 @@ def tile(pictures: list, *, columns: int, gap: int = 8):
 
 def heatmap_tab(gr, demo, guarded) -> None:
     """The tab; ``guarded`` wraps a handler so bad input shows as a page message."""
-    from ovseg.apps.web import tolerant_image_input
+    from ovseg.apps.web_inputs import tolerant_image_input
     from ovseg.assets import example_images
     from ovseg.preprocess import load_image
 
