@@ -221,6 +221,7 @@ class OVSegPredictor(PredictorBase):
         mask_scores=None,
         vocabulary: VocabularyLike | None = None,
         tasks: tuple[str, ...] | str = TASKS,
+        short_side: int | None = None,
     ) -> dict:
         """Label any masks (SAM's, a user's) with the vocabulary, the way the
         out-of-vocabulary branch labels a query mask, and build panoptic / semantic /
@@ -229,6 +230,7 @@ class OVSegPredictor(PredictorBase):
         Args:
             image: a path, PIL image or (H, W[, C]) array.
             masks: (N, H, W) bool at the image size; mask_scores: (N,) in [0, 1] (default 1).
+            short_side: the test resize of the image pass (default: the config's).
         """
         from ovseg.sam.segment import segment_masks
 
@@ -236,7 +238,9 @@ class OVSegPredictor(PredictorBase):
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
-        return segment_masks(self, image, masks, mask_scores=mask_scores, tasks=tasks)
+        return segment_masks(
+            self, image, masks, mask_scores=mask_scores, tasks=tasks, short_side=short_side
+        )
 
     @torch.no_grad()
     def segment_prompts(
@@ -249,6 +253,7 @@ class OVSegPredictor(PredictorBase):
         prompts=None,
         vocabulary: VocabularyLike | None = None,
         sam=None,
+        short_side: int | None = None,
     ) -> dict:
         """Masks for clicks and boxes, each with its open-vocabulary classes.
 
@@ -261,6 +266,7 @@ class OVSegPredictor(PredictorBase):
             prompts: an :class:`ovseg.sam.prompts.Prompts` instead of the three above.
             sam: a :class:`ovseg.sam.masks.SamMasks` to draw masks with; None uses the
                 model's prompt head (the same image pass as :meth:`encode`).
+            short_side: the test resize of the image pass (default: the config's).
         Returns:
             see :func:`ovseg.sam.segment.segment_prompts`: ``instances`` in prompt order and
             ``prompts`` [{"prompt", "mask_score", "top_classes"}].
@@ -280,6 +286,7 @@ class OVSegPredictor(PredictorBase):
             boxes=boxes,
             prompts=prompts,
             sam=sam,
+            short_side=short_side,
         )
 
     # ---------------------------------------------------------------- prediction

@@ -207,7 +207,8 @@ class PredictorBase:
             ``max_output_pixels``), ``vocabulary``, and per task: ``sem_seg`` (K, h, w) per-class
             scores in [0, Q] (sum over queries of class probability x mask probability, as in
             Mask2Former); ``panoptic_seg`` (h, w) int32 and ``segments_info`` [{id, isthing,
-            category_id, score}]; ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1
+            category_id, score}] (and ``keep_novel`` True when ``inference.keep_novel`` kept
+            unseen classes' masks); ``instances`` {masks (N, h, w) bool, boxes (N, 4) x0 y0 x1
             y1, scores (N,), labels (N,)}; and ``class_logits`` (Q, K+1), ``mask_logits`` (Q,
             Hp/4, Wp/4). Raises ValueError for an unknown task or no vocabulary.
         """
@@ -281,6 +282,8 @@ def segment_outputs(
             overlap_threshold=inference.overlap_threshold,
             novel_classes=novel,
         )
+        if novel is not None:
+            result["keep_novel"] = True  # said in the outputs: not the official FC-CLIP rule
     if "instance" in tasks:
         scores, labels, query = postprocess.instance_queries(
             class_logits, is_thing, detections_per_image=inference.detections_per_image

@@ -59,3 +59,14 @@ class IoUTracker:
                 self.tracks.append(Track(self.next_id, int(labels[row]), masks[row], self.frame))
                 self.next_id += 1
         return ids
+
+
+def track_segments(tracker: IoUTracker, segments: list[dict], size_hw: tuple[int, int]) -> None:
+    """Give each of a frame's ``segments`` (:func:`ovseg.results.describe`'s, at ``size_hw``)
+    its ``track_id``, kept across the frames ``tracker`` has seen."""
+    ids = tracker.update(
+        np.stack([s["mask"] for s in segments]) if segments else np.zeros((0, *size_hw), bool),
+        np.array([s["class_id"] for s in segments], dtype=np.int64),
+    )
+    for segment, track_id in zip(segments, ids, strict=True):
+        segment["track_id"] = track_id

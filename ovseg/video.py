@@ -160,35 +160,6 @@ def write_mp4(
     atomic_write(path, write)
 
 
-def _track_frame(tracker, segments: list[dict], frame_hw: tuple[int, int]) -> None:
-    """Give each thing segment of a frame its ``track_id`` (kept across frames)."""
-    things = [s for s in segments if s["isthing"]]
-    ids = tracker.update(
-        np.stack([s["mask"] for s in things]) if things else np.zeros((0, *frame_hw), bool),
-        np.array([s["class_id"] for s in things], dtype=np.int64),
-    )
-    for segment, track_id in zip(things, ids, strict=True):
-        segment["track_id"] = track_id
-
-
-def _draw_frame(
-    frame: np.ndarray, segments: list[dict], colours: np.ndarray, note: str | None = None
-) -> np.ndarray:
-    """The overlay of one frame: things coloured by track, stuff by class; ``note`` under the
-    legend (the model, and a toy or random model's caveat)."""
-    from ovseg.visualize import overlay
-
-    shown = [
-        {
-            "mask": s["mask"],
-            "label": f"{s['class']} #{s['track_id']}" if s["isthing"] else s["class"],
-            "color": colours[(s["track_id"] + 7 if s["isthing"] else s["class_id"]) % 64],
-        }
-        for s in segments
-    ]
-    return np.asarray(overlay(frame, shown, note=note))
-
-
 def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
     """Legends differ between frames: pad every frame (white) to the largest one."""
     width = max(p.shape[1] for p in pictures)
@@ -204,6 +175,9 @@ def segment_video(
     path: str | Path,
     out_dir: str | Path,
     *,
+    task: str = "panoptic",
+    score_threshold: float | None = None,
+    head: str = "fcclip",
     max_frames: int = DEFAULT_MAX_FRAMES,
     short_side: int | None = None,
     progress=None,
@@ -212,44 +186,56 @@ def segment_video(
     info: dict | None = None,
     model: str | None = None,
 ) -> dict:
-    """Panoptic segmentation of every frame with the predictor's current vocabulary.
+    """Segment every frame with the predictor's current vocabulary in ``task`` (panoptic,
+    semantic or instance), each frame drawn and recorded as an image is
+    (:func:`ovseg.render.render`).
 
-    Things carry a ``track_id`` that stays with the object across frames. Writes
+    Things carry a ``track_id`` that stays with the object across frames (panoptic things,
+    instances scoring at least ``score_threshold``, default
+    :data:`ovseg.results.INSTANCE_SCORE_THRESHOLD`; semantic segments are classes). Writes
     ``STEM_overlay.mp4`` and ``STEM_frames.json`` into ``out_dir`` (both or neither; ``stem``
     defaults to the video's file stem; ``extra`` fields are added to the JSON record; ``info``:
     the file's :func:`probe`, when the caller has it already; ``model``: its name, for the
     note under each frame's legend and a toy or random model's ``model_caveat`` in the JSON;
-    default the predictor's).
+    default the predictor's; ``head``: see :meth:`ovseg.predictor.OVSegPredictor.predict`).
     ``progress(done, total)`` is called after each frame. Returns the JSON record.
     Raises VideoError for an unreadable, empty or too long video.
     """
-    from ovseg.model_zoo import model_caveat, model_tag
-    from ovseg.results import describe, segment_records
+    from ovseg.model_zoo import model_caveat
+    from ovseg.render import render
+    from ovseg.results import INSTANCE_SCORE_THRESHOLD
     from ovseg.tracking import IoUTracker
-    from ovseg.visualize import palette
 
     path, out_dir = Path(path), Path(out_dir)
     info = info or probe(path)
     model = model or predictor.model_name
     caveat = model_caveat(model, predictor.vocabulary.classes)
-    note = f"model: {model_tag(model)}"
+    if score_threshold is None:
+        score_threshold = INSTANCE_SCORE_THRESHOLD
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
-    colours = palette(64)
     drawn, records = [], []
     for index, frame in enumerate(read_frames(path, max_frames)):
-        result = predictor.predict(frame, tasks=("panoptic",), short_side=short_side)
-        _, segments = describe(result, "panoptic")
-        _track_frame(tracker, segments, frame.shape[:2])
-        drawn.append(_draw_frame(frame, segments, colours, note))
+        result = predictor.predict(frame, tasks=(task,), short_side=short_side, head=head)
+        rendered = render(
+            result,
+            frame,
+            task,
+            model=model,
+            score_threshold=score_threshold,
+            head=head,
+            tracker=tracker,
+        )
+        drawn.append(np.asarray(rendered.overlay))
         time = info["times"][index] if index < len(info["times"]) else None
-        records.append({"frame": index, "time": time, "segments": segment_records(segments)})
+        records.append({"frame": index, "time": time, "segments": rendered.record["segments"]})
         if progress is not None:
             progress(index + 1, max(info["frames"], index + 1))
     if not drawn:
         raise VideoError(f"{path.name} has no frames")
     record = {
         "video": str(path),
+        "task": task,
         "fps": info["fps"],
         "frames": len(records),
         "classes": predictor.vocabulary.names,

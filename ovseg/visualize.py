@@ -175,6 +175,9 @@ def _with_legend(picture: Image.Image, segments: list[dict], note: str | None) -
     return board
 
 
+TRACK_COLOURS = 64  # a video's tracks take turns at the palette's first 64 colours
+
+
 def draw_result(
     image: np.ndarray,
     segments: list[dict],
@@ -189,17 +192,29 @@ def draw_result(
     and their boxes, labelled with class and score. Segments marked ``shown: False`` (below
     the score threshold) are not drawn. ``note`` goes under the legend (the model).
     ``task="prompts"``: prompted masks, drawn like instances, with ``prompts`` marked on top
-    (see :func:`overlay`)."""
+    (see :func:`overlay`). A segment with a ``track_id`` (a video's tracked thing) takes its
+    track's colour, kept across frames, and is named "class #id"."""
     segments = [s for s in segments if s.get("shown", True)]
     boxed = task in ("instance", "prompts")
-    colours = palette(max([s["class_id"] for s in segments] + [0]) + 1)
+    tracked = any("track_id" in s for s in segments)
+    colours = palette(max([s["class_id"] + 1 for s in segments] + [TRACK_COLOURS * tracked]))
+
+    def colour(segment: dict) -> np.ndarray:
+        if "track_id" in segment:  # offset: track 1 is not drawn in class 0's colour
+            return colours[(segment["track_id"] + 7) % TRACK_COLOURS]
+        return colours[segment["class_id"]]
+
+    def label(segment: dict) -> str:
+        track = f" #{segment['track_id']}" if "track_id" in segment else ""
+        return f"{segment['class']}{track}"
+
     drawable = [
         {
             "mask": s["mask"],
-            "label": s["class"],
-            "color": colours[s["class_id"]],
+            "label": label(s),
+            "color": colour(s),
             "box": s["box"] if boxed else None,
-            "box_label": f"{s['class']} {s['score']:.2f}" if boxed else None,
+            "box_label": f"{label(s)} {s['score']:.2f}" if boxed else None,
         }
         for s in segments
     ]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_main
-from ovseg.apps import predict
+from ovseg.apps import predict_segment
 from ovseg.apps.predict import main
 
 TINY = ["--model", "fcclip_tiny_parity", "--short-side", "64"]
@@ -138,7 +138,7 @@ def test_ctrl_c_says_how_far_it_got_and_exits_130(tmp_path, capsys, monkeypatch)
     folder.mkdir()
     for index in range(4):
         save(folder / f"{index}.png", seed=index)
-    real = predict.process_image
+    real = predict_segment.process_image
     calls = []
 
     def interrupted_on_the_third(*args, **kwargs):
@@ -147,7 +147,7 @@ def test_ctrl_c_says_how_far_it_got_and_exits_130(tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "process_image", interrupted_on_the_third)
+    monkeypatch.setattr(predict_segment, "process_image", interrupted_on_the_third)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
         main([str(folder), "--classes", "cat", "--output", str(out), *TINY])

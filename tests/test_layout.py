@@ -150,3 +150,50 @@ def test_no_module_imports_another_modules_private_names():
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
                     bad.append(f"{path.relative_to(PACKAGE)}: from {module} import {alias.name}")
     assert not bad, "\n".join(bad)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles_between_ovseg_modules():
+    """Imports inside functions count too: ovseg.apps.web and ovseg.apps.web_heatmap imported
+    each other (for the shared image input), a circle that works only while one side imports
+    lazily."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    imports = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        imports[name] = {m for m in found if m in modules and m != name}
+
+    def cycle_from(start: str) -> list[str] | None:
+        path, seen = [start], set()
+
+        def walk(module: str) -> list[str] | None:
+            for child in sorted(imports[module]):
+                if child == start:
+                    return [*path, start]
+                if child not in seen:
+                    seen.add(child)
+                    path.append(child)
+                    if found := walk(child):
+                        return found
+                    path.pop()
+            return None
+
+        return walk(start)
+
+    cycles = [" -> ".join(c) for name in sorted(modules) if (c := cycle_from(name))]
+    assert not cycles, cycles[0]

@@ -12,7 +12,7 @@ def test_a_16_bit_png_upload_is_read_like_the_command_line_reads_it(tmp_path):
     PNG came out 99.6% white. The component now passes the uploaded file through."""
     from gradio.data_classes import ImageData
 
-    from ovseg.apps.web import tolerant_image_input
+    from ovseg.apps.web_inputs import tolerant_image_input
     from ovseg.preprocess import load_image
 
     ramp = (np.linspace(0, 60000, 64 * 48).reshape(48, 64)).astype(np.uint16)

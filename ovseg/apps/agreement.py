@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     from ovseg.apps.arguments import load_predictor_from_arguments
     from ovseg.apps.outputs import UsageError
-    from ovseg.apps.predict import collect_images
+    from ovseg.apps.predict_inputs import collect_images
     from ovseg.fileio import write_text_atomic
     from ovseg.preprocess import ImageError
     from ovseg.vocabulary import as_vocabulary

@@ -12,7 +12,6 @@ per-frame segmentation with tracked instance ids, an overlay MP4 and per-frame J
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 
 from ovseg import model_zoo
 from ovseg.apps.web_heatmap import heatmap_tab
+from ovseg.apps.web_inputs import tolerant_image_input
 
 TYPED = "(type classes)"
 
@@ -172,17 +172,9 @@ class Demo:
         """-> overlay (H, W, 3), table rows, label PNG path, JSON path, status text. The
         downloads are named after the image (``name``) and the task. ``keep_novel``: see
         :meth:`set_keep_novel` (None: as it is)."""
-        from PIL import Image
-
-        from ovseg.model_zoo import model_caveat, model_tag
+        from ovseg.apps.outputs import write_outputs
         from ovseg.preprocess import as_rgb_array
-        from ovseg.results import (
-            INSTANCE_SCORE_THRESHOLD,
-            describe,
-            image_record,
-            label_map_image,
-        )
-        from ovseg.visualize import draw_result
+        from ovseg.render import render
 
         if image is None:
             raise DemoError("upload an image first (or pick an example)")
@@ -195,32 +187,23 @@ class Demo:
         encodes = self.predictor.image_encodes
         result = self.predictor.predict(array, vocabulary=vocabulary, tasks=(task,))
         seconds = time.perf_counter() - start
-        label_map, segments = describe(result, task, score_threshold=INSTANCE_SCORE_THRESHOLD)
-        picture = np.asarray(Image.fromarray(array).resize(result["output_size"][::-1]))
-        model = self.predictor.model_name
-        note = f"model: {model_tag(model)}"
-        overlay = np.asarray(draw_result(picture, segments, task, note=note))
-        shown = [s for s in segments if s.get("shown", True)]
-        rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in shown]
+        rendered = render(result, array, task, model=self.predictor.model_name)
+        rows = [[s["class"], round(float(s["score"]), 3), s["area"]] for s in rendered.shown]
         self.runs += 1
         run_dir = self.workdir / f"run{self.runs}"  # one folder a run: names never collide
         run_dir.mkdir()
         label_path = run_dir / f"{name}_{task}_labels.png"
         json_path = run_dir / f"{name}_{task}.json"
-        label_map_image(np.asarray(label_map), task).save(label_path)
-        record = image_record(result, segments, task=task, model=model)
-        caveat = model_caveat(model, vocabulary.classes)
-        if caveat:
-            record["model_caveat"] = caveat
-        json_path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        write_outputs({label_path: rendered.label_image(), json_path: rendered.record})
+        caveat = rendered.record.get("model_caveat")
         reused = self.predictor.image_encodes == encodes
         status = (
-            f"Run {self.runs}: {len(shown)} segments in {seconds:.2f} s"
+            f"Run {self.runs}: {len(rows)} segments in {seconds:.2f} s"
             f"{' (image features reused)' if reused else ''}."
             f"{self.preset_note(classes, preset)} {self.model_note}"
             + (f"\n\n**Caution:** {caveat}." if caveat else "")
         )
-        return overlay, rows, str(label_path), str(json_path), status
+        return np.asarray(rendered.overlay), rows, str(label_path), str(json_path), status
 
     def prompt_source(self) -> str | None:
         """What draws prompted masks here ("SAM ..." / "the model's prompt head"), or None."""
@@ -233,11 +216,9 @@ class Demo:
     def segment_prompts(self, image, state: dict, classes: str, preset: str):
         """-> overlay (prompts and masks drawn), table rows [prompt, mask score, top classes],
         status text. An image with no prompts yet is shown as it is."""
-        from ovseg.model_zoo import model_tag
-        from ovseg.preprocess import as_rgb_array, resize_image
-        from ovseg.results import describe
+        from ovseg.preprocess import as_rgb_array
+        from ovseg.render import render
         from ovseg.sam.prompts import make_prompts
-        from ovseg.visualize import draw_result
 
         if image is None:
             raise DemoError("upload an image first (or pick an example)")
@@ -262,16 +243,13 @@ class Demo:
         encodes = self.predictor.image_encodes
         result = self.predictor.segment_prompts(array, prompts=prompts, sam=self.sam_masks)
         seconds = time.perf_counter() - start
-        _, segments = describe(result, "prompts")
-        for segment in segments:
-            segment["shown"] = True
-        overlay = draw_result(
-            resize_image(array, result["output_size"]),
-            segments,
+        rendered = render(
+            result,
+            array,
             "prompts",
-            note=f"model: {model_tag(self.predictor.model_name)}",
+            model=self.predictor.model_name,
             prompts=prompts,
-            prompt_scale=result["output_size"][0] / array.shape[0],
+            masks_from=None if self.sam_masks is None else self.sam_masks.name,
         )
         rows = [
             [
@@ -283,7 +261,7 @@ class Demo:
         ]
         reused = " (image features reused)" if self.predictor.image_encodes == encodes else ""
         return (
-            np.asarray(overlay),
+            np.asarray(rendered.overlay),
             rows,
             f"{len(rows)} prompted mask(s) from {source} in {seconds:.2f} s{reused}."
             + self.preset_note(classes, preset),
@@ -304,26 +282,6 @@ class Demo:
         mp4, frames_json = record["outputs"]
         status = f"{record['frames']} frames at {fps:.1f} frames/s."
         return mp4, frames_json, status + self.preset_note(classes, preset)
-
-
-def tolerant_image_input(gr, **kwargs):
-    """An image input that hands the uploaded file itself to ovseg's loader, as the command
-    line reads it: gradio's default image_mode="RGB" converts first, which turned a 16-bit
-    PNG white; files PIL cannot open reach the loader too, whose message says what is wrong
-    (gradio's own error comes before the handler runs, without one)."""
-    from PIL import UnidentifiedImageError
-
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    preprocess = component.preprocess
-
-    def lenient(payload):
-        try:
-            return preprocess(payload)
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            return payload.path
-
-    component.preprocess = lenient
-    return component
 
 
 def _guarded(gr, function):

@@ -26,11 +26,8 @@ def split_phrases(text: str) -> list[str]:
 def heatmap_pictures(demo, image, text: str) -> tuple[np.ndarray, str]:
     """(H, W, 3) image and the phrase text -> (the heat maps side by side, two a row, as one
     picture; status)."""
-    from PIL import Image
-
-    from ovseg.model_zoo import model_tag
     from ovseg.preprocess import as_rgb_array
-    from ovseg.visualize import draw_heatmap
+    from ovseg.render import render_heatmaps
 
     if image is None:
         raise ValueError("upload an image first (or pick an example)")
@@ -41,12 +38,7 @@ def heatmap_pictures(demo, image, text: str) -> tuple[np.ndarray, str]:
     encodes = demo.predictor.image_encodes
     maps = demo.predictor.heatmap(array, phrases)
     seconds = time.perf_counter() - start
-    shown = np.asarray(Image.fromarray(array).resize(maps.shape[1:][::-1]))
-    note = f"model: {model_tag(demo.predictor.model_name)}"
-    pictures = [
-        draw_heatmap(shown, relevancy, phrase, note=note)
-        for phrase, relevancy in zip(phrases, maps, strict=True)
-    ]
+    pictures = render_heatmaps(array, maps, phrases, model=demo.predictor.model_name)
     reused = demo.predictor.image_encodes == encodes
     status = (
         f"{len(phrases)} heat map(s) in {seconds:.2f} s"
@@ -76,7 +68,7 @@ def tile(pictures: list, *, columns: int, gap: int = 8):
 
 def heatmap_tab(gr, demo, guarded) -> None:
     """The tab; ``guarded`` wraps a handler so bad input shows as a page message."""
-    from ovseg.apps.web import tolerant_image_input
+    from ovseg.apps.web_inputs import tolerant_image_input
     from ovseg.assets import example_images
     from ovseg.preprocess import load_image
 

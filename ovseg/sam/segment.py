@@ -39,14 +39,16 @@ def segment_masks(
     mask_scores=None,
     tasks: tuple[str, ...] = ("panoptic", "semantic", "instance"),
     things_only: bool = True,
+    short_side: int | None = None,
 ) -> dict:
     """Label given masks with the predictor's vocabulary and build the per-task outputs.
 
-    ``masks`` (N, H, W) bool at the image size; ``mask_scores`` (N,) in [0, 1] (default 1).
+    ``masks`` (N, H, W) bool at the image size; ``mask_scores`` (N,) in [0, 1] (default 1);
+    ``short_side``: the frozen CLIP's test resize (default: the config's).
     Returns ``OVSegPredictor.segment``'s keys for ``tasks`` (see
     :func:`ovseg.sam.labels.results_from_masks`) plus ``mask_probs`` (N, K) and
     ``mask_top_classes`` (per mask its best classes)."""
-    features = predictor.encode(image)
+    features = predictor.encode(image, short_side=short_side)
     masks_np = np.asarray(masks).astype(bool)
     probs = class_probabilities(
         predictor.model,
@@ -77,15 +79,21 @@ def segment_masks(
 
 
 @torch.no_grad()
-def segment_automatic(predictor, image, sam_masks, *, tasks) -> dict:
+def segment_automatic(predictor, image, sam_masks, *, tasks, short_side: int | None = None) -> dict:
     """SAM's automatic masks of ``image`` (a :class:`ovseg.sam.masks.SamMasks`), labelled:
-    :func:`segment_masks`' result plus ``mask_set`` (the :class:`MaskSet`)."""
+    :func:`segment_masks`' result plus ``mask_set`` (the :class:`MaskSet`). ``short_side``:
+    the frozen CLIP's test resize (SAM sees the image at its own size)."""
     from ovseg.preprocess import as_rgb_array
 
     array = as_rgb_array(image)
     mask_set = sam_masks.automatic(array)
     result = segment_masks(
-        predictor, array, mask_set.masks, mask_scores=mask_set.scores, tasks=tasks
+        predictor,
+        array,
+        mask_set.masks,
+        mask_scores=mask_set.scores,
+        tasks=tasks,
+        short_side=short_side,
     )
     result["mask_set"] = mask_set
     return result
@@ -101,6 +109,7 @@ def segment_prompts(
     boxes=None,
     prompts: Prompts | None = None,
     sam=None,
+    short_side: int | None = None,
 ) -> dict:
     """Masks for point / box prompts and their open-vocabulary labels.
 
@@ -108,7 +117,8 @@ def segment_prompts(
     the model's prompt head (one image pass: the frozen CLIP features serve both). Returns a
     result with ``instances`` (one per prompt object, in prompt order: masks (N, h, w) bool,
     boxes, scores = best class probability x mask score, labels) and ``prompts``: per object
-    {"prompt", "mask_score", "top_classes"}; plus ``mask_probs`` (N, K).
+    {"prompt", "mask_score", "top_classes"}; plus ``mask_probs`` (N, K). ``short_side``: the
+    test resize of the image pass (default: the config's).
     Raises PromptError for bad prompts, ValueError when there is no mask source.
     """
     from ovseg.preprocess import as_rgb_array
@@ -120,7 +130,7 @@ def segment_prompts(
         prompts = make_prompts(
             prompts.points, prompts.point_labels, prompts.boxes, image_size=array.shape[:2]
         )
-    features = predictor.encode(array)
+    features = predictor.encode(array, short_side=short_side)
     if sam is not None:
         mask_set = sam.prompted(array, prompts)
     elif getattr(predictor.model, "prompt_head", None) is not None:
