@@ -224,7 +224,31 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             (layer, "linear2"),
         ):
             setattr(owner, name, quantize_linears(nn.Sequential(getattr(owner, name)))[0])
+    _wrap_quantized(model)
     return model
+
+
+class Float32Input(nn.Module):
+    """Runs a dynamically quantized int8 layer on a float32 copy of its input: under bf16
+    autocast (the int8 path's other layers where bf16 is native) its input may be bf16,
+    which the int8 kernels do not take."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.float())
+
+
+def _wrap_quantized(module: nn.Module) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    for name, child in module.named_children():
+        if isinstance(child, DynamicInt8Linear):
+            setattr(module, name, Float32Input(child))
+        else:
+            _wrap_quantized(child)
 
 
 def _replace_pointwise(module: nn.Module) -> None:

@@ -297,3 +297,61 @@ def test_gradients_match_grid_sample_formulation():
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for ours, theirs in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(ours, theirs)
+
+
+def fused_case(batch=2, heads=4, points=3, seed=0):
+    """Random value / reference / offsets / logits on SHAPES with offsets that reach outside
+    every level (so zero padding is exercised)."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = len(SHAPES)
+    tokens = sum(h * w for h, w in SHAPES)
+    value = torch.randn(batch, tokens, heads, 8, generator=generator)
+    reference = torch.rand(batch, 7, levels, 2, generator=generator)
+    offsets = torch.randn(batch, 7, heads, levels, points, 2, generator=generator) * 3
+    logits = torch.randn(batch, 7, heads, levels * points, generator=generator)
+    return value, reference, offsets, logits
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_cpu_sampling_equals_the_pytorch_path(threads):
+    from ovseg.modeling.deformable_cpu import fused_deformable_sampling
+
+    value, reference, offsets, logits = fused_case()
+    batch, queries, heads, levels, points, _ = offsets.shape
+    normalizer = torch.tensor([[w, h] for h, w in SHAPES], dtype=torch.float32)
+    locations = reference[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None]
+    weights = F.softmax(logits, -1).view(batch, queries, heads, levels, points)
+    expected = multi_scale_deformable_sampling(value, SHAPES, locations, weights)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = fused_deformable_sampling(value, SHAPES, reference, offsets, logits)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    slow = sampling_reference(value, SHAPES, locations, weights)
+    torch.testing.assert_close(actual, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_fuses_only_where_no_gradient_is_wanted(monkeypatch):
+    import ovseg.modeling.deformable_attention as module
+
+    torch.manual_seed(0)
+    attention = MultiScaleDeformableAttention(32, len(SHAPES), 4, 3)
+    with torch.no_grad():
+        attention.sampling_offsets.weight.normal_(0, 0.5)
+        attention.attention_weights.weight.normal_(0, 0.5)
+    tokens = sum(h * w for h, w in SHAPES)
+    query = torch.randn(2, tokens, 32)
+    reference = torch.rand(2, tokens, len(SHAPES), 2)
+    calls = []
+    fused = module.fused_deformable_sampling
+    monkeypatch.setattr(
+        module, "fused_deformable_sampling", lambda *a: calls.append(1) or fused(*a)
+    )
+    with torch.no_grad():
+        inference = attention(query, reference, query, SHAPES)
+    assert calls == [1]
+    training = attention(query, reference, query, SHAPES)  # gradients: the PyTorch path
+    assert calls == [1] and training.requires_grad
+    torch.testing.assert_close(inference, training.detach(), rtol=1e-5, atol=1e-5)

@@ -111,9 +111,10 @@ def test_pointwise_convolution_as_linear_is_the_same_layer():
 
 
 def is_quantized(module):
+    """An int8 layer, as quantize_int8 leaves it: wrapped to take any float input."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-    return isinstance(module, DynamicQuantizedLinear)
+    return isinstance(module, P.Float32Input) and isinstance(module.layer, DynamicQuantizedLinear)
 
 
 def test_int8_quantizes_every_backbone_mlp_layer(parity_predictor):
@@ -132,7 +133,11 @@ def test_int8_quantizes_every_backbone_mlp_layer(parity_predictor):
         modules = dict(layer.named_modules())
         assert is_quantized(modules["linear1"]) and is_quantized(modules["self_attn.value_proj"])
         assert type(modules["self_attn.sampling_offsets"]) is nn.Linear
-    assert probe_shape[1:] in {(m.in_features, m.out_features) for m in quantized}
+    shapes = {(m.layer.in_features, m.layer.out_features) for m in quantized}
+    assert probe_shape[1:] in shapes
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs reach the int8 layers
+        x = torch.randn(3, quantized[0].layer.in_features).bfloat16()
+        assert quantized[0](x).dtype == torch.float32
 
 
 @pytest.mark.parametrize("fast", ["int8", "bf16"])

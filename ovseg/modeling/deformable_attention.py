@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg.modeling.deformable_cpu import fused_deformable_sampling, fused_sampling_applies
+
 
 def _is_exporting() -> bool:
     """True while torch.export traces. torch.compiler.is_exporting is torch >= 2.7; before it
@@ -141,8 +143,19 @@ class MultiScaleDeformableAttention(nn.Module):
         batch, num_queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(value_input).view(batch, -1, heads, self.d_model // heads)
-        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        # Where the samples go and how they are weighed stay fp32 under autocast: bf16's 8-bit
+        # mantissa would move a sample by up to 1/256 of the offset.
+        with torch.autocast(query.device.type, enabled=False):
+            query = query.float()
+            offsets = self.sampling_offsets(query).view(
+                batch, num_queries, heads, levels, points, 2
+            )
+            weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        if fused_sampling_applies(value, offsets, weights, reference_points):
+            output = fused_deformable_sampling(
+                value, spatial_shapes, reference_points, offsets, weights
+            )
+            return self.output_proj(output.to(value.dtype))
         weights = F.softmax(weights, -1).view(batch, num_queries, heads, levels, points)
         normalizer = torch.tensor(
             [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device

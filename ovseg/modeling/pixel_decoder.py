@@ -158,14 +158,14 @@ class PixelDecoder(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """features res2..res5 -> mask_features (B, mask_dim, H/4, W/4) and
-        [maps at strides 32, 16, 8] each (B, conv_dim, H/s, W/s). Runs in fp32."""
-        with torch.autocast(device_type=features["res2"].device.type, enabled=False):
-            return self._forward(features)
+        [maps at strides 32, 16, 8] each (B, conv_dim, H/s, W/s), float32.
 
-    def _forward(self, features):
+        Under autocast (the fast paths) the projections, feed-forward layers and convolutions
+        run in its precision while the token stream between layers, the norms and the
+        deformable attention's sampling offsets and weights stay fp32."""
         tokens, positions, spatial_shapes = [], [], []
         for level, name in enumerate(self.encoder_features):
-            x = features[name].float()
+            x = features[name]
             src = self.input_proj[level](x)
             pos = sine_position_encoding(x, self.conv_dim // 2)
             spatial_shapes.append((src.shape[-2], src.shape[-1]))
@@ -173,7 +173,7 @@ class PixelDecoder(nn.Module):
             positions.append(
                 pos.flatten(2).transpose(1, 2) + self.transformer.level_embed[level].view(1, 1, -1)
             )
-        src = torch.cat(tokens, 1)
+        src = torch.cat(tokens, 1).float()  # the token stream stays fp32 under autocast
         pos = torch.cat(positions, 1)
         batch = src.shape[0]
         refs = reference_points(spatial_shapes, batch, src.device)
@@ -187,9 +187,9 @@ class PixelDecoder(nn.Module):
                 src.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes, strict=True
             )
         ]
-        lateral = self.adapter_1(features["res2"].float())
+        lateral = self.adapter_1(features["res2"])
         top_down = F.interpolate(
             maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
         )
         finest = self.layer_1(lateral + top_down)
-        return self.mask_features(finest), maps
+        return self.mask_features(finest).float(), [level.float() for level in maps]
