@@ -141,6 +141,9 @@ class PredictorBase:
         inf = self.inference
         return shortest_edge_size(height, width, short_side or inf.min_size_test, inf.max_size_test)
 
+    # Whether _image_network takes a batch of several images (an exported graph may not).
+    batches_images = True
+
     @torch.no_grad()
     def encode(self, image, *, short_side: int | None = None) -> ImageFeatures:
         """Run the image network once: the vocabulary-independent :class:`ImageFeatures`.
@@ -151,33 +154,78 @@ class PredictorBase:
         The last ``feature_cache_size`` images' features are kept: the same image at the same
         size is not encoded twice.
         """
-        array = as_rgb_array(image)
-        resized_hw = self.network_input_size(*array.shape[:2], short_side)
-        key = hashlib.sha1(array.tobytes()).hexdigest() + f"{array.shape}{resized_hw}"
-        if key in self._features:
-            self._features.move_to_end(key)
-            return self._features[key]
+        return self.encode_many([image], short_side=short_side)[0]
+
+    @torch.no_grad()
+    def encode_many(
+        self, images, *, short_side: int | None = None, batch_size: int = 1
+    ) -> list[ImageFeatures]:
+        """:meth:`encode` of several images, one :class:`ImageFeatures` each, in order.
+
+        Consecutive images resized to the same network input size run through the image
+        network as one batch of up to ``batch_size`` (they need no extra padding, so each
+        image's features are its own; equal to one at a time to float rounding: the matrix
+        products block a batch differently). All are cached as :meth:`encode` caches, so a
+        :meth:`predict` of each afterwards does not encode again. Raises ValueError for a
+        ``batch_size`` below 1.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not self.batches_images:
+            batch_size = 1
+        arrays = [as_rgb_array(image) for image in images]
+        sizes = [self.network_input_size(*a.shape[:2], short_side) for a in arrays]
+        keys = [
+            hashlib.sha1(a.tobytes()).hexdigest() + f"{a.shape}{size}"
+            for a, size in zip(arrays, sizes, strict=True)
+        ]
+        found: dict[str, ImageFeatures] = {}
+        for key in keys:
+            if key in self._features:
+                self._features.move_to_end(key)
+                found[key] = self._features[key]
+        todo = [keys.index(key) for key in dict.fromkeys(keys) if key not in found]
+        while todo:
+            batch = [todo.pop(0)]
+            while todo and len(batch) < batch_size and sizes[todo[0]] == sizes[batch[0]]:
+                batch.append(todo.pop(0))
+            for index, features in zip(
+                batch, self._encode_batch([arrays[i] for i in batch], sizes[batch[0]]), strict=True
+            ):
+                found[keys[index]] = features
+                self._remember(keys[index], features)
+        return [found[key] for key in keys]
+
+    def _encode_batch(self, arrays: list, resized_hw: tuple[int, int]) -> list[ImageFeatures]:
+        """One pass of the image network over images that all resize to ``resized_hw``."""
         inf = self.inference
         pixels = normalize_and_pad(
-            [resize_image(array, resized_hw)],
+            [resize_image(array, resized_hw) for array in arrays],
             inf.pixel_mean,
             inf.pixel_std,
             inf.size_divisibility,
             device=self.device,
         )
         outputs = self._image_network(pixels)
-        self.image_encodes += 1
-        features = ImageFeatures(
-            **outputs,
-            image_size=tuple(array.shape[:2]),
-            resized_hw=resized_hw,
-            padded_hw=tuple(pixels.shape[-2:]),
-        )
+        self.image_encodes += len(arrays)
+        return [
+            ImageFeatures(
+                **{
+                    name: None if value is None else value[index : index + 1]
+                    for name, value in outputs.items()
+                },
+                image_size=tuple(array.shape[:2]),
+                resized_hw=resized_hw,
+                padded_hw=tuple(pixels.shape[-2:]),
+            )
+            for index, array in enumerate(arrays)
+        ]
+
+    def _remember(self, key: str, features: ImageFeatures) -> None:
         if self.feature_cache_size > 0:
             self._features[key] = features
             while len(self._features) > self.feature_cache_size:
                 self._features.popitem(last=False)
-        return features
 
     def clear_cache(self) -> None:
         """Forget the cached image features."""

@@ -65,6 +65,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_threads_argument(parser)
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images of a folder encoded together, up to N at a time when they resize to the "
+        "same size (default 1; pays on a GPU more than on a CPU). Reading the next images and "
+        "writing the last ones run beside the network at any N",
+    )
+    parser.add_argument(
         "--onnx",
         metavar="DIR",
         help="run an `ovseg export` folder in ONNX Runtime instead of the PyTorch model "
@@ -120,6 +129,8 @@ def check_arguments(args) -> None:
         )
     if args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     _check_score_threshold(args)
     if args.device is not None:
         resolve_device(args.device)

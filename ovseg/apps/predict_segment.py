@@ -11,14 +11,17 @@ from ovseg.apps.outputs import write_outputs
 from ovseg.video import VIDEO_SUFFIXES
 
 
-def process_image(predictor, image_path: Path, args, paths: dict, settings: dict, info) -> dict:
-    """One image's outputs (overlay, labels, heat maps, JSON), written together; returns its
-    JSON record."""
+def process_image(
+    predictor, image_path: Path, args, paths: dict, settings: dict, info, *, image=None, write=None
+) -> dict:
+    """One image's outputs (overlay, labels, heat maps, JSON), written together by ``write``
+    (default: now; the folder loop hands them to a writer thread); returns its JSON record.
+    ``image``: the decoded image when it was read ahead."""
     from ovseg.apps.arguments import precision_record
     from ovseg.model_zoo import model_caveat
     from ovseg.preprocess import load_image
 
-    image = load_image(image_path)
+    image = load_image(image_path) if image is None else image
     outputs = {}  # path -> what to write there
     record = {"image": str(image_path)}
     if "labels" in paths:  # classes were named: segment too
@@ -35,7 +38,7 @@ def process_image(predictor, image_path: Path, args, paths: dict, settings: dict
     record["settings"] = settings
     record["precision"] = precision_record(predictor)
     outputs[paths["json"]] = record
-    write_outputs(outputs)
+    (write or write_outputs)(outputs)
     return record
 
 
@@ -130,7 +133,15 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
 def segment_all(predictor, todo: list, args, dist_info) -> int:
     """Segment every planned input; returns the number that failed. Ctrl-C stops cleanly:
     'interrupted: N of M done', exit 130 (every finished output is whole). Under torchrun
-    only rank 0 shows its progress."""
+    only rank 0 shows its progress.
+
+    Images flow through three stages at once: a reader thread decodes the next
+    ``--batch-size`` images while the network runs, the network encodes them together where
+    they resize alike (:meth:`~ovseg.predictor_base.PredictorBase.encode_many`), and a writer
+    thread encodes and writes the finished outputs. The outputs are those of one image at a
+    time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from ovseg.preprocess import ImageError
@@ -139,25 +150,58 @@ def segment_all(predictor, todo: list, args, dist_info) -> int:
     failures = done = 0
     found = set()  # the classes shown in any output, for the summary of several inputs
     quiet = len(todo) == 1 or not dist_info.is_main
-    bar = tqdm(todo, desc="segmenting", unit="file", disable=quiet, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="segmenting", unit="file", disable=quiet, file=sys.stderr)
+    batch_size = max(1, args.batch_size)
+    predictor.feature_cache_size = max(predictor.feature_cache_size, batch_size)
+    writes = []
     try:
-        for image_path, paths, settings, info in bar:
-            is_video = image_path.suffix.lower() in VIDEO_SUFFIXES
-            try:
-                process = process_video if is_video else process_image
-                record = process(predictor, image_path, args, paths, settings, info)
-            except (ImageError, VideoError) as error:
-                failures += 1
-                bar.write(f"error: {error}", file=sys.stderr)
-                continue
-            done += 1
-            found.update(s["class"] for s in record.get("segments", []) if s.get("shown", True))
-            if len(todo) == 1 and not dist_info.enabled:
-                print(_summary(image_path, record, paths), file=sys.stderr)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+            chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+            loading = _read_ahead(reader, chunks[0]) if chunks else []
+            for position, chunk in enumerate(chunks):
+                images = [future.result() for future in loading]  # (image or error) each
+                if position + 1 < len(chunks):
+                    loading = _read_ahead(reader, chunks[position + 1])
+                _encode_together(predictor, images, args, batch_size)
+                for (image_path, paths, settings, info), image in zip(chunk, images, strict=True):
+                    bar.update(1)
+                    is_video = image_path.suffix.lower() in VIDEO_SUFFIXES
+                    try:
+                        if isinstance(image, Exception):
+                            raise image
+                        if is_video:
+                            record = process_video(
+                                predictor, image_path, args, paths, settings, info
+                            )
+                        else:
+                            record = process_image(
+                                predictor,
+                                image_path,
+                                args,
+                                paths,
+                                settings,
+                                info,
+                                image=image,
+                                write=lambda outputs: writes.append(
+                                    writer.submit(write_outputs, outputs)
+                                ),
+                            )
+                    except (ImageError, VideoError) as error:
+                        failures += 1
+                        bar.write(f"error: {error}", file=sys.stderr)
+                        continue
+                    done += 1
+                    shown = record.get("segments", [])
+                    found.update(s["class"] for s in shown if s.get("shown", True))
+                    if len(todo) == 1 and not dist_info.enabled:
+                        print(_summary(image_path, record, paths), file=sys.stderr)
+        for future in writes:
+            future.result()  # a failed write raises here, after the others finished
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {done} of {len(todo)} done", file=sys.stderr)
         raise SystemExit(130) from None
+    bar.close()
     if len(todo) > 1 and not dist_info.enabled:
         classes = ", ".join(sorted(found)) or "nothing"
         print(
@@ -166,6 +210,34 @@ def segment_all(predictor, todo: list, args, dist_info) -> int:
             file=sys.stderr,
         )
     return failures
+
+
+def _read_ahead(reader, chunk: list) -> list:
+    """Futures of the chunk's decoded images (None for a video; the ImageError itself for
+    an image that cannot be read, raised when its turn comes)."""
+
+    def read(path: Path):
+        from ovseg.preprocess import ImageError, load_image
+
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return None
+        try:
+            return load_image(path)
+        except ImageError as error:
+            return error
+
+    return [reader.submit(read, image_path) for image_path, *_ in chunk]
+
+
+def _encode_together(predictor, images: list, args, batch_size: int) -> None:
+    """Encode a chunk's readable images in batches (cached for the per-image steps), where
+    the per-image steps run the plain image network: not for prompts, SAM masks or heat
+    maps alone."""
+    arrays = [image for image in images if image is not None and not isinstance(image, Exception)]
+    plain = args.prompts is None and args.sam_masks is None
+    plain = plain and (args.classes is not None or args.vocab is not None)
+    if batch_size > 1 and len(arrays) > 1 and plain:
+        predictor.encode_many(arrays, short_side=args.short_side, batch_size=batch_size)
 
 
 def _summary(image_path: Path, record: dict, paths: dict) -> str:

@@ -82,6 +82,8 @@ class OnnxPredictor(PredictorBase):
     precomputed (S, D) synonym embeddings when the export has no text encoder.
     """
 
+    batches_images = False  # the image graph is exported for one image at a time
+
     def __init__(
         self,
         folder: str | Path,
