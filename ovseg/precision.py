@@ -130,10 +130,13 @@ class PrecisionChoice:
     hardware: Hardware
     probe: dict[str, float] = field(default_factory=dict)
     warning: str | None = None
+    # int8 only: the precision of the layers it does not quantize (bf16 where native and
+    # measured faster than fp32, else fp32).
+    others: str = "fp32"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return AUTOCAST_DTYPES.get(self.precision)
+        return AUTOCAST_DTYPES.get(self.others if self.precision == "int8" else self.precision)
 
     def as_record(self) -> dict:
         record = asdict(self)
@@ -435,6 +438,8 @@ def choose_precision(
             raise ValueError("--precision int8 runs on the CPU only: use bf16 or fp16 on a GPU")
         if not hardware.int8:
             raise ValueError("this torch build has no int8 engine: use --precision fp32")
+    if requested == "int8":
+        return _with_others(PrecisionChoice("int8", "int8", "asked for", hardware), probe_shape)
     if requested != "auto":
         choice = PrecisionChoice(requested, requested, "asked for", hardware)
         if not on_gpu and requested in AUTOCAST_DTYPES:
@@ -464,4 +469,19 @@ def choose_precision(
         return PrecisionChoice("auto", "fp32", "no native fast path on this CPU", hardware)
     probe = cached_probe(hardware, probe_shape, ["fp32", *candidates])
     precision, reason = decide_auto(probe, candidates)
-    return PrecisionChoice("auto", precision, reason, hardware, probe)
+    choice = PrecisionChoice("auto", precision, reason, hardware, probe)
+    return _with_others(choice, probe_shape) if precision == "int8" else choice
+
+
+def _with_others(choice: PrecisionChoice, probe_shape) -> PrecisionChoice:
+    """The int8 path's other layers (the convolutions, the decoders' attention, the pixel
+    decoder's 3x3 convolution) in bf16 where the CPU has it natively and the probe measures
+    it clearly faster than fp32; the quantized layers take its bf16 activations as fp32."""
+    if not choice.hardware.native_bf16:
+        return choice
+    probe = choice.probe or cached_probe(choice.hardware, probe_shape, ["fp32", "int8", "bf16"])
+    choice.probe = probe
+    if probe.get("bf16", math.inf) * MIN_SPEEDUP <= probe["fp32"]:
+        choice.others = "bf16"
+        choice.reason += "; its other layers in bf16 (native, measured faster than fp32)"
+    return choice

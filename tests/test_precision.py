@@ -50,6 +50,19 @@ def test_auto_takes_the_measured_fastest_native_path(fake_cpu):
     assert choice.precision == "int8" and "2.50x" in choice.reason
 
 
+@pytest.mark.parametrize("requested", ["auto", "int8"])
+def test_int8_runs_its_other_layers_in_bf16_only_where_native_and_faster(fake_cpu, requested):
+    fake_cpu({"fp32": 1.0, "int8": 0.4, "bf16": 0.5}, native_bf16=True)
+    choice = P.choose_precision(requested, "cpu", probe_shape=(8, 4, 16))
+    assert choice.precision == "int8" and choice.others == "bf16"
+    assert choice.autocast_dtype == torch.bfloat16 and "other layers in bf16" in choice.reason
+    fake_cpu({"fp32": 1.0, "int8": 0.4, "bf16": 0.95}, native_bf16=True)  # not clearly faster
+    choice = P.choose_precision(requested, "cpu", probe_shape=(8, 4, 16))
+    assert choice.others == "fp32" and choice.autocast_dtype is None
+    fake_cpu({"fp32": 1.0, "int8": 0.4, "bf16": 0.2})  # fast on the probe, but not native
+    assert P.choose_precision(requested, "cpu", probe_shape=(8, 4, 16)).autocast_dtype is None
+
+
 def test_auto_never_takes_a_path_that_is_not_clearly_faster(fake_cpu):
     fake_cpu({"fp32": 1.0, "int8": 0.95, "bf16": 0.2})  # bf16 not native: never a candidate
     choice = P.choose_precision("auto", "cpu", probe_shape=(8, 4, 16))
@@ -182,7 +195,7 @@ def test_predict_says_the_precision_it_runs(tmp_path, capsys):
     code, _, err = run_main(
         main, [*args, "--precision", "int8", "--output", tmp_path / "o"], capsys
     )
-    assert code == 0 and "precision int8 (asked for)" in err
+    assert code == 0 and "precision int8 (asked for" in err
     record = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
     assert record["settings"]["precision"] == "int8"
     with pytest.raises(SystemExit) as exit_info:

@@ -249,6 +249,7 @@ def precision_record(predictor) -> dict:
     return {
         "requested": choice.requested,
         "precision": choice.precision,
+        **({"other_layers": choice.others} if choice.precision == "int8" else {}),
         "reason": choice.reason,
         "hardware": choice.hardware.describe(),
     }
