@@ -166,13 +166,17 @@ class OVSegPredictor(PredictorBase):
             "prompt_embedding": None if prompt_embedding is None else prompt_embedding.float(),
         }
 
-    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
+    def _class_logits(
+        self, features: ImageFeatures, *, alpha: float | None = None, beta: float | None = None
+    ) -> torch.Tensor:
         image_outputs = {
             "pred_embeds": features.pred_embeds,
             "clip_embeds": features.clip_embeds,
             "clip_vis_dense": features.clip_dense,
         }
-        logits = self.model.classify(image_outputs, self._classifier, self._seen)
+        logits = self.model.classify(
+            image_outputs, self._classifier, self._seen, alpha=alpha, beta=beta
+        )
         return logits["ensemble"][0]
 
     @torch.no_grad()
