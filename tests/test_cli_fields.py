@@ -214,6 +214,36 @@ def test_a_field_from_another_model_is_refused(field, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "file, key",
+    [("autoencoder.safetensors", "encoder.0.weight"), ("gaussians.safetensors", "latents")],
+)
+def test_a_field_file_with_a_wrong_key_is_one_line_naming_the_file_and_keys(
+    field, tmp_path, capsys, file, key
+):
+    """Every weights file goes through ovseg.checkpoint's loader: a renamed tensor is one
+    line with the file, the missing and the unexpected key (was torch's many-line
+    RuntimeError, or a bare KeyError)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "field"
+    shutil.copytree(field, damaged)
+    tensors = load_file(damaged / file)
+    tensors[key + "_renamed"] = tensors.pop(key)
+    save_file(tensors, damaged / file)
+    out = tmp_path / "q"
+    code = main(
+        ["query", str(damaged), "--text", "star", "--out", str(out), "--model", "synthetic_tiny"]
+    )
+    assert code == 2
+    error = _one_line_error(capsys)
+    assert str(damaged / file) in error
+    assert f"1 missing: {key}" in error and f"1 unexpected: {key}_renamed" in error
+    assert not out.exists()
+
+
 def test_unfinished_and_missing_fields_and_empty_phrases_are_refused(field, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["query", str(tmp_path), "--text", "x", "--out", str(out)]) == 2

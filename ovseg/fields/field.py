@@ -321,7 +321,9 @@ def scene_autoencoder(
 ):
     """The scene's CLIP autoencoder (trained once, then loaded from ``out``); a fresh one's
     reconstruction quality goes into ``meta``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from ovseg.fields.folders import load_field_module
 
     path = out / "autoencoder.safetensors"
     dim = next((e.shape[1] for e in embeddings if len(e)), None)
@@ -329,8 +331,7 @@ def scene_autoencoder(
         raise ValueError("no view gave a segment: nothing to ground language on")
     model = LanguageAutoencoder(dim, cfg.latent_dim)
     if path.is_file():
-        model.load_state_dict(load_file(path))
-        return model.eval()
+        return load_field_module(model, path, hint="delete it to train it again")
     stacked = torch.cat([e for e in embeddings if len(e)])
     areas = torch.cat(
         [
@@ -435,16 +436,18 @@ class LanguageField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LanguageField:
-        from safetensors.torch import load_file
+        from ovseg.fields.folders import load_field_module, read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
         check_same_clip(folder, meta, predictor)
-        tensors = load_file(folder / "gaussians.safetensors")
+        tensors = read_field_tensors(folder / "gaussians.safetensors", PARAMETERS)
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS))
-        autoencoder = LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"])
-        autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
-        return cls(folder, meta, cloud.eval(), autoencoder.eval(), predictor)
+        autoencoder = load_field_module(
+            LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"]),
+            folder / "autoencoder.safetensors",
+        )
+        return cls(folder, meta, cloud.eval(), autoencoder, predictor)
 
     def scene(self) -> PosedImages:
         """The posed images the field was fitted on (all splits)."""

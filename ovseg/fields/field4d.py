@@ -315,14 +315,16 @@ def _fit_status(
     out, cfg, cloud, deformation, captions, object_maps, cameras, times, scene_times, progress
 ):
     """Caption embeddings, their autoencoder, per-frame targets, the status-field fit."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
+    from ovseg.fields.folders import load_field_module, read_field_tensors
     from ovseg.fields.sentences import SentenceEncoder
 
     texts = sorted({span.caption for spans in captions.values() for span in spans})
     embeddings_path = out / "caption_embeddings.safetensors"
+    again = "delete it to compute it again"
     if embeddings_path.is_file():
-        embeddings = load_file(embeddings_path)["embeddings"]
+        embeddings = read_field_tensors(embeddings_path, ["embeddings"], hint=again)["embeddings"]
     else:
         embeddings = SentenceEncoder(cfg.sentence_model).encode(texts)
         tensors = {"embeddings": embeddings.contiguous()}
@@ -340,8 +342,9 @@ def _fit_status(
         areas += torch.from_numpy(np.bincount(indices[indices >= 0], minlength=len(texts)))
     autoencoder_path = out / "status_autoencoder.safetensors"
     if autoencoder_path.is_file():
-        autoencoder = LanguageAutoencoder(embeddings.shape[1], cfg.latent_dim)
-        autoencoder.load_state_dict(load_file(autoencoder_path))
+        autoencoder = load_field_module(
+            LanguageAutoencoder(embeddings.shape[1], cfg.latent_dim), autoencoder_path, hint=again
+        )
     else:
         present = areas > 0
         if not bool(present.any()):
@@ -402,27 +405,32 @@ class DynamicField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> DynamicField:
-        from safetensors.torch import load_file
+        from ovseg.checkpoint import check_tensor_names, read_state_dict
+        from ovseg.fields.folders import REFIT, load_field_module, read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
         check_same_clip(folder, meta, predictor)
         cfg = meta["config"]
-        tensors = load_file(folder / "gaussians.safetensors")
+        path = folder / "gaussians.safetensors"
+        tensors = read_state_dict(path, hint=REFIT)
         kind = SpacetimeCloud if "time_centres" in tensors else GaussianCloud
-        cloud = kind(*(tensors[name] for name in kind.parameter_names)).eval()
-        deformation_state = load_file(folder / "deformation.safetensors")
-        deformation = DeformationField(
-            deformation_state["encoding.centre"],
-            float(deformation_state["encoding.extent"]),
+        names = kind.parameter_names
+        check_tensor_names(tensors, dict.fromkeys(names), source=str(path), hint=REFIT)
+        cloud = kind(*(tensors[name] for name in names)).eval()
+        deformation = DeformationField(  # its centre and extent: buffers, loaded from the file
+            torch.zeros(3),
+            1.0,
             position_frequencies=cfg["position_frequencies"],
             time_frequencies=cfg["time_frequencies"],
             width=cfg["deformation_width"],
             depth=cfg["deformation_depth"],
         )
-        deformation.load_state_dict(deformation_state)
-        autoencoder = LanguageAutoencoder(meta["embed_dim"], cfg["latent_dim"])
-        autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
+        load_field_module(deformation, folder / "deformation.safetensors")
+        autoencoder = load_field_module(
+            LanguageAutoencoder(meta["embed_dim"], cfg["latent_dim"]),
+            folder / "autoencoder.safetensors",
+        )
         status = status_decoder = None
         if (folder / "status.safetensors").is_file():
             status = StatusField(
@@ -434,22 +442,15 @@ class DynamicField:
                 position_frequencies=cfg["position_frequencies"],
                 time_frequencies=cfg["time_frequencies"],
             )
-            status.load_state_dict(load_file(folder / "status.safetensors"))
-            embeddings = load_file(folder / "caption_embeddings.safetensors")["embeddings"]
-            status_decoder = LanguageAutoencoder(embeddings.shape[1], cfg["latent_dim"])
-            status_decoder.load_state_dict(load_file(folder / "status_autoencoder.safetensors"))
-            status.eval()
-            status_decoder.eval()
-        return cls(
-            folder,
-            meta,
-            cloud,
-            deformation.eval(),
-            autoencoder.eval(),
-            status,
-            status_decoder,
-            predictor,
-        )
+            load_field_module(status, folder / "status.safetensors")
+            embeddings = read_field_tensors(
+                folder / "caption_embeddings.safetensors", ["embeddings"]
+            )["embeddings"]
+            status_decoder = load_field_module(
+                LanguageAutoencoder(embeddings.shape[1], cfg["latent_dim"]),
+                folder / "status_autoencoder.safetensors",
+            )
+        return cls(folder, meta, cloud, deformation, autoencoder, status, status_decoder, predictor)
 
     def scene(self) -> PosedImages:
         return load_posed_images(self.meta["scene"], check_images=False)

@@ -1,10 +1,13 @@
 """One door to a field folder: which kind it holds (3D, 4D, lifted), read from its
-field.json once, and the class that loads it."""
+field.json once, the class that loads it, and the readers of its tensor files (through
+:mod:`ovseg.checkpoint`: a damaged file is one line naming it and its wrong keys)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+REFIT = "the field folder is damaged or from another ovseg version: fit it again"
 
 
 def field_class(folder: str | Path):
@@ -29,3 +32,24 @@ def open_field(folder: str | Path, predictor):
     """Load the field in ``folder`` with ``predictor`` (its CLIP must be the field's), whatever
     its kind. Raises FieldError (one line) for a missing, unfinished or foreign folder."""
     return field_class(folder).load(folder, predictor)
+
+
+def read_field_tensors(path: str | Path, names, *, hint: str = REFIT) -> dict:
+    """The tensors of a field's file ``path``, which must be exactly ``names``: a
+    :class:`~ovseg.checkpoint.WeightsError` in one line naming the file and the missing or
+    unexpected ones (or saying it is unreadable), ending with ``hint``."""
+    from ovseg.checkpoint import check_tensor_names, read_state_dict
+
+    tensors = read_state_dict(path, hint=hint)
+    check_tensor_names(tensors, dict.fromkeys(names), source=str(path), hint=hint)
+    return tensors
+
+
+def load_field_module(module, path: str | Path, *, hint: str = REFIT):
+    """``module`` with the weights of a field's file ``path`` (an autoencoder, a deformation
+    or status network), in eval mode; :func:`ovseg.checkpoint.load_state`'s one-line
+    WeightsError when they do not fit."""
+    from ovseg.checkpoint import load_state, read_state_dict
+
+    load_state(module, read_state_dict(path, hint=hint), source=str(path), hint=hint)
+    return module.eval()

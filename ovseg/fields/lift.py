@@ -83,13 +83,12 @@ def read_splat_source(path: str | Path) -> Splat:
     gaussians.safetensors). Raises SplatError / FieldError with one line."""
     path = Path(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
         from ovseg.fields.fit import PARAMETERS
+        from ovseg.fields.folders import read_field_tensors
         from ovseg.fields.gaussians import GaussianCloud
 
         read_finished_meta(path, "ovseg-language-field/1", "3D language field (fields fit)")
-        tensors = load_file(path / "gaussians.safetensors")
+        tensors = read_field_tensors(path / "gaussians.safetensors", PARAMETERS)
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS[:5]))
         return Splat(cloud.eval().requires_grad_(False))
     return read_splat(path)
@@ -400,7 +399,7 @@ class LiftedField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LiftedField:
-        from safetensors.torch import load_file
+        from ovseg.fields.folders import read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
@@ -412,7 +411,17 @@ class LiftedField:
                 "since; lift again onto the splat you have"
             )
         splat = read_splat_source(source)
-        tensors = load_file(folder / "lifted.safetensors")
+        tensors = read_field_tensors(
+            folder / "lifted.safetensors",
+            [
+                "segment_embeddings",
+                "mixture_segments",
+                "mixture_weights",
+                "total_weight",
+                "norms",
+            ],
+            hint="the field folder is damaged or from another ovseg version: lift again",
+        )
         if len(tensors["norms"]) != len(splat):
             raise FieldError(
                 f"{folder}: {len(tensors['norms'])} lifted Gaussians but the splat "
