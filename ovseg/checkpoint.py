@@ -235,14 +235,55 @@ def load_weights(
         state, source = read_state_dict(path_or_state), source or str(path_or_state)
     with_clip = has_clip(state)
     if not with_clip and not clip_loaded:
-        raise WeightsError(
-            f"{source} holds no CLIP weights, and this model's CLIP has no open_clip pretrained "
-            "tag to load them from: use a weights file saved with its CLIP (ovseg train writes "
-            "it whenever the CLIP did not come from a tag; ovseg convert without --no-clip)"
-        )
+        raise WeightsError(_no_clip_message(source))
     load_state(model, state, source=source, optional_prefix=None if with_clip else CLIP_PREFIX)
     if hasattr(model, "backbone"):
         model.backbone.reset_fingerprint()
+
+
+def _no_clip_message(source: str) -> str:
+    return (
+        f"{source} holds no CLIP weights, and this model's CLIP has no open_clip pretrained "
+        "tag to load them from: use a weights file saved with its CLIP (ovseg train writes "
+        "it whenever the CLIP did not come from a tag; ovseg convert without --no-clip)"
+    )
+
+
+TEXT_CONTEXT_PREFIX = "text_context.context."
+
+
+def is_text_key(key: str) -> bool:
+    """Whether an ovseg weights key belongs to the model's text half: the frozen CLIP's text
+    tower (its keys outside ``visual.``) or a learned text context."""
+    if key.startswith(CLIP_PREFIX):
+        return not key.startswith(CLIP_PREFIX + "visual.")
+    return key.startswith(TEXT_CONTEXT_PREFIX)
+
+
+def load_text_weights(
+    text: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    context: nn.Module | None = None,
+    clip_loaded: bool = False,
+    source: str = "weights",
+) -> None:
+    """Load the text half of an FC-CLIP state dict (its :func:`is_text_key` keys) into
+    ``text`` (a :class:`~ovseg.modeling.backbone.CLIPText`) and ``context`` (the model's
+    learned context, or None), strictly and under the keys the whole model has, as
+    :func:`load_weights` loads the whole model (the same rule for a file without CLIP)."""
+    layout = nn.Module()  # the two parts where FCCLIP keeps them
+    layout.backbone = nn.Module()
+    layout.backbone.clip = text.clip
+    if context is not None:
+        layout.text_context = nn.Module()
+        layout.text_context.context = context
+    state = {k: v for k, v in state.items() if is_text_key(k)}
+    with_clip = has_clip(state)
+    if not with_clip and not clip_loaded:
+        raise WeightsError(_no_clip_message(source))
+    load_state(layout, state, source=source, optional_prefix=None if with_clip else CLIP_PREFIX)
+    text.reset_fingerprint()
 
 
 def save_weights(

@@ -79,11 +79,14 @@ def load_views(scene: PosedImages, indices: list[int], scale: float = 1.0) -> li
 
 
 def model_identity(predictor) -> dict:
-    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint."""
+    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint
+    (``predictor``: an :class:`~ovseg.predictor.OVSegPredictor` or, for queries, a
+    :class:`~ovseg.predictor.TextModel`)."""
+    text = predictor.text_encoder.backbone
     return {
         "model": str(predictor.model_name),
-        "clip_fingerprint": predictor.model.backbone.text_fingerprint(),
-        "embed_dim": int(predictor.model.backbone.embed_dim),
+        "clip_fingerprint": text.text_fingerprint(),
+        "embed_dim": int(text.embed_dim),
     }
 
 
@@ -397,7 +400,9 @@ class LanguageField:
     """A finished field folder, loaded for queries.
 
     ``LanguageField.load(folder, predictor)`` checks that ``predictor`` has the CLIP the field
-    was made with (FieldError otherwise): its text embeddings are compared with the field's.
+    was made with (FieldError otherwise): its text fingerprint is compared with the field's.
+    Queries use only its text: a :class:`~ovseg.predictor.TextModel` serves as well as an
+    OVSegPredictor, without building the image network.
     """
 
     def __init__(self, folder: Path, meta: dict, cloud: GaussianCloud, autoencoder, predictor):

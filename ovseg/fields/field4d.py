@@ -386,7 +386,8 @@ def _fit_status(
 class DynamicField:
     """A finished 4D field folder, loaded for queries (``DynamicField.load(folder,
     predictor)``; FieldError when the folder holds no finished 4D field or was made with
-    another CLIP). Times are in the scene's unit; ValueError outside the video."""
+    another CLIP; only the predictor's text is used: a :class:`~ovseg.predictor.TextModel`
+    does). Times are in the scene's unit; ValueError outside the video."""
 
     def __init__(
         self, folder, meta, cloud, deformation, autoencoder, status, status_decoder, predictor

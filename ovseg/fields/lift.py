@@ -375,7 +375,8 @@ class LiftedField:
     """A finished lifted field folder with its splat, loaded for queries.
 
     ``LiftedField.load(folder, predictor)`` checks that ``predictor`` has the CLIP the field
-    was made with, and that the splat is the one lifted onto (FieldError otherwise).
+    was made with, and that the splat is the one lifted onto (FieldError otherwise). Only its
+    text is used: a :class:`~ovseg.predictor.TextModel` does.
     """
 
     levels = ("panoptic",)
