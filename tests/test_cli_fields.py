@@ -176,10 +176,10 @@ def test_an_interrupted_fit_resumes(scene, tmp_path, one_thread):
     )
     straight = fit_field(scene, tmp_path / "a", predictor, cfg, progress=False)
     # a run stopped inside the colour stage, after its first checkpoint (iteration 4 of 8)
-    from ovseg.fields.field import load_views
     from ovseg.fields.fit import fit_rgb
     from ovseg.fields.gaussians import GaussianCloud
     from ovseg.fields.posed_images import load_posed_images
+    from ovseg.fields.stages import load_views
 
     posed = load_posed_images(scene)
     cloud = GaussianCloud.from_points(posed.points, posed.colours, latent_dim=3)

@@ -150,3 +150,30 @@ def test_no_module_imports_another_modules_private_names():
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
                     bad.append(f"{path.relative_to(PACKAGE)}: from {module} import {alias.name}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_kinds_of_field_share_their_fit_stages_from_one_module():
+    """The 3D, 4D and lifted fields are each a sequence of the public stages of
+    ``ovseg.fields.stages`` and read their folders through ``ovseg.fields.folders``: none
+    takes a stage or a helper from another kind's module (4D and lifting took theirs from
+    the 3D field's, and the 4D stages were private)."""
+    from ovseg.fields import stages
+
+    kinds = {"field": "fit_field", "field4d": "fit_field4d", "lift": "lift_field"}
+
+    for kind, fit in kinds.items():
+        path = PACKAGE / "fields" / f"{kind}.py"
+        others = {f"ovseg.fields.{other}" for other in kinds if other != kind}
+        assert not _imports(path) & others, kind
+        tree = ast.parse(path.read_text())
+        body = next(n for n in tree.body if getattr(n, "name", None) == fit)
+        called = {
+            n.func.id
+            for n in ast.walk(body)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert {"resume_meta", "run_stage", "view_features"} <= called, kind
+        assert all(not name.startswith("_") for name in called), kind
+    for stage in ("fit_colour", "view_features", "scene_autoencoder", "fit_language"):
+        assert callable(getattr(stages, stage))
+    assert callable(stages.fit_status) and callable(stages.deformation_field)

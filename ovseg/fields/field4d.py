@@ -3,7 +3,8 @@ language latent (ovseg's masks and their frozen-CLIP embeddings, as in 3D) and a
 time-sensitive one (captions of each object's state, embedded by a sentence encoder, through
 4D LangSplat's status field), queried with text and times.
 
-:func:`fit_field4d` runs each stage resumably into a field folder::
+:func:`fit_field4d` runs each stage resumably (:mod:`ovseg.fields.stages`) into a field
+folder::
 
     FIELD/field.json                    scene, model, settings, time range, timings, "complete"
     FIELD/colour.pt                     (a) canonical Gaussians + deformation network
@@ -30,32 +31,29 @@ import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.captions import caption_at, check_objects, read_captions
+from ovseg.fields.captions import check_objects, read_captions
 from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform
-from ovseg.fields.field import (
-    check_same_clip,
+from ovseg.fields.fit import DeformationFitConfig, FitConfig, LatentFitConfig
+from ovseg.fields.folders import check_same_clip, model_identity, read_finished_meta
+from ovseg.fields.gaussians import GaussianCloud
+from ovseg.fields.language import LanguageAutoencoder, latent_relevancy
+from ovseg.fields.posed_images import PosedImages, load_posed_images
+from ovseg.fields.rasterizer import render
+from ovseg.fields.stages import (
     check_views_see_points,
-    latent_targets,
+    default_mask_vocabulary,
+    deformation_field,
+    fit_colour,
+    fit_language,
+    fit_status,
     load_views,
-    model_identity,
-    read_finished_meta,
+    object_maps,
     resume_meta,
     run_stage,
+    save_module,
     scene_autoencoder,
     view_features,
 )
-from ovseg.fields.fit import (
-    DeformationFitConfig,
-    FitConfig,
-    LatentFitConfig,
-    fit_latents,
-    fit_rgb,
-    scene_extent,
-)
-from ovseg.fields.gaussians import GaussianCloud
-from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
-from ovseg.fields.posed_images import PosedImages, load_posed_images
-from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-language-field-4d/1"
@@ -105,25 +103,6 @@ def normalised_times(scene: PosedImages) -> tuple[list[float], tuple[float, floa
     return [(t - first) / span for t in scene.times], (first, last)
 
 
-def _object_maps(scene_dir: Path, names: list[str], size: tuple[int, int]) -> list[np.ndarray]:
-    """Each frame's object-id map (``segments/FRAME.png``) at ``size`` (W, H)."""
-    from PIL import Image
-
-    maps = []
-    for name in names:
-        path = scene_dir / "segments" / f"{name}.png"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: captions need each training frame's object-id map in "
-                "segments/FRAME.png (uint8 or uint16 ids, as the captions file names them)"
-            )
-        with Image.open(path) as image:
-            if image.size != size:
-                image = image.resize(size, Image.NEAREST)
-            maps.append(np.asarray(image).astype(np.int64))
-    return maps
-
-
 def fit_field4d(
     scene_path: str | Path,
     out: str | Path,
@@ -157,10 +136,10 @@ def fit_field4d(
     for view, index in zip(views, train, strict=True):
         view.time = times[index]
     size = (views[0].camera.width, views[0].camera.height)
-    object_maps = None
+    objects = None
     if captions is not None:
-        object_maps = _object_maps(scene_dir, [scene.cameras[i].name for i in train], size)
-        known = set(np.unique(np.concatenate([m.ravel() for m in object_maps])).tolist())
+        objects = object_maps(scene_dir, [scene.cameras[i].name for i in train], size)
+        known = set(np.unique(np.concatenate([m.ravel() for m in objects])).tolist())
         check_objects(captions, known, str(captions_path))
     check_views_see_points(views, scene.points)
     meta_path = out / "field.json"
@@ -190,25 +169,15 @@ def fit_field4d(
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
     if cfg.time_slices:
         cloud = SpacetimeCloud.from_cloud(cloud, slices=cfg.time_slices)
-    deformation = _deformation(cfg, scene)
+    deformation = deformation_field(cfg, scene)
     colour = timed(
         "colour",
-        lambda: fit_rgb(
-            cloud,
-            views,
-            cfg.colour,
-            checkpoint=out / "colour.pt",
-            progress=progress,
-            deformation=deformation,
-            deformation_cfg=cfg.deformation,
-        ),
+        lambda: fit_colour(out, cloud, views, cfg, deformation=deformation, progress=progress),
     )
     meta["colour_loss"], meta["gaussians"] = colour["loss"], len(cloud)
     frame_times = [v.time for v in views]
     cameras = [v.camera for v in views]
     # (b-d) time-agnostic language: ovseg's masks per frame, autoencoder, latents
-    from ovseg.fields.field import default_mask_vocabulary
-
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
     per_view = timed(
         "features",
@@ -229,19 +198,18 @@ def fit_field4d(
             out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
         ),
     )
-    targets, valid = latent_targets(per_view, autoencoder, cfg.levels, cfg.latent_dim)
     language = timed(
         "language",
-        lambda: fit_latents(
+        lambda: fit_language(
+            out,
             cloud,
             cameras,
-            targets,
-            valid,
-            cfg.language,
-            checkpoint=out / "language.pt",
-            progress=progress,
+            per_view,
+            autoencoder,
+            cfg,
             times=frame_times,
             deformation=deformation,
+            progress=progress,
         ),
     )
     meta["language_loss"] = language["loss"]
@@ -251,13 +219,13 @@ def fit_field4d(
         scene_times = [scene.times[i] for i in train]
         status = timed(
             "status",
-            lambda: _fit_status(
+            lambda: fit_status(
                 out,
                 cfg,
                 cloud,
                 deformation,
                 captions,
-                object_maps,
+                objects,
                 cameras,
                 frame_times,
                 scene_times,
@@ -268,119 +236,12 @@ def fit_field4d(
 
     tensors = {name: getattr(cloud, name).detach().contiguous() for name in cloud.parameter_names}
     atomic_write(out / "gaussians.safetensors", lambda tmp: save_file(tensors, tmp))
-    _save_module(out / "deformation.safetensors", deformation)
+    save_module(out / "deformation.safetensors", deformation)
     if status is not None:
-        _save_module(out / "status.safetensors", status)
+        save_module(out / "status.safetensors", status)
     meta["complete"] = True
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
-
-
-def _deformation(cfg: Field4DConfig, scene: PosedImages) -> DeformationField:
-    centre = scene.points.float().mean(0)
-    extent = scene_extent(scene.cameras)
-    torch.manual_seed(cfg.colour.seed)
-    return DeformationField(
-        centre,
-        extent,
-        position_frequencies=cfg.position_frequencies,
-        time_frequencies=cfg.time_frequencies,
-        width=cfg.deformation_width,
-        depth=cfg.deformation_depth,
-    )
-
-
-def _status_field(cfg: Field4DConfig, count: int, deformation: DeformationField) -> StatusField:
-    torch.manual_seed(cfg.status.seed)
-    encoding = deformation.encoding
-    return StatusField(
-        count,
-        encoding.centre,
-        float(encoding.extent),
-        states=cfg.status_states,
-        channels=cfg.latent_dim,
-        position_frequencies=cfg.position_frequencies,
-        time_frequencies=cfg.time_frequencies,
-    )
-
-
-def _save_module(path: Path, module: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-
-
-def _fit_status(
-    out, cfg, cloud, deformation, captions, object_maps, cameras, times, scene_times, progress
-):
-    """Caption embeddings, their autoencoder, per-frame targets, the status-field fit."""
-    from safetensors.torch import save_file
-
-    from ovseg.fields.folders import load_field_module, read_field_tensors
-    from ovseg.fields.sentences import SentenceEncoder
-
-    texts = sorted({span.caption for spans in captions.values() for span in spans})
-    embeddings_path = out / "caption_embeddings.safetensors"
-    again = "delete it to compute it again"
-    if embeddings_path.is_file():
-        embeddings = read_field_tensors(embeddings_path, ["embeddings"], hint=again)["embeddings"]
-    else:
-        embeddings = SentenceEncoder(cfg.sentence_model).encode(texts)
-        tensors = {"embeddings": embeddings.contiguous()}
-        atomic_write(embeddings_path, lambda tmp: save_file(tensors, tmp))
-    write_text_atomic(out / "captions.json", json.dumps({"texts": texts}, indent=1))
-    # per frame: each pixel's caption index (-1: no object, or no state at that time)
-    caption_maps, areas = [], torch.zeros(len(texts))
-    for object_map, scene_time in zip(object_maps, scene_times, strict=True):
-        indices = np.full(object_map.shape, -1, np.int64)
-        for object_id, spans in captions.items():
-            caption = caption_at(spans, scene_time)
-            if caption is not None:
-                indices[object_map == object_id] = texts.index(caption)
-        caption_maps.append(indices)
-        areas += torch.from_numpy(np.bincount(indices[indices >= 0], minlength=len(texts)))
-    autoencoder_path = out / "status_autoencoder.safetensors"
-    if autoencoder_path.is_file():
-        autoencoder = load_field_module(
-            LanguageAutoencoder(embeddings.shape[1], cfg.latent_dim), autoencoder_path, hint=again
-        )
-    else:
-        present = areas > 0
-        if not bool(present.any()):
-            raise ValueError("no training frame shows a captioned object at a captioned time")
-        autoencoder, _ = train_autoencoder(
-            embeddings[present],
-            areas[present],
-            latent_dim=cfg.latent_dim,
-            iterations=cfg.autoencoder_iterations,
-            progress=progress,
-        )
-        _save_module(autoencoder_path, autoencoder)
-    autoencoder.eval()
-    targets, valid = [], []
-    with torch.no_grad():
-        latents = autoencoder.encode(embeddings)
-        for indices in caption_maps:
-            covered = torch.from_numpy(indices >= 0)
-            target = torch.zeros(*indices.shape, cfg.latent_dim)
-            target[covered] = latents[torch.from_numpy(indices[indices >= 0])]
-            targets.append(target)
-            valid.append(covered)
-    status = _status_field(cfg, len(cloud), deformation)
-    fit_latents(
-        cloud,
-        cameras,
-        targets,
-        valid,
-        cfg.status,
-        checkpoint=out / "status.pt",
-        progress=progress,
-        times=times,
-        deformation=deformation,
-        status=status,
-    )
-    return status
 
 
 class DynamicField:

@@ -1,5 +1,6 @@
 """One door to a field folder: which kind it holds (3D, 4D, lifted), read from its
-field.json once, the class that loads it, and the readers of its tensor files (through
+field.json once, the class that loads it, what its field.json must say (finished, made with
+this CLIP: :class:`FieldError` otherwise), and the readers of its tensor files (through
 :mod:`ovseg.checkpoint`: a damaged file is one line naming it and its wrong keys)."""
 
 from __future__ import annotations
@@ -8,6 +9,62 @@ import json
 from pathlib import Path
 
 REFIT = "the field folder is damaged or from another ovseg version: fit it again"
+
+
+class FieldError(ValueError):
+    """A field folder is missing, unfinished, or made with another model (message says)."""
+
+
+def model_identity(predictor) -> dict:
+    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint
+    (``predictor``: an :class:`~ovseg.predictor.OVSegPredictor` or, for queries, a
+    :class:`~ovseg.predictor.TextModel`)."""
+    text = predictor.text_encoder.backbone
+    return {
+        "model": str(predictor.model_name),
+        "clip_fingerprint": text.text_fingerprint(),
+        "embed_dim": int(text.embed_dim),
+    }
+
+
+def read_finished_meta(
+    folder: str | Path,
+    fmt: str,
+    what: str,
+    *,
+    result: str = "gaussians.safetensors",
+    verb: str = "fit",
+) -> dict:
+    """field.json of a finished field folder of format ``fmt``; FieldError when the folder
+    holds none, another kind (``what`` names the expected one) or an unfinished run (no
+    ``result`` file; ``verb`` names the command that resumes it)."""
+    folder = Path(folder)
+    meta_path = folder / "field.json"
+    if not meta_path.is_file():
+        raise FieldError(
+            f"{folder}: no field.json; fit a field there first (ovseg fields "
+            "fit SCENE --out FOLDER)"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != fmt:
+        raise FieldError(f"{folder}: field.json is not an ovseg {what}")
+    if not meta.get("complete") or not (folder / result).is_file():
+        raise FieldError(
+            f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
+            f"{verb}' again to resume it"
+        )
+    return meta
+
+
+def check_same_clip(folder: Path, meta: dict, predictor) -> None:
+    """FieldError when ``predictor``'s CLIP is not the one the field was fitted with."""
+    identity = model_identity(predictor)
+    if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
+        raise FieldError(
+            f"{folder} was fitted with model '{meta['model']}' (CLIP "
+            f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
+            f"{identity['clip_fingerprint']}); query it with the model it was made with"
+        )
 
 
 def field_class(folder: str | Path):

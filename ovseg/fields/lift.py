@@ -45,19 +45,11 @@ import torch
 
 from ovseg.fields.camera import Camera
 from ovseg.fields.fast_raster import project_fast, render_fast
-from ovseg.fields.field import (
-    FieldError,
-    check_same_clip,
-    default_mask_vocabulary,
-    model_identity,
-    read_finished_meta,
-    resume_meta,
-    run_stage,
-    view_features,
-)
+from ovseg.fields.folders import FieldError, check_same_clip, model_identity, read_finished_meta
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.posed_images import PosedImages, load_posed_images
 from ovseg.fields.splat_ply import Splat, read_splat, write_splat
+from ovseg.fields.stages import default_mask_vocabulary, resume_meta, run_stage, view_features
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-lifted-field/1"
@@ -544,7 +536,7 @@ class LiftedField:
     def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
         """The Gaussians' centres coloured by relevancy to ``phrase`` (as
         :meth:`ovseg.fields.field.LanguageField.export_ply`); returns the number of points."""
-        from ovseg.fields.field import write_relevancy_ply
+        from ovseg.fields.splat_ply import write_relevancy_ply
 
         cloud = self.splat.cloud
         return write_relevancy_ply(
