@@ -12,7 +12,6 @@ Torch files are read by :func:`read_torch_file` alone.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -304,15 +303,3 @@ def save_weights(
     }
     meta = {"format": OVSEG_FORMAT, **(metadata or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-_SHAPE = re.compile(r"^\d+(x\d+)*$")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'768x256' -> (768, 256); 'scalar' -> ()."""
-    if text == "scalar":
-        return ()
-    if not _SHAPE.match(text):
-        raise ValueError(f"bad shape '{text}'")
-    return tuple(int(s) for s in text.split("x"))
