@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ovseg import model_zoo
-from ovseg.checkpoint import has_clip, load_weights, read_state_dict
+from ovseg.checkpoint import has_clip, is_text_key, load_text_weights, load_weights, read_state_dict
 from ovseg.config import ModelConfig, load_config
+from ovseg.modeling.backbone import CLIPText
 from ovseg.modeling.fcclip import FCCLIP, build_model
 from ovseg.modeling.text_classifier import TextClassifier, TextEncoder
 from ovseg.precision import choose_precision, mlp_probe_shape, quantize_int8
@@ -166,13 +167,17 @@ class OVSegPredictor(PredictorBase):
             "prompt_embedding": None if prompt_embedding is None else prompt_embedding.float(),
         }
 
-    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
+    def _class_logits(
+        self, features: ImageFeatures, *, alpha: float | None = None, beta: float | None = None
+    ) -> torch.Tensor:
         image_outputs = {
             "pred_embeds": features.pred_embeds,
             "clip_embeds": features.clip_embeds,
             "clip_vis_dense": features.clip_dense,
         }
-        logits = self.model.classify(image_outputs, self._classifier, self._seen)
+        logits = self.model.classify(
+            image_outputs, self._classifier, self._seen, alpha=alpha, beta=beta
+        )
         return logits["ensemble"][0]
 
     @torch.no_grad()
@@ -344,6 +349,77 @@ class OVSegPredictor(PredictorBase):
         return relevancy_maps(self, self.encode(image, short_side=short_side), phrases)
 
 
+class TextModel:
+    """A model's text half, for work that needs nothing else (``ovseg fields query``: a
+    fitted field is queried with phrase embeddings alone). ``text_encoder`` is the
+    :class:`TextEncoder` an :class:`OVSegPredictor` of the same weights has (the frozen CLIP's
+    text tower with the model's prompt templates or learned context): the same embeddings,
+    bit for bit, and the same fingerprint; ``model_name`` names the model as the predictor
+    does. The image trunk, pixel decoder and transformer decoder are never built, and their
+    weights never read."""
+
+    def __init__(
+        self,
+        text: CLIPText,
+        cfg: ModelConfig,
+        *,
+        context=None,
+        device: str | torch.device | None = "cpu",
+        text_cache_dir: str | Path | None = None,
+        use_disk_text_cache: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.text_encoder = TextEncoder(
+            text.to(self.device),
+            load_templates(cfg.text.templates),
+            batch_size=cfg.text.batch_size,
+            cache_dir=text_cache_dir,
+            use_disk_cache=use_disk_text_cache,
+            context=None if context is None else context.to(self.device),
+        )
+        self.model_name = cfg.name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = model_zoo.DEFAULT_MODEL,
+        *,
+        weights: str | Path | None = None,
+        config: str | Path | None = None,
+        **kwargs,
+    ) -> TextModel:
+        """:meth:`OVSegPredictor.from_pretrained`'s model, text half only: only the text
+        tower's tensors are read from a safetensors file. The same errors (a file that does
+        not fit is :class:`ovseg.checkpoint.WeightsError` naming its keys)."""
+        from ovseg.modeling.backbone import build_clip_text
+        from ovseg.modeling.text_context import LearnableContext
+
+        explicit_weights = weights
+        if weights is None:
+            weights = model_zoo.local_weights(model)
+            if weights is None:
+                raise FileNotFoundError(model_zoo.missing_weights_message(model))
+        cfg = load_config(config or model_zoo.get_entry(model).config)
+        state = read_state_dict(weights, keep=is_text_key)
+        clip_by_tag = bool(cfg.clip.pretrained) and not has_clip(state)
+        text = build_clip_text(
+            cfg.clip.model_name,
+            pretrained=cfg.clip.pretrained if clip_by_tag else None,
+            model_config_file=cfg.clip.model_config_file,
+        )
+        context = None
+        if cfg.text_context.learnable_context:
+            width = int(text.clip.token_embedding.weight.shape[1])
+            context = LearnableContext(width, cfg.text_context.learnable_context)
+        load_text_weights(
+            text, state, context=context, clip_loaded=clip_by_tag, source=str(weights)
+        )
+        text_model = cls(text, cfg, context=context, **kwargs)
+        text_model.model_name = str(explicit_weights) if explicit_weights else model
+        return text_model
+
+
 def resolve_model(model: str = "auto", weights=None) -> tuple[str, str | None]:
     """The zoo model a front end will load, and the line to say when it is a fallback.
 
@@ -378,3 +454,14 @@ def load_predictor(
     return OVSegPredictor.from_pretrained(
         model, weights=weights, config=config, device=device, **kwargs
     )
+
+
+def load_text_model(
+    model: str = "auto", *, weights=None, config=None, device=None, log=print, **kwargs
+) -> TextModel:
+    """:func:`load_predictor` for work that needs the model's text alone: the
+    :class:`TextModel` of the same model, chosen and said the same way."""
+    model, fallback_note = resolve_model(model, weights)
+    if fallback_note:
+        log(fallback_note, file=sys.stderr)
+    return TextModel.from_pretrained(model, weights=weights, config=config, device=device, **kwargs)

@@ -90,8 +90,12 @@ class PredictorBase:
         clip_dense, prompt_embedding (or None), float32."""
         raise NotImplementedError
 
-    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
-        """The ensemble class logits (Q, K+1) of the current vocabulary."""
+    def _class_logits(
+        self, features: ImageFeatures, *, alpha: float | None = None, beta: float | None = None
+    ) -> torch.Tensor:
+        """The ensemble class logits (Q, K+1) of the current vocabulary, with the ensemble's
+        out-of-vocabulary weights ``alpha`` (seen classes) and ``beta`` (unseen) when given,
+        else the model's."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- vocabulary
@@ -246,9 +250,13 @@ class PredictorBase:
         *,
         vocabulary: VocabularyLike | None = None,
         tasks: tuple[str, ...] | str = TASKS,
+        alpha: float | None = None,
+        beta: float | None = None,
     ) -> dict:
         """Classify an image's features with a vocabulary and post-process them: the only work
-        a vocabulary switch costs.
+        a vocabulary switch costs. ``alpha`` / ``beta``: the geometric ensemble's
+        out-of-vocabulary weights for seen / unseen classes (default: the model's; (0, 0) is
+        the in-vocabulary head alone, (1, 1) the frozen CLIP alone).
 
         Returns:
             dict with ``image_size`` (H, W), ``output_size`` (the original size unless above
@@ -264,7 +272,7 @@ class PredictorBase:
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._require_vocabulary()
-        class_logits = self._class_logits(features)
+        class_logits = self._class_logits(features, alpha=alpha, beta=beta)
         out_hw = self.output_size(*features.image_size)
         return segment_outputs(
             features, class_logits, self.vocabulary, self.inference, out_hw, tasks, seen=self._seen

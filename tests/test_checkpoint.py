@@ -9,7 +9,6 @@ from ovseg.checkpoint import (
     check_state_dict,
     convert_official_state_dict,
     load_weights,
-    parse_shape,
     read_state_dict,
     save_weights,
 )
@@ -17,6 +16,11 @@ from ovseg.config import load_config
 from ovseg.modeling.fcclip import build_model
 
 OFFICIAL = PARITY / "fcclip_tiny_official.pth"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """A shape of the official key table: '768x256' -> (768, 256); 'scalar' -> ()."""
+    return () if text == "scalar" else tuple(int(s) for s in text.split("x"))
 
 
 def official_key_table():

@@ -187,6 +187,28 @@ def test_bad_weights(photo, tmp_path, capsys):
         assert outputs_of(out) == []
 
 
+def test_weights_with_a_wrong_key_are_one_line_naming_the_file_and_keys(photo, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from ovseg import model_zoo
+
+    tensors = load_file(model_zoo.local_weights("synthetic_tiny"))
+    tensors["void_embedding.weights"] = tensors.pop("void_embedding.weight")
+    renamed = tmp_path / "renamed.safetensors"
+    save_file(tensors, renamed)
+    out = tmp_path / "out"
+    code, _, err = run(
+        [photo, "--classes", "cat", "--output", out, "--weights", renamed]
+        + ["--config", "synthetic_tiny"],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(renamed) in err
+    assert "1 missing: void_embedding.weight " in err
+    assert "1 unexpected: void_embedding.weights)" in err
+    assert outputs_of(out) == []
+
+
 def test_missing_real_weights_never_fall_back_silently(photo, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run(

@@ -91,6 +91,52 @@ def test_query_writes_heat_maps_masks_and_ply(field, tmp_path, capsys):
     assert len(cloud.vertices) > 0
 
 
+def test_a_query_builds_the_text_tower_alone(field, tmp_path, monkeypatch):
+    """A query needs phrase embeddings only: no image trunk, pixel decoder or transformer
+    decoder is built (it built and loaded the whole FC-CLIP model), and the heat maps are
+    those of the full model's text."""
+    from ovseg.modeling.backbone import CLIPBackbone
+    from ovseg.modeling.pixel_decoder import PixelDecoder
+    from ovseg.modeling.transformer_decoder import TransformerDecoder
+
+    args = ["query", str(field), "--text", "star", "--model", "synthetic_tiny"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0  # the reference, as built now
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"a query built a {type(self).__name__}")
+
+    for part in (CLIPBackbone, PixelDecoder, TransformerDecoder):
+        monkeypatch.setattr(part, "__init__", refuse)
+    assert main([*args, "--out", str(tmp_path / "text")]) == 0
+    for name in ("view_003_1_star_heatmap.png", "view_003_1_star_mask.png"):
+        full = np.asarray(Image.open(tmp_path / "full" / name))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "text" / name)), full)
+
+
+@pytest.mark.parametrize("key", ["backbone.clip.ln_final.weight", "void_embedding.weight"])
+def test_a_query_with_weights_that_do_not_fit_is_one_line(field, tmp_path, capsys, key):
+    """Only the text tower is read: a wrong key there is named; one of the image network's
+    is not read at all (the text, all a query uses, is the field's CLIP's)."""
+    from safetensors.torch import load_file, save_file
+
+    from ovseg import model_zoo
+
+    tensors = load_file(model_zoo.local_weights("synthetic_tiny"))
+    tensors[key + "s"] = tensors.pop(key)
+    renamed = tmp_path / "renamed.safetensors"
+    save_file(tensors, renamed)
+    out = tmp_path / "q"
+    args = ["query", str(field), "--text", "star", "--out", str(out)]
+    code = main([*args, "--weights", str(renamed), "--config", "synthetic_tiny"])
+    if key.startswith("backbone.clip."):
+        assert code == 2
+        error = _one_line_error(capsys)
+        assert str(renamed) in error and f"1 missing: {key} " in error
+        assert not out.exists()
+    else:
+        assert code == 0 and (out / "view_003_1_star_heatmap.png").is_file()
+
+
 def test_query_by_view_name_and_size(field, tmp_path):
     out = tmp_path / "q"
     assert (
@@ -130,10 +176,10 @@ def test_an_interrupted_fit_resumes(scene, tmp_path, one_thread):
     )
     straight = fit_field(scene, tmp_path / "a", predictor, cfg, progress=False)
     # a run stopped inside the colour stage, after its first checkpoint (iteration 4 of 8)
-    from ovseg.fields.field import load_views
     from ovseg.fields.fit import fit_rgb
     from ovseg.fields.gaussians import GaussianCloud
     from ovseg.fields.posed_images import load_posed_images
+    from ovseg.fields.stages import load_views
 
     posed = load_posed_images(scene)
     cloud = GaussianCloud.from_points(posed.points, posed.colours, latent_dim=3)
@@ -211,6 +257,36 @@ def test_a_field_from_another_model_is_refused(field, tmp_path, capsys):
     )
     assert code == 2
     assert "fitted with model 'fcclip_convnext_large_coco'" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "file, key",
+    [("autoencoder.safetensors", "encoder.0.weight"), ("gaussians.safetensors", "latents")],
+)
+def test_a_field_file_with_a_wrong_key_is_one_line_naming_the_file_and_keys(
+    field, tmp_path, capsys, file, key
+):
+    """Every weights file goes through ovseg.checkpoint's loader: a renamed tensor is one
+    line with the file, the missing and the unexpected key (was torch's many-line
+    RuntimeError, or a bare KeyError)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "field"
+    shutil.copytree(field, damaged)
+    tensors = load_file(damaged / file)
+    tensors[key + "_renamed"] = tensors.pop(key)
+    save_file(tensors, damaged / file)
+    out = tmp_path / "q"
+    code = main(
+        ["query", str(damaged), "--text", "star", "--out", str(out), "--model", "synthetic_tiny"]
+    )
+    assert code == 2
+    error = _one_line_error(capsys)
+    assert str(damaged / file) in error
+    assert f"1 missing: {key}" in error and f"1 unexpected: {key}_renamed" in error
     assert not out.exists()
 
 

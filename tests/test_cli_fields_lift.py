@@ -369,7 +369,7 @@ def test_one_door_opens_every_kind_of_field(lifted, tmp_path):
     from ovseg.fields.field import LanguageField
     from ovseg.fields.field4d import FORMAT as DYNAMIC
     from ovseg.fields.field4d import DynamicField
-    from ovseg.fields.folders import field_class, open_field
+    from ovseg.fields.kinds import field_class, open_field
     from ovseg.fields.lift import LiftedField
     from ovseg.predictor import OVSegPredictor
 

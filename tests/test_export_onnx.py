@@ -90,6 +90,32 @@ def test_onnx_runtime_equals_pytorch_for_any_vocabulary(exported, scene, vocabul
     assert len(got) > 0  # the scene has objects: the comparison is not of two empty outputs
 
 
+def test_onnx_runtime_takes_other_ensemble_weights_as_pytorch_does(exported, scene):
+    """``segment(..., alpha=, beta=)``: the graph's in- and out-of-vocabulary logits
+    re-ensembled with other weights, as the PyTorch model's ``classify`` does."""
+    folder, torch_predictor = exported
+    onnx_predictor = OnnxPredictor(folder, threads=1)
+    for predictor in (torch_predictor, onnx_predictor):
+        predictor.set_vocabulary("synthetic_world")
+    torch_features, onnx_features = torch_predictor.encode(scene), onnx_predictor.encode(scene)
+    results = {}
+    for alpha, beta in ((0.0, 0.0), (1.0, 1.0), (1.0, None)):
+        expected = torch_predictor.segment(torch_features, alpha=alpha, beta=beta)
+        result = onnx_predictor.segment(onnx_features, alpha=alpha, beta=beta)
+        assert torch.allclose(result["class_logits"], expected["class_logits"], atol=1e-4, rtol=0)
+        results[alpha, beta] = result["class_logits"]
+    default = onnx_predictor.segment(onnx_features)["class_logits"]
+    assert not torch.allclose(default, results[1.0, 1.0], atol=1e-3)  # the weights count
+    # with the model's own weights given, the graph's own ensemble, to rounding
+    weights = read_export(folder)["inference"]
+    same = onnx_predictor.segment(
+        onnx_features,
+        alpha=weights["out_vocab_weight_seen"],
+        beta=weights["out_vocab_weight_unseen"],
+    )
+    assert torch.allclose(same["class_logits"], default, atol=1e-5, rtol=0)
+
+
 def test_empty_query_masks_pool_to_finite_embeddings(exported):
     """Random pixels leave some query masks empty; their pooled CLIP embedding must stay
     finite (onnxscript's optimizer would fold FC-CLIP's area + 1e-8 into a 0 / 0)."""

@@ -166,7 +166,16 @@ def test_no_import_cycles_between_ovseg_modules():
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {  # imports for type hints only (if TYPE_CHECKING:) never run
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -197,3 +206,30 @@ def test_no_import_cycles_between_ovseg_modules():
 
     cycles = [" -> ".join(c) for name in sorted(modules) if (c := cycle_from(name))]
     assert not cycles, cycles[0]
+
+
+def test_the_kinds_of_field_share_their_fit_stages_from_one_module():
+    """The 3D, 4D and lifted fields are each a sequence of the public stages of
+    ``ovseg.fields.stages`` and read their folders through ``ovseg.fields.folders``: none
+    takes a stage or a helper from another kind's module (4D and lifting took theirs from
+    the 3D field's, and the 4D stages were private)."""
+    from ovseg.fields import stages
+
+    kinds = {"field": "fit_field", "field4d": "fit_field4d", "lift": "lift_field"}
+
+    for kind, fit in kinds.items():
+        path = PACKAGE / "fields" / f"{kind}.py"
+        others = {f"ovseg.fields.{other}" for other in kinds if other != kind}
+        assert not _imports(path) & others, kind
+        tree = ast.parse(path.read_text())
+        body = next(n for n in tree.body if getattr(n, "name", None) == fit)
+        called = {
+            n.func.id
+            for n in ast.walk(body)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert {"resume_meta", "run_stage", "view_features"} <= called, kind
+        assert all(not name.startswith("_") for name in called), kind
+    for stage in ("fit_colour", "view_features", "scene_autoencoder", "fit_language"):
+        assert callable(getattr(stages, stage))
+    assert callable(stages.fit_status) and callable(stages.deformation_field)

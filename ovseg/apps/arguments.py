@@ -228,6 +228,16 @@ def load_predictor_from_arguments(args, **kwargs):
     )
 
 
+def load_text_model_from_arguments(args, **kwargs):
+    """:func:`ovseg.predictor.load_text_model` (the model's text half alone) with the model
+    arguments of :func:`add_model_arguments` (--precision is the image network's: unused)."""
+    from ovseg.predictor import load_text_model
+
+    return load_text_model(
+        args.model, weights=args.weights, config=args.config, device=args.device, **kwargs
+    )
+
+
 def say_precision(predictor) -> None:
     """On stderr: the precision's warning if any, then one line with the precision in use,
     why, and on what hardware."""

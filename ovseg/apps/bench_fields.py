@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     import torch
 
     from ovseg.fields.field import FieldConfig
-    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig, colour_config
     from ovseg.synthetic.fields_report import run
 
     if args.threads:
@@ -47,14 +47,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     )
     if args.quick:
         iterations, language, scenes, views = 60, 40, 1, (8, 2)
-    densify_until = max(1, int(iterations * 2 / 3))
+    # the colour fit of 'ovseg fields fit --iterations N'
     cfg = FieldConfig(
-        colour=FitConfig(
-            iterations=iterations,
-            densify_until=densify_until,
-            densify_from=min(100, densify_until // 2),
-        ),
-        language=LatentFitConfig(iterations=language),
+        colour=colour_config(iterations), language=LatentFitConfig(iterations=language)
     )
     report = run(
         args.out,

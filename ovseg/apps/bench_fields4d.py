@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     from ovseg.fields.field import FieldConfig
     from ovseg.fields.field4d import Field4DConfig
-    from ovseg.fields.fit import DeformationFitConfig, FitConfig, LatentFitConfig
+    from ovseg.fields.fit import DeformationFitConfig, LatentFitConfig, colour_config
     from ovseg.synthetic.fields4d_report import markdown, run, run_scene
 
     if args.threads:
@@ -66,12 +66,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.quick:
         iterations, language, status = 300, 200, 200
         world = {"steps": 6, "train_cameras": 3, "test_cameras": 1, "width": 80, "height": 64}
-    densify_until = max(1, int(iterations * 2 / 3))
-    colour = FitConfig(
-        iterations=iterations,
-        densify_until=densify_until,
-        densify_from=min(100, densify_until // 2),
-    )
+    colour = colour_config(iterations)  # as 'ovseg fields fit --iterations N'
     cfg = Field4DConfig(
         colour=colour,
         deformation=DeformationFitConfig(warm_up=min(150, iterations // 4)),

@@ -352,7 +352,7 @@ def _query(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from ovseg.apps.arguments import load_predictor_from_arguments
+    from ovseg.apps.arguments import load_text_model_from_arguments
     from ovseg.apps.outputs import slug
     from ovseg.fields.posed_images import view_file_stem
     from ovseg.fileio import atomic_write
@@ -363,7 +363,7 @@ def _query(args) -> int:
     if args.size is not None and args.size < 16:
         raise ValueError("--size must be at least 16 pixels")
     from ovseg.fields.field4d import DynamicField
-    from ovseg.fields.folders import field_class
+    from ovseg.fields.kinds import field_class
 
     kind = field_class(args.field)
     kind.read_meta(args.field)  # a wrong folder fails before the model loads
@@ -374,7 +374,7 @@ def _query(args) -> int:
             raise ValueError("give a --text or a --state to query")
         if args.ply:
             raise ValueError("--ply writes a 3D field's Gaussians; a 4D field's move over time")
-        return query4d(args, load_predictor_from_arguments(args, log=print), phrases)
+        return query4d(args, load_text_model_from_arguments(args, log=print), phrases)
     if args.time or args.state or args.video:
         raise ValueError(
             f"{args.field} is a 3D field: --time, --state and --video need a 4D "
@@ -386,8 +386,8 @@ def _query(args) -> int:
         raise ValueError("--extract writes the Gaussians of one phrase: give one --text")
     if args.extract and not args.extract.endswith(".ply"):
         raise ValueError(f"--extract must name a .ply file, got '{args.extract}'")
-    predictor = load_predictor_from_arguments(args, log=print)
-    field = kind.load(args.field, predictor)
+    # a query needs phrase embeddings alone: the model's text half, not its image network
+    field = kind.load(args.field, load_text_model_from_arguments(args, log=print))
     scene = field.scene()
     by_name = {camera.name: index for index, camera in enumerate(scene.cameras)}
     names = (

@@ -141,13 +141,15 @@ def fit4d(args, predictor) -> int:
     return 0
 
 
-def query4d(args, predictor, phrases: list[str]) -> int:
+def query4d(args, text_model, phrases: list[str]) -> int:
+    """``fields query`` of a 4D field; ``text_model``: the model's text half
+    (:class:`ovseg.predictor.TextModel`; an OVSegPredictor does too)."""
     from ovseg.apps.outputs import slug
     from ovseg.fields.field4d import DynamicField
     from ovseg.fields.posed_images import view_file_stem
     from ovseg.heatmap import check_phrases
 
-    field = DynamicField.load(args.field, predictor)
+    field = DynamicField.load(args.field, text_model)
     scene = field.scene()
     states = check_phrases(args.state) if args.state else []
     times = args.time or sorted(set(scene.times))

@@ -137,8 +137,22 @@ class OnnxPredictor(PredictorBase):
         tensors = {n: torch.from_numpy(o) for n, o in zip(names, outputs, strict=True)}
         return {**tensors, "prompt_embedding": None}
 
-    def _class_logits(self, features: ImageFeatures) -> torch.Tensor:
-        return self.class_logits(features)["ensemble"]
+    def _class_logits(
+        self, features: ImageFeatures, *, alpha: float | None = None, beta: float | None = None
+    ) -> torch.Tensor:
+        logits = self.class_logits(features)
+        if alpha is None and beta is None:
+            return logits["ensemble"]  # the exported graph's, with the model's weights
+        from ovseg.modeling.ensemble import geometric_ensemble
+
+        weights = self.settings["inference"]
+        return geometric_ensemble(
+            logits["in_vocab"],
+            logits["out_vocab"],
+            self._seen,
+            alpha=weights["out_vocab_weight_seen"] if alpha is None else alpha,
+            beta=weights["out_vocab_weight_unseen"] if beta is None else beta,
+        )
 
     # ---------------------------------------------------------------- text
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

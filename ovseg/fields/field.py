@@ -1,8 +1,8 @@
 """A language field: Gaussians fitted to a scene's posed views, with a language latent that
 decodes to the frozen CLIP's embedding space, queried with any text in any camera.
 
-:func:`fit_field` runs LangSplat's pipeline on ovseg's parts, each stage resumable, into a
-field folder::
+:func:`fit_field` runs LangSplat's pipeline on ovseg's parts, each stage resumable
+(:mod:`ovseg.fields.stages`), into a field folder::
 
     FIELD/field.json              what it was made from and with (scene, model, CLIP
                                   fingerprint, settings), stage timings, and "complete"
@@ -18,26 +18,32 @@ field folder::
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig, View, fit_latents, fit_rgb
+from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig
+from ovseg.fields.folders import check_same_clip, model_identity, read_finished_meta
 from ovseg.fields.gaussians import GaussianCloud
-from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
-from ovseg.fields.posed_images import PosedImages, load_posed_images, view_file_stem
+from ovseg.fields.language import LanguageAutoencoder, latent_relevancy
+from ovseg.fields.posed_images import PosedImages, load_posed_images
 from ovseg.fields.rasterizer import render
+from ovseg.fields.stages import (
+    check_views_see_points,
+    default_mask_vocabulary,
+    fit_colour,
+    fit_language,
+    load_views,
+    resume_meta,
+    run_stage,
+    scene_autoencoder,
+    view_features,
+)
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-language-field/1"
-
-
-class FieldError(ValueError):
-    """A field folder is missing, unfinished, or made with another model (message says)."""
 
 
 @dataclass
@@ -58,46 +64,6 @@ class FieldConfig:
     def to_dict(self) -> dict:
         """JSON's view of the settings (tuples as lists), as field.json stores them."""
         return json.loads(json.dumps(asdict(self)))
-
-
-def load_views(scene: PosedImages, indices: list[int], scale: float = 1.0) -> list[View]:
-    """The views ``indices`` of ``scene`` with their images as (H, W, 3) floats in [0, 1],
-    resized by ``scale`` (cameras scaled with them)."""
-    from PIL import Image
-
-    views = []
-    for index in indices:
-        camera = scene.cameras[index]
-        with Image.open(scene.image_paths[index]) as image:
-            image = image.convert("RGB")
-            if scale != 1.0:
-                camera = camera.scaled(scale)
-                image = image.resize((camera.width, camera.height), Image.BILINEAR)
-            array = np.array(image, dtype=np.float32) / 255.0
-        views.append(View(camera, torch.from_numpy(array)))
-    return views
-
-
-def model_identity(predictor) -> dict:
-    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint."""
-    return {
-        "model": str(predictor.model_name),
-        "clip_fingerprint": predictor.model.backbone.text_fingerprint(),
-        "embed_dim": int(predictor.model.backbone.embed_dim),
-    }
-
-
-def default_mask_vocabulary(predictor) -> str:
-    """The vocabulary whose panoptic segments give a field its masks when none is chosen: a
-    toy model's own world, else COCO-panoptic's 133 classes (broad, like SAM's "everything";
-    the embeddings stay CLIP's, so queries are not limited to these names)."""
-    from ovseg import model_zoo
-
-    try:
-        entry = model_zoo.get_entry(str(predictor.model_name))
-    except KeyError:
-        return "coco_panoptic"
-    return entry.toy_vocabulary or "coco_panoptic"
 
 
 def fit_field(
@@ -147,10 +113,7 @@ def fit_field(
     # (a) colours and geometry
     latent_channels = cfg.latent_dim * len(cfg.levels)
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=latent_channels)
-    colour_result = timed(
-        "colour",
-        lambda: fit_rgb(cloud, views, cfg.colour, checkpoint=out / "colour.pt", progress=progress),
-    )
+    colour_result = timed("colour", lambda: fit_colour(out, cloud, views, cfg, progress=progress))
     meta["colour_loss"], meta["gaussians"] = colour_result["loss"], len(cloud)
     # (b) per-view masks and their CLIP embeddings, at the fitted views' size
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
@@ -175,18 +138,10 @@ def fit_field(
         ),
     )
     # (d) latents on the frozen geometry: channels [k L, (k + 1) L) hold level k
-    targets, valid = latent_targets(per_view, autoencoder, cfg.levels, cfg.latent_dim)
+    cameras = [v.camera for v in views]
     language_result = timed(
         "language",
-        lambda: fit_latents(
-            cloud,
-            [v.camera for v in views],
-            targets,
-            valid,
-            cfg.language,
-            checkpoint=out / "language.pt",
-            progress=progress,
-        ),
+        lambda: fit_language(out, cloud, cameras, per_view, autoencoder, cfg, progress=progress),
     )
     meta["language_loss"] = language_result["loss"]
     from safetensors.torch import save_file
@@ -198,205 +153,13 @@ def fit_field(
     return meta
 
 
-def run_stage(meta: dict, meta_path: Path, stage: str, work):
-    """Run ``work()``, add its seconds to meta["timings_s"][stage] (a resumed stage adds up)
-    and write ``meta`` to ``meta_path``; returns what ``work`` returned."""
-    start = time.perf_counter()
-    result = work()
-    meta["timings_s"][stage] = meta["timings_s"].get(stage, 0.0) + time.perf_counter() - start
-    write_text_atomic(meta_path, json.dumps(meta, indent=1))
-    return result
-
-
-def resume_meta(
-    meta_path: Path,
-    meta: dict,
-    keys=("scene", "model", "clip_fingerprint", "config", "train_views"),
-) -> None:
-    """Carry a previous run's timings into ``meta``; FieldError when that run was made from
-    another scene, model or settings (any of ``keys`` differs)."""
-    if not meta_path.is_file():
-        return
-    previous = json.loads(meta_path.read_text())
-    for key in keys:
-        if previous.get(key) != meta[key]:
-            raise FieldError(
-                f"{meta_path.parent} holds a field made with another {key.replace('_', ' ')}; "
-                "choose a new --out folder or delete this one"
-            )
-    meta["timings_s"] = previous.get("timings_s", {})
-    if "autoencoder_cosine" in previous:  # measured when the autoencoder was trained
-        meta["autoencoder_cosine"] = previous["autoencoder_cosine"]
-
-
-@torch.no_grad()
-def latent_targets(per_view, autoencoder, levels, latent_dim: int):
-    """Per view, the (H, W, L x levels) target latents and where they are valid (channels
-    [k L, (k + 1) L) hold level k): each pixel gets its segment's encoded embedding."""
-    targets, valid = [], []
-    channels_total = latent_dim * len(levels)
-    for found in per_view:
-        shape = next(iter(found.values()))[0].shape
-        target = torch.zeros(*shape, channels_total)
-        mask = torch.zeros(*shape, channels_total, dtype=torch.bool)
-        for k, level in enumerate(levels):
-            segment_map, view_embeddings = found[level]
-            channels = slice(k * latent_dim, (k + 1) * latent_dim)
-            covered = torch.from_numpy(segment_map >= 0)
-            if len(view_embeddings):
-                latent = autoencoder.encode(view_embeddings)
-                indices = torch.from_numpy(segment_map[segment_map >= 0])
-                target[..., channels][covered] = latent[indices]
-                mask[..., channels] = covered[..., None]
-        targets.append(target)
-        valid.append(mask)
-    return targets, valid
-
-
-def check_views_see_points(views: list[View], points: torch.Tensor) -> None:
-    for view in views:
-        pixels, depth = view.camera.project(points.float())
-        inside = (
-            (depth > 0)
-            & (pixels[:, 0] >= 0)
-            & (pixels[:, 0] < view.camera.width)
-            & (pixels[:, 1] >= 0)
-            & (pixels[:, 1] < view.camera.height)
-        )
-        if not bool(inside.any()):
-            raise ValueError(
-                f"camera '{view.camera.name}' sees none of the scene's points: its pose is wrong "
-                "or in another coordinate frame; fix or drop this view"
-            )
-
-
-def view_features(predictor, scene, indices, cameras, levels, folder: Path, progress: bool):
-    """Each view's masks per level, ``[{level: (segment_map (H, W) int64, -1 void;
-    embeddings (S, D))}]`` for the views ``indices`` of ``scene``, found on the full-size
-    image; segment maps are resized (nearest) to ``cameras``' sizes (one per index). Cached per
-    view in ``folder`` (one .npz each, written atomically, so an interrupted run resumes)."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from ovseg.fields.language import view_levels
-
-    per_view = []
-    for index, camera in tqdm(
-        list(zip(indices, cameras, strict=True)), desc="view masks", disable=not progress
-    ):
-        path = folder / f"{view_file_stem(camera.name)}.npz"
-        if path.is_file():
-            with np.load(path) as saved:
-                found = {
-                    level: (saved[f"{level}_map"], torch.from_numpy(saved[f"{level}_embeddings"]))
-                    for level in levels
-                }
-        else:
-            with Image.open(scene.image_paths[index]) as image:
-                array = np.asarray(image.convert("RGB"))
-            found = view_levels(predictor, array, tuple(levels))
-            size = (camera.width, camera.height)
-            for level, (segment_map, embeddings) in found.items():
-                if segment_map.shape[::-1] != size:
-                    resized = Image.fromarray(segment_map.astype(np.int32)).resize(
-                        size, Image.NEAREST
-                    )
-                    found[level] = (np.asarray(resized).astype(np.int64), embeddings)
-            arrays = {}
-            for level, (segment_map, embeddings) in found.items():
-                arrays[f"{level}_map"] = segment_map
-                arrays[f"{level}_embeddings"] = embeddings.numpy()
-
-            def write(tmp, arrays=arrays):
-                with open(tmp, "wb") as file:
-                    np.savez(file, **arrays)
-
-            atomic_write(path, write)
-        per_view.append(found)
-    return per_view
-
-
-def scene_autoencoder(
-    out: Path, embeddings, segment_maps, cfg: FieldConfig, progress: bool, meta: dict
-):
-    """The scene's CLIP autoencoder (trained once, then loaded from ``out``); a fresh one's
-    reconstruction quality goes into ``meta``."""
-    from safetensors.torch import load_file, save_file
-
-    path = out / "autoencoder.safetensors"
-    dim = next((e.shape[1] for e in embeddings if len(e)), None)
-    if dim is None:
-        raise ValueError("no view gave a segment: nothing to ground language on")
-    model = LanguageAutoencoder(dim, cfg.latent_dim)
-    if path.is_file():
-        model.load_state_dict(load_file(path))
-        return model.eval()
-    stacked = torch.cat([e for e in embeddings if len(e)])
-    areas = torch.cat(
-        [
-            torch.from_numpy(np.bincount(m[m >= 0], minlength=len(e)).astype(np.float32))
-            for m, e in zip(segment_maps, embeddings, strict=True)
-            if len(e)
-        ]
-    )
-    model, quality = train_autoencoder(
-        stacked,
-        areas,
-        latent_dim=cfg.latent_dim,
-        iterations=cfg.autoencoder_iterations,
-        progress=progress,
-    )
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-    meta["autoencoder_cosine"] = quality
-    return model
-
-
-def read_finished_meta(
-    folder: str | Path,
-    fmt: str,
-    what: str,
-    *,
-    result: str = "gaussians.safetensors",
-    verb: str = "fit",
-) -> dict:
-    """field.json of a finished field folder of format ``fmt``; FieldError when the folder
-    holds none, another kind (``what`` names the expected one) or an unfinished run (no
-    ``result`` file; ``verb`` names the command that resumes it)."""
-    folder = Path(folder)
-    meta_path = folder / "field.json"
-    if not meta_path.is_file():
-        raise FieldError(
-            f"{folder}: no field.json; fit a field there first (ovseg fields "
-            "fit SCENE --out FOLDER)"
-        )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != fmt:
-        raise FieldError(f"{folder}: field.json is not an ovseg {what}")
-    if not meta.get("complete") or not (folder / result).is_file():
-        raise FieldError(
-            f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
-            f"{verb}' again to resume it"
-        )
-    return meta
-
-
-def check_same_clip(folder: Path, meta: dict, predictor) -> None:
-    """FieldError when ``predictor``'s CLIP is not the one the field was fitted with."""
-    identity = model_identity(predictor)
-    if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
-        raise FieldError(
-            f"{folder} was fitted with model '{meta['model']}' (CLIP "
-            f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
-            f"{identity['clip_fingerprint']}); query it with the model it was made with"
-        )
-
-
 class LanguageField:
     """A finished field folder, loaded for queries.
 
     ``LanguageField.load(folder, predictor)`` checks that ``predictor`` has the CLIP the field
-    was made with (FieldError otherwise): its text embeddings are compared with the field's.
+    was made with (FieldError otherwise): its text fingerprint is compared with the field's.
+    Queries use only its text: a :class:`~ovseg.predictor.TextModel` serves as well as an
+    OVSegPredictor, without building the image network.
     """
 
     def __init__(self, folder: Path, meta: dict, cloud: GaussianCloud, autoencoder, predictor):
@@ -435,16 +198,18 @@ class LanguageField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LanguageField:
-        from safetensors.torch import load_file
+        from ovseg.fields.folders import load_field_module, read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
         check_same_clip(folder, meta, predictor)
-        tensors = load_file(folder / "gaussians.safetensors")
+        tensors = read_field_tensors(folder / "gaussians.safetensors", PARAMETERS)
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS))
-        autoencoder = LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"])
-        autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
-        return cls(folder, meta, cloud.eval(), autoencoder.eval(), predictor)
+        autoencoder = load_field_module(
+            LanguageAutoencoder(meta["embed_dim"], meta["config"]["latent_dim"]),
+            folder / "autoencoder.safetensors",
+        )
+        return cls(folder, meta, cloud.eval(), autoencoder, predictor)
 
     def scene(self) -> PosedImages:
         """The posed images the field was fitted on (all splits)."""
@@ -513,6 +278,8 @@ class LanguageField:
     def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
         """Write the Gaussians' centres (opacity >= ``min_opacity``) as a PLY point cloud
         coloured by relevancy to ``phrase``; returns the number of points."""
+        from ovseg.fields.splat_ply import write_relevancy_ply
+
         return write_relevancy_ply(
             path,
             self.cloud.means.detach(),
@@ -520,34 +287,3 @@ class LanguageField:
             self.gaussian_relevancy([phrase])[0],
             min_opacity,
         )
-
-
-def write_relevancy_ply(
-    path,
-    means: torch.Tensor,
-    opacities: torch.Tensor,
-    scores: torch.Tensor,
-    min_opacity: float = 0.05,
-) -> int:
-    """Gaussian centres ``means`` (N, 3) with opacity >= ``min_opacity`` as a PLY point cloud
-    coloured by ``scores`` (N,) (Turbo, 0.5 and below dark blue), with a float ``relevancy``
-    property; returns the number of points."""
-    import trimesh
-
-    from ovseg.visualize import turbo
-
-    keep = opacities >= min_opacity
-    points = means[keep].numpy()
-    values = scores[keep].numpy()
-    colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
-    rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
-    mesh = trimesh.Trimesh(
-        vertices=points,
-        faces=np.zeros((0, 3), np.int64),
-        vertex_colors=rgba,
-        vertex_attributes={"relevancy": values.astype(np.float32)},
-        process=False,
-    )
-    data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-    return len(points)

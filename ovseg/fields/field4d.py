@@ -3,7 +3,8 @@ language latent (ovseg's masks and their frozen-CLIP embeddings, as in 3D) and a
 time-sensitive one (captions of each object's state, embedded by a sentence encoder, through
 4D LangSplat's status field), queried with text and times.
 
-:func:`fit_field4d` runs each stage resumably into a field folder::
+:func:`fit_field4d` runs each stage resumably (:mod:`ovseg.fields.stages`) into a field
+folder::
 
     FIELD/field.json                    scene, model, settings, time range, timings, "complete"
     FIELD/colour.pt                     (a) canonical Gaussians + deformation network
@@ -30,32 +31,29 @@ import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.captions import caption_at, check_objects, read_captions
+from ovseg.fields.captions import check_objects, read_captions
 from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform
-from ovseg.fields.field import (
-    check_same_clip,
+from ovseg.fields.fit import DeformationFitConfig, FitConfig, LatentFitConfig
+from ovseg.fields.folders import check_same_clip, model_identity, read_finished_meta
+from ovseg.fields.gaussians import GaussianCloud
+from ovseg.fields.language import LanguageAutoencoder, latent_relevancy
+from ovseg.fields.posed_images import PosedImages, load_posed_images
+from ovseg.fields.rasterizer import render
+from ovseg.fields.stages import (
     check_views_see_points,
-    latent_targets,
+    default_mask_vocabulary,
+    deformation_field,
+    fit_colour,
+    fit_language,
+    fit_status,
     load_views,
-    model_identity,
-    read_finished_meta,
+    object_maps,
     resume_meta,
     run_stage,
+    save_module,
     scene_autoencoder,
     view_features,
 )
-from ovseg.fields.fit import (
-    DeformationFitConfig,
-    FitConfig,
-    LatentFitConfig,
-    fit_latents,
-    fit_rgb,
-    scene_extent,
-)
-from ovseg.fields.gaussians import GaussianCloud
-from ovseg.fields.language import LanguageAutoencoder, latent_relevancy, train_autoencoder
-from ovseg.fields.posed_images import PosedImages, load_posed_images
-from ovseg.fields.rasterizer import render
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-language-field-4d/1"
@@ -105,25 +103,6 @@ def normalised_times(scene: PosedImages) -> tuple[list[float], tuple[float, floa
     return [(t - first) / span for t in scene.times], (first, last)
 
 
-def _object_maps(scene_dir: Path, names: list[str], size: tuple[int, int]) -> list[np.ndarray]:
-    """Each frame's object-id map (``segments/FRAME.png``) at ``size`` (W, H)."""
-    from PIL import Image
-
-    maps = []
-    for name in names:
-        path = scene_dir / "segments" / f"{name}.png"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: captions need each training frame's object-id map in "
-                "segments/FRAME.png (uint8 or uint16 ids, as the captions file names them)"
-            )
-        with Image.open(path) as image:
-            if image.size != size:
-                image = image.resize(size, Image.NEAREST)
-            maps.append(np.asarray(image).astype(np.int64))
-    return maps
-
-
 def fit_field4d(
     scene_path: str | Path,
     out: str | Path,
@@ -157,10 +136,10 @@ def fit_field4d(
     for view, index in zip(views, train, strict=True):
         view.time = times[index]
     size = (views[0].camera.width, views[0].camera.height)
-    object_maps = None
+    objects = None
     if captions is not None:
-        object_maps = _object_maps(scene_dir, [scene.cameras[i].name for i in train], size)
-        known = set(np.unique(np.concatenate([m.ravel() for m in object_maps])).tolist())
+        objects = object_maps(scene_dir, [scene.cameras[i].name for i in train], size)
+        known = set(np.unique(np.concatenate([m.ravel() for m in objects])).tolist())
         check_objects(captions, known, str(captions_path))
     check_views_see_points(views, scene.points)
     meta_path = out / "field.json"
@@ -190,25 +169,15 @@ def fit_field4d(
     cloud = GaussianCloud.from_points(scene.points, scene.colours, latent_dim=cfg.latent_dim)
     if cfg.time_slices:
         cloud = SpacetimeCloud.from_cloud(cloud, slices=cfg.time_slices)
-    deformation = _deformation(cfg, scene)
+    deformation = deformation_field(cfg, scene)
     colour = timed(
         "colour",
-        lambda: fit_rgb(
-            cloud,
-            views,
-            cfg.colour,
-            checkpoint=out / "colour.pt",
-            progress=progress,
-            deformation=deformation,
-            deformation_cfg=cfg.deformation,
-        ),
+        lambda: fit_colour(out, cloud, views, cfg, deformation=deformation, progress=progress),
     )
     meta["colour_loss"], meta["gaussians"] = colour["loss"], len(cloud)
     frame_times = [v.time for v in views]
     cameras = [v.camera for v in views]
     # (b-d) time-agnostic language: ovseg's masks per frame, autoencoder, latents
-    from ovseg.fields.field import default_mask_vocabulary
-
     predictor.set_vocabulary(cfg.mask_vocabulary or default_mask_vocabulary(predictor))
     per_view = timed(
         "features",
@@ -229,19 +198,18 @@ def fit_field4d(
             out, [e for _, e in pairs], [m for m, _ in pairs], cfg, progress, meta
         ),
     )
-    targets, valid = latent_targets(per_view, autoencoder, cfg.levels, cfg.latent_dim)
     language = timed(
         "language",
-        lambda: fit_latents(
+        lambda: fit_language(
+            out,
             cloud,
             cameras,
-            targets,
-            valid,
-            cfg.language,
-            checkpoint=out / "language.pt",
-            progress=progress,
+            per_view,
+            autoencoder,
+            cfg,
             times=frame_times,
             deformation=deformation,
+            progress=progress,
         ),
     )
     meta["language_loss"] = language["loss"]
@@ -251,13 +219,13 @@ def fit_field4d(
         scene_times = [scene.times[i] for i in train]
         status = timed(
             "status",
-            lambda: _fit_status(
+            lambda: fit_status(
                 out,
                 cfg,
                 cloud,
                 deformation,
                 captions,
-                object_maps,
+                objects,
                 cameras,
                 frame_times,
                 scene_times,
@@ -268,122 +236,19 @@ def fit_field4d(
 
     tensors = {name: getattr(cloud, name).detach().contiguous() for name in cloud.parameter_names}
     atomic_write(out / "gaussians.safetensors", lambda tmp: save_file(tensors, tmp))
-    _save_module(out / "deformation.safetensors", deformation)
+    save_module(out / "deformation.safetensors", deformation)
     if status is not None:
-        _save_module(out / "status.safetensors", status)
+        save_module(out / "status.safetensors", status)
     meta["complete"] = True
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
 
 
-def _deformation(cfg: Field4DConfig, scene: PosedImages) -> DeformationField:
-    centre = scene.points.float().mean(0)
-    extent = scene_extent(scene.cameras)
-    torch.manual_seed(cfg.colour.seed)
-    return DeformationField(
-        centre,
-        extent,
-        position_frequencies=cfg.position_frequencies,
-        time_frequencies=cfg.time_frequencies,
-        width=cfg.deformation_width,
-        depth=cfg.deformation_depth,
-    )
-
-
-def _status_field(cfg: Field4DConfig, count: int, deformation: DeformationField) -> StatusField:
-    torch.manual_seed(cfg.status.seed)
-    encoding = deformation.encoding
-    return StatusField(
-        count,
-        encoding.centre,
-        float(encoding.extent),
-        states=cfg.status_states,
-        channels=cfg.latent_dim,
-        position_frequencies=cfg.position_frequencies,
-        time_frequencies=cfg.time_frequencies,
-    )
-
-
-def _save_module(path: Path, module: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-
-
-def _fit_status(
-    out, cfg, cloud, deformation, captions, object_maps, cameras, times, scene_times, progress
-):
-    """Caption embeddings, their autoencoder, per-frame targets, the status-field fit."""
-    from safetensors.torch import load_file, save_file
-
-    from ovseg.fields.sentences import SentenceEncoder
-
-    texts = sorted({span.caption for spans in captions.values() for span in spans})
-    embeddings_path = out / "caption_embeddings.safetensors"
-    if embeddings_path.is_file():
-        embeddings = load_file(embeddings_path)["embeddings"]
-    else:
-        embeddings = SentenceEncoder(cfg.sentence_model).encode(texts)
-        tensors = {"embeddings": embeddings.contiguous()}
-        atomic_write(embeddings_path, lambda tmp: save_file(tensors, tmp))
-    write_text_atomic(out / "captions.json", json.dumps({"texts": texts}, indent=1))
-    # per frame: each pixel's caption index (-1: no object, or no state at that time)
-    caption_maps, areas = [], torch.zeros(len(texts))
-    for object_map, scene_time in zip(object_maps, scene_times, strict=True):
-        indices = np.full(object_map.shape, -1, np.int64)
-        for object_id, spans in captions.items():
-            caption = caption_at(spans, scene_time)
-            if caption is not None:
-                indices[object_map == object_id] = texts.index(caption)
-        caption_maps.append(indices)
-        areas += torch.from_numpy(np.bincount(indices[indices >= 0], minlength=len(texts)))
-    autoencoder_path = out / "status_autoencoder.safetensors"
-    if autoencoder_path.is_file():
-        autoencoder = LanguageAutoencoder(embeddings.shape[1], cfg.latent_dim)
-        autoencoder.load_state_dict(load_file(autoencoder_path))
-    else:
-        present = areas > 0
-        if not bool(present.any()):
-            raise ValueError("no training frame shows a captioned object at a captioned time")
-        autoencoder, _ = train_autoencoder(
-            embeddings[present],
-            areas[present],
-            latent_dim=cfg.latent_dim,
-            iterations=cfg.autoencoder_iterations,
-            progress=progress,
-        )
-        _save_module(autoencoder_path, autoencoder)
-    autoencoder.eval()
-    targets, valid = [], []
-    with torch.no_grad():
-        latents = autoencoder.encode(embeddings)
-        for indices in caption_maps:
-            covered = torch.from_numpy(indices >= 0)
-            target = torch.zeros(*indices.shape, cfg.latent_dim)
-            target[covered] = latents[torch.from_numpy(indices[indices >= 0])]
-            targets.append(target)
-            valid.append(covered)
-    status = _status_field(cfg, len(cloud), deformation)
-    fit_latents(
-        cloud,
-        cameras,
-        targets,
-        valid,
-        cfg.status,
-        checkpoint=out / "status.pt",
-        progress=progress,
-        times=times,
-        deformation=deformation,
-        status=status,
-    )
-    return status
-
-
 class DynamicField:
     """A finished 4D field folder, loaded for queries (``DynamicField.load(folder,
     predictor)``; FieldError when the folder holds no finished 4D field or was made with
-    another CLIP). Times are in the scene's unit; ValueError outside the video."""
+    another CLIP; only the predictor's text is used: a :class:`~ovseg.predictor.TextModel`
+    does). Times are in the scene's unit; ValueError outside the video."""
 
     def __init__(
         self, folder, meta, cloud, deformation, autoencoder, status, status_decoder, predictor
@@ -402,27 +267,32 @@ class DynamicField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> DynamicField:
-        from safetensors.torch import load_file
+        from ovseg.checkpoint import check_tensor_names, read_state_dict
+        from ovseg.fields.folders import REFIT, load_field_module, read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
         check_same_clip(folder, meta, predictor)
         cfg = meta["config"]
-        tensors = load_file(folder / "gaussians.safetensors")
+        path = folder / "gaussians.safetensors"
+        tensors = read_state_dict(path, hint=REFIT)
         kind = SpacetimeCloud if "time_centres" in tensors else GaussianCloud
-        cloud = kind(*(tensors[name] for name in kind.parameter_names)).eval()
-        deformation_state = load_file(folder / "deformation.safetensors")
-        deformation = DeformationField(
-            deformation_state["encoding.centre"],
-            float(deformation_state["encoding.extent"]),
+        names = kind.parameter_names
+        check_tensor_names(tensors, dict.fromkeys(names), source=str(path), hint=REFIT)
+        cloud = kind(*(tensors[name] for name in names)).eval()
+        deformation = DeformationField(  # its centre and extent: buffers, loaded from the file
+            torch.zeros(3),
+            1.0,
             position_frequencies=cfg["position_frequencies"],
             time_frequencies=cfg["time_frequencies"],
             width=cfg["deformation_width"],
             depth=cfg["deformation_depth"],
         )
-        deformation.load_state_dict(deformation_state)
-        autoencoder = LanguageAutoencoder(meta["embed_dim"], cfg["latent_dim"])
-        autoencoder.load_state_dict(load_file(folder / "autoencoder.safetensors"))
+        load_field_module(deformation, folder / "deformation.safetensors")
+        autoencoder = load_field_module(
+            LanguageAutoencoder(meta["embed_dim"], cfg["latent_dim"]),
+            folder / "autoencoder.safetensors",
+        )
         status = status_decoder = None
         if (folder / "status.safetensors").is_file():
             status = StatusField(
@@ -434,22 +304,15 @@ class DynamicField:
                 position_frequencies=cfg["position_frequencies"],
                 time_frequencies=cfg["time_frequencies"],
             )
-            status.load_state_dict(load_file(folder / "status.safetensors"))
-            embeddings = load_file(folder / "caption_embeddings.safetensors")["embeddings"]
-            status_decoder = LanguageAutoencoder(embeddings.shape[1], cfg["latent_dim"])
-            status_decoder.load_state_dict(load_file(folder / "status_autoencoder.safetensors"))
-            status.eval()
-            status_decoder.eval()
-        return cls(
-            folder,
-            meta,
-            cloud,
-            deformation.eval(),
-            autoencoder.eval(),
-            status,
-            status_decoder,
-            predictor,
-        )
+            load_field_module(status, folder / "status.safetensors")
+            embeddings = read_field_tensors(
+                folder / "caption_embeddings.safetensors", ["embeddings"]
+            )["embeddings"]
+            status_decoder = load_field_module(
+                LanguageAutoencoder(embeddings.shape[1], cfg["latent_dim"]),
+                folder / "status_autoencoder.safetensors",
+            )
+        return cls(folder, meta, cloud, deformation, autoencoder, status, status_decoder, predictor)
 
     def scene(self) -> PosedImages:
         return load_posed_images(self.meta["scene"], check_images=False)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovseg.checkpoint import load_state
 from ovseg.fields.camera import Camera
 from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform, split_in_time
 from ovseg.fields.gaussians import GaussianCloud
@@ -219,7 +220,12 @@ def fit_rgb(
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if deformation is not None and "deformation" in state:
-        deformation.load_state_dict(state["deformation"])
+        load_state(
+            deformation,
+            state["deformation"],
+            source=f"the deformation network of {checkpoint}",
+            hint="delete it to start over",
+        )
         deformation_optimizer.load_state_dict(state["deformation_optimizer"])
     grad_sum = state.get("grad_sum", torch.zeros(len(cloud)))
     grad_count = state.get("grad_count", torch.zeros(len(cloud)))
@@ -393,7 +399,12 @@ def fit_latents(
         parameter.requires_grad_(False)
     fitted = [cloud.latents] if status is None else list(status.parameters())
     if status is not None and "status" in state:
-        status.load_state_dict(state["status"])
+        load_state(
+            status,
+            state["status"],
+            source=f"the status field of {checkpoint}",
+            hint="delete it to start over",
+        )
     optimizer = torch.optim.Adam(fitted, lr=cfg.lr, eps=1e-15)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -452,13 +463,20 @@ def _load_checkpoint(path, cloud, *, cfg_dict: dict) -> dict:
     ValueError when the checkpoint was made with another configuration."""
     if path is None or not Path(path).is_file():
         return {}
-    state = torch.load(path, weights_only=True)
+    from ovseg.checkpoint import check_tensor_names, read_torch_file
+
+    again = "delete it to start over"
+    state = read_torch_file(path, hint=again)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a fit checkpoint of ovseg: {again}")
     if state["config"] != cfg_dict:
         changed = sorted(k for k in cfg_dict if state["config"].get(k) != cfg_dict[k])
         raise ValueError(
             f"{path} was saved with other settings ({', '.join(changed)}); delete it to start "
             "over or use the same settings to resume"
         )
+    names = dict.fromkeys(cloud.parameter_names)
+    check_tensor_names(state["gaussians"], names, source=f"the Gaussians of {path}", hint=again)
     cloud.keep(torch.zeros(len(cloud), dtype=torch.bool))
     cloud.append(state["gaussians"])
     return state

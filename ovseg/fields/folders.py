@@ -1,31 +1,89 @@
-"""One door to a field folder: which kind it holds (3D, 4D, lifted), read from its
-field.json once, and the class that loads it."""
+"""What a field folder must hold, for every kind of field: its field.json finished and made
+with this CLIP (:class:`FieldError` otherwise), and the readers of its tensor files (through
+:mod:`ovseg.checkpoint`: a damaged file is one line naming it and its wrong keys). Which kind
+a folder holds is :mod:`ovseg.fields.kinds`' question (it imports the kinds; they import
+this)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-
-def field_class(folder: str | Path):
-    """The class that loads ``folder``: :class:`~ovseg.fields.field.LanguageField`,
-    :class:`~ovseg.fields.field4d.DynamicField` or :class:`~ovseg.fields.lift.LiftedField`,
-    by its field.json's "format". A folder without a readable field.json, or of another
-    format, gets LanguageField, whose ``read_meta`` says in one line what is wrong."""
-    from ovseg.fields.field import LanguageField
-    from ovseg.fields.field4d import FORMAT as DYNAMIC
-    from ovseg.fields.field4d import DynamicField
-    from ovseg.fields.lift import FORMAT as LIFTED
-    from ovseg.fields.lift import LiftedField
-
-    try:
-        fmt = json.loads((Path(folder) / "field.json").read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        return LanguageField
-    return {DYNAMIC: DynamicField, LIFTED: LiftedField}.get(fmt, LanguageField)
+REFIT = "the field folder is damaged or from another ovseg version: fit it again"
 
 
-def open_field(folder: str | Path, predictor):
-    """Load the field in ``folder`` with ``predictor`` (its CLIP must be the field's), whatever
-    its kind. Raises FieldError (one line) for a missing, unfinished or foreign folder."""
-    return field_class(folder).load(folder, predictor)
+class FieldError(ValueError):
+    """A field folder is missing, unfinished, or made with another model (message says)."""
+
+
+def model_identity(predictor) -> dict:
+    """What a field's embeddings depend on: the model's name and its CLIP's fingerprint
+    (``predictor``: an :class:`~ovseg.predictor.OVSegPredictor` or, for queries, a
+    :class:`~ovseg.predictor.TextModel`)."""
+    text = predictor.text_encoder.backbone
+    return {
+        "model": str(predictor.model_name),
+        "clip_fingerprint": text.text_fingerprint(),
+        "embed_dim": int(text.embed_dim),
+    }
+
+
+def read_finished_meta(
+    folder: str | Path,
+    fmt: str,
+    what: str,
+    *,
+    result: str = "gaussians.safetensors",
+    verb: str = "fit",
+) -> dict:
+    """field.json of a finished field folder of format ``fmt``; FieldError when the folder
+    holds none, another kind (``what`` names the expected one) or an unfinished run (no
+    ``result`` file; ``verb`` names the command that resumes it)."""
+    folder = Path(folder)
+    meta_path = folder / "field.json"
+    if not meta_path.is_file():
+        raise FieldError(
+            f"{folder}: no field.json; fit a field there first (ovseg fields "
+            "fit SCENE --out FOLDER)"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != fmt:
+        raise FieldError(f"{folder}: field.json is not an ovseg {what}")
+    if not meta.get("complete") or not (folder / result).is_file():
+        raise FieldError(
+            f"{folder}: the {verb} did not finish; run the same 'ovseg fields "
+            f"{verb}' again to resume it"
+        )
+    return meta
+
+
+def check_same_clip(folder: Path, meta: dict, predictor) -> None:
+    """FieldError when ``predictor``'s CLIP is not the one the field was fitted with."""
+    identity = model_identity(predictor)
+    if identity["clip_fingerprint"] != meta["clip_fingerprint"]:
+        raise FieldError(
+            f"{folder} was fitted with model '{meta['model']}' (CLIP "
+            f"{meta['clip_fingerprint']}), not '{identity['model']}' (CLIP "
+            f"{identity['clip_fingerprint']}); query it with the model it was made with"
+        )
+
+
+def read_field_tensors(path: str | Path, names, *, hint: str = REFIT) -> dict:
+    """The tensors of a field's file ``path``, which must be exactly ``names``: a
+    :class:`~ovseg.checkpoint.WeightsError` in one line naming the file and the missing or
+    unexpected ones (or saying it is unreadable), ending with ``hint``."""
+    from ovseg.checkpoint import check_tensor_names, read_state_dict
+
+    tensors = read_state_dict(path, hint=hint)
+    check_tensor_names(tensors, dict.fromkeys(names), source=str(path), hint=hint)
+    return tensors
+
+
+def load_field_module(module, path: str | Path, *, hint: str = REFIT):
+    """``module`` with the weights of a field's file ``path`` (an autoencoder, a deformation
+    or status network), in eval mode; :func:`ovseg.checkpoint.load_state`'s one-line
+    WeightsError when they do not fit."""
+    from ovseg.checkpoint import load_state, read_state_dict
+
+    load_state(module, read_state_dict(path, hint=hint), source=str(path), hint=hint)
+    return module.eval()

@@ -45,19 +45,11 @@ import torch
 
 from ovseg.fields.camera import Camera
 from ovseg.fields.fast_raster import project_fast, render_fast
-from ovseg.fields.field import (
-    FieldError,
-    check_same_clip,
-    default_mask_vocabulary,
-    model_identity,
-    read_finished_meta,
-    resume_meta,
-    run_stage,
-    view_features,
-)
+from ovseg.fields.folders import FieldError, check_same_clip, model_identity, read_finished_meta
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.posed_images import PosedImages, load_posed_images
 from ovseg.fields.splat_ply import Splat, read_splat, write_splat
+from ovseg.fields.stages import default_mask_vocabulary, resume_meta, run_stage, view_features
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-lifted-field/1"
@@ -83,13 +75,12 @@ def read_splat_source(path: str | Path) -> Splat:
     gaussians.safetensors). Raises SplatError / FieldError with one line."""
     path = Path(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
         from ovseg.fields.fit import PARAMETERS
+        from ovseg.fields.folders import read_field_tensors
         from ovseg.fields.gaussians import GaussianCloud
 
         read_finished_meta(path, "ovseg-language-field/1", "3D language field (fields fit)")
-        tensors = load_file(path / "gaussians.safetensors")
+        tensors = read_field_tensors(path / "gaussians.safetensors", PARAMETERS)
         cloud = GaussianCloud(*(tensors[name] for name in PARAMETERS[:5]))
         return Splat(cloud.eval().requires_grad_(False))
     return read_splat(path)
@@ -376,7 +367,8 @@ class LiftedField:
     """A finished lifted field folder with its splat, loaded for queries.
 
     ``LiftedField.load(folder, predictor)`` checks that ``predictor`` has the CLIP the field
-    was made with, and that the splat is the one lifted onto (FieldError otherwise).
+    was made with, and that the splat is the one lifted onto (FieldError otherwise). Only its
+    text is used: a :class:`~ovseg.predictor.TextModel` does.
     """
 
     levels = ("panoptic",)
@@ -400,7 +392,7 @@ class LiftedField:
 
     @classmethod
     def load(cls, folder: str | Path, predictor) -> LiftedField:
-        from safetensors.torch import load_file
+        from ovseg.fields.folders import read_field_tensors
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
@@ -412,7 +404,17 @@ class LiftedField:
                 "since; lift again onto the splat you have"
             )
         splat = read_splat_source(source)
-        tensors = load_file(folder / "lifted.safetensors")
+        tensors = read_field_tensors(
+            folder / "lifted.safetensors",
+            [
+                "segment_embeddings",
+                "mixture_segments",
+                "mixture_weights",
+                "total_weight",
+                "norms",
+            ],
+            hint="the field folder is damaged or from another ovseg version: lift again",
+        )
         if len(tensors["norms"]) != len(splat):
             raise FieldError(
                 f"{folder}: {len(tensors['norms'])} lifted Gaussians but the splat "
@@ -534,7 +536,7 @@ class LiftedField:
     def export_ply(self, path: str | Path, phrase: str, *, min_opacity: float = 0.05) -> int:
         """The Gaussians' centres coloured by relevancy to ``phrase`` (as
         :meth:`ovseg.fields.field.LanguageField.export_ply`); returns the number of points."""
-        from ovseg.fields.field import write_relevancy_ply
+        from ovseg.fields.splat_ply import write_relevancy_ply
 
         cloud = self.splat.cloud
         return write_relevancy_ply(

@@ -15,6 +15,7 @@ binary little-endian or ASCII (read; written binary). :func:`read_splat` gives a
 :class:`~ovseg.fields.gaussians.GaussianCloud` plus every other property, in file order) and
 :func:`write_splat` writes one back, so a read-write round trip keeps every property and value.
 Parsing and writing the PLY container is trimesh's; the checks are ovseg's.
+:func:`write_relevancy_ply` writes a field's Gaussian centres coloured by a query instead.
 """
 
 from __future__ import annotations
@@ -311,3 +312,34 @@ def _vertex_data(path: Path):
     if "vertex" not in raw:
         raise SplatError(f"{path}: the PLY has no vertex data")
     return raw["vertex"]["data"]
+
+
+def write_relevancy_ply(
+    path,
+    means: torch.Tensor,
+    opacities: torch.Tensor,
+    scores: torch.Tensor,
+    min_opacity: float = 0.05,
+) -> int:
+    """Gaussian centres ``means`` (N, 3) with opacity >= ``min_opacity`` as a PLY point cloud
+    coloured by ``scores`` (N,) (Turbo, 0.5 and below dark blue), with a float ``relevancy``
+    property; returns the number of points."""
+    import trimesh
+
+    from ovseg.visualize import turbo
+
+    keep = opacities >= min_opacity
+    points = means[keep].numpy()
+    values = scores[keep].numpy()
+    colours = turbo(np.clip((values - 0.5) / 0.5, 0, 1))
+    rgba = np.concatenate([colours, np.full((len(points), 1), 255, np.uint8)], 1)
+    mesh = trimesh.Trimesh(
+        vertices=points,
+        faces=np.zeros((0, 3), np.int64),
+        vertex_colors=rgba,
+        vertex_attributes={"relevancy": values.astype(np.float32)},
+        process=False,
+    )
+    data = trimesh.exchange.ply.export_ply(mesh, include_attributes=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return len(points)

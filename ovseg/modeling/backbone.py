@@ -136,63 +136,29 @@ def _gelu_in_place(stages: nn.Module) -> None:
         module.act = InPlaceGELU(getattr(act, "approximate", default))
 
 
-class CLIPBackbone(nn.Module):
-    """Frozen open_clip ConvNeXt CLIP. Always in eval mode, never trained.
+class CLIPText(nn.Module):
+    """The frozen text half of an open_clip CLIP: its tokenizer, text tower, and a fingerprint
+    of the text weights. Always in eval mode, never trained. :class:`CLIPBackbone` adds the
+    image trunk; a query of text alone needs only this (:func:`build_clip_text`).
 
-    Attributes derived from the built model: ``feature_channels`` (res2..res5),
-    ``dense_channels`` (the stride-32 map that is mask-pooled), ``embed_dim`` (CLIP space).
+    Attributes derived from the built model: ``embed_dim`` (CLIP space) and
+    ``text_context_length``.
     """
-
-    strides = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
     def __init__(self, clip_model: nn.Module, *, model_name: str = "custom") -> None:
         super().__init__()
-        trunk = getattr(getattr(clip_model, "visual", None), "trunk", None)
-        if trunk is None or not hasattr(trunk, "stages") or not hasattr(trunk, "stem"):
-            raise ValueError(f"'{model_name}' is not an open_clip timm ConvNeXt CLIP model")
         self.clip = clip_model
         self.model_name = model_name
-        channels = [
-            info["num_chs"] for info in trunk.feature_info if info["module"].startswith("stages")
-        ]
-        self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels, strict=True))
-        self.dense_channels = channels[-1]
         self.embed_dim = int(clip_model.text_projection.shape[-1])
         self.text_context_length = int(clip_model.positional_embedding.shape[0])
         for parameter in self.clip.parameters():
             parameter.requires_grad_(False)
         self.clip.eval()
         self._text_fingerprint: str | None = None
-        _gelu_in_place(trunk.stages)
 
-    def train(self, mode: bool = True) -> CLIPBackbone:
+    def train(self, mode: bool = True) -> CLIPText:
         # The CLIP stays in eval mode whatever the rest of the model does.
         return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, 3, H, W) normalised -> res2..res5 (B, C_l, H/s, W/s) and clip_vis_dense."""
-        trunk = self.clip.visual.trunk
-        x = trunk.stem(images)
-        features = {}
-        for name, stage in zip(("res2", "res3", "res4", "res5"), trunk.stages, strict=True):
-            x = stage(x)
-            features[name] = x
-        features["clip_vis_dense"] = trunk.norm_pre(x)
-        return features
-
-    @torch.no_grad()
-    def project_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Mask-pooled dense features (B, Q, C) -> CLIP image embeddings (B, Q, embed_dim).
-
-        Runs the trunk head (pool over 1x1, LayerNorm2d) and CLIP's projection head, i.e. the
-        CLIP image head applied after pooling.
-        """
-        batch, queries, channels = pooled.shape
-        x = pooled.reshape(batch * queries, channels, 1, 1)
-        x = self.clip.visual.trunk.head(x)
-        x = self.clip.visual.head(x)
-        return x.reshape(batch, queries, -1)
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -244,6 +210,79 @@ class CLIPBackbone(nn.Module):
     def reset_fingerprint(self) -> None:
         """Call after loading new weights."""
         self._text_fingerprint = None
+
+
+class CLIPBackbone(CLIPText):
+    """Frozen open_clip ConvNeXt CLIP: the text half (:class:`CLIPText`) and the image trunk.
+
+    Attributes derived from the built model: ``feature_channels`` (res2..res5),
+    ``dense_channels`` (the stride-32 map that is mask-pooled), ``embed_dim`` (CLIP space).
+    """
+
+    strides = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+    def __init__(self, clip_model: nn.Module, *, model_name: str = "custom") -> None:
+        trunk = getattr(getattr(clip_model, "visual", None), "trunk", None)
+        if trunk is None or not hasattr(trunk, "stages") or not hasattr(trunk, "stem"):
+            raise ValueError(f"'{model_name}' is not an open_clip timm ConvNeXt CLIP model")
+        super().__init__(clip_model, model_name=model_name)
+        channels = [
+            info["num_chs"] for info in trunk.feature_info if info["module"].startswith("stages")
+        ]
+        self.feature_channels = dict(zip(("res2", "res3", "res4", "res5"), channels, strict=True))
+        self.dense_channels = channels[-1]
+        _gelu_in_place(trunk.stages)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W) normalised -> res2..res5 (B, C_l, H/s, W/s) and clip_vis_dense."""
+        trunk = self.clip.visual.trunk
+        x = trunk.stem(images)
+        features = {}
+        for name, stage in zip(("res2", "res3", "res4", "res5"), trunk.stages, strict=True):
+            x = stage(x)
+            features[name] = x
+        features["clip_vis_dense"] = trunk.norm_pre(x)
+        return features
+
+    @torch.no_grad()
+    def project_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Mask-pooled dense features (B, Q, C) -> CLIP image embeddings (B, Q, embed_dim).
+
+        Runs the trunk head (pool over 1x1, LayerNorm2d) and CLIP's projection head, i.e. the
+        CLIP image head applied after pooling.
+        """
+        batch, queries, channels = pooled.shape
+        x = pooled.reshape(batch * queries, channels, 1, 1)
+        x = self.clip.visual.trunk.head(x)
+        x = self.clip.visual.head(x)
+        return x.reshape(batch, queries, -1)
+
+
+def build_clip_text(
+    model_name: str,
+    *,
+    pretrained: str | None = None,
+    model_config_file: str | None = None,
+    device: str | torch.device = "cpu",
+) -> CLIPText:
+    """The text half of an open_clip CLIP (:func:`build_open_clip_model`'s arguments). Without
+    ``pretrained`` it is built on the meta device and only the text half is allocated on
+    ``device``, uninitialised: load its weights next (:func:`ovseg.checkpoint.load_state`);
+    the image tower is never built. With ``pretrained`` the whole CLIP is built with the
+    tag's weights and its image tower dropped."""
+    if pretrained:
+        clip = build_open_clip_model(model_name, pretrained=pretrained, device=device)
+        clip.visual = None
+        return CLIPText(clip, model_name=model_name)
+    with torch.device("meta"):
+        clip = build_open_clip_model(model_name, model_config_file=model_config_file, device="meta")
+    clip.visual = None
+    clip.to_empty(device=device)
+    if clip.attn_mask is not None:  # a buffer no state dict holds: the causal mask, as open_clip
+        length = clip.attn_mask.shape[0]
+        clip.attn_mask = torch.full((length, length), float("-inf"), device=device).triu_(1)
+    return CLIPText(clip, model_name=model_name)
 
 
 def tokenize(model_name: str, texts: list[str], context_length: int) -> torch.Tensor:

@@ -115,15 +115,25 @@ class FCCLIP(nn.Module):
         return in_text, out_text
 
     def classify(
-        self, image_outputs: dict, classifier: TextClassifier, seen: torch.Tensor
+        self,
+        image_outputs: dict,
+        classifier: TextClassifier,
+        seen: torch.Tensor,
+        *,
+        alpha: float | None = None,
+        beta: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Class logits of every query: in_vocab, out_vocab and their ensemble, (B, Q, K+1).
         ``image_outputs`` holds ``pred_embeds``, ``clip_embeds`` and, for a text context that
-        reads the image, ``clip_vis_dense``."""
+        reads the image, ``clip_vis_dense``. ``alpha`` / ``beta``: the ensemble's
+        out-of-vocabulary weights for seen / unseen classes (default: the model's; (0, 0) is
+        the in-vocabulary head alone, (1, 1) the frozen CLIP's)."""
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
         in_text, out_text = self.adapted_text(classifier, image_outputs.get("clip_vis_dense"))
         in_vocab = self.in_vocab_logits(image_outputs["pred_embeds"], in_text)
         out_vocab = self.out_vocab_logits(image_outputs["clip_embeds"], out_text)
-        ensemble = geometric_ensemble(in_vocab, out_vocab, seen, alpha=self.alpha, beta=self.beta)
+        ensemble = geometric_ensemble(in_vocab, out_vocab, seen, alpha=alpha, beta=beta)
         return {"in_vocab": in_vocab, "out_vocab": out_vocab, "ensemble": ensemble}
 
     def forward(

@@ -347,6 +347,7 @@ def _train(model, embed_batch, dataset, out_dir, cfg, teacher, resume, stop_afte
     """The loop of :func:`train_prompt_head` / :func:`train_sam`: ``embed_batch(samples)`` ->
     (embeddings (B, C, h, w), padded (H, W), per sample (image, masks)); ``model`` a
     :class:`PromptDecoder` whose parameters are all trained."""
+    from ovseg.checkpoint import load_state
     from ovseg.train.state import latest_checkpoint, load_training_state, save_training_state
 
     out_dir = Path(out_dir)
@@ -357,7 +358,12 @@ def _train(model, embed_batch, dataset, out_dir, cfg, teacher, resume, stop_afte
     last = latest_checkpoint(out_dir) if resume else None
     if last is not None:
         state = load_training_state(last)
-        model.load_state_dict(state["model"])
+        load_state(
+            model,
+            state["model"],
+            source=str(last),
+            hint="it was saved with other settings: resume with those, or start again",
+        )
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["iteration"]), [tuple(r) for r in state["history"].tolist()]
         log(f"resuming from {last} (iteration {start})", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ovseg import model_zoo
-from ovseg.checkpoint import check_state_dict, read_state_dict
+from ovseg.checkpoint import check_state_dict, load_state, read_state_dict
 from ovseg.model_zoo import ZooEntry
 
 _URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -210,9 +210,10 @@ def load_sam(
         if guess and guess != name
         else f"give a checkpoint of SAM {name} (or the --sam-model it was made for)"
     )
-    check_state_dict(sam, state, source=f"SAM weights {path}", hint=hint)
+    source = f"SAM weights {path}"
+    check_state_dict(sam, state, source=source, hint=hint)  # before a full-size SAM is built
     sam = build_sam(name, device=device)
-    sam.load_state_dict(state, strict=True)
+    load_state(sam, state, source=source, hint=hint)
     return sam.eval()
 
 

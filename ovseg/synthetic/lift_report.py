@@ -141,12 +141,9 @@ def bench_fields_config():
     """The trained field's settings of ``ovseg bench-fields`` (the README's table): colour
     600 iterations, densification over the first 400 from 100, latents 300."""
     from ovseg.fields.field import FieldConfig
-    from ovseg.fields.fit import FitConfig, LatentFitConfig
+    from ovseg.fields.fit import LatentFitConfig, colour_config
 
-    return FieldConfig(
-        colour=FitConfig(iterations=600, densify_until=400, densify_from=100),
-        language=LatentFitConfig(iterations=300),
-    )
+    return FieldConfig(colour=colour_config(600), language=LatentFitConfig(iterations=300))
 
 
 def _add(into: dict, found: dict) -> None:

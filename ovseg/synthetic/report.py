@@ -56,7 +56,7 @@ def evaluate_world(
     ``novel``: per class index of ``val_set``'s vocabulary, held out of segmentation training.
     Returns {results: {mode: PQ, PQ_base, PQ_novel, mIoU, mIoU_base, mIoU_novel}, per_class:
     {name: diagnostics and IoU per mode}, chance: {mIoU, mIoU_base, mIoU_novel}, val_images}.
-    Leaves the model in the ensemble mode.
+    The modes are scored with explicit ensemble weights: the model is left as it was.
     """
     from tqdm import tqdm
 
@@ -85,7 +85,6 @@ def evaluate_world(
         row = _evaluate_image(predictor, sample, cfg.test_short_side, panoptic, semantic, tally)
         if index < FIGURE_ROWS:
             figure_rows.append(row)
-    model.alpha, model.beta = MODES["ensemble"]
     per_class = _per_class_diagnostics(vocab.names, novel, tally, predictor.classifier.embeddings)
     results = _mode_results(panoptic, semantic, per_class)
     chance_miou = chance.compute()
@@ -134,13 +133,10 @@ def _evaluate_image(
     """One val image through the three modes: updates the ``panoptic`` / ``semantic``
     evaluators of each mode and the ``tally`` of its segments. Returns its figure row: image,
     truth and each mode's (H, W) class labels."""
-    model = predictor.model
     row = {"image": sample["image"], "truth": sample["sem_seg"]}
+    features = predictor.encode(sample["image"], short_side=short_side)  # once for every mode
     for mode, (alpha, beta) in MODES.items():
-        model.alpha, model.beta = alpha, beta
-        result = predictor.predict(
-            sample["image"], tasks=("panoptic", "semantic"), short_side=short_side
-        )
+        result = predictor.segment(features, tasks=("panoptic", "semantic"), alpha=alpha, beta=beta)
         if mode == "in_vocab":  # (alpha, beta) = (0, 0): the in-vocabulary head alone
             in_vocab_labels = result["class_logits"][:, :-1].argmax(1).numpy()
         labels = result["sem_seg"].argmax(0).numpy()
@@ -154,8 +150,6 @@ def _evaluate_image(
         row[mode] = labels
     segments = sample["segments_info"]
     if segments:
-        # The image's features are cached by the predictions above: no second forward pass.
-        features = predictor.encode(sample["image"], short_side=short_side)
         truth = np.stack([sample["panoptic"] == s["id"] for s in segments])
         ious, best_query, clip_labels = segment_diagnostics(predictor, features, truth)
         for segment, iou, query, label in zip(segments, ious, best_query, clip_labels, strict=True):

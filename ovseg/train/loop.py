@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_weights, save_weights
+from ovseg.checkpoint import CLIP_PREFIX, load_state, load_weights, save_weights
 from ovseg.config import ModelConfig, config_to_dict
 from ovseg.distributed import (
     DistInfo,
@@ -275,12 +275,13 @@ def _build_optimizer(model, cfg: TrainConfig, info: DistInfo):
 def _restore(model, optimizer, scheduler, scaler, path: Path) -> int:
     """Load the training checkpoint ``path`` in place; return the iteration to go on from."""
     state = ckpt.load_training_state(path)
-    expected = {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
-    if set(state["model"]) != expected:
-        raise WeightsError(
-            f"{path} was saved for another architecture: its weights do not match this config"
-        )
-    model.load_state_dict(state["model"], strict=False)
+    load_state(  # the frozen CLIP is not in training checkpoints
+        model,
+        state["model"],
+        source=str(path),
+        optional_prefix=CLIP_PREFIX,
+        hint="it was saved for another architecture: resume with the config it was trained with",
+    )
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if "scaler" in state:

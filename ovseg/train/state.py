@@ -9,14 +9,12 @@ its last complete checkpoint loadable.
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
 
-from ovseg.checkpoint import CLIP_PREFIX, WeightsError
+from ovseg.checkpoint import CLIP_PREFIX, WeightsError, read_torch_file
 from ovseg.fileio import atomic_write
 
 PATTERN = re.compile(r"^iter_(\d{8})\.pt$")
@@ -52,13 +50,7 @@ def load_training_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise WeightsError(
-            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}): "
-            "resume from an earlier one or start again"
-        ) from error
+    state = read_torch_file(path, hint="resume from an earlier one or start again")
     missing = {"model", "optimizer", "iteration"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise WeightsError(
