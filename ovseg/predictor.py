@@ -105,6 +105,7 @@ class OVSegPredictor(PredictorBase):
         )
         if self.precision.precision == "int8":
             quantize_int8(self.model)
+            self.model.pixel_decoder.autocast_inside = self.precision.autocast_dtype is not None
         self.text_encoder = TextEncoder(
             model.backbone,
             load_templates(cfg.text.templates),

@@ -146,7 +146,8 @@ class MultiScaleDeformableAttention(nn.Module):
         # Where the samples go and how they are weighed stay fp32 under autocast: bf16's 8-bit
         # mantissa would move a sample by up to 1/256 of the offset.
         with torch.autocast(query.device.type, enabled=False):
-            query = query.float()
+            if query.dtype in (torch.float16, torch.bfloat16):
+                query = query.float()
             offsets = self.sampling_offsets(query).view(
                 batch, num_queries, heads, levels, points, 2
             )

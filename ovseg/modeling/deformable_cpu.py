@@ -72,12 +72,12 @@ def _sample(value, shapes, starts, reference, offsets, logits, output):
 
 
 def fused_sampling_applies(*tensors: torch.Tensor) -> bool:
-    """True where the fused pass may replace the PyTorch one: CPU tensors, no gradient
-    wanted, not being traced, exported or compiled."""
+    """True where the fused pass may replace the PyTorch one: CPU tensors of at most float32
+    precision, no gradient wanted, not being traced, exported or compiled."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if any(t.device.type != "cpu" for t in tensors):
-        return False
+    if any(t.device.type != "cpu" or t.dtype == torch.float64 for t in tensors):
+        return False  # the compiled pass is float32 (bf16 / fp16 inputs are widened)
     tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
