@@ -7,7 +7,10 @@ import bisect
 import json
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
+from threading import Thread
 
 import numpy as np
 
@@ -160,6 +163,39 @@ def write_mp4(
     atomic_write(path, write)
 
 
+def read_ahead(items, depth: int = 4):
+    """Iterate ``items`` (a generator: decoded frames) in a thread, up to ``depth`` ahead of
+    the consumer; an error raised by ``items`` is raised to the consumer in its turn."""
+    done = object()
+    queue: Queue = Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)
+        except BaseException as error:  # handed to the consumer, raised there
+            queue.put(error)
+        queue.put(done)
+
+    Thread(target=produce, daemon=True).start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _chunks(items, size: int):
+    """Lists of up to ``size`` consecutive items."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _pad_to_largest(pictures: list[np.ndarray]) -> list[np.ndarray]:
     """Legends differ between frames: pad every frame (white) to the largest one."""
     width = max(p.shape[1] for p in pictures)
@@ -180,6 +216,7 @@ def segment_video(
     head: str = "fcclip",
     max_frames: int = DEFAULT_MAX_FRAMES,
     short_side: int | None = None,
+    batch_size: int = 1,
     progress=None,
     stem: str | None = None,
     extra: dict | None = None,
@@ -198,8 +235,10 @@ def segment_video(
     the file's :func:`probe`, when the caller has it already; ``model``: its name, for the
     note under each frame's legend and a toy or random model's ``model_caveat`` in the JSON;
     default the predictor's; ``head``: see :meth:`ovseg.predictor.OVSegPredictor.predict`).
-    ``progress(done, total)`` is called after each frame. Returns the JSON record.
-    Raises VideoError for an unreadable, empty or too long video.
+    ``progress(done, total)`` is called after each frame. Frames are decoded ahead in one
+    thread and drawn in another while the network runs; ``batch_size`` frames are encoded
+    together (:meth:`~ovseg.predictor_base.PredictorBase.encode_many`). Returns the JSON
+    record. Raises VideoError for an unreadable, empty or too long video.
     """
     from ovseg.model_zoo import model_caveat
     from ovseg.render import render
@@ -215,8 +254,9 @@ def segment_video(
     check_frame_limit(path, info, max_frames)
     tracker = IoUTracker()
     drawn, records = [], []
-    for index, frame in enumerate(read_frames(path, max_frames)):
-        result = predictor.predict(frame, tasks=(task,), short_side=short_side, head=head)
+
+    def draw(index: int, frame: np.ndarray, result: dict) -> None:
+        # one drawing thread, frames in order: the tracker sees them as one loop would
         rendered = render(
             result,
             frame,
@@ -229,8 +269,22 @@ def segment_video(
         drawn.append(np.asarray(rendered.overlay))
         time = info["times"][index] if index < len(info["times"]) else None
         records.append({"frame": index, "time": time, "segments": rendered.record["segments"]})
-        if progress is not None:
-            progress(index + 1, max(info["frames"], index + 1))
+
+    predictor.feature_cache_size = max(predictor.feature_cache_size, batch_size)
+    done = 0
+    with ThreadPoolExecutor(1) as drawer:
+        drawing = []
+        for chunk in _chunks(read_ahead(read_frames(path, max_frames)), batch_size):
+            if len(chunk) > 1 and head == "fcclip":
+                predictor.encode_many(chunk, short_side=short_side, batch_size=batch_size)
+            for frame in chunk:
+                result = predictor.predict(frame, tasks=(task,), short_side=short_side, head=head)
+                drawing.append(drawer.submit(draw, done, frame, result))
+                done += 1
+                if progress is not None:
+                    progress(done, max(info["frames"], done))
+        for future in drawing:
+            future.result()  # a drawing error raises here
     if not drawn:
         raise VideoError(f"{path.name} has no frames")
     record = {

@@ -182,3 +182,33 @@ def test_the_video_json_and_overlay_carry_the_models_caveat(
     assert len(notes) == 8 and all("RANDOM weights" in (note or "") for note in notes)
     assert main([str(clip_path), "--classes", "square", "--max-frames", "3", *TINY]) == 2
     assert "raise the limit with --max-frames" in capsys.readouterr().err
+
+
+def test_a_batched_video_gives_the_frames_of_one_at_a_time(clip_path, tmp_path, capsys):
+    """Frames decoded ahead, drawn in another thread and encoded four at a time: the same
+    segments, track ids and overlay frames as one frame at a time."""
+    args = [str(clip_path), "--classes", "square, background", *TINY, "--precision", "fp32"]
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    assert main([*args, "--output", str(tmp_path / "four"), "--batch-size", "4"]) == 0
+    one, four = (
+        json.loads((tmp_path / d / "moving_frames.json").read_text()) for d in ("one", "four")
+    )
+    for a, b in zip(one["per_frame"], four["per_frame"], strict=True):
+        assert [(s["class"], s.get("track_id"), s["area"]) for s in a["segments"]] == [
+            (s["class"], s.get("track_id"), s["area"]) for s in b["segments"]
+        ]
+    frames = [list(read_frames(tmp_path / d / "moving_overlay.mp4", 100)) for d in ("one", "four")]
+    assert all(np.array_equal(x, y) for x, y in zip(*frames, strict=True))
+
+
+def test_read_ahead_keeps_order_and_raises_the_producers_error():
+    from ovseg.video import read_ahead
+
+    assert list(read_ahead(iter(range(10)), depth=2)) == list(range(10))
+
+    def broken():
+        yield 1
+        raise ValueError("frame 2 is damaged")
+
+    with pytest.raises(ValueError, match="frame 2 is damaged"):
+        list(read_ahead(broken()))

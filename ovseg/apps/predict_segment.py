@@ -122,6 +122,7 @@ def process_video(predictor, video_path: Path, args, paths: dict, settings: dict
             head=args.head,
             max_frames=args.max_frames,
             short_side=args.short_side,
+            batch_size=args.batch_size,
             progress=advance,
             stem=paths["json"].name.removesuffix("_frames.json"),
             extra={"settings": settings, "precision": precision_record(predictor)},
