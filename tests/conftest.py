@@ -112,6 +112,7 @@ LONG = (
     "test_train.py::test_two_process_torchrun_equals_one_process",
     "test_cli_fields.py::test_an_interrupted_fit_resumes",
     "test_fields_splat.py::test_sh_bases_to_degree_3_are_orthonormal",
+    "test_bench_official.py::test_side_by_side_alternates_and_prints_ratios",
 )
 
 

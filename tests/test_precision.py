@@ -185,6 +185,12 @@ def test_bench_reports_stages_per_precision(tmp_path, capsys):
     for run in report["runs"].values():
         assert run["seconds_median"]["backbone"] > 0
     assert report["backbone_gflop"] > 0 and report["matmul_peak"][0]["gflops"] > 0
+    assert set(report["stage_gflop"]) == {"backbone", "pixel_decoder", "transformer_decoder"}
+    assert all(gflop > 0 for gflop in report["stage_gflop"].values())
+    rates = report["stage_rates"]["fp32"]["pixel_decoder"]
+    seconds = report["runs"]["fp32"]["seconds_median"]["pixel_decoder"]
+    assert rates["gflops"] == report["stage_gflop"]["pixel_decoder"] / seconds
+    assert 0 < rates["fraction_of_peak"]
     text = report["text"]["coco"]
     assert text["prompts"] > 133 and text["official_per_prompt_s"] > 0
 

@@ -281,14 +281,44 @@ def _build(args, cfg, precision: str, text_cache: str):
     )
 
 
-def _backbone_gflop(predictor, height: int, width: int) -> float:
-    """Floating-point operations (GFLOP, 2 per multiply-add) of one backbone forward."""
+STAGE_MODULES = {
+    "backbone": "CLIPBackbone",
+    "pixel_decoder": "PixelDecoder",
+    "transformer_decoder": "TransformerDecoder",
+}
+
+
+def _stage_gflop(predictor, height: int, width: int) -> dict[str, float]:
+    """Floating-point operations (GFLOP, 2 per multiply-add: matrix products and
+    convolutions) of one image forward's stages; the transformer decoder's include the
+    mask pooling after it, as its timing does."""
     from torch.utils.flop_counter import FlopCounterMode
 
     pixels = torch.zeros(1, 3, height, width, device=predictor.device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        predictor.model.backbone(pixels)
-    return counter.get_total_flops() / 1e9
+        predictor.model.encode_image(pixels, aux_classes=False, aux_outputs=False)
+    counts = {name: sum(ops.values()) / 1e9 for name, ops in counter.get_flop_counts().items()}
+    stages = {stage: counts.get(module, 0.0) for stage, module in STAGE_MODULES.items()}
+    stages["transformer_decoder"] = counts["Global"] - stages["backbone"] - stages["pixel_decoder"]
+    return stages
+
+
+def stage_rates(report: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Per run and stage: achieved GFLOP/s and, where the run's precision had its matmul peak
+    measured, the fraction of it (the int8 path against the int8 peak: its main layers)."""
+    peaks = {peak["precision"]: peak["gflops"] for peak in report.get("matmul_peak", [])}
+    rates = {}
+    for label, run in report["runs"].items():
+        precision = run["precision"]["precision"]
+        rates[label] = {}
+        for stage, gflop in report.get("stage_gflop", {}).items():
+            seconds = run["seconds_median"].get(stage, float("nan"))
+            rate = gflop / seconds if seconds > 0 else float("nan")
+            entry = {"gflops": rate}
+            if precision in peaks:
+                entry["fraction_of_peak"] = rate / peaks[precision]
+            rates[label][stage] = entry
+    return rates
 
 
 def run(args) -> dict:
@@ -329,9 +359,10 @@ def run(args) -> dict:
                 name: _time_text_classifier(predictor, as_vocabulary(name))
                 for name in args.text.split(",")
             }
-        if choice.precision == "fp32" and "backbone_gflop" not in report:
+        if choice.precision == "fp32" and "stage_gflop" not in report:
             padded = padded_size(*report["resized_size"], cfg.inference.size_divisibility)
-            report["backbone_gflop"] = _backbone_gflop(predictor, *padded)
+            report["stage_gflop"] = _stage_gflop(predictor, *padded)
+            report["backbone_gflop"] = report["stage_gflop"]["backbone"]
         predictor.set_vocabulary(switch_vocab)  # text cached before any timing below
         runs = [
             _time_stages(predictor, image, args, vocab, switch_vocab)
@@ -371,6 +402,7 @@ def run(args) -> dict:
         report["backbone_gflops_fp32"] = rate
         if report.get("matmul_peak"):
             report["backbone_fraction_of_peak"] = rate / report["matmul_peak"][0]["gflops"]
+    report["stage_rates"] = stage_rates(report)
     if not args.no_agreement:
         from ovseg.apps.bench_agreement import fast_path_agreement
 
@@ -418,6 +450,16 @@ def format_table(report: dict) -> str:
         )
     for peak in report.get("matmul_peak", []):
         lines.append(f"matmul peak {peak['precision']:<5}{peak['gflops']:>8.0f} GFLOP/s")
+    if report.get("stage_gflop"):
+        gflop = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_gflop"].items())
+        lines.append(f"GFLOP per stage (matrix products and convolutions): {gflop}")
+        for label, stages in report.get("stage_rates", {}).items():
+            parts = [
+                f"{stage} {entry['gflops']:.0f}"
+                + (f" ({entry['fraction_of_peak']:.0%})" if "fraction_of_peak" in entry else "")
+                for stage, entry in stages.items()
+            ]
+            lines.append(f"GFLOP/s {label} (of its precision's peak): " + ", ".join(parts))
     for agreement in report.get("agreement", []):
         lines.append(format_agreement(agreement))
     for label in labels:
