@@ -455,3 +455,22 @@ def test_bad_refinement_settings_are_refused(scene, tmp_path, capsys, flags):
     assert main([*args, *MODEL, "--no-progress", *flags]) == 2
     assert "--refine >= 0 and --refine-rank >= 1" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_bench_lift_reuses_a_finished_lift_with_the_same_settings(lifted, scene):
+    """bench-lift scores again without lifting again: the same settings reuse the folder;
+    other settings would lift anew (here: refused, the folder holds another lift)."""
+    from ovseg.fields.field import FieldError
+    from ovseg.fields.lift import LiftConfig
+    from ovseg.synthetic.lift_report import _lift_once
+
+    before = (lifted / "field.json").read_text()
+    stamp = (lifted / "lifted.safetensors").stat().st_mtime_ns
+    meta = _lift_once(scene, scene / "splat.ply", lifted, None, LiftConfig(), False)
+    assert meta["complete"] and (lifted / "field.json").read_text() == before
+    assert (lifted / "lifted.safetensors").stat().st_mtime_ns == stamp
+    from ovseg.predictor import OVSegPredictor
+
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    with pytest.raises(FieldError, match="another config"):
+        _lift_once(scene, scene / "splat.ply", lifted, predictor, LiftConfig(mixture=4), False)
