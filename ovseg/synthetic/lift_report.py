@@ -432,7 +432,8 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
         lines += [
             "",
             "| Gaussians | views | size | lift (s) | of which project / raster | per view | "
-            "LS passes: s (objective falls %) | 2D inference per view | query | heat map | "
+            "LS passes: N, s (objective at pass N vs the lift) | 2D inference per view | "
+            "query | heat map | "
             "peak RSS (MiB): lift / with passes |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -441,7 +442,7 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
             if r.get("refine"):
                 objectives = r["refine_objectives"]
                 fall = 100 * (1 - objectives[-1] / objectives[0]) if objectives[0] else 0.0
-                refined = f"{r['refine']}: {r['refine_s']:.1f} ({fall:.1f}% by the last)"
+                refined = f"{r['refine']}, {r['refine_s']:.1f} s (-{fall:.1f}%)"
             lines.append(
                 f"| {r['gaussians']:,} | {r['views']} | {r['width']}x{r['height']} | "
                 f"{r['lift_s']:.1f} | {r['project_s']:.1f} / {r['raster_s']:.1f} | "
