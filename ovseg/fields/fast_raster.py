@@ -398,7 +398,8 @@ def _run(
     return out_features, out_alpha, out_depth, float(dropped.sum())
 
 
-def _check_segments(segments, width: int, height: int) -> np.ndarray:
+def check_segments(segments, width: int, height: int) -> np.ndarray:
+    """``segments`` as a contiguous int32 (H, W) array; ValueError when it is not (H, W)."""
     segments = np.ascontiguousarray(segments, dtype=np.int32)
     if segments.shape != (height, width):
         raise ValueError(f"segments must be ({height}, {width}), got {segments.shape}")
@@ -440,7 +441,7 @@ def render_fast(
     slot_segment = np.full((blocks, rows, SEGMENT_SLOTS), -1, np.int32)
     slot_weight = np.zeros((blocks, rows, SEGMENT_SLOTS), np.float32)
     if segments is not None:
-        segments = _check_segments(segments, width, height)
+        segments = check_segments(segments, width, height)
     out_features, out_alpha, out_depth, dropped = _run(
         projection,
         opacities,
@@ -555,7 +556,7 @@ class LiftAccumulator:
     ) -> None:
         """Rasterize one view (segments (H, W), -1 void; its segment k is global segment
         ``offset`` + k) and fold its weights in."""
-        segments = _check_segments(segments, width, height)
+        segments = check_segments(segments, width, height)
         *_, dropped = _run(
             projection,
             opacities,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.fast_raster import TILE, _check_segments, project_fast, tile_gaussians
+from ovseg.fields.fast_raster import TILE, check_segments, project_fast, tile_gaussians
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.rasterizer import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 from ovseg.fields.splat_ply import Splat
@@ -200,7 +200,7 @@ class NormalPass:
     ) -> None:
         """One view: ``segments`` (H, W) int indices into ``targets`` (S_view, k) float32,
         -1 void; ``features`` (N, k) float32 the Gaussians' coordinates; ``lifted`` (N,)."""
-        segments = _check_segments(segments, width, height)
+        segments = check_segments(segments, width, height)
         tiles = tile_gaussians(projection, opacities, width, height)
         channels = features.shape[1]
         _normal_pass(
