@@ -409,3 +409,68 @@ def test_an_empty_splat_writes_and_reads_but_is_not_lifted(scene, tmp_path, caps
     )
     assert "has no Gaussians" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_a_refined_lift_is_format_2_and_round_trips(lifted, scene, tmp_path):
+    """--refine: field.json says format 2 and the settings read back as the LiftConfig given;
+    the objective fell; the folder opens through the one door and answers a query; a format-1
+    reader refuses it (it would ignore the corrections). A plain lift keeps format 1's keys."""
+    from safetensors.torch import load_file
+
+    from ovseg.fields.field import FieldError, read_finished_meta
+    from ovseg.fields.folders import open_field
+    from ovseg.fields.lift import FORMAT, LiftConfig, LiftedField
+    from ovseg.predictor import OVSegPredictor
+
+    plain = json.loads((lifted / "field.json").read_text())
+    assert "refine_iterations" not in plain["config"]
+    assert LiftConfig(**plain["config"]) == LiftConfig()
+    out = tmp_path / "refined"
+    args = ["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(out)]
+    assert main([*args, *MODEL, "--no-progress", "--refine", "2", "--refine-rank", "4"]) == 0
+    meta = json.loads((out / "field.json").read_text())
+    assert meta["format"] == "ovseg-lifted-field/2" and "refine" in meta["timings_s"]
+    assert LiftConfig(**meta["config"]) == LiftConfig(refine_iterations=2, refine_rank=4)
+    first, second = meta["refine_objectives"]
+    assert second < first
+    assert not (out / "refine_state.npz").exists()
+    tensors = load_file(out / "lifted.safetensors")
+    assert tensors["refine_basis"].shape[0] == 4 and tensors["refine_offsets"].shape == (8000, 4)
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    refined, before = open_field(out, predictor), LiftedField.load(lifted, predictor)
+    assert isinstance(refined, LiftedField)
+    text = predictor.text_encoder.encode_texts(["sand", "water"]).float()
+    cosines, plain_cosines = refined.gaussian_cosines(text), before.gaussian_cosines(text)
+    assert not torch.equal(cosines, plain_cosines)
+    assert torch.corrcoef(torch.stack([cosines[0], plain_cosines[0]]))[0, 1] > 0.8
+    with pytest.raises(FieldError, match="not an ovseg"):
+        read_finished_meta(out, FORMAT, "lifted field (fields lift)", result="lifted.safetensors")
+    assert main(["query", str(out), "--text", "sand", "--out", str(tmp_path / "q"), *MODEL]) == 0
+
+
+@pytest.mark.parametrize("flags", [["--refine", "-1"], ["--refine-rank", "0"]])
+def test_bad_refinement_settings_are_refused(scene, tmp_path, capsys, flags):
+    out = tmp_path / "f"
+    args = ["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(out)]
+    assert main([*args, *MODEL, "--no-progress", *flags]) == 2
+    assert "--refine >= 0 and --refine-rank >= 1" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_bench_lift_reuses_a_finished_lift_with_the_same_settings(lifted, scene):
+    """bench-lift scores again without lifting again: the same settings reuse the folder;
+    other settings would lift anew (here: refused, the folder holds another lift)."""
+    from ovseg.fields.field import FieldError
+    from ovseg.fields.lift import LiftConfig
+    from ovseg.synthetic.lift_report import _lift_once
+
+    before = (lifted / "field.json").read_text()
+    stamp = (lifted / "lifted.safetensors").stat().st_mtime_ns
+    meta = _lift_once(scene, scene / "splat.ply", lifted, None, LiftConfig(), False)
+    assert meta["complete"] and (lifted / "field.json").read_text() == before
+    assert (lifted / "lifted.safetensors").stat().st_mtime_ns == stamp
+    from ovseg.predictor import OVSegPredictor
+
+    predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
+    with pytest.raises(FieldError, match="another config"):
+        _lift_once(scene, scene / "splat.ply", lifted, predictor, LiftConfig(mixture=4), False)

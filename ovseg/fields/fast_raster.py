@@ -327,10 +327,22 @@ def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel s
                     out_depth[py, px] = depth_sum
 
 
-def _run(
-    projection, opacities, features, width, height, segments, blocks, slot_segment, slot_weight
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Tiles, buffers and the compositing kernel; slots are accumulated into in place."""
+@dataclass
+class Tiles:
+    """One view's projected Gaussians laid out for the compositing kernels: ``ranges``
+    (tiles, 2) [start, end) into ``pairs`` (the Gaussians of each tile in depth order),
+    ``params`` (N, 8) per Gaussian (u, v, conic a, b, c, opacity, radius, depth),
+    ``tiles_x`` tiles per row and ``longest`` the longest tile list."""
+
+    ranges: np.ndarray
+    pairs: np.ndarray
+    params: np.ndarray
+    tiles_x: int
+    longest: int
+
+
+def tile_gaussians(projection: Projection, opacities: torch.Tensor, width: int, height: int):
+    """:class:`Tiles` of one view (visible Gaussians sorted by depth, ties by index)."""
     n = projection.means2d.shape[0]
     tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
     visible = torch.nonzero(projection.visible).squeeze(1)
@@ -345,7 +357,17 @@ def _run(
     params[:, 6] = radii
     params[:, 7] = _array(projection.depths, np.float32)
     longest = int((ranges[:, 1] - ranges[:, 0]).max()) if len(ranges) else 0
-    buffers = np.empty((blocks, max(longest, 1), _PARAMS), np.float32)
+    return Tiles(ranges, pairs, params, tiles_x, max(longest, 1))
+
+
+def _run(
+    projection, opacities, features, width, height, segments, blocks, slot_segment, slot_weight
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Tiles, buffers and the compositing kernel; slots are accumulated into in place."""
+    n = projection.means2d.shape[0]
+    tiles = tile_gaussians(projection, opacities, width, height)
+    ranges, pairs, params, tiles_x = tiles.ranges, tiles.pairs, tiles.params, tiles.tiles_x
+    buffers = np.empty((blocks, tiles.longest, _PARAMS), np.float32)
     channels = 0 if features is None else features.shape[1]
     feature_array = (
         np.zeros((n, 0), np.float32) if features is None else _array(features, np.float32)
@@ -376,7 +398,8 @@ def _run(
     return out_features, out_alpha, out_depth, float(dropped.sum())
 
 
-def _check_segments(segments, width: int, height: int) -> np.ndarray:
+def check_segments(segments, width: int, height: int) -> np.ndarray:
+    """``segments`` as a contiguous int32 (H, W) array; ValueError when it is not (H, W)."""
     segments = np.ascontiguousarray(segments, dtype=np.int32)
     if segments.shape != (height, width):
         raise ValueError(f"segments must be ({height}, {width}), got {segments.shape}")
@@ -418,7 +441,7 @@ def render_fast(
     slot_segment = np.full((blocks, rows, SEGMENT_SLOTS), -1, np.int32)
     slot_weight = np.zeros((blocks, rows, SEGMENT_SLOTS), np.float32)
     if segments is not None:
-        segments = _check_segments(segments, width, height)
+        segments = check_segments(segments, width, height)
     out_features, out_alpha, out_depth, dropped = _run(
         projection,
         opacities,
@@ -533,7 +556,7 @@ class LiftAccumulator:
     ) -> None:
         """Rasterize one view (segments (H, W), -1 void; its segment k is global segment
         ``offset`` + k) and fold its weights in."""
-        segments = _check_segments(segments, width, height)
+        segments = check_segments(segments, width, height)
         *_, dropped = _run(
             projection,
             opacities,

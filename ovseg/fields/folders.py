@@ -30,13 +30,14 @@ def model_identity(predictor) -> dict:
 
 def read_finished_meta(
     folder: str | Path,
-    fmt: str,
+    fmt: str | tuple[str, ...],
     what: str,
     *,
     result: str = "gaussians.safetensors",
     verb: str = "fit",
 ) -> dict:
-    """field.json of a finished field folder of format ``fmt``; FieldError when the folder
+    """field.json of a finished field folder of format ``fmt`` (or one of them); FieldError
+    when the folder
     holds none, another kind (``what`` names the expected one) or an unfinished run (no
     ``result`` file; ``verb`` names the command that resumes it)."""
     folder = Path(folder)
@@ -47,7 +48,7 @@ def read_finished_meta(
             "fit SCENE --out FOLDER)"
         )
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != fmt:
+    if meta.get("format") not in ((fmt,) if isinstance(fmt, str) else fmt):
         raise FieldError(f"{folder}: field.json is not an ovseg {what}")
     if not meta.get("complete") or not (folder / result).is_file():
         raise FieldError(

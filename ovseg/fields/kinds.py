@@ -10,6 +10,7 @@ from ovseg.fields.field import LanguageField
 from ovseg.fields.field4d import FORMAT as DYNAMIC
 from ovseg.fields.field4d import DynamicField
 from ovseg.fields.lift import FORMAT as LIFTED
+from ovseg.fields.lift import FORMAT_REFINED as LIFTED_REFINED
 from ovseg.fields.lift import LiftedField
 
 
@@ -22,7 +23,8 @@ def field_class(folder: str | Path):
         fmt = json.loads((Path(folder) / "field.json").read_text()).get("format")
     except (OSError, ValueError, AttributeError):
         return LanguageField
-    return {DYNAMIC: DynamicField, LIFTED: LiftedField}.get(fmt, LanguageField)
+    kinds = {DYNAMIC: DynamicField, LIFTED: LiftedField, LIFTED_REFINED: LiftedField}
+    return kinds.get(fmt, LanguageField)
 
 
 def open_field(folder: str | Path, predictor):

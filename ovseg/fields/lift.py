@@ -28,7 +28,12 @@ heaviest ``mixture``: a Gaussian seen in many views keeps its strongest views' s
                                  fingerprint, settings), stage timings, "complete"
     FIELD/features/VIEW.npz      each view's segment map and embeddings (2D inference, cached)
     FIELD/lift_state.npz         the lifting's progress (views done), while it runs
-    FIELD/lifted.safetensors     segment embeddings and per-Gaussian mixtures
+    FIELD/refine_state.npz       the least-squares refinement's progress, while it runs
+    FIELD/lifted.safetensors     segment embeddings and per-Gaussian mixtures (refined: and
+                                 each Gaussian's correction in a basis, format 2)
+
+With ``LiftConfig.refine_iterations`` the averages are refined by least squares so that their
+render matches the views (:mod:`ovseg.fields.lift_refine`).
 
 :class:`LiftedField` loads one and answers queries.
 """
@@ -53,6 +58,9 @@ from ovseg.fields.stages import default_mask_vocabulary, resume_meta, run_stage,
 from ovseg.fileio import atomic_write, write_text_atomic
 
 FORMAT = "ovseg-lifted-field/1"
+# refined by least squares: the mixtures plus a correction per Gaussian that a format-1
+# reader would ignore, so such a folder says so and that reader refuses it
+FORMAT_REFINED = "ovseg-lifted-field/2"
 
 
 @dataclass
@@ -65,9 +73,18 @@ class LiftConfig:
     min_weight: float = 0.05
     image_scale: float = 1.0  # views are rasterized at this fraction of their size
     mask_vocabulary: str | None = None  # None: the model's default vocabulary
+    # least-squares refinement (ovseg.fields.lift_refine): passes over the views, and the
+    # size of the basis its per-Gaussian corrections live in
+    refine_iterations: int = 0
+    refine_rank: int = 32
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        """JSON's view; without refinement the keys format 1 had, so a plain lift's
+        field.json is the one earlier versions wrote and resume."""
+        values = json.loads(json.dumps(asdict(self)))
+        if not self.refine_iterations:
+            del values["refine_iterations"], values["refine_rank"]
+        return values
 
 
 def read_splat_source(path: str | Path) -> Splat:
@@ -150,11 +167,13 @@ def lift_field(
     ``out``, resuming whatever a previous run left (features per view; the lifting every
     ``checkpoint_seconds``). Returns field.json's dict.
 
-    Raises: PosedImagesError / SplatError for a bad scene or splat; ValueError when a camera
-    sees none of the Gaussians or no view gave a segment; FieldError when ``out`` holds a
-    field of another scene, splat, model or settings.
+    Raises: PosedImagesError / SplatError for a bad scene or splat; ValueError for bad
+    refinement settings, when a camera sees none of the Gaussians or no view gave a
+    segment; FieldError when ``out`` holds a field of another scene, splat, model or settings.
     """
     cfg = cfg or LiftConfig()
+    if cfg.refine_iterations < 0 or cfg.refine_rank < 1:
+        raise ValueError("refine_iterations >= 0 and refine_rank >= 1, please")
     out = Path(out)
     scene = scene or lift_scene(scene_path, cameras_json)
     splat = splat or read_splat_source(splat_path)
@@ -165,7 +184,7 @@ def lift_field(
     check_cameras_see(splat, cameras)  # before anything is written
     meta_path = out / "field.json"
     meta = {
-        "format": FORMAT,
+        "format": FORMAT_REFINED if cfg.refine_iterations else FORMAT,
         "scene": str(Path(scene_path).resolve()),
         "cameras": str(Path(cameras_json).resolve()) if cameras_json else None,
         "train_views": [camera.name for camera in cameras],
@@ -221,10 +240,31 @@ def lift_field(
         ),
     )
     tensors = finish_mixture(lifted, torch.cat([e.float() for e in embeddings]), cfg)
+    if cfg.refine_iterations:
+        from ovseg.fields.lift_refine import refine_mixture
+
+        tensors = run_stage(
+            meta,
+            meta_path,
+            "refine",
+            lambda: refine_mixture(
+                tensors,
+                splat,
+                cameras,
+                maps,
+                cfg.refine_iterations,
+                cfg.refine_rank,
+                state_path=out / "refine_state.npz",
+                checkpoint_seconds=checkpoint_seconds,
+                progress=progress,
+                stats=meta,
+            ),
+        )
     from safetensors.torch import save_file
 
     atomic_write(out / "lifted.safetensors", lambda tmp: save_file(tensors, tmp))
     (out / "lift_state.npz").unlink(missing_ok=True)
+    (out / "refine_state.npz").unlink(missing_ok=True)
     meta["lifted_gaussians"] = int((tensors["total_weight"] >= cfg.min_weight).sum())
     meta["segments"] = int(tensors["segment_embeddings"].shape[0])
     meta["complete"] = True
@@ -380,6 +420,9 @@ class LiftedField:
         self.mixture_weights = tensors["mixture_weights"].float()
         self.norms = tensors["norms"].float()
         self.lifted = self.norms > 0
+        # the least-squares refinement's per-Gaussian correction in a basis (absent: none)
+        self.refine_basis = tensors.get("refine_basis")
+        self.refine_offsets = tensors.get("refine_offsets")
         self._canonical = None
         self._covariances = None
 
@@ -387,7 +430,11 @@ class LiftedField:
     def read_meta(folder: str | Path) -> dict:
         """field.json of a finished lifted field (no model needed); FieldError otherwise."""
         return read_finished_meta(
-            folder, FORMAT, "lifted field (fields lift)", result="lifted.safetensors", verb="lift"
+            folder,
+            (FORMAT, FORMAT_REFINED),
+            "lifted field (fields lift)",
+            result="lifted.safetensors",
+            verb="lift",
         )
 
     @classmethod
@@ -412,6 +459,8 @@ class LiftedField:
                 "mixture_weights",
                 "total_weight",
                 "norms",
+                # a refined field's correction per Gaussian (format 2) and only there
+                *(["refine_basis", "refine_offsets"] if meta["format"] == FORMAT_REFINED else []),
             ],
             hint="the field folder is damaged or from another ovseg version: lift again",
         )
@@ -441,10 +490,14 @@ class LiftedField:
         per_segment = self.segment_embeddings @ text_embeddings.float().T  # (S, P)
         per_segment = torch.cat([per_segment, torch.zeros(1, per_segment.shape[1])])  # -1 -> 0
         out = torch.empty(text_embeddings.shape[0], len(self.norms))
+        if self.refine_basis is not None:
+            per_axis = self.refine_basis.float() @ text_embeddings.float().T  # (k, P)
         for start in range(0, len(self.norms), chunk):
             s = self.mixture_segments[start : start + chunk]
             w = self.mixture_weights[start : start + chunk]
             dots = torch.einsum("nk,nkp->pn", w, per_segment[s])
+            if self.refine_basis is not None:
+                dots += (self.refine_offsets[start : start + chunk].float() @ per_axis).T
             out[:, start : start + chunk] = dots / self.norms[start : start + chunk].clamp_min(1e-6)
         return out
 

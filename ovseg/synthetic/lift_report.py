@@ -8,7 +8,9 @@ lifted onto (b), scored on the held-out views with :func:`ovseg.synthetic.fields
 score_scene` (localisation, mIoU, consistency, label accuracy; base / novel), with ovseg in 2D
 on the same views; the time of lifting against the trained fit's autoencoder + language
 stages on the same geometry; on the ground-truth splat, each Gaussian's label against the
-segment it was sampled from.
+segment it was sampled from. With ``refine`` > 0 both lifts are repeated with that many
+least-squares passes (:mod:`ovseg.fields.lift_refine`) as rows of their own. Finished fits
+and lifts with the same settings are reused, so scoring again is cheap.
 
 **Scale** (:func:`run_scale`): a ground-truth splat of N Gaussians with V views of W x H
 rendered from it; the features are the views' true segment maps with their classes' text
@@ -33,6 +35,11 @@ from ovseg.fileio import write_text_atomic
 LIFTED_METHODS = ("lifted (fitted Gaussians)", "lifted (ground-truth splat)")
 
 
+def refined_methods(passes: int) -> tuple[str, str]:
+    """The rows of the lifts refined by ``passes`` least-squares passes."""
+    return tuple(m.replace("lifted", f"lifted + {passes} LS passes") for m in LIFTED_METHODS)
+
+
 def run_accuracy(
     out: str | Path,
     *,
@@ -42,14 +49,18 @@ def run_accuracy(
     fields: Path | None = None,
     gaussians: int = 100_000,
     cfg=None,
+    refine: int = 0,
     progress: bool = True,
 ) -> dict:
     """Lifts onto each scene's ground-truth splat; on the first ``fit_scenes`` (default all)
     also fits the trained field (or reuses ``fields``/scene_K) and lifts onto its Gaussians;
-    scores -> a report dict: ``summary`` over every scene (ground-truth splat and 2D), and
-    ``fitted_summary`` over the fitted scenes (all methods). See the module doc."""
-    from ovseg.fields.field import LanguageField, fit_field
-    from ovseg.fields.lift import LiftConfig, LiftedField, lift_field
+    with ``refine`` > 0 each lift again with that many least-squares passes; scores -> a
+    report dict: ``summary`` over every scene (ground-truth splat and 2D), and
+    ``fitted_summary`` over the fitted scenes (all methods). See the module doc. A fit or
+    lift already finished in ``out`` with the same settings is reused, not redone (so a run
+    after a change to scoring or refinement costs the scoring and what changed)."""
+    from ovseg.fields.field import LanguageField
+    from ovseg.fields.lift import LiftConfig, LiftedField
     from ovseg.fields.splat_ply import write_splat
     from ovseg.predictor import OVSegPredictor
     from ovseg.synthetic.fields_report import METHODS, score_scene, summarise
@@ -62,8 +73,13 @@ def run_accuracy(
     vocabulary = predictor.set_vocabulary("synthetic_world")
     base = {n.casefold() for n in predictor.train_vocabulary.names}
     seen = {name: name.casefold() in base for name in vocabulary.names}
-    methods = ("trained field", *LIFTED_METHODS, *METHODS[1:])
-    every = {m: {"loc": [], "iou": [], "labels": []} for m in (LIFTED_METHODS[1], *METHODS[1:])}
+    refined = refined_methods(refine) if refine else ()
+    lifts = {LIFTED_METHODS: ("", LiftConfig())}
+    if refine:
+        lifts[refined] = (f"_refine{refine}", LiftConfig(refine_iterations=refine))
+    methods = ("trained field", *LIFTED_METHODS, *refined, *METHODS[1:])
+    on_truth = (LIFTED_METHODS[1], *refined[1:], *METHODS[1:])
+    every = {m: {"loc": [], "iou": [], "labels": []} for m in on_truth}
     fitted = {m: {"loc": [], "iou": [], "labels": []} for m in methods}
     timings, gaussian_hits = [], []
 
@@ -81,43 +97,52 @@ def run_accuracy(
             write_splat(scene_dir / "splat.ply", splat)
             np.save(scene_dir / "gaussian_segments.npy", truth)
         truth = np.load(scene_dir / "gaussian_segments.npy")
-        gt_dir = out / "lifted_gt" / name
-        gt_meta = lift_field(
-            scene_dir, scene_dir / "splat.ply", gt_dir, predictor, LiftConfig(), progress=progress
-        )
-        lifted_gt = LiftedField.load(gt_dir, predictor)
-        found_gt = score(lifted_gt)
-        _add(every[LIFTED_METHODS[1]], found_gt["field"])
+        timing, found_gt = {}, {}
+        for (_, on_gt), (suffix, lift_cfg) in lifts.items():
+            gt_meta = _lift_once(
+                scene_dir,
+                scene_dir / "splat.ply",
+                out / f"lifted_gt{suffix}" / name,
+                predictor,
+                lift_cfg,
+                progress,
+            )
+            lifted_gt = LiftedField.load(out / f"lifted_gt{suffix}" / name, predictor)
+            found_gt[on_gt] = score(lifted_gt)
+            _add(every[on_gt], found_gt[on_gt]["field"])
+            timing[f"lift_gt{suffix}_s"] = gt_meta["timings_s"]["lift"]
+            if lift_cfg.refine_iterations:
+                timing["refine_gt_s"] = gt_meta["timings_s"]["refine"]
+            else:
+                gaussian_hits.append(_gaussian_labels(lifted_gt, predictor, scene_dir, truth))
+                timing["features_s"] = gt_meta["timings_s"]["features"]
+                timing["gt_gaussians"] = gt_meta["gaussians"]
         for method in METHODS[1:]:
-            _add(every[method], found_gt[method])
-        gaussian_hits.append(_gaussian_labels(lifted_gt, predictor, scene_dir, truth))
-        timing = {
-            "lift_gt_s": gt_meta["timings_s"]["lift"],
-            "features_s": gt_meta["timings_s"]["features"],
-            "gt_gaussians": gt_meta["gaussians"],
-        }
+            _add(every[method], found_gt[LIFTED_METHODS[1]][method])
         if index < fit_scenes:
             field_dir = (fields or out / "fields") / name
-            fit_meta = fit_field(
-                scene_dir, field_dir, predictor, cfg or bench_fields_config(), progress=progress
-            )
-            fit_lift_dir = out / "lifted_fit" / name
-            fit_lift_meta = lift_field(
-                scene_dir, field_dir, fit_lift_dir, predictor, LiftConfig(), progress=progress
+            fit_meta = _fit_once(
+                scene_dir, field_dir, predictor, cfg or bench_fields_config(), progress
             )
             found = score(LanguageField.load(field_dir, predictor))
             _add(fitted["trained field"], found["field"])
             for method in METHODS[1:]:
                 _add(fitted[method], found[method])
-            lifted_fit = LiftedField.load(fit_lift_dir, predictor)
-            _add(fitted[LIFTED_METHODS[0]], score(lifted_fit)["field"])
-            _add(fitted[LIFTED_METHODS[1]], found_gt["field"])
+            for (on_fit, on_gt), (suffix, lift_cfg) in lifts.items():
+                fit_lift_dir = out / f"lifted_fit{suffix}" / name
+                fit_lift_meta = _lift_once(
+                    scene_dir, field_dir, fit_lift_dir, predictor, lift_cfg, progress
+                )
+                _add(fitted[on_fit], score(LiftedField.load(fit_lift_dir, predictor))["field"])
+                _add(fitted[on_gt], found_gt[on_gt]["field"])
+                timing[f"lift_fitted{suffix}_s"] = fit_lift_meta["timings_s"]["lift"]
+                if lift_cfg.refine_iterations:
+                    timing["refine_fitted_s"] = fit_lift_meta["timings_s"]["refine"]
             timing.update(
                 {
                     "trained_language_s": fit_meta["timings_s"]["autoencoder"]
                     + fit_meta["timings_s"]["language"],
                     "trained_total_s": sum(fit_meta["timings_s"].values()),
-                    "lift_fitted_s": fit_lift_meta["timings_s"]["lift"],
                     "fitted_gaussians": fit_meta["gaussians"],
                 }
             )
@@ -131,10 +156,41 @@ def run_accuracy(
         "timings": timings,
         "gaussian_label_accuracy": 100 * float(hits.mean()) if len(hits) else float("nan"),
         "threads": torch.get_num_threads(),
+        "refine": refine,
         "novel_classes": sorted(n for n, s in seen.items() if not s),
     }
     write_text_atomic(out / "accuracy.json", json.dumps(report, indent=1))
     return report
+
+
+def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) -> dict:
+    """field.json of the trained field in ``field_dir``: a finished fit with ``cfg`` is
+    reused, anything else fitted (or resumed) by :func:`ovseg.fields.field.fit_field`."""
+    from ovseg.fields.field import FieldError, LanguageField, fit_field
+
+    try:
+        meta = LanguageField.read_meta(field_dir)
+    except FieldError:
+        meta = None
+    if meta is not None and meta["config"] == cfg.to_dict():
+        return meta
+    return fit_field(scene_dir, field_dir, predictor, cfg, progress=progress)
+
+
+def _lift_once(scene_dir: Path, splat, lift_dir: Path, predictor, cfg, progress: bool) -> dict:
+    """field.json of the lift in ``lift_dir``: a finished one of ``splat`` (unchanged since)
+    with ``cfg`` is reused, anything else lifted by :func:`ovseg.fields.lift.lift_field`."""
+    from ovseg.fields.field import FieldError
+    from ovseg.fields.lift import LiftedField, lift_field, splat_identity
+
+    try:
+        meta = LiftedField.read_meta(lift_dir)
+    except FieldError:
+        meta = None
+    same = meta is not None and meta["config"] == cfg.to_dict()
+    if same and all(meta[k] == v for k, v in splat_identity(splat).items()):
+        return meta
+    return lift_field(scene_dir, splat, lift_dir, predictor, cfg, progress=progress)
 
 
 def bench_fields_config():
@@ -179,7 +235,7 @@ def peak_mib():
     with open("/proc/self/status") as status:
         return int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) / 1024
 
-scene_dir, threads = Path(sys.argv[1]), int(sys.argv[2])
+scene_dir, threads, refine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 import numba
 numba.set_num_threads(threads)
@@ -204,6 +260,14 @@ stats, start = {}, time.perf_counter()
 state = lift_segments(splat, cameras, maps, cfg, progress=False, stats=stats)
 tensors = finish_mixture(state, embeddings, cfg)
 lift_s = time.perf_counter() - start
+lift_peak, refined = peak_mib(), {}
+if refine:
+    from ovseg.fields.lift_refine import refine_mixture
+    start = time.perf_counter()
+    tensors = refine_mixture(tensors, splat, cameras, maps, refine, cfg.refine_rank,
+                             progress=False, stats=refined)
+    refined["refine_s"] = time.perf_counter() - start
+    refined["refine"] = refine
 field = LiftedField(scene_dir, {}, splat, tensors, predictor)
 field.gaussian_relevancy([names[0]])
 start = time.perf_counter()
@@ -224,7 +288,8 @@ print(json.dumps({"gaussians": len(splat), "views": len(cameras), "width": camer
     "query_s": query_s, "heatmap_s": heatmap_s,
     "lifted_share": float(lifted.mean()),
     "gaussian_accuracy": float((text_classes == truth)[lifted].mean()),
-    "peak_rss_mib": peak_mib(), "threads": threads}))
+    "peak_rss_mib": peak_mib(), "lift_peak_rss_mib": lift_peak, **refined,
+    "threads": threads}))
 """
 
 _INFERENCE = """
@@ -254,10 +319,12 @@ def run_scale(
     *,
     seed: int = 0,
     threads: int | None = None,
+    refine: int = 0,
     progress: bool = True,
 ) -> list[dict]:
-    """For each (gaussians, views, width, height): write the world (once), then lift and
-    query it in a fresh process; returns one record per size (module doc)."""
+    """For each (gaussians, views, width, height): write the world (once), then lift (and
+    refine with ``refine`` least-squares passes) and query it in a fresh process; returns one
+    record per size (module doc)."""
     from ovseg.synthetic.splat3d import write_splat_world
 
     out = Path(out)
@@ -279,7 +346,7 @@ def run_scale(
                 progress=progress,
             )
             print(f"wrote {scene_dir} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        record = _subprocess_json(_SCALE, scene_dir, threads)
+        record = _subprocess_json(_SCALE, scene_dir, threads, refine)
         record.update(_subprocess_json(_INFERENCE, scene_dir, threads))
         records.append(record)
         print(json.dumps(record), file=sys.stderr)
@@ -287,9 +354,11 @@ def run_scale(
     return records
 
 
-def _subprocess_json(code: str, scene_dir: Path, threads: int) -> dict:
+def _subprocess_json(code: str, scene_dir: Path, threads: int, *args) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", code, str(scene_dir), str(threads)], capture_output=True, text=True
+        [sys.executable, "-c", code, str(scene_dir), str(threads), *map(str, args)],
+        capture_output=True,
+        text=True,
     )
     if done.returncode:
         raise RuntimeError(f"bench-lift: a measurement failed:\n{done.stderr[-2000:]}")
@@ -346,20 +415,37 @@ def markdown(accuracy: dict | None, scale: list[dict] | None) -> str:
                 f"{mean('lift_fitted_s'):.2f} s "
                 f"({mean('trained_language_s') / mean('lift_fitted_s'):.0f}x faster)."
             )
+        if accuracy.get("refine"):
+            lines[-1] += (
+                f" {accuracy['refine']} least-squares passes after the lift: "
+                f"{mean('refine_gt_s'):.1f} s on the ground-truth splat"
+                + (
+                    f", {mean('refine_fitted_s'):.1f} s on the fitted Gaussians."
+                    if accuracy.get("fit_scenes")
+                    else "."
+                )
+            )
     if scale:
         lines += [
             "",
             "| Gaussians | views | size | lift (s) | of which project / raster | per view | "
-            "2D inference per view | query | heat map | peak RSS (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "LS passes: N, s (objective at pass N vs the lift) | 2D inference per view | "
+            "query | heat map | "
+            "peak RSS (MiB): lift / with passes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in scale:
+            refined = "-"
+            if r.get("refine"):
+                objectives = r["refine_objectives"]
+                fall = 100 * (1 - objectives[-1] / objectives[0]) if objectives[0] else 0.0
+                refined = f"{r['refine']}, {r['refine_s']:.1f} s (-{fall:.1f}%)"
             lines.append(
                 f"| {r['gaussians']:,} | {r['views']} | {r['width']}x{r['height']} | "
                 f"{r['lift_s']:.1f} | {r['project_s']:.1f} / {r['raster_s']:.1f} | "
-                f"{r['lift_s'] / r['views']:.2f} | {r['inference_s_per_view']:.2f} | "
+                f"{r['lift_s'] / r['views']:.2f} | {refined} | {r['inference_s_per_view']:.2f} | "
                 f"{r['query_s'] * 1000:.0f} ms | {r['heatmap_s']:.2f} s | "
-                f"{r['peak_rss_mib']:.0f} |"
+                f"{r.get('lift_peak_rss_mib', r['peak_rss_mib']):.0f} / {r['peak_rss_mib']:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
