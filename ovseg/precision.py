@@ -217,7 +217,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise RuntimeError("this torch build has no int8 engine: use --precision fp32 or bf16")
     trunk = model.backbone.clip.visual.trunk
     _replace_pointwise(trunk.stages)
-    trunk.stages = quantize_linears(trunk.stages)
+    for index, stage in enumerate(trunk.stages):  # a stage at a time: one stage's copy at once
+        trunk.stages[index] = quantize_linears(stage)
     for layer in model.pixel_decoder.transformer.encoder.layers:
         attention = layer.self_attn
         for owner, name in (
