@@ -70,3 +70,33 @@ def test_side_by_side_without_a_harness_says_how_to_build_one(tmp_path, capsys):
     code, _, err = run_main(bench.main, args, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "venv/bin/python is missing" in err and "rebuild.sh" in err
+
+
+def test_output_differences_measure_against_the_official_outputs():
+    import numpy as np
+    import pytest
+
+    from ovseg.apps.bench_official import HarnessError, output_differences
+
+    rng = np.random.default_rng(0)
+    reference = {
+        "final_cls_logits": rng.normal(size=(5, 3)),
+        "pred_masks": rng.normal(size=(5, 4, 6)) * 10,
+        "sem_seg": rng.random((2, 8, 12)),
+        "segments_id": np.array([1, 2, 3]),
+    }
+    ours = {name: value.copy() for name, value in reference.items() if name != "segments_id"}
+    ours["pred_masks"][0, 0, 0] += 0.5
+    ours["sem_seg"][:, :2] = ours["sem_seg"][::-1, :2]  # two rows of pixels swap classes
+    ours["segments"] = 2
+    report = output_differences(reference, ours)
+    assert report["final_cls_logits_max_abs"] == 0
+    assert report["pred_masks_max_abs"] == pytest.approx(0.5)
+    scale = np.abs(reference["pred_masks"]).max()
+    assert report["pred_masks_relative"] == pytest.approx(0.5 / scale)
+    flipped = (reference["sem_seg"][0, :2] != reference["sem_seg"][1, :2]).mean() * 2 / 8
+    assert report["semantic_agreement"] == pytest.approx(1 - flipped)
+    assert (report["segments_official"], report["segments_ovseg"]) == (3, 2)
+    ours["sem_seg"] = ours["sem_seg"][:, :4]
+    with pytest.raises(HarnessError, match="sem_seg: official shape"):
+        output_differences(reference, ours)

@@ -417,8 +417,8 @@ def test_a_refined_lift_is_format_2_and_round_trips(lifted, scene, tmp_path):
     reader refuses it (it would ignore the corrections). A plain lift keeps format 1's keys."""
     from safetensors.torch import load_file
 
-    from ovseg.fields.field import FieldError, read_finished_meta
-    from ovseg.fields.folders import open_field
+    from ovseg.fields.folders import FieldError, read_finished_meta
+    from ovseg.fields.kinds import open_field
     from ovseg.fields.lift import FORMAT, LiftConfig, LiftedField
     from ovseg.predictor import OVSegPredictor
 
@@ -460,7 +460,7 @@ def test_bad_refinement_settings_are_refused(scene, tmp_path, capsys, flags):
 def test_bench_lift_reuses_a_finished_lift_with_the_same_settings(lifted, scene):
     """bench-lift scores again without lifting again: the same settings reuse the folder;
     other settings would lift anew (here: refused, the folder holds another lift)."""
-    from ovseg.fields.field import FieldError
+    from ovseg.fields.folders import FieldError
     from ovseg.fields.lift import LiftConfig
     from ovseg.synthetic.lift_report import _lift_once
 

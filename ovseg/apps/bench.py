@@ -149,7 +149,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "rebuild.sh): time it and ovseg in turn, fresh processes, A B A B, and print the "
         "ratio table (--precisions, --repeats, --threads, --short-side apply to both)",
     )
-    official.add_argument("--rounds", type=int, default=2, help="A B rounds (default 2)")
+    official.add_argument(
+        "--rounds", type=int, default=2, help="A B rounds (default 2; 0 with --compare only)"
+    )
+    official.add_argument(
+        "--compare",
+        action="store_true",
+        help="also compare the outputs at full size: the official run saves its random "
+        "weights as an official checkpoint and ovseg's exact path loads it (1.5 GB written "
+        "to a temporary folder)",
+    )
     official.add_argument(
         "--memory",
         action="store_true",
@@ -505,8 +514,8 @@ def _official_defaults(args) -> None:
         )
     if args.device != "cpu":
         raise ValueError("--official runs on the CPU (the harness is CPU-only): drop --device")
-    if args.rounds < 1 or args.repeats < 1:
-        raise ValueError("--rounds and --repeats must be at least 1")
+    if args.rounds < 0 or args.repeats < 1 or (args.rounds == 0 and not args.compare):
+        raise ValueError("--repeats must be at least 1 and --rounds too (0 only with --compare)")
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

@@ -20,6 +20,7 @@ tasks). The official input is resized beforehand; ovseg's resize (a few ms) is i
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -146,14 +147,16 @@ def side_by_side(args) -> dict:
             report["ovseg"][precision].append(
                 run_ovseg(args, precision, short_side=args.short_side, repeats=args.repeats)
             )
+    if args.compare:
+        report["compare"] = compare_outputs(folder, args, short_side=args.short_side)
     if args.memory:
         side = args.memory_short_side
         report["memory_short_side"] = side
         report["memory"] = {"official": run_official(folder, args, short_side=side, repeats=1)}
         for precision in precisions:
             report["memory"][precision] = run_ovseg(args, precision, short_side=side, repeats=1)
-    first = next(iter(report["ovseg"].values()))[0]
-    report["hardware"] = first["hardware"]
+    if report["official"]:
+        report["hardware"] = next(iter(report["ovseg"].values()))[0]["hardware"]
     return report
 
 
@@ -165,12 +168,17 @@ def _span(values: list[float]) -> str:
 def format_side_by_side(report: dict) -> str:
     """The ratio table: per stage the official seconds, then each ovseg precision's seconds
     and its ratio to the official time (min-max over rounds; ratios of medians)."""
+    lines = []
+    if "compare" in report:
+        lines.append(format_differences(report["compare"], report["short_side"]))
+    if not report["official"]:
+        return "\n".join(lines)
     official = report["official"]
     labels = []
     for precision, runs in report["ovseg"].items():
         chosen = runs[0]["precision"]
         labels.append((precision if chosen == precision else f"{precision} (= {chosen})", runs))
-    lines = [
+    lines += [
         f"{report['hardware']}, {report['threads']} threads; {report['image']} at short side "
         f"{report['short_side']}, vocabulary {report['vocab']}; {len(official)} round(s) A B A B",
         "| stage (s) | official FC-CLIP | "
@@ -200,3 +208,79 @@ def format_side_by_side(report: dict) -> str:
             + ", ".join(parts)
         )
     return "\n".join(lines)
+
+
+def compare_outputs(folder: Path, args, *, short_side: int) -> dict:
+    """The official code and ovseg's exact path (fp32) on the same random weights at full
+    size: the official run saves its weights (``--save-state``, an official checkpoint) and
+    its outputs, ovseg loads that checkpoint through its converter. Returns
+    :func:`output_differences` of the two."""
+    import numpy as np
+
+    from ovseg.predictor import OVSegPredictor
+
+    with tempfile.TemporaryDirectory(prefix="ovseg-official-") as scratch:
+        state, out = Path(scratch) / "official.pth", Path(scratch) / "official.npz"
+        command = [
+            str(folder / "venv/bin/python"),
+            str(folder / "run_ref.py"),
+            *("--image", args.image, "--vocab", args.vocab, "--seed", "0"),
+            *("--scale-init", "100", "--token-std", "3"),
+            *("--short-side", str(short_side), "--threads", str(args.threads)),
+            *("--repeats", "1", "--out", str(out), "--save-state", str(state)),
+        ]
+        _run_measured(command, threads=args.threads)
+        reference = dict(np.load(out))
+        predictor = OVSegPredictor.from_pretrained(
+            config=args.config, weights=state, precision="fp32"
+        )
+    predictor.set_vocabulary(args.vocab)
+    features = predictor.encode(args.image, short_side=short_side)
+    result = predictor.segment(features, tasks=("panoptic", "semantic", "instance"))
+    ours = {
+        "final_cls_logits": result["class_logits"],
+        "pred_masks": result["mask_logits"],
+        "sem_seg": result["sem_seg"],
+        "segments": len(result["segments_info"]),
+    }
+    return output_differences(reference, ours)
+
+
+def output_differences(reference: dict, ours: dict) -> dict:
+    """Per output, the largest absolute difference relative to the official output's largest
+    magnitude; the semantic argmax agreement; the panoptic segment counts."""
+    import numpy as np
+
+    def as_array(value):
+        return np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, float)
+
+    report = {}
+    for name in ("final_cls_logits", "pred_masks", "sem_seg"):
+        theirs, mine = as_array(reference[name]), as_array(ours[name])
+        if theirs.shape != mine.shape:
+            raise HarnessError(f"{name}: official shape {theirs.shape}, ovseg {mine.shape}")
+        scale = max(float(np.abs(theirs).max()), 1e-12)
+        report[f"{name}_max_abs"] = float(np.abs(theirs - mine).max())
+        report[f"{name}_relative"] = report[f"{name}_max_abs"] / scale
+    theirs, mine = as_array(reference["sem_seg"]), as_array(ours["sem_seg"])
+    report["semantic_agreement"] = float((theirs.argmax(0) == mine.argmax(0)).mean())
+    report["segments_official"] = int(len(reference["segments_id"]))
+    report["segments_ovseg"] = int(ours["segments"])
+    return report
+
+
+def format_differences(report: dict, short_side: int) -> str:
+    """One line per output of :func:`compare_outputs`."""
+    parts = [
+        f"{name}: max |diff| {report[f'{name}_max_abs']:.2e} "
+        f"({report[f'{name}_relative']:.1e} of its largest value)"
+        for name in ("final_cls_logits", "pred_masks", "sem_seg")
+    ]
+    agreement = report["semantic_agreement"]
+    return (
+        f"outputs at short side {short_side}, official vs ovseg fp32 on the same weights: "
+        + "; ".join(parts)
+        + f"; semantic argmax agreement {agreement:.4%}; panoptic segments "
+        f"{report['segments_official']} vs {report['segments_ovseg']}"
+        + ("" if math.isfinite(agreement) else " (no pixels)")
+    )

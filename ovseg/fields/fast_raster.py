@@ -236,6 +236,28 @@ def _tile_lists(order, means2d, radii, width, height, tile, tiles_x, tiles_y):
 # compositing
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def splat_alpha(u, v, params, alpha_min, alpha_max):
+    """One Gaussian's opacity at the pixel centre (u, v): ``params`` is its row of a tile's
+    buffer (u, v, conic a, b, c, opacity, radius, depth), clamped to ``alpha_max``; -1 where
+    it does not count (beyond its radius, a positive exponent, below ``alpha_min``). The
+    rule of the compositing kernels here and of :mod:`ovseg.fields.lift_refine`'s."""
+    dx = u - params[0]
+    dy = v - params[1]
+    r = params[6]
+    if abs(dx) > r or abs(dy) > r:
+        return np.float32(-1.0)
+    power = -np.float32(0.5) * (params[2] * dx * dx + params[4] * dy * dy) - (params[3] * dx * dy)
+    if power > 0:
+        return np.float32(-1.0)
+    alpha = params[5] * np.exp(power)
+    if alpha > alpha_max:
+        alpha = alpha_max
+    if alpha < alpha_min:
+        return np.float32(-1.0)
+    return alpha
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel simple)
     ranges,
@@ -283,20 +305,8 @@ def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel s
                     depth_sum = np.float32(0.0)
                     segment = segments[py, px] if lifting else -1
                     for j in range(length):
-                        dx = u - local[j, 0]
-                        dy = v - local[j, 1]
-                        r = local[j, 6]
-                        if abs(dx) > r or abs(dy) > r:
-                            continue
-                        power = -half * (local[j, 2] * dx * dx + local[j, 4] * dy * dy) - (
-                            local[j, 3] * dx * dy
-                        )
-                        if power > 0:
-                            continue
-                        alpha = local[j, 5] * np.exp(power)
-                        if alpha > alpha_max:
-                            alpha = alpha_max
-                        if alpha < alpha_min:
+                        alpha = splat_alpha(u, v, local[j], alpha_min, alpha_max)
+                        if alpha < 0:
                             continue
                         after = transmittance * (one - alpha)
                         if after < t_min:

@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 from ovseg.fields.camera import Camera
-from ovseg.fields.fast_raster import TILE, check_segments, project_fast, tile_gaussians
+from ovseg.fields.fast_raster import (
+    TILE,
+    check_segments,
+    project_fast,
+    splat_alpha,
+    tile_gaussians,
+)
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.rasterizer import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 from ovseg.fields.splat_ply import Splat
@@ -131,20 +137,8 @@ def _normal_pass(  # noqa: PLR0913 (one flat signature keeps the compiled kernel
                     for c in range(channels):
                         value[c] = 0.0
                     for j in range(length):  # the forward pass of fast_raster._composite
-                        dx = u - local[j, 0]
-                        dy = v - local[j, 1]
-                        r = local[j, 6]
-                        if abs(dx) > r or abs(dy) > r:
-                            continue
-                        power = -half * (local[j, 2] * dx * dx + local[j, 4] * dy * dy) - (
-                            local[j, 3] * dx * dy
-                        )
-                        if power > 0:
-                            continue
-                        alpha = local[j, 5] * np.exp(power)
-                        if alpha > alpha_max:
-                            alpha = alpha_max
-                        if alpha < alpha_min:
+                        alpha = splat_alpha(u, v, local[j], alpha_min, alpha_max)
+                        if alpha < 0:
                             continue
                         after = transmittance * (one - alpha)
                         if after < t_min:

@@ -166,7 +166,8 @@ def run_accuracy(
 def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) -> dict:
     """field.json of the trained field in ``field_dir``: a finished fit with ``cfg`` is
     reused, anything else fitted (or resumed) by :func:`ovseg.fields.field.fit_field`."""
-    from ovseg.fields.field import FieldError, LanguageField, fit_field
+    from ovseg.fields.field import LanguageField, fit_field
+    from ovseg.fields.folders import FieldError
 
     try:
         meta = LanguageField.read_meta(field_dir)
@@ -180,7 +181,7 @@ def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) 
 def _lift_once(scene_dir: Path, splat, lift_dir: Path, predictor, cfg, progress: bool) -> dict:
     """field.json of the lift in ``lift_dir``: a finished one of ``splat`` (unchanged since)
     with ``cfg`` is reused, anything else lifted by :func:`ovseg.fields.lift.lift_field`."""
-    from ovseg.fields.field import FieldError
+    from ovseg.fields.folders import FieldError
     from ovseg.fields.lift import LiftedField, lift_field, splat_identity
 
     try:
