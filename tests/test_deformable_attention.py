@@ -355,3 +355,19 @@ def test_attention_fuses_only_where_no_gradient_is_wanted(monkeypatch):
     training = attention(query, reference, query, SHAPES)  # gradients: the PyTorch path
     assert calls == [1] and training.requires_grad
     torch.testing.assert_close(inference, training.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_pass_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer shares the runtime with torch: restoring numba's own default
+    after the pass set torch to 2 threads in a --threads 1 run (results then differ in the
+    last bits from a 1-thread run: torchrun's processes and a plain run disagreed)."""
+    from ovseg.modeling.deformable_cpu import fused_deformable_sampling
+
+    value, reference, offsets, logits = fused_case()
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fused_deformable_sampling(value, SHAPES, reference, offsets, logits)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)

@@ -114,8 +114,10 @@ def fused_deformable_sampling(
     shapes = np.asarray(spatial_shapes, dtype=np.int64).reshape(levels, 2)
     starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]).astype(np.int64)
     output = np.empty((batch, num_queries, heads, head_dim), dtype=np.float32)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    # torch's thread count, which numba's OpenMP layer shares with torch: setting numba's
+    # sets torch's (a restore to numba's default made a --threads 1 run use 2 threads)
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _sample(
             array(value),
@@ -127,5 +129,5 @@ def fused_deformable_sampling(
             output,
         )
     finally:
-        numba.set_num_threads(threads)
+        torch.set_num_threads(threads)
     return torch.from_numpy(output).view(batch, num_queries, heads * head_dim)
