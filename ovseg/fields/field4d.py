@@ -185,7 +185,7 @@ def fit_field4d(
             predictor,
             scene,
             train,
-            [v.camera for v in views],
+            cameras,
             cfg.levels,
             out / "features",
             progress,
