@@ -67,7 +67,13 @@ def test_quick_world_runs_and_reports(quick_world):
     report = json.loads((quick_world / "report.json").read_text())
     for name in ("report.md", "predictions.png", "synthetic_tiny.safetensors"):
         assert (quick_world / name).is_file()
-    assert set(report["results"]) == {"in_vocab", "out_vocab", "ensemble"}
+    results = report["results"]
+    assert set(results) == {"in_vocab", "out_vocab", "ensemble", "ensemble_keep_novel"}
+    # the keep-novel row changes panoptic inference only: the ensemble's semantic output
+    kept, ensemble = results["ensemble_keep_novel"], results["ensemble"]
+    assert kept["mIoU_novel"] == ensemble["mIoU_novel"]
+    assert all(0 <= r["novel_recall"] <= 100 for r in results.values())
+    assert "| ensemble_keep_novel |" in (quick_world / "report.md").read_text()
     assert report["weights_mib"] <= 20
     assert len(report["novel_classes"]) == 5
     assert report["config"]["patterns"] is True
@@ -143,8 +149,18 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     assert main(["--out", str(tmp_path / "a"), "--quick", "--no-progress"]) == 0
     argv = ["--out", str(tmp_path / "b"), "--plain-things", "--novel-things", "5"]
     assert main(argv + ["--void-in-mask-loss"]) == 0
+    argv = ["--out", str(tmp_path / "c"), "--split-seed", "1", "--void-aware-no-object"]
+    assert main(argv + ["--clip-from", "w.safetensors", "--quick"]) == 0
     assert seen[0].patterns and seen[0].num_train == WorldConfig.quick().num_train
-    assert seen[0].ignore_void
+    assert seen[0].ignore_void and not seen[0].void_aware_no_object
+    assert seen[0].split_seed == 0 and seen[0].clip_from is None
+    assert seen[2].split_seed == 1 and seen[2].void_aware_no_object
+    assert seen[2].clip_from == "w.safetensors"
+    assert main(["--out", str(tmp_path / "d"), "--evaluate", "w.safetensors"]) == 0
+    assert seen[3].evaluate_weights == "w.safetensors"
+    # training switches mean nothing with --evaluate: refused, nothing run
+    assert main(["--out", str(tmp_path / "e"), "--evaluate", "w", "--void-aware-no-object"]) == 2
+    assert len(seen) == 4 and not (tmp_path / "e").exists()
     assert not seen[1].patterns and seen[1].novel_things == 5 and not seen[1].ignore_void
     assert seen[1].num_train == WorldConfig().num_train
 
@@ -177,3 +193,32 @@ def test_ship_only_refuses_an_incomplete_run_and_copies_nothing(tmp_path, capsys
     expected = "synthetic_tiny.safetensors" if broken == "no weights" else "report.json"
     assert expected in err
     assert [path.read_bytes() for path in shipped] == before
+
+
+def test_clip_from_copies_the_clip_and_nothing_else(tmp_path):
+    """--clip-from: the CLIP of the shipped synthetic_tiny, bit for bit (as fp32); the heads
+    keep their fresh initialisation (another split's heads would know this split's novel
+    classes); a file without CLIP is refused by name."""
+    import torch
+
+    from ovseg.checkpoint import CLIP_PREFIX, WeightsError, read_state_dict, save_weights
+    from ovseg.config import load_config
+    from ovseg.model_zoo import local_weights
+    from ovseg.modeling.fcclip import build_model
+    from ovseg.synthetic.world import load_world_clip
+
+    shipped = local_weights("synthetic_tiny")
+    torch.manual_seed(0)
+    model = build_model(load_config("synthetic_tiny"))
+    heads = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(CLIP_PREFIX)}
+    assert load_world_clip(model, shipped) == []
+    state = read_state_dict(shipped)
+    after = model.state_dict()
+    clip_keys = [k for k in state if k.startswith(CLIP_PREFIX)]
+    assert clip_keys and all(torch.equal(after[k], state[k].float()) for k in clip_keys)
+    assert all(torch.equal(after[k], v) for k, v in heads.items())
+    assert not any(p.requires_grad for p in model.backbone.clip.parameters())
+    no_clip = tmp_path / "heads.safetensors"
+    save_weights(heads, no_clip)
+    with pytest.raises(WeightsError, match="holds no CLIP"):
+        load_world_clip(model, no_clip)

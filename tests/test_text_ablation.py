@@ -30,6 +30,7 @@ def test_an_ablation_row_runs_once_and_lands_in_the_table(tmp_path, capsys):
         "in_vocab",
         "out_vocab",
         "ensemble",
+        "ensemble_keep_novel",
     }
     table = (out / "ablation.md").read_text()
     assert "| cdt | 0 | 2 | ensemble |" in table and "score maps (training-free)" in table

@@ -383,3 +383,25 @@ def test_own_data_offline_end_to_end(tmp_path, capsys, monkeypatch):
     predict_args += ["--config", "synthetic_tiny", "--vocab", "synthetic_world", "--output", out]
     assert predict_main([str(a) for a in predict_args]) == 0, capsys.readouterr().err
     assert (out / "val_00000.json").is_file()
+
+
+def test_void_aware_no_object_reaches_the_losses_with_the_padding_mask(
+    synthetic, tmp_path, monkeypatch
+):
+    """--void-aware-no-object: the criterion looks for queries on void, and each target
+    carries the transform's ``valid`` mask so that padding is not taken for void."""
+    from ovseg.train.losses import SetCriterion
+
+    calls = []
+    original = SetCriterion.void_queries
+
+    def spy(self, pred_masks, targets, matches):
+        calls.append([target.get("valid") for target in targets])
+        return original(self, pred_masks, targets, matches)
+
+    monkeypatch.setattr(SetCriterion, "void_queries", spy)
+    run(synthetic, tmp_path / "off", tiny_cfg(max_iters=1))
+    assert not calls
+    run(synthetic, tmp_path / "on", tiny_cfg(max_iters=1, void_aware_no_object=True))
+    assert calls
+    assert all(v is not None and v.dtype == torch.bool for call in calls for v in call)

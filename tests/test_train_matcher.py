@@ -165,3 +165,53 @@ def test_ignore_void_leaves_unlabeled_pixels_out_of_the_mask_losses():
     for term in ("loss_mask", "loss_dice"):  # what is left: soft labels on the boundary
         assert losses[True][term] < 0.1 * losses[False][term]
     assert losses[False]["loss_mask"] > 1.0
+
+
+def _void_aware_case():
+    """3 queries on a 16 x 16 image (8 x 8 mask logits): one target on the left half; query
+    0 covers the left half, 1 the right half (void), 2 the bottom-right corner, which is
+    padding (``valid`` False)."""
+    masks = torch.full((1, 3, 8, 8), -5.0)
+    masks[0, 0, :, :4] = 5.0
+    masks[0, 1, :, 4:] = 5.0
+    masks[0, 2, 6:, 6:] = 5.0
+    target = torch.zeros(1, 16, 16)
+    target[0, :, :8] = 1
+    valid = torch.ones(16, 16, dtype=torch.bool)
+    valid[12:, 12:] = False
+    logits = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0))
+    targets = [{"labels": torch.tensor([1]), "masks": target, "valid": valid}]
+    return {"pred_logits": logits, "pred_masks": masks}, targets
+
+
+def test_void_aware_no_object_skips_unmatched_queries_on_void_only():
+    outputs, targets = _void_aware_case()
+    criterion = SetCriterion(2, LossConfig(num_points=64, void_aware_no_object=True))
+    matches = [(torch.tensor([0]), torch.tensor([0]))]
+    void = criterion.void_queries(outputs["pred_masks"], targets, matches)
+    assert void.tolist() == [[False, True, False]]  # matched / on void / on padding
+    # a matched query on void is still trained as its target
+    on_void = [(torch.tensor([1]), torch.tensor([0]))]
+    assert criterion.void_queries(outputs["pred_masks"], targets, on_void).tolist() == [
+        [False, False, False]
+    ]
+    # without ``valid`` the padding corner counts as void too
+    no_valid = [{k: v for k, v in targets[0].items() if k != "valid"}]
+    assert criterion.void_queries(outputs["pred_masks"], no_valid, matches)[0, 2]
+
+
+def test_void_aware_no_object_drops_exactly_that_querys_cross_entropy():
+    outputs, targets = _void_aware_case()
+    generators = [torch.Generator().manual_seed(1)]
+    plain = SetCriterion(2, LossConfig(num_points=64))(
+        outputs, targets, num_masks=1.0, class_weight_total=1.2, generators=generators
+    )
+    generators = [torch.Generator().manual_seed(1)]
+    aware = SetCriterion(2, LossConfig(num_points=64, void_aware_no_object=True))(
+        outputs, targets, num_masks=1.0, class_weight_total=1.2, generators=generators
+    )
+    # the matcher puts query 0 on the target; query 1 (on void) loses its no-object term
+    log_probs = outputs["pred_logits"][0].log_softmax(-1)
+    dropped = 0.1 * -log_probs[1, 2] / 1.2
+    assert torch.allclose(plain["loss_ce"] - aware["loss_ce"], dropped, atol=1e-6)
+    assert torch.equal(plain["loss_mask"], aware["loss_mask"])

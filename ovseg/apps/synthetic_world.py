@@ -59,6 +59,33 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--novel-things", type=int, default=4)
     parser.add_argument("--novel-stuff", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="which classes are novel (held out of segmentation training): 0 is the shipped "
+        "split (star, arrow, heart, diamond, grass); another seed draws another split",
+    )
+    parser.add_argument(
+        "--clip-from",
+        metavar="WEIGHTS",
+        help="take the trained CLIP from a finished run's weights (e.g. "
+        "ovseg/assets/synthetic_tiny/synthetic_tiny.safetensors) instead of training it: it "
+        "sees every class in words, so it does not depend on the split; only the "
+        "segmentation is trained",
+    )
+    parser.add_argument(
+        "--evaluate",
+        metavar="WEIGHTS",
+        help="train nothing: evaluate this finished model (e.g. the shipped synthetic_tiny) "
+        "on the world's val scenes with the split of --split-seed, and write the report",
+    )
+    parser.add_argument(
+        "--void-aware-no-object",
+        action="store_true",
+        help="no no-object loss for unmatched queries whose masks lie mostly on void "
+        "(unlabelled, e.g. novel) pixels: they may have found an object nobody named",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument(
         "--ship",
@@ -93,6 +120,18 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    trains = [
+        f
+        for f, on in (
+            ("--ship", args.ship),
+            ("--clip-from", args.clip_from),
+            ("--void-aware-no-object", args.void_aware_no_object),
+        )
+        if on
+    ]
+    if args.evaluate and trains:
+        print(f"error: --evaluate trains nothing: drop {', '.join(trains)}", file=sys.stderr)
+        return 2
     if args.ship_only:
         return _ship_or_say_why(out)
     try:  # before any work
@@ -114,6 +153,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     cfg.novel_things, cfg.novel_stuff, cfg.seed = args.novel_things, args.novel_stuff, args.seed
     cfg.patterns = not args.plain_things
     cfg.ignore_void = not args.void_in_mask_loss
+    cfg.split_seed, cfg.clip_from = args.split_seed, args.clip_from
+    cfg.evaluate_weights = args.evaluate
+    cfg.void_aware_no_object = args.void_aware_no_object
     try:
         run(out, cfg, progress=not args.no_progress)
     except ValueError as error:

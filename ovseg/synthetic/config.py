@@ -40,6 +40,15 @@ class WorldConfig:
     # is never proposed (measured at 500 iterations: grass proposal recall 0% -> 100%, ensemble
     # novel mIoU 4.5 -> 23.9).
     ignore_void: bool = True
+    # No no-object loss for unmatched queries whose masks lie mostly on void (novel) pixels
+    # (LossConfig.void_aware_no_object, issue 34's training candidate).
+    void_aware_no_object: bool = False
+    # Take the trained CLIP from this weights file (a finished run's, e.g. the shipped
+    # synthetic_tiny) instead of training it: the CLIP sees every class in words, so it does
+    # not depend on the base / novel split (split_seed); only the segmentation is retrained.
+    clip_from: str | None = None
+    # Evaluate this finished model (weights file) instead of training one.
+    evaluate_weights: str | None = None
     test_short_side: int = 256
 
     @classmethod

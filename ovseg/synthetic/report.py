@@ -1,9 +1,11 @@
 """The synthetic world's evaluation and report: PQ and mIoU of base and novel classes for the
-three classifier modes, per-class diagnostics (are masks proposed? does the frozen CLIP know
-the class?), a figure of val predictions, and report.json / report.md."""
+three classifier modes (and the ensemble with the keep-novel panoptic rule), per-class
+diagnostics (are masks proposed? does the frozen CLIP know the class?), a figure of val
+predictions, and report.json / report.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 # (alpha, beta) of the geometric ensemble for each classifier mode.
 MODES = {"in_vocab": (0.0, 0.0), "out_vocab": (1.0, 1.0), "ensemble": (0.4, 0.8)}
+# The ensemble's classes through panoptic inference with ``inference.keep_novel`` (issue 34):
+# panoptic only, its semantic output (mIoU) is the ensemble's.
+KEEP_NOVEL = "ensemble_keep_novel"
 FIGURE_ROWS = 6  # val scenes drawn in predictions.png
 
 
@@ -71,7 +76,7 @@ def evaluate_world(
         {"id": i, "name": n, "isthing": t}
         for i, (n, t) in enumerate(zip(vocab.names, vocab.is_thing, strict=True))
     ]
-    panoptic = {m: PanopticEvaluator(categories, seen=seen) for m in MODES}
+    panoptic = {m: PanopticEvaluator(categories, seen=seen) for m in [*MODES, KEEP_NOVEL]}
     semantic = {m: SemanticEvaluator(len(vocab), class_names=vocab.names, seen=seen) for m in MODES}
     chance = SemanticEvaluator(len(vocab), class_names=vocab.names, seen=seen)
     rng = np.random.default_rng(12345)
@@ -102,12 +107,16 @@ def evaluate_world(
 
 
 def _mode_results(panoptic: dict, semantic: dict, per_class: dict) -> dict:
-    """Per mode: PQ and mIoU (%), all / base / novel, from its evaluators; adds each class's
-    IoU_{mode} to its ``per_class`` row."""
+    """Per mode: PQ and mIoU (%), all / base / novel, from its evaluators, and the novel
+    segments' recall in the panoptic output (%: matched at IoU > 0.5 / all novel segments,
+    summed over the novel classes); adds each class's IoU_{mode} to its ``per_class`` row.
+    The keep-novel mode has the ensemble's mIoU."""
     results = {}
-    for mode in MODES:
+    for mode in [*MODES, KEEP_NOVEL]:
         pq = panoptic[mode].compute()
-        miou = semantic[mode].compute()
+        miou = semantic[mode if mode in MODES else "ensemble"].compute()
+        novel = [c for name, c in pq["per_class"].items() if per_class.get(name, {}).get("novel")]
+        found, total = sum(c["tp"] for c in novel), sum(c["tp"] + c["fn"] for c in novel)
         results[mode] = {
             "PQ": pq["All"]["pq"],
             "PQ_base": pq["Seen"]["pq"],
@@ -115,10 +124,12 @@ def _mode_results(panoptic: dict, semantic: dict, per_class: dict) -> dict:
             "mIoU": miou["mIoU"],
             "mIoU_base": miou["mIoU_seen"],
             "mIoU_novel": miou["mIoU_unseen"],
+            "novel_recall": 100.0 * found / total if total else float("nan"),
         }
-        for name, iou in miou["per_class_iou"].items():
-            if name in per_class:
-                per_class[name][f"IoU_{mode}"] = iou
+        if mode in MODES:
+            for name, iou in miou["per_class_iou"].items():
+                if name in per_class:
+                    per_class[name][f"IoU_{mode}"] = iou
     return results
 
 
@@ -133,6 +144,8 @@ def _evaluate_image(
     """One val image through the three modes: updates the ``panoptic`` / ``semantic``
     evaluators of each mode and the ``tally`` of its segments. Returns its figure row: image,
     truth and each mode's (H, W) class labels."""
+    from ovseg.predictor_base import segment_outputs
+
     row = {"image": sample["image"], "truth": sample["sem_seg"]}
     features = predictor.encode(sample["image"], short_side=short_side)  # once for every mode
     for mode, (alpha, beta) in MODES.items():
@@ -148,6 +161,22 @@ def _evaluate_image(
             [{"id": s["id"], "category_id": s["category_id"]} for s in result["segments_info"]],
         )
         row[mode] = labels
+        if mode == "ensemble":  # the same classes, panoptic with the keep-novel rule
+            kept = segment_outputs(
+                features,
+                result["class_logits"],
+                predictor.vocabulary,
+                dataclasses.replace(predictor.inference, keep_novel=True),
+                result["output_size"],
+                ("panoptic",),
+                seen=torch.tensor(predictor.seen),
+            )
+            panoptic[KEEP_NOVEL].update(
+                sample["panoptic"],
+                sample["segments_info"],
+                kept["panoptic_seg"].numpy(),
+                [{"id": s["id"], "category_id": s["category_id"]} for s in kept["segments_info"]],
+            )
     segments = sample["segments_info"]
     if segments:
         truth = np.stack([sample["panoptic"] == s["id"] for s in segments])
@@ -264,19 +293,26 @@ def write_report(out: Path, report: dict) -> None:
         f"Novel classes (never labelled in segmentation training): "
         f"{', '.join(report['novel_classes'])}",
         "",
-        "| classifier | PQ | PQ base | PQ novel | mIoU | mIoU base | mIoU novel |",
-        "|---|---|---|---|---|---|---|",
+        "| classifier | PQ | PQ base | PQ novel | mIoU | mIoU base | mIoU novel | novel recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in report["results"].items():
+        recall = r.get("novel_recall", float("nan"))  # reports written before it lack it
         lines.append(
             f"| {mode} | {r['PQ']:.1f} | {r['PQ_base']:.1f} | {r['PQ_novel']:.1f} | "
-            f"{r['mIoU']:.1f} | {r['mIoU_base']:.1f} | {r['mIoU_novel']:.1f} |"
+            f"{r['mIoU']:.1f} | {r['mIoU_base']:.1f} | {r['mIoU_novel']:.1f} | {recall:.1f} |"
         )
     c = report["chance"]
     lines.append(
         f"| chance (random pixels) | | | | {c['mIoU']:.1f} | {c['mIoU_base']:.1f} | "
-        f"{c['mIoU_novel']:.1f} |"
+        f"{c['mIoU_novel']:.1f} | |"
     )
+    lines += [
+        "",
+        f"{KEEP_NOVEL}: the ensemble's classes, panoptic inference with the keep-novel rule "
+        "(`--keep-novel`; its mIoU is the ensemble's). Novel recall: novel segments matched "
+        "in the panoptic output (IoU > 0.5) / all novel segments.",
+    ]
     z = report["zero_shot"]
     lines += [
         "",

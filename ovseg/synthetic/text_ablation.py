@@ -48,17 +48,13 @@ def frozen_clip_init(model_cfg, seed: int, path: Path) -> None:
     """A new model of ``model_cfg`` (heads initialised by ``seed``) with the shipped
     synthetic_tiny's trained CLIP, written to ``path`` (the segmentation run's init)."""
     from ovseg import model_zoo
-    from ovseg.checkpoint import load_state, read_state_dict, save_weights
+    from ovseg.checkpoint import save_weights
     from ovseg.modeling.fcclip import build_model
+    from ovseg.synthetic.world import load_world_clip
 
     torch.manual_seed(seed)
     model = build_model(model_cfg)
-    shipped_path = model_zoo.local_weights("synthetic_tiny")
-    shipped = read_state_dict(shipped_path)
-    prefix = "backbone.clip."
-    clip = {k[len(prefix) :]: v.float() for k, v in shipped.items() if k.startswith(prefix)}
-    load_state(model.backbone.clip, clip, source=f"the CLIP of {shipped_path}")
-    model.backbone.reset_fingerprint()
+    load_world_clip(model, model_zoo.local_weights("synthetic_tiny"))
     save_weights(model.state_dict(), path)
 
 

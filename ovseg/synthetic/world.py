@@ -92,7 +92,9 @@ def _log(message: str) -> None:
 
 def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     """Everything: data, CLIP, segmentation training, evaluation, report (out/report.json,
-    report.md, predictions.png, synthetic_tiny.safetensors). Returns the report."""
+    report.md, predictions.png, synthetic_tiny.safetensors). Returns the report. With
+    ``cfg.evaluate_weights`` no training: that finished model is evaluated on the world's val
+    scenes with the split of ``cfg.split_seed`` (its zero-shot numbers from its CLIP)."""
     from ovseg.config import load_config
     from ovseg.modeling.fcclip import build_model
     from ovseg.preprocess import shortest_edge_size
@@ -113,7 +115,12 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     model_cfg.text.train_vocabulary = str(world.base_vocab_path)
     model = build_model(model_cfg)
     test_hw = shortest_edge_size(*cfg.size, cfg.test_short_side, model_cfg.inference.max_size_test)
-    clip_losses = train_world_clip(model, model_cfg, world, test_hw, cfg, rng, progress=progress)
+    if cfg.evaluate_weights or cfg.clip_from:
+        clip_losses = load_world_clip(model, cfg.evaluate_weights or cfg.clip_from)
+    else:
+        clip_losses = train_world_clip(
+            model, model_cfg, world, test_hw, cfg, rng, progress=progress
+        )
     lap("clip_s")
     zero_shot = clip_zero_shot(
         model.backbone.clip,
@@ -128,11 +135,14 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     )
     _log_zero_shot(zero_shot)
 
-    train_base_segmentation(model, model_cfg, world, cfg, out, progress=progress)
-    lap("segmentation_s")
-
-    weights_path = out / "synthetic_tiny.safetensors"
-    report = ship_and_evaluate(model_cfg, world, cfg, out, weights_path, progress=progress)
+    if cfg.evaluate_weights:
+        weights_path = Path(cfg.evaluate_weights)
+        report = evaluate_weights(model_cfg, world, cfg, out, weights_path, progress=progress)
+    else:
+        train_base_segmentation(model, model_cfg, world, cfg, out, progress=progress)
+        lap("segmentation_s")
+        weights_path = out / "synthetic_tiny.safetensors"
+        report = ship_and_evaluate(model_cfg, world, cfg, out, weights_path, progress=progress)
     for name, row in report["per_class"].items():
         row["zero_shot_crops"] = zero_shot["per_class"].get(name, float("nan"))
         row["zero_shot_regions"] = zero_shot["regions_per_class"].get(name, float("nan"))
@@ -140,7 +150,7 @@ def run(out: str | Path, cfg: WorldConfig, *, progress: bool = True) -> dict:
     report.update(
         config=dataclasses.asdict(cfg),
         zero_shot=zero_shot,
-        clip_loss_first_last=[clip_losses[0], clip_losses[-1]],
+        clip_loss_first_last=clip_losses[:1] + clip_losses[-1:],  # [] when --clip-from
         novel_classes=[n for n, k in zip(vocab.names, world.novel, strict=True) if k],
         weights=str(weights_path),
         weights_mib=weights_path.stat().st_size / 2**20,
@@ -178,6 +188,28 @@ def make_world(out: Path, cfg: WorldConfig) -> World:
         f"{', '.join(n for n, k in zip(vocab.names, novel, strict=True) if k)}"
     )
     return world
+
+
+def load_world_clip(model, path: str | Path) -> list[float]:
+    """Phase 2 from a finished run: copy the CLIP (``backbone.clip.*``, nothing else: the
+    segmentation heads of another split would have seen this split's novel classes) from the
+    weights file ``path`` into ``model`` as float32, frozen. Returns no losses (an empty
+    list). Raises :class:`ovseg.checkpoint.WeightsError` when the file has no CLIP or one of
+    another shape."""
+    from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_state, read_state_dict
+
+    state = read_state_dict(path, keep=lambda key: key.startswith(CLIP_PREFIX))
+    if not state:
+        raise WeightsError(
+            f"{path} holds no CLIP weights ({CLIP_PREFIX}*): give a finished synthetic-world "
+            "run's weights, e.g. the shipped synthetic_tiny"
+        )
+    clip = {key[len(CLIP_PREFIX) :]: value.float() for key, value in state.items()}
+    load_state(model.backbone.clip, clip, source=f"the CLIP of {path}")
+    model.backbone.clip.requires_grad_(False)
+    model.backbone.reset_fingerprint()
+    _log(f"CLIP from {path} (not trained here)")
+    return []
 
 
 def train_world_clip(
@@ -276,6 +308,7 @@ def train_segmentation(
         load_clip_weights=False,
         save_clip=True,
         ignore_void=cfg.ignore_void,
+        void_aware_no_object=cfg.void_aware_no_object,
     )
     train(
         model_cfg,
@@ -304,6 +337,17 @@ def ship_and_evaluate(
         weights_path,
         metadata={"config": "synthetic_tiny"},
     )
+    return evaluate_weights(model_cfg, world, cfg, out, weights_path, progress=progress)
+
+
+def evaluate_weights(
+    model_cfg, world: World, cfg: WorldConfig, out: Path, weights_path: Path, *, progress: bool
+) -> dict:
+    """Phase 4's evaluation: the model in ``weights_path`` on the world's val scenes (see
+    :func:`report.evaluate_world`)."""
+    from ovseg.checkpoint import load_weights
+    from ovseg.modeling.fcclip import build_model
+
     evaluated = build_model(model_cfg)
     load_weights(evaluated, weights_path)
     return evaluate_world(

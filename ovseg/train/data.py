@@ -79,17 +79,21 @@ class AugmentedSamples(torch.utils.data.Dataset):
         epoch, index, position = key
         rng = np.random.default_rng(derived_seed(self.seed, "augment", epoch, index))
         sample = self.transform(self.dataset[index], rng)
-        return {
+        out = {
             "image": torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1),
             "masks": torch.from_numpy(np.ascontiguousarray(sample["masks"])).float(),
             "labels": torch.as_tensor(sample["labels"], dtype=torch.int64),
             "position": position,
         }
+        if "valid" in sample:  # False on the transform's padding (not void: no image there)
+            out["valid"] = torch.from_numpy(np.ascontiguousarray(sample["valid"]))
+        return out
 
 
 def collate(samples: list[dict]) -> dict:
+    keys = ("masks", "labels", "valid")
     return {
         "images": torch.stack([s["image"] for s in samples]),
-        "targets": [{"masks": s["masks"], "labels": s["labels"]} for s in samples],
+        "targets": [{k: s[k] for k in keys if k in s} for s in samples],
         "positions": [s["position"] for s in samples],
     }

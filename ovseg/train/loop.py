@@ -54,6 +54,8 @@ class TrainConfig:
     max_scale: float = 2.0
     num_points: int = 12544
     ignore_void: bool = False  # void pixels out of the mask losses (LossConfig.ignore_void)
+    # no no-object loss for unmatched queries mostly on void (LossConfig.void_aware_no_object)
+    void_aware_no_object: bool = False
     checkpoint_every: int = 5000
     keep_last: int = 3
     log_every: int = 20
@@ -138,6 +140,7 @@ def _train_process(
         LossConfig(
             num_points=cfg.num_points,
             ignore_void=cfg.ignore_void,
+            void_aware_no_object=cfg.void_aware_no_object,
             cdt_weight=text_cfg.cdt_loss_weight,
             pixel_text_weight=text_cfg.pixel_text_loss_weight,
         ),

@@ -26,6 +26,12 @@ class LossConfig:
     # costs, so that unlabeled regions - e.g. novel classes - are not taught to be no mask.
     # Off in the official recipe, where a matched mask's target is 0 on void pixels.
     ignore_void: bool = False
+    # Void-aware no-object loss (issue 34): an unmatched query whose predicted mask lies mostly
+    # (over ``void_fraction`` of its area) on void pixels - labelled by no target, padding
+    # excluded - gets no no-object loss: it may have found an object nobody named (a novel
+    # class), and the official rule teaches it "nothing here". Off in the official recipe.
+    void_aware_no_object: bool = False
+    void_fraction: float = 0.5
     # Text context (ovseg.modeling.text_context): CDT's CE on the out-of-vocabulary logits of
     # the matched queries, and DenseCLIP's pixel-text auxiliary loss; used when the model
     # returns those outputs.
@@ -86,12 +92,45 @@ class SetCriterion:
             target_classes[b, pred_index] = targets[b]["labels"][target_index]
         return target_classes
 
-    def loss_labels(self, pred_logits, target_classes, class_weight_total) -> torch.Tensor:
+    def loss_labels(
+        self, pred_logits, target_classes, class_weight_total, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Weighted CE over the K+1 classes, summed and divided by ``class_weight_total``;
+        ``skip`` (B, Q) bool: queries left out (see :meth:`void_queries`)."""
         weight = self.empty_weight.to(pred_logits.device)
+        if skip is not None:
+            target_classes = target_classes.masked_fill(skip, -100)  # F.cross_entropy's ignore
         losses = F.cross_entropy(
             pred_logits.float().transpose(1, 2), target_classes, weight=weight, reduction="none"
         )
         return losses.sum() / class_weight_total
+
+    def void_queries(self, pred_masks, targets, matches) -> torch.Tensor:
+        """(B, Q) bool: the unmatched queries whose predicted mask (logit > 0, at the mask
+        resolution h x w) lies more than ``cfg.void_fraction`` of its area on void pixels:
+        under no target mask and inside the image (``valid``, when the target has it: padding
+        is not void). Queries with empty masks are never void."""
+        batch, queries, height, width = pred_masks.shape
+        void = torch.zeros(batch, queries, dtype=torch.bool, device=pred_masks.device)
+        for b, (pred_index, _) in enumerate(matches):
+            target = targets[b]
+            masks = target["masks"].float()
+            if len(masks):
+                unlabelled = 1.0 - masks.amax(0)
+            else:
+                unlabelled = torch.ones(masks.shape[-2:], device=masks.device)
+            if "valid" in target:
+                unlabelled = unlabelled * target["valid"].float()
+            unlabelled = F.interpolate(
+                unlabelled[None, None], size=(height, width), mode="bilinear", align_corners=False
+            )[0, 0]
+            with torch.no_grad():
+                shown = (pred_masks[b] > 0).float()
+                area = shown.sum((1, 2))
+                on_void = (shown * unlabelled).sum((1, 2))
+            void[b] = (area > 0) & (on_void > self.cfg.void_fraction * area)
+            void[b, pred_index] = False
+        return void
 
     def loss_masks(self, pred_masks, targets, matches, num_masks, generators):
         """BCE and dice of matched masks on uncertainty-sampled points (per image, so that each
@@ -135,8 +174,9 @@ class SetCriterion:
         generators: list[torch.Generator] | None = None,
     ) -> dict[str, torch.Tensor]:
         """outputs: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, h, w) and optional
-        ``aux_outputs`` (list of the same); targets: per image ``labels`` (N,) and ``masks``
-        (N, H, W) in [0, 1]. Returns the unweighted named losses; :meth:`total` weights them."""
+        ``aux_outputs`` (list of the same); targets: per image ``labels`` (N,), ``masks``
+        (N, H, W) in [0, 1] and optionally ``valid`` (H, W) bool (False on padding). Returns
+        the unweighted named losses; :meth:`total` weights them."""
         losses = {}
         stages = [("", outputs)] + [
             (f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))
@@ -157,8 +197,11 @@ class SetCriterion:
             total_weight = class_weight_total
             if total_weight is None:
                 total_weight = self.empty_weight.to(target_classes.device)[target_classes].sum()
+            skip = None
+            if self.cfg.void_aware_no_object:
+                skip = self.void_queries(stage["pred_masks"], targets, matches)
             losses[f"loss_ce{suffix}"] = self.loss_labels(
-                stage["pred_logits"], target_classes, total_weight
+                stage["pred_logits"], target_classes, total_weight, skip
             )
             mask_loss, dice = self.loss_masks(
                 stage["pred_masks"], targets, matches, num_masks, generators
