@@ -1,7 +1,0 @@
-exec(open("docs/issue34/run_rules2.py").read().split("evaluate(official")[0])
-evaluate(official, "official")
-evaluate(geometric_void, "A geometric void (full P)")
-evaluate(lambda r: geometric_void(r, False), "A' geometric void (keep only)")
-evaluate(lambda r: mask_rescue(r, True, "ms"), f"B mask>{T_MASK:.3f} unseen, pv=1-ms")
-evaluate(kind_aware, "C kind-aware void")
-evaluate(lambda r: kind_aware(r, T_MASK), f"C+mask>{T_MASK:.3f}")
