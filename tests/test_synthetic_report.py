@@ -20,7 +20,7 @@ def val_set(tmp_path_factory):
 def test_each_mode_scores_as_the_model_set_to_its_weights_did(val_set, one_thread):
     from ovseg.evaluation import PanopticEvaluator, SemanticEvaluator
     from ovseg.predictor import OVSegPredictor
-    from ovseg.synthetic.report import MODES, SegmentTally, _evaluate_image
+    from ovseg.synthetic.report import KEEP_NOVEL, MODES, SegmentTally, _evaluate_image
 
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny", use_disk_text_cache=False)
     model = predictor.model
@@ -49,7 +49,7 @@ def test_each_mode_scores_as_the_model_set_to_its_weights_did(val_set, one_threa
         {"id": i, "name": n, "isthing": t}
         for i, (n, t) in enumerate(zip(vocab.names, vocab.is_thing, strict=True))
     ]
-    panoptic = {m: PanopticEvaluator(categories) for m in MODES}
+    panoptic = {m: PanopticEvaluator(categories) for m in [*MODES, KEEP_NOVEL]}
     semantic = {m: SemanticEvaluator(len(vocab), class_names=vocab.names) for m in MODES}
     row = _evaluate_image(predictor, sample, 64, panoptic, semantic, SegmentTally(len(vocab)))
     assert (model.alpha, model.beta) == (0.3, 0.7)  # scored without touching the model
