@@ -136,6 +136,7 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     back into the mask losses; by default things wear patterns and void is left out."""
     import ovseg.synthetic.world as world
     from ovseg.apps.synthetic_world import main
+    from ovseg.model_zoo import local_weights
     from ovseg.synthetic.config import WorldConfig
 
     seen = []
@@ -149,15 +150,23 @@ def test_cli_world_options_reach_the_config(tmp_path, monkeypatch):
     assert main(["--out", str(tmp_path / "a"), "--quick", "--no-progress"]) == 0
     argv = ["--out", str(tmp_path / "b"), "--plain-things", "--novel-things", "5"]
     assert main(argv + ["--void-in-mask-loss"]) == 0
+    weights = str(local_weights("synthetic_tiny"))
     argv = ["--out", str(tmp_path / "c"), "--split-seed", "1", "--void-aware-no-object"]
-    assert main(argv + ["--clip-from", "w.safetensors", "--quick"]) == 0
+    assert main(argv + ["--clip-from", weights, "--quick"]) == 0
     assert seen[0].patterns and seen[0].num_train == WorldConfig.quick().num_train
     assert seen[0].ignore_void and not seen[0].void_aware_no_object
     assert seen[0].split_seed == 0 and seen[0].clip_from is None
     assert seen[2].split_seed == 1 and seen[2].void_aware_no_object
-    assert seen[2].clip_from == "w.safetensors"
-    assert main(["--out", str(tmp_path / "d"), "--evaluate", "w.safetensors"]) == 0
-    assert seen[3].evaluate_weights == "w.safetensors"
+    assert seen[2].clip_from == weights
+    assert main(["--out", str(tmp_path / "d"), "--evaluate", weights]) == 0
+    assert seen[3].evaluate_weights == weights
+    # a missing or corrupt weights file: one line, exit 2, nothing run or written
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a weights file")
+    for bad in (str(tmp_path / "missing.safetensors"), str(corrupt)):
+        assert main(["--out", str(tmp_path / "f"), "--clip-from", bad, "--quick"]) == 2
+        assert main(["--out", str(tmp_path / "f"), "--evaluate", bad]) == 2
+    assert len(seen) == 4 and not any((tmp_path / "f").iterdir())
     # training switches mean nothing with --evaluate: refused, nothing run
     assert main(["--out", str(tmp_path / "e"), "--evaluate", "w", "--void-aware-no-object"]) == 2
     assert len(seen) == 4 and not (tmp_path / "e").exists()

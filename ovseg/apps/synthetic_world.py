@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return _ship_or_say_why(out)
     try:  # before any work
         _check_writable(out, ship=args.ship)
+        if args.clip_from or args.evaluate:  # missing, corrupt or CLIP-less: said now
+            from ovseg.synthetic.world import read_world_clip
+
+            read_world_clip(args.clip_from or args.evaluate)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

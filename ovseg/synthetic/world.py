@@ -190,13 +190,11 @@ def make_world(out: Path, cfg: WorldConfig) -> World:
     return world
 
 
-def load_world_clip(model, path: str | Path) -> list[float]:
-    """Phase 2 from a finished run: copy the CLIP (``backbone.clip.*``, nothing else: the
-    segmentation heads of another split would have seen this split's novel classes) from the
-    weights file ``path`` into ``model`` as float32, frozen. Returns no losses (an empty
-    list). Raises :class:`ovseg.checkpoint.WeightsError` when the file has no CLIP or one of
-    another shape."""
-    from ovseg.checkpoint import CLIP_PREFIX, WeightsError, load_state, read_state_dict
+def read_world_clip(path: str | Path) -> dict[str, torch.Tensor]:
+    """The CLIP tensors (``backbone.clip.*``, prefix removed, float32) of the weights file
+    ``path``. Raises :class:`ovseg.checkpoint.WeightsError` (one line) when the file is
+    missing, corrupt or holds no CLIP."""
+    from ovseg.checkpoint import CLIP_PREFIX, WeightsError, read_state_dict
 
     state = read_state_dict(path, keep=lambda key: key.startswith(CLIP_PREFIX))
     if not state:
@@ -204,8 +202,18 @@ def load_world_clip(model, path: str | Path) -> list[float]:
             f"{path} holds no CLIP weights ({CLIP_PREFIX}*): give a finished synthetic-world "
             "run's weights, e.g. the shipped synthetic_tiny"
         )
-    clip = {key[len(CLIP_PREFIX) :]: value.float() for key, value in state.items()}
-    load_state(model.backbone.clip, clip, source=f"the CLIP of {path}")
+    return {key[len(CLIP_PREFIX) :]: value.float() for key, value in state.items()}
+
+
+def load_world_clip(model, path: str | Path) -> list[float]:
+    """Phase 2 from a finished run: copy the CLIP (``backbone.clip.*``, nothing else: the
+    segmentation heads of another split would have seen this split's novel classes) from the
+    weights file ``path`` into ``model`` as float32, frozen. Returns no losses (an empty
+    list). Raises :class:`ovseg.checkpoint.WeightsError` when the file has no CLIP or one of
+    another shape."""
+    from ovseg.checkpoint import load_state
+
+    load_state(model.backbone.clip, read_world_clip(path), source=f"the CLIP of {path}")
     model.backbone.clip.requires_grad_(False)
     model.backbone.reset_fingerprint()
     _log(f"CLIP from {path} (not trained here)")
