@@ -44,7 +44,7 @@ from ovseg.fields.rasterizer import (
 
 TILE = 16  # pixels (3DGS's): a pixel stops walking its list once it saturates
 SEGMENT_SLOTS = 4  # segments a Gaussian can meet in one view before weight is dropped
-_PARAMS = 8  # per Gaussian in a tile's buffer: u, v, conic a, b, c, opacity, radius, depth
+TILE_PARAMS = 8  # per Gaussian in a tile's buffer: u, v, conic a, b, c, opacity, radius, depth
 
 
 @dataclass
@@ -258,6 +258,27 @@ def splat_alpha(u, v, params, alpha_min, alpha_max):
     return alpha
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def load_tile(ranges, pairs, params, t, local):
+    """Copies tile ``t``'s Gaussians' rows of ``params`` into ``local`` (contiguous, in depth
+    order) and returns (start, length): its slice of ``pairs``. Shared by the compositing
+    kernels here and :mod:`ovseg.fields.lift_refine`'s."""
+    start, end = ranges[t, 0], ranges[t, 1]
+    length = end - start
+    for j in range(length):
+        for p in range(TILE_PARAMS):
+            local[j, p] = params[pairs[start + j], p]
+    return start, length
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def tile_box(t, tiles_x, tile, width, height):
+    """Tile ``t``'s pixel rows and columns: (y0, y1, x0, x1), ends exclusive, clipped."""
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    return ty * tile, min((ty + 1) * tile, height), tx * tile, min((tx + 1) * tile, width)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel simple)
     ranges,
@@ -287,18 +308,13 @@ def _composite(  # noqa: PLR0913 (one flat signature keeps the compiled kernel s
     for block in numba.prange(blocks):
         local = buffers[block]
         for t in range(block, tile_count, blocks):
-            start, end = ranges[t, 0], ranges[t, 1]
-            if start == end:
+            if ranges[t, 0] == ranges[t, 1]:
                 continue
-            length = end - start
-            for j in range(length):  # the tile's Gaussians, contiguous, in depth order
-                for p in range(_PARAMS):
-                    local[j, p] = params[pairs[start + j], p]
-            ty = t // tiles_x
-            tx = t - ty * tiles_x
-            for py in range(ty * tile, min((ty + 1) * tile, height)):
+            start, length = load_tile(ranges, pairs, params, t, local)
+            y0, y1, x0, x1 = tile_box(t, tiles_x, tile, width, height)
+            for py in range(y0, y1):
                 v = np.float32(py) + half
-                for px in range(tx * tile, min((tx + 1) * tile, width)):
+                for px in range(x0, x1):
                     u = np.float32(px) + half
                     transmittance = one
                     alpha_sum = np.float32(0.0)
@@ -360,7 +376,7 @@ def tile_gaussians(projection: Projection, opacities: torch.Tensor, width: int, 
     means2d = _array(projection.means2d, np.float32)
     radii = _array(projection.radii, np.int64)
     ranges, pairs = _tile_lists(order, means2d, radii, width, height, TILE, tiles_x, tiles_y)
-    params = np.empty((n, _PARAMS), np.float32)
+    params = np.empty((n, TILE_PARAMS), np.float32)
     params[:, 0:2] = means2d
     params[:, 2:5] = _array(projection.conics, np.float32)
     params[:, 5] = _array(opacities, np.float32)
@@ -377,7 +393,7 @@ def _run(
     n = projection.means2d.shape[0]
     tiles = tile_gaussians(projection, opacities, width, height)
     ranges, pairs, params, tiles_x = tiles.ranges, tiles.pairs, tiles.params, tiles.tiles_x
-    buffers = np.empty((blocks, tiles.longest, _PARAMS), np.float32)
+    buffers = np.empty((blocks, tiles.longest, TILE_PARAMS), np.float32)
     channels = 0 if features is None else features.shape[1]
     feature_array = (
         np.zeros((n, 0), np.float32) if features is None else _array(features, np.float32)

@@ -40,9 +40,12 @@ import torch
 from ovseg.fields.camera import Camera
 from ovseg.fields.fast_raster import (
     TILE,
+    TILE_PARAMS,
     check_segments,
+    load_tile,
     project_fast,
     splat_alpha,
+    tile_box,
     tile_gaussians,
 )
 from ovseg.fields.gaussians import covariance_3d
@@ -115,18 +118,13 @@ def _normal_pass(  # noqa: PLR0913 (one flat signature keeps the compiled kernel
             pixel[block],
         )
         for t in range(block, tile_count, blocks):
-            start, end = ranges[t, 0], ranges[t, 1]
-            if start == end:
+            if ranges[t, 0] == ranges[t, 1]:
                 continue
-            length = end - start
-            for j in range(length):
-                for p in range(8):
-                    local[j, p] = params[pairs[start + j], p]
-            ty = t // tiles_x
-            tx = t - ty * tiles_x
-            for py in range(ty * tile, min((ty + 1) * tile, height)):
+            start, length = load_tile(ranges, pairs, params, t, local)
+            y0, y1, x0, x1 = tile_box(t, tiles_x, tile, width, height)
+            for py in range(y0, y1):
                 v = np.float32(py) + half
-                for px in range(tx * tile, min((tx + 1) * tile, width)):
+                for px in range(x0, x1):
                     segment = segments[py, px]
                     if segment < 0:
                         continue
@@ -211,7 +209,7 @@ class NormalPass:
             features,
             lifted,
             np.float32(MIN_COVER),
-            np.empty((self.blocks, tiles.longest, 8), np.float32),
+            np.empty((self.blocks, tiles.longest, TILE_PARAMS), np.float32),
             np.empty((self.blocks, tiles.longest), np.int64),
             np.empty((self.blocks, tiles.longest), np.float32),
             np.empty((self.blocks, channels), np.float32),
