@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.modeling import postprocess
+from ovseg.modeling.mask_resize import resize_masks
 from ovseg.modeling.text_classifier import TextClassifier
 from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
 from ovseg.vocabulary import Vocabulary, VocabularyLike, as_vocabulary, seen_class_mask
@@ -373,17 +374,11 @@ def check_keep_novel(inference, tasks: tuple[str, ...] | None = None) -> None:
 
 def _output_masks(features: ImageFeatures, out_hw, index=None) -> torch.Tensor:
     """Mask logits of the queries ``index`` (all when None) at the output size ``out_hw``: up
-    to the padded input, cropped, resized (two bilinear steps, as the official code). Resizing
-    is per query, so resizing only the queries a task reads is exact; a few queries at a time,
-    so the padded-size maps (the largest tensors of post-processing) never exist for all."""
+    to the padded input, cropped, resized (two bilinear steps, as the official code; on the
+    CPU folded into one compiled pass, :func:`ovseg.modeling.mask_resize.resize_masks`).
+    Resizing is per query, so resizing only the queries a task reads is exact."""
     low = features.pred_masks[0] if index is None else features.pred_masks[0][index]
-    masks = low.new_empty((low.shape[0], *out_hw))
-    for start in range(0, low.shape[0], RESIZE_CHUNK):
-        chunk = _upsample(low[start : start + RESIZE_CHUNK], features.padded_hw)
-        masks[start : start + RESIZE_CHUNK] = postprocess.resize_to_original(
-            chunk, features.resized_hw, out_hw
-        )
-    return masks
+    return resize_masks(low, features.padded_hw, features.resized_hw, out_hw, chunk=RESIZE_CHUNK)
 
 
 def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
