@@ -309,6 +309,28 @@ def test_a_folder_of_another_lift_or_a_changed_splat_is_refused(lifted, scene, t
     assert not out.exists()
 
 
+def test_keep_novel_segments_are_a_setting_of_the_folder(lifted, scene, tmp_path, capsys):
+    """--keep-novel changes the panoptic segments lifted: recorded, and a folder made with the
+    other rule is refused instead of mixing the two (folders made before the option resume)."""
+    import shutil
+
+    def lift(out, *flags):
+        args = ["lift", str(scene), "--splat", str(scene / "splat.ply"), "--out", str(out)]
+        return main([*args, *MODEL, "--no-progress", *flags])
+
+    assert "keep_novel" not in json.loads((lifted / "field.json").read_text())
+    other = tmp_path / "official"
+    shutil.copytree(lifted, other)
+    assert lift(other, "--keep-novel") == 2
+    assert "holds a field made with another keep novel" in _one_line_error(capsys)
+    assert lift(other) == 0  # the same rule: resumed
+    kept = tmp_path / "keep_novel"
+    assert lift(kept, "--keep-novel") == 0
+    assert json.loads((kept / "field.json").read_text())["keep_novel"] is True
+    assert lift(kept, "--no-keep-novel") == 2
+    assert "another keep novel" in _one_line_error(capsys)
+
+
 def test_views_in_per_camera_folders_keep_their_own_features(scene, tmp_path):
     """cam0/000.png and cam1/000.png: two views, two cached feature files, four names."""
     from ovseg.fields.posed_images import load_posed_images, write_transforms

@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from ovseg.apps.arguments import add_model_arguments
+    from ovseg.apps.arguments import add_keep_novel_argument, add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,6 +68,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     fit.add_argument("scene", help="scene folder (COLMAP sparse/0 or transforms.json)")
     fit.add_argument("--out", required=True, help="the field folder (resumed if it exists)")
     add_model_arguments(fit)
+    add_keep_novel_argument(fit)
     fit.add_argument("--iterations", type=int, default=600, help="colour-fit iterations")
     fit.add_argument(
         "--language-iterations",
@@ -113,6 +114,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "instead of SCENE's poses; images from SCENE/images or SCENE",
     )
     add_model_arguments(lift)
+    add_keep_novel_argument(lift)
     lift.add_argument(
         "--scale",
         type=float,

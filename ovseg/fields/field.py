@@ -25,7 +25,12 @@ import torch
 
 from ovseg.fields.camera import Camera
 from ovseg.fields.fit import PARAMETERS, FitConfig, LatentFitConfig
-from ovseg.fields.folders import check_same_clip, model_identity, read_finished_meta
+from ovseg.fields.folders import (
+    check_same_clip,
+    model_identity,
+    read_finished_meta,
+    segment_rule,
+)
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.language import LanguageAutoencoder, latent_relevancy
 from ovseg.fields.posed_images import PosedImages, load_posed_images
@@ -97,6 +102,7 @@ def fit_field(
         "scene": str(Path(scene_path).resolve()),
         "train_views": [scene.cameras[i].name for i in train],
         **identity,
+        **segment_rule(predictor),
         "config": cfg.to_dict(),
         "timings_s": {},
         "complete": False,

@@ -34,7 +34,12 @@ from ovseg.fields.camera import Camera
 from ovseg.fields.captions import check_objects, read_captions
 from ovseg.fields.deform import DeformationField, SpacetimeCloud, StatusField, deform
 from ovseg.fields.fit import DeformationFitConfig, FitConfig, LatentFitConfig
-from ovseg.fields.folders import check_same_clip, model_identity, read_finished_meta
+from ovseg.fields.folders import (
+    check_same_clip,
+    model_identity,
+    read_finished_meta,
+    segment_rule,
+)
 from ovseg.fields.gaussians import GaussianCloud
 from ovseg.fields.language import LanguageAutoencoder, latent_relevancy
 from ovseg.fields.posed_images import PosedImages, load_posed_images
@@ -148,6 +153,7 @@ def fit_field4d(
         "scene": str(scene_dir.resolve()),
         "train_views": [scene.cameras[i].name for i in train],
         **model_identity(predictor),
+        **segment_rule(predictor),
         "config": cfg.to_dict(),
         "time_range": list(time_range),
         "captions": None if captions_path is None else str(Path(captions_path).resolve()),
@@ -157,7 +163,15 @@ def fit_field4d(
     resume_meta(
         meta_path,
         meta,
-        keys=("scene", "model", "clip_fingerprint", "config", "train_views", "captions"),
+        keys=(
+            "scene",
+            "model",
+            "clip_fingerprint",
+            "keep_novel",
+            "config",
+            "train_views",
+            "captions",
+        ),
     )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))

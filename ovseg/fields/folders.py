@@ -28,6 +28,14 @@ def model_identity(predictor) -> dict:
     }
 
 
+def segment_rule(predictor) -> dict:
+    """What else a field's segments depend on: ``{"keep_novel": True}`` when the predictor's
+    panoptic output keeps the masks of classes unseen in training (``inference.keep_novel``,
+    ``--keep-novel``), else nothing, so that folders made before the option still resume."""
+    inference = getattr(predictor, "inference", None)
+    return {"keep_novel": True} if getattr(inference, "keep_novel", False) else {}
+
+
 def read_finished_meta(
     folder: str | Path,
     fmt: str | tuple[str, ...],

@@ -50,7 +50,13 @@ import torch
 
 from ovseg.fields.camera import Camera
 from ovseg.fields.fast_raster import project_fast, render_fast
-from ovseg.fields.folders import FieldError, check_same_clip, model_identity, read_finished_meta
+from ovseg.fields.folders import (
+    FieldError,
+    check_same_clip,
+    model_identity,
+    read_finished_meta,
+    segment_rule,
+)
 from ovseg.fields.gaussians import covariance_3d
 from ovseg.fields.posed_images import PosedImages, load_posed_images
 from ovseg.fields.splat_ply import Splat, read_splat, write_splat
@@ -191,6 +197,7 @@ def lift_field(
         **splat_identity(splat_path),
         "gaussians": len(splat),
         **model_identity(predictor),
+        **segment_rule(predictor),
         "config": cfg.to_dict(),
         "timings_s": {},
         "complete": False,
@@ -205,6 +212,7 @@ def lift_field(
             "splat_bytes",
             "model",
             "clip_fingerprint",
+            "keep_novel",
             "config",
             "train_views",
         ),

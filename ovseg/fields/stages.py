@@ -53,7 +53,7 @@ def run_stage(meta: dict, meta_path: Path, stage: str, work):
 def resume_meta(
     meta_path: Path,
     meta: dict,
-    keys=("scene", "model", "clip_fingerprint", "config", "train_views"),
+    keys=("scene", "model", "clip_fingerprint", "keep_novel", "config", "train_views"),
 ) -> None:
     """Carry a previous run's timings into ``meta``; FieldError when that run was made from
     another scene, model or settings (any of ``keys`` differs)."""
@@ -61,7 +61,7 @@ def resume_meta(
         return
     previous = json.loads(meta_path.read_text())
     for key in keys:
-        if previous.get(key) != meta[key]:
+        if previous.get(key) != meta.get(key):  # a key absent from both: the default
             raise FieldError(
                 f"{meta_path.parent} holds a field made with another {key.replace('_', ' ')}; "
                 "choose a new --out folder or delete this one"
