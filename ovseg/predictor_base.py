@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.modeling import postprocess
-from ovseg.modeling.mask_resize import resize_masks
+from ovseg.modeling.mask_resize import resize_masks, semantic_scores
 from ovseg.modeling.text_classifier import TextClassifier
 from ovseg.preprocess import as_rgb_array, normalize_and_pad, resize_image, shortest_edge_size
 from ovseg.vocabulary import Vocabulary, VocabularyLike, as_vocabulary, seen_class_mask
@@ -306,17 +306,21 @@ def segment_outputs(
         "class_logits": class_logits,
         "mask_logits": features.pred_masks[0],
     }
+    low, padded = features.pred_masks[0], features.padded_hw
     if tasks == ("semantic",):
         # Semantic-only configs score at padded resolution, then crop and resize.
-        masks = _upsample(features.pred_masks[0], features.padded_hw)
-        scores = postprocess.semantic_inference(class_logits, masks)
+        scores = semantic_scores(class_logits, low, padded, padded, padded)
+        if scores is None:
+            scores = postprocess.semantic_inference(class_logits, _upsample(low, padded))
         result["sem_seg"] = postprocess.resize_to_original(scores, features.resized_hw, out_hw)
         return result
 
-    all_masks = None  # every query at the output size: only semantic reads them all
+    all_masks = None  # every query at the output size, where semantic needs them all
     if "semantic" in tasks:
-        all_masks = _output_masks(features, out_hw)
-        result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
+        result["sem_seg"] = semantic_scores(class_logits, low, padded, features.resized_hw, out_hw)
+        if result["sem_seg"] is None:
+            all_masks = _output_masks(features, out_hw)
+            result["sem_seg"] = postprocess.semantic_inference(class_logits, all_masks)
 
     def masks_of(index):
         return all_masks[index] if all_masks is not None else _output_masks(features, out_hw, index)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.modeling.mask_resize import composite_taps, resize_masks
+from ovseg.modeling.mask_resize import composite_taps, resize_masks, semantic_scores
 
 
 def two_resizes(low, padded_hw, resized_hw, out_hw):
@@ -74,3 +74,20 @@ def test_threads_are_restored():
     before = torch.get_num_threads()
     resize_masks(torch.randn(3, 8, 8), (32, 32), (30, 31), (20, 25))
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("block_values", [1 << 21, 7 * 45 * 3])  # one band; bands of 3 rows
+@pytest.mark.parametrize(("low_hw", "padded", "resized", "out"), SIZES[:4])
+def test_semantic_scores_in_bands_equal_the_full_size_sums(
+    low_hw, padded, resized, out, block_values
+):
+    from ovseg.modeling.postprocess import semantic_inference
+
+    generator = torch.Generator().manual_seed(2)
+    low = torch.randn(7, *low_hw, generator=generator) * 4
+    class_logits = torch.randn(7, 5, generator=generator) * 3
+    expected = semantic_inference(class_logits, two_resizes(low, padded, resized, out))
+    found = semantic_scores(class_logits, low, padded, resized, out, block_values=block_values)
+    assert found.shape == expected.shape == (4, *out)
+    torch.testing.assert_close(found, expected, rtol=0, atol=1e-5)
+    assert semantic_scores(class_logits, low.double(), padded, resized, out) is None

@@ -134,3 +134,53 @@ def resize_masks(
     finally:
         torch.set_num_threads(threads)
     return torch.from_numpy(out)
+
+
+def semantic_scores(
+    class_logits: torch.Tensor,
+    low: torch.Tensor,
+    padded_hw: tuple[int, int],
+    resized_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    *,
+    block_values: int = 1 << 21,
+) -> torch.Tensor | None:
+    """Mask2Former's semantic scores (:func:`ovseg.modeling.postprocess.semantic_inference`)
+    of the masks :func:`resize_masks` gives, (Q, K+1), (Q, h, w) -> (K, *out_hw), made a band
+    of output rows at a time: each band's mask logits (about ``block_values`` values) are
+    resized, turned into probabilities and multiplied with the class probabilities in cache,
+    so the (Q, H, W) output-size masks never exist (on a photo they are hundreds of MB of
+    fresh pages, whose first touch after the network cost more than the resize itself).
+    None where the compiled pass does not apply (see :func:`resize_masks`): the caller
+    resizes the masks the usual way. The same sums to float rounding."""
+    if not fused_sampling_applies(class_logits, low) or low.dtype != torch.float32:
+        return None
+    queries = low.shape[0]
+    y_first, y_weights = composite_taps(low.shape[1], padded_hw[0], resized_hw[0], out_hw[0])
+    x_first, x_weights = composite_taps(low.shape[2], padded_hw[1], resized_hw[1], out_hw[1])
+    probs = torch.softmax(class_logits.float(), dim=-1)[..., :-1].T.contiguous()  # (K, Q)
+    scores = torch.empty((probs.shape[0], out_hw[0] * out_hw[1]), dtype=torch.float32)
+    rows = max(1, block_values // max(1, queries * out_hw[1]))
+    taps = y_weights.shape[1]
+    masks = low.detach().contiguous().numpy()
+    band = np.empty((queries, rows, out_hw[1]), np.float32)
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        for y0 in range(0, out_hw[0], rows):
+            y1 = min(y0 + rows, out_hw[0])
+            r0, r1 = int(y_first[y0]), int(y_first[y1 - 1]) + taps  # the mask rows they read
+            out = band if y1 - y0 == rows else np.empty((queries, y1 - y0, out_hw[1]), np.float32)
+            _resize(
+                np.ascontiguousarray(masks[:, r0:r1]),
+                y_first[y0:y1] - r0,
+                y_weights[y0:y1],
+                x_first,
+                x_weights,
+                out,
+            )
+            probabilities = torch.from_numpy(out).view(queries, -1).sigmoid_()
+            torch.mm(probs, probabilities, out=scores[:, y0 * out_hw[1] : y1 * out_hw[1]])
+    finally:
+        torch.set_num_threads(threads)
+    return scores.view(probs.shape[0], *out_hw)
