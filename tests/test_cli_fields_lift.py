@@ -496,3 +496,6 @@ def test_bench_lift_reuses_a_finished_lift_with_the_same_settings(lifted, scene)
     predictor = OVSegPredictor.from_pretrained("synthetic_tiny")
     with pytest.raises(FieldError, match="another config"):
         _lift_once(scene, scene / "splat.ply", lifted, predictor, LiftConfig(mixture=4), False)
+    novel = OVSegPredictor.from_pretrained("synthetic_tiny", keep_novel=True)
+    with pytest.raises(FieldError, match="another keep novel"):  # not reused: other segments
+        _lift_once(scene, scene / "splat.ply", lifted, novel, LiftConfig(), False)

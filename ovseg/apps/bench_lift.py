@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         metavar="N",
         help="also lift with N least-squares passes (accuracy: rows of their own; scale: timed)",
     )
+    parser.add_argument(
+        "--keep-novel",
+        action="store_true",
+        help="accuracy: also lift from 2D segments made with the keep-novel panoptic rule "
+        "(fields lift --keep-novel; rows of their own)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 small scene of each kind")
     parser.add_argument("--threads", type=int, help="torch and numba threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                 fields=Path(args.fields) if args.fields else None,
                 gaussians=args.gaussians,
                 refine=args.refine,
+                keep_novel=args.keep_novel,
                 progress=not args.no_progress,
             )
         if args.scale:

@@ -8,8 +8,8 @@ has two), columns likewise. The matrices are made by running ``F.interpolate`` o
 (each step's weights exactly torch's, align_corners=False, the scale from the sizes; their
 product in float64); the pass then reads each low-resolution mask once and writes the output once,
 without the (queries, padded H, padded W) maps in between. 250 queries from 160 x 216 to a
-640 x 864 input and a 480 x 640 output, 2 threads on a Zen 4 EPYC: 0.08-0.10 s against
-0.48-0.66 s for the two resizes and the crop's copy. Same values to float rounding
+640 x 864 input and a 480 x 640 output, 2 threads on a Zen 4 EPYC: 0.06-0.10 s against
+0.48-0.66 s for the two resizes and the crop's copy, interleaved. Same values to float rounding
 (~1e-7 relative, tested against the two resizes); CPU float32 inference only: gradients,
 other devices, tracing and export keep the two ``F.interpolate`` calls.
 """

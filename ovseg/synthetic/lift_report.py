@@ -40,6 +40,9 @@ def refined_methods(passes: int) -> tuple[str, str]:
     return tuple(m.replace("lifted", f"lifted + {passes} LS passes") for m in LIFTED_METHODS)
 
 
+KEEP_NOVEL_METHODS = tuple(m.replace("lifted", "lifted --keep-novel") for m in LIFTED_METHODS)
+
+
 def run_accuracy(
     out: str | Path,
     *,
@@ -50,11 +53,14 @@ def run_accuracy(
     gaussians: int = 100_000,
     cfg=None,
     refine: int = 0,
+    keep_novel: bool = False,
     progress: bool = True,
 ) -> dict:
     """Lifts onto each scene's ground-truth splat; on the first ``fit_scenes`` (default all)
     also fits the trained field (or reuses ``fields``/scene_K) and lifts onto its Gaussians;
-    with ``refine`` > 0 each lift again with that many least-squares passes; scores -> a
+    with ``refine`` > 0 each lift again with that many least-squares passes; with
+    ``keep_novel`` each lift again from 2D segments made with the keep-novel panoptic rule
+    (``fields lift --keep-novel``; scored with the same queries); scores -> a
     report dict: ``summary`` over every scene (ground-truth splat and 2D), and
     ``fitted_summary`` over the fitted scenes (all methods). See the module doc. A fit or
     lift already finished in ``out`` with the same settings is reused, not redone (so a run
@@ -74,11 +80,16 @@ def run_accuracy(
     base = {n.casefold() for n in predictor.train_vocabulary.names}
     seen = {name: name.casefold() in base for name in vocabulary.names}
     refined = refined_methods(refine) if refine else ()
-    lifts = {LIFTED_METHODS: ("", LiftConfig())}
+    lifts = {LIFTED_METHODS: ("", LiftConfig(), predictor)}
     if refine:
-        lifts[refined] = (f"_refine{refine}", LiftConfig(refine_iterations=refine))
-    methods = ("trained field", *LIFTED_METHODS, *refined, *METHODS[1:])
-    on_truth = (LIFTED_METHODS[1], *refined[1:], *METHODS[1:])
+        lifts[refined] = (f"_refine{refine}", LiftConfig(refine_iterations=refine), predictor)
+    novel = KEEP_NOVEL_METHODS if keep_novel else ()
+    if keep_novel:
+        novel_predictor = OVSegPredictor.from_pretrained("synthetic_tiny", keep_novel=True)
+        lifts[novel] = ("_keep_novel", LiftConfig(), novel_predictor)
+    lifted_rows = (*LIFTED_METHODS, *refined, *novel)
+    methods = ("trained field", *lifted_rows, *METHODS[1:])
+    on_truth = (*lifted_rows[1::2], *METHODS[1:])
     every = {m: {"loc": [], "iou": [], "labels": []} for m in on_truth}
     fitted = {m: {"loc": [], "iou": [], "labels": []} for m in methods}
     timings, gaussian_hits = [], []
@@ -98,12 +109,12 @@ def run_accuracy(
             np.save(scene_dir / "gaussian_segments.npy", truth)
         truth = np.load(scene_dir / "gaussian_segments.npy")
         timing, found_gt = {}, {}
-        for (_, on_gt), (suffix, lift_cfg) in lifts.items():
+        for (_, on_gt), (suffix, lift_cfg, lifter) in lifts.items():
             gt_meta = _lift_once(
                 scene_dir,
                 scene_dir / "splat.ply",
                 out / f"lifted_gt{suffix}" / name,
-                predictor,
+                lifter,
                 lift_cfg,
                 progress,
             )
@@ -113,7 +124,7 @@ def run_accuracy(
             timing[f"lift_gt{suffix}_s"] = gt_meta["timings_s"]["lift"]
             if lift_cfg.refine_iterations:
                 timing["refine_gt_s"] = gt_meta["timings_s"]["refine"]
-            else:
+            elif not suffix:
                 gaussian_hits.append(_gaussian_labels(lifted_gt, predictor, scene_dir, truth))
                 timing["features_s"] = gt_meta["timings_s"]["features"]
                 timing["gt_gaussians"] = gt_meta["gaussians"]
@@ -128,10 +139,10 @@ def run_accuracy(
             _add(fitted["trained field"], found["field"])
             for method in METHODS[1:]:
                 _add(fitted[method], found[method])
-            for (on_fit, on_gt), (suffix, lift_cfg) in lifts.items():
+            for (on_fit, on_gt), (suffix, lift_cfg, lifter) in lifts.items():
                 fit_lift_dir = out / f"lifted_fit{suffix}" / name
                 fit_lift_meta = _lift_once(
-                    scene_dir, field_dir, fit_lift_dir, predictor, lift_cfg, progress
+                    scene_dir, field_dir, fit_lift_dir, lifter, lift_cfg, progress
                 )
                 _add(fitted[on_fit], score(LiftedField.load(fit_lift_dir, predictor))["field"])
                 _add(fitted[on_gt], found_gt[on_gt]["field"])
@@ -157,6 +168,7 @@ def run_accuracy(
         "gaussian_label_accuracy": 100 * float(hits.mean()) if len(hits) else float("nan"),
         "threads": torch.get_num_threads(),
         "refine": refine,
+        "keep_novel": keep_novel,
         "novel_classes": sorted(n for n, s in seen.items() if not s),
     }
     write_text_atomic(out / "accuracy.json", json.dumps(report, indent=1))
@@ -167,13 +179,16 @@ def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) 
     """field.json of the trained field in ``field_dir``: a finished fit with ``cfg`` is
     reused, anything else fitted (or resumed) by :func:`ovseg.fields.field.fit_field`."""
     from ovseg.fields.field import LanguageField, fit_field
-    from ovseg.fields.folders import FieldError
+    from ovseg.fields.folders import FieldError, segment_rule
 
     try:
         meta = LanguageField.read_meta(field_dir)
     except FieldError:
         meta = None
-    if meta is not None and meta["config"] == cfg.to_dict():
+    same_rule = meta is not None and meta.get("keep_novel") == segment_rule(predictor).get(
+        "keep_novel"
+    )
+    if same_rule and meta["config"] == cfg.to_dict():
         return meta
     return fit_field(scene_dir, field_dir, predictor, cfg, progress=progress)
 
@@ -181,7 +196,7 @@ def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) 
 def _lift_once(scene_dir: Path, splat, lift_dir: Path, predictor, cfg, progress: bool) -> dict:
     """field.json of the lift in ``lift_dir``: a finished one of ``splat`` (unchanged since)
     with ``cfg`` is reused, anything else lifted by :func:`ovseg.fields.lift.lift_field`."""
-    from ovseg.fields.folders import FieldError
+    from ovseg.fields.folders import FieldError, segment_rule
     from ovseg.fields.lift import LiftedField, lift_field, splat_identity
 
     try:
@@ -189,6 +204,7 @@ def _lift_once(scene_dir: Path, splat, lift_dir: Path, predictor, cfg, progress:
     except FieldError:
         meta = None
     same = meta is not None and meta["config"] == cfg.to_dict()
+    same = same and meta.get("keep_novel") == segment_rule(predictor).get("keep_novel")
     if same and all(meta[k] == v for k, v in splat_identity(splat).items()):
         return meta
     return lift_field(scene_dir, splat, lift_dir, predictor, cfg, progress=progress)
