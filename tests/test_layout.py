@@ -40,6 +40,7 @@ SCRIPTS = {
     "tools/convert_fcclip.py": "convert",
     "tools/bench_train.py": "bench-train",
     "tools/bench_pq.py": "bench-pq",
+    "tools/bench_gpu.py": "bench-gpu",
     "tools/bench_demo.py": "bench-demo",
     "tools/bench_matmul.py": "bench-matmul",
     "tools/train_prompt_head.py": "train-prompt-head",

@@ -251,7 +251,7 @@ def _onnx_run(args, cfg, text_cache: str, image, vocab, switch_vocab, report: di
     """Export the fp32 model to a temporary folder and time it in ONNX Runtime."""
     from ovseg.export import OnnxPredictor, export_onnx
 
-    predictor = _build(args, cfg, "fp32", text_cache)
+    predictor = build_bench_predictor(args, cfg, "fp32", text_cache)
     texts = [(v, predictor.text_encoder(v).embeddings.numpy()) for v in (vocab, switch_vocab)]
     with tempfile.TemporaryDirectory(prefix="ovseg-bench-onnx-") as folder:
         start = time.perf_counter()
@@ -276,7 +276,7 @@ def _onnx_run(args, cfg, text_cache: str, image, vocab, switch_vocab, report: di
     }
 
 
-def _build(args, cfg, precision: str, text_cache: str):
+def build_bench_predictor(args, cfg, precision: str, text_cache: str):
     from ovseg.checkpoint import load_weights
     from ovseg.modeling.fcclip import build_model
     from ovseg.predictor import OVSegPredictor
@@ -359,7 +359,7 @@ def run(args) -> dict:
     }
     vocab, switch_vocab = as_vocabulary(args.vocab), as_vocabulary(args.switch_vocab)
     for requested in args.precisions:
-        predictor = _build(args, cfg, requested, text_cache)
+        predictor = build_bench_predictor(args, cfg, requested, text_cache)
         loaded_rss = peak_rss_mib()
         choice = predictor.precision
         label = requested if requested == choice.precision else f"{requested}={choice.precision}"

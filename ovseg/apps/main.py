@@ -40,6 +40,10 @@ COMMANDS = {
     "convert": ("convert", "official FC-CLIP .pth -> ovseg safetensors (tools/convert_fcclip.py)"),
     "bench-train": ("bench_train", "training throughput (tools/bench_train.py)"),
     "bench-pq": ("bench_pq", "PQ evaluator speed (tools/bench_pq.py)"),
+    "bench-gpu": (
+        "bench_gpu",
+        "images/s per precision, batch size and torch.compile, for a GPU (tools/bench_gpu.py)",
+    ),
     "bench-matmul": (
         "bench_matmul",
         "the machine's peak matrix-product rate per precision (tools/bench_matmul.py)",
