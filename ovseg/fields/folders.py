@@ -36,6 +36,11 @@ def segment_rule(predictor) -> dict:
     return {"keep_novel": True} if getattr(inference, "keep_novel", False) else {}
 
 
+def same_segment_rule(meta: dict, predictor) -> bool:
+    """Whether the field.json ``meta`` was made under ``predictor``'s :func:`segment_rule`."""
+    return meta.get("keep_novel") == segment_rule(predictor).get("keep_novel")
+
+
 def read_finished_meta(
     folder: str | Path,
     fmt: str | tuple[str, ...],

@@ -12,6 +12,7 @@ builds a dozen (queries x heads x levels x points [x 4]) temporaries for the sam
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -71,6 +72,19 @@ def _sample(value, shapes, starts, reference, offsets, logits, output):
                             out[d] += w * row[d]
 
 
+@contextmanager
+def numba_threads_as_torch():
+    """Runs the block's numba kernels on torch's thread count. numba's OpenMP layer shares it
+    with torch: setting numba's sets torch's, so torch's is restored after (a restore to
+    numba's default made a --threads 1 run use 2 threads)."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fused_sampling_applies(*tensors: torch.Tensor) -> bool:
     """True where the fused pass may replace the PyTorch one: CPU tensors of at most float32
     precision, no gradient wanted, not being traced, exported or compiled."""
@@ -114,11 +128,7 @@ def fused_deformable_sampling(
     shapes = np.asarray(spatial_shapes, dtype=np.int64).reshape(levels, 2)
     starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]).astype(np.int64)
     output = np.empty((batch, num_queries, heads, head_dim), dtype=np.float32)
-    # torch's thread count, which numba's OpenMP layer shares with torch: setting numba's
-    # sets torch's (a restore to numba's default made a --threads 1 run use 2 threads)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with numba_threads_as_torch():
         _sample(
             array(value),
             shapes,
@@ -128,6 +138,4 @@ def fused_deformable_sampling(
             array(attention_logits),
             output,
         )
-    finally:
-        torch.set_num_threads(threads)
     return torch.from_numpy(output).view(batch, num_queries, heads * head_dim)

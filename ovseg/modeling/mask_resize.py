@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovseg.modeling.deformable_cpu import fused_sampling_applies
+from ovseg.modeling.deformable_cpu import fused_sampling_applies, numba_threads_as_torch
 
 
 @lru_cache(maxsize=32)
@@ -64,6 +64,17 @@ def _step(length: int, output: int) -> torch.Tensor:
     float64 they differ by up to ~1e-5 of a sample on a thousand-pixel axis)."""
     basis = torch.eye(length, dtype=torch.float32)[None]  # (1, samples, length)
     return F.interpolate(basis, size=output, mode="linear", align_corners=False)[0].T
+
+
+def _compiled_taps(low: torch.Tensor, padded_hw, resized_hw, out_hw) -> tuple | None:
+    """Both axes' :func:`composite_taps` (y_first, y_weights, x_first, x_weights) where the
+    compiled pass applies to ``low`` (CPU float32 inference), else None."""
+    if not fused_sampling_applies(low) or low.dtype != torch.float32:
+        return None
+    return (
+        *composite_taps(low.shape[1], padded_hw[0], resized_hw[0], out_hw[0]),
+        *composite_taps(low.shape[2], padded_hw[1], resized_hw[1], out_hw[1]),
+    )
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -110,7 +121,8 @@ def resize_masks(
     compiled pass on CPU float32 inference (see the module docstring), else by
     ``F.interpolate`` twice, ``chunk`` queries at a time. Values: the two resizes' to ~1e-7
     relative (a logit within that of 0 may change sign)."""
-    if not fused_sampling_applies(low) or low.dtype != torch.float32:
+    taps = _compiled_taps(low, padded_hw, resized_hw, out_hw)
+    if taps is None:
         out = low.new_empty((low.shape[0], *out_hw))
         for start in range(0, low.shape[0], chunk):  # the padded maps never exist for all
             up = F.interpolate(
@@ -124,15 +136,9 @@ def resize_masks(
                 cropped, size=tuple(out_hw), mode="bilinear", align_corners=False
             )[0]
         return out
-    y_first, y_weights = composite_taps(low.shape[1], padded_hw[0], resized_hw[0], out_hw[0])
-    x_first, x_weights = composite_taps(low.shape[2], padded_hw[1], resized_hw[1], out_hw[1])
     out = np.empty((low.shape[0], *out_hw), np.float32)
-    threads = torch.get_num_threads()  # shared with torch (see deformable_cpu)
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        _resize(low.detach().contiguous().numpy(), y_first, y_weights, x_first, x_weights, out)
-    finally:
-        torch.set_num_threads(threads)
+    with numba_threads_as_torch():
+        _resize(low.detach().contiguous().numpy(), *taps, out)
     return torch.from_numpy(out)
 
 
@@ -153,23 +159,21 @@ def semantic_scores(
     fresh pages, whose first touch after the network cost more than the resize itself).
     None where the compiled pass does not apply (see :func:`resize_masks`): the caller
     resizes the masks the usual way. The same sums to float rounding."""
-    if not fused_sampling_applies(class_logits, low) or low.dtype != torch.float32:
+    taps = _compiled_taps(low, padded_hw, resized_hw, out_hw)
+    if taps is None or not fused_sampling_applies(class_logits):
         return None
+    y_first, y_weights, x_first, x_weights = taps
     queries = low.shape[0]
-    y_first, y_weights = composite_taps(low.shape[1], padded_hw[0], resized_hw[0], out_hw[0])
-    x_first, x_weights = composite_taps(low.shape[2], padded_hw[1], resized_hw[1], out_hw[1])
     probs = torch.softmax(class_logits.float(), dim=-1)[..., :-1].T.contiguous()  # (K, Q)
     scores = torch.empty((probs.shape[0], out_hw[0] * out_hw[1]), dtype=torch.float32)
     rows = max(1, block_values // max(1, queries * out_hw[1]))
-    taps = y_weights.shape[1]
+    y_taps = y_weights.shape[1]
     masks = low.detach().contiguous().numpy()
     band = np.empty((queries, rows, out_hw[1]), np.float32)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with numba_threads_as_torch():
         for y0 in range(0, out_hw[0], rows):
             y1 = min(y0 + rows, out_hw[0])
-            r0, r1 = int(y_first[y0]), int(y_first[y1 - 1]) + taps  # the mask rows they read
+            r0, r1 = int(y_first[y0]), int(y_first[y1 - 1]) + y_taps  # the mask rows they read
             out = band if y1 - y0 == rows else np.empty((queries, y1 - y0, out_hw[1]), np.float32)
             _resize(
                 np.ascontiguousarray(masks[:, r0:r1]),
@@ -181,6 +185,4 @@ def semantic_scores(
             )
             probabilities = torch.from_numpy(out).view(queries, -1).sigmoid_()
             torch.mm(probs, probabilities, out=scores[:, y0 * out_hw[1] : y1 * out_hw[1]])
-    finally:
-        torch.set_num_threads(threads)
     return scores.view(probs.shape[0], *out_hw)

@@ -179,16 +179,13 @@ def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) 
     """field.json of the trained field in ``field_dir``: a finished fit with ``cfg`` is
     reused, anything else fitted (or resumed) by :func:`ovseg.fields.field.fit_field`."""
     from ovseg.fields.field import LanguageField, fit_field
-    from ovseg.fields.folders import FieldError, segment_rule
+    from ovseg.fields.folders import FieldError, same_segment_rule
 
     try:
         meta = LanguageField.read_meta(field_dir)
     except FieldError:
         meta = None
-    same_rule = meta is not None and meta.get("keep_novel") == segment_rule(predictor).get(
-        "keep_novel"
-    )
-    if same_rule and meta["config"] == cfg.to_dict():
+    if meta is not None and same_segment_rule(meta, predictor) and meta["config"] == cfg.to_dict():
         return meta
     return fit_field(scene_dir, field_dir, predictor, cfg, progress=progress)
 
@@ -196,15 +193,16 @@ def _fit_once(scene_dir: Path, field_dir: Path, predictor, cfg, progress: bool) 
 def _lift_once(scene_dir: Path, splat, lift_dir: Path, predictor, cfg, progress: bool) -> dict:
     """field.json of the lift in ``lift_dir``: a finished one of ``splat`` (unchanged since)
     with ``cfg`` is reused, anything else lifted by :func:`ovseg.fields.lift.lift_field`."""
-    from ovseg.fields.folders import FieldError, segment_rule
+    from ovseg.fields.folders import FieldError, same_segment_rule
     from ovseg.fields.lift import LiftedField, lift_field, splat_identity
 
     try:
         meta = LiftedField.read_meta(lift_dir)
     except FieldError:
         meta = None
-    same = meta is not None and meta["config"] == cfg.to_dict()
-    same = same and meta.get("keep_novel") == segment_rule(predictor).get("keep_novel")
+    same = (
+        meta is not None and meta["config"] == cfg.to_dict() and same_segment_rule(meta, predictor)
+    )
     if same and all(meta[k] == v for k, v in splat_identity(splat).items()):
         return meta
     return lift_field(scene_dir, splat, lift_dir, predictor, cfg, progress=progress)
