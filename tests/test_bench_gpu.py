@@ -55,3 +55,20 @@ def test_bad_options_are_refused(flag, value, message, capsys):
     code, _, err = run_main(bench_gpu.main, [flag, value], capsys)
     assert code == 2 and err.strip().startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [("gone.jpg", None, "not found"), ("bad.jpg", b"not a jpeg", "bad.jpg")],
+)
+def test_a_missing_or_corrupt_image_is_refused_before_any_work(
+    tmp_path, capsys, name, content, message
+):
+    image = tmp_path / name
+    if content is not None:
+        image.write_bytes(content)
+    out = tmp_path / "gpu.json"
+    args = ["--config", "fcclip_tiny_test", "--device", "cpu", "--image", image, "--json", out]
+    code, stdout, err = run_main(bench_gpu.main, args, capsys)
+    assert code == 2 and message in err and stdout == "" and not out.exists()
+    assert len(err.strip().splitlines()) == 1

@@ -134,17 +134,16 @@ def time_batch(predictor, image, short_side: int, batch: int, repeats: int) -> d
     }
 
 
-def run(args) -> dict:
+def run(args, options: dict) -> dict:
+    """Every row of the table; ``options``: :func:`_parse`'s lists."""
     from ovseg.apps.bench import build_bench_predictor
+    from ovseg.assets import EXAMPLES_DIR
     from ovseg.config import load_config
     from ovseg.precision import detect_hardware
     from ovseg.preprocess import load_image
 
-    options = _parse(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ovseg.assets import EXAMPLES_DIR
-
     cfg = load_config(args.config)
     image = load_image(args.image or EXAMPLES_DIR / "coffee.jpg")
     device = torch.device(args.device)
@@ -231,13 +230,15 @@ def _format_row(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    from ovseg.checkpoint import WeightsError
+    from ovseg.preprocess import ImageError
+
     args = build_parser(prog).parse_args(argv)
-    try:
-        _parse(args)
-    except ValueError as error:
+    try:  # the image, config and weights are read before any timing; nothing is written
+        report = run(args, _parse(args))
+    except (ValueError, FileNotFoundError, ImageError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = run(args)
     print(ANCHOR)
     if report.get("agreement"):
         from ovseg.apps.bench import format_agreement
