@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.modeling.mask_resize import composite_taps, resize_masks, semantic_scores
+from ovseg.modeling.mask_resize import (
+    composite_taps,
+    resize_bilinear,
+    resize_masks,
+    semantic_scores,
+)
 
 
 def two_resizes(low, padded_hw, resized_hw, out_hw):
@@ -52,6 +57,23 @@ def test_fallback_is_the_two_resizes_bit_for_bit():
         rtol=0,
         atol=0,
     )
+
+
+@pytest.mark.parametrize(
+    ("low_hw", "size"), [((160, 216), (20, 27)), ((16, 24), (40, 52)), ((9, 13), (9, 13))]
+)
+def test_resize_bilinear_is_f_interpolate(low_hw, size):
+    """Mask pooling's shrink to the CLIP feature size (and growth: both directions)."""
+    low = torch.randn(2, 11, *low_hw, generator=torch.Generator().manual_seed(2)) * 4
+    expected = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+    found = resize_bilinear(low, size)
+    assert found.shape == expected.shape == (2, 11, *size)
+    assert (found - expected).abs().max() <= 1e-6 * expected.abs().max()
+    low.requires_grad_(True)  # gradients keep F.interpolate, bit for bit
+    kept = resize_bilinear(low, size)
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+    kept.sum().backward()
+    assert low.grad is not None
 
 
 def test_taps_cover_every_weight():

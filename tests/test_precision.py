@@ -180,6 +180,16 @@ def test_matmul_peak_probe_reports_a_rate():
     assert result["gflops"] > 0 and result["size"] in (64, 128)
 
 
+def test_flop_count_includes_cpu_attention():
+    """torch counts only the GPU attention kernels; the decoder's attention on a CPU is not 0."""
+    import torch.nn.functional as F
+
+    query, keys = torch.randn(2, 8, 25, 32), torch.randn(2, 8, 86, 32)
+    with torch.no_grad(), bench.count_flops() as counter:
+        F.scaled_dot_product_attention(query, keys, keys, attn_mask=torch.zeros(2, 1, 25, 86))
+    assert counter.get_total_flops() == 2 * (2 * 8 * 25 * 86 * 32) * 2
+
+
 def test_bench_reports_stages_per_precision(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--config", "fcclip_tiny_test", "--short-side", "64", "--repeats", "1"]

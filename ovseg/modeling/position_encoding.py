@@ -25,13 +25,17 @@ def sine_position_encoding(
     eps = 1e-6
     y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=device)
     x_embed = torch.arange(1, width + 1, dtype=torch.float32, device=device)
-    y_embed = (y_embed / (y_embed[-1:] + eps) * scale)[:, None].expand(height, width)
-    x_embed = (x_embed / (x_embed[-1:] + eps) * scale)[None, :].expand(height, width)
+    y_embed = y_embed / (y_embed[-1:] + eps) * scale
+    x_embed = x_embed / (x_embed[-1:] + eps) * scale
     dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=device)
     dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
-    pos_x = x_embed[:, :, None] / dim_t
-    pos_y = y_embed[:, :, None] / dim_t
-    pos_x = torch.stack((pos_x[:, :, 0::2].sin(), pos_x[:, :, 1::2].cos()), dim=3).flatten(2)
-    pos_y = torch.stack((pos_y[:, :, 0::2].sin(), pos_y[:, :, 1::2].cos()), dim=3).flatten(2)
+
+    def encode(positions):  # (L,) -> (L, n): sines and cosines of one axis
+        angles = positions[:, None] / dim_t
+        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+    # Each axis once (H + W rows), then broadcast: the same values as the (H, W, n) angles.
+    pos_y = encode(y_embed)[:, None, :].expand(height, width, -1)
+    pos_x = encode(x_embed)[None, :, :].expand(height, width, -1)
     pos = torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1)
     return pos.unsqueeze(0).expand(batch, -1, -1, -1)

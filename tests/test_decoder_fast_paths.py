@@ -1,0 +1,92 @@
+"""The transformer decoder's CPU inference passes against the formulas they replace: the
+attention bias against the boolean attention mask, mask pooling in bands against FC-CLIP's
+``MaskPooling``."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg.modeling.transformer_decoder import (
+    TransformerDecoder,
+    _masked_sums_by_band,
+    attention_bias,
+    mask_pooling,
+)
+
+
+def fcclip_mask_pooling(features, mask_logits):
+    """fc-clip/fcclip/modeling/transformer_decoder/fcclip_transformer_decoder.py MaskPooling."""
+    if mask_logits.shape[-2:] != features.shape[-2:]:
+        mask_logits = F.interpolate(
+            mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
+    mask = (mask_logits > 0).to(mask_logits.dtype)
+    denorm = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
+    return torch.einsum("bchw,bqhw->bqc", features, mask / denorm)
+
+
+def test_attention_bias_is_the_boolean_mask():
+    logits = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(0)) * 3
+    logits[0, 2] = -1.0  # blocks everything: attends everywhere instead
+    logits[1, 4, 0, :3] = torch.tensor([0.0, -1e-8, -1e-3])  # at and near the threshold
+    allowed = TransformerDecoder._attention_mask(logits.clone())
+    bias = attention_bias(logits.clone())
+    assert bias.shape == allowed.shape == (2, 6, 35) and bias.dtype == torch.float32
+    expected = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+    torch.testing.assert_close(bias, expected, rtol=0, atol=0)
+    assert (bias[0, 2] == 0).all()
+    # the same attention as the boolean mask inside scaled_dot_product_attention
+    q, k, v = (torch.randn(2, 8, n, 4) for n in (6, 35, 35))
+    torch.testing.assert_close(
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1)),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1)),
+    )
+
+
+def test_attention_bias_of_autocast_logits():
+    logits = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(4))
+    half = logits.to(torch.bfloat16)
+    allowed = TransformerDecoder._attention_mask(half.float())
+    bias = attention_bias(half)
+    assert bias.dtype == torch.float32 and torch.equal(bias == 0, allowed)
+
+
+def test_attention_bias_steps_aside_for_gradients_and_float64():
+    assert attention_bias(torch.randn(1, 2, 3, 4, requires_grad=True)) is None
+    assert attention_bias(torch.randn(1, 2, 3, 4, dtype=torch.float64)) is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_pooling_in_bands_equals_fcclip(channels_last):
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 16, 30, 41, generator=generator)
+    if channels_last:  # the pixel decoder's layout
+        features = features.contiguous(memory_format=torch.channels_last)
+    logits = torch.randn(2, 9, 30, 41, generator=generator)
+    logits[1, 5] = -2.0  # an empty mask: a zero vector
+    expected = fcclip_mask_pooling(features, logits)
+    with torch.no_grad():
+        found = mask_pooling(features, logits)
+        summed, area = _masked_sums_by_band(features, logits, band=97)  # partial last band
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(summed / (area.unsqueeze(-1) + 1e-8), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(area, (logits > 0).sum((-1, -2)).float(), rtol=0, atol=0)
+    assert (found[1, 5] == 0).all()
+    # shrunk to the features' size first (FC-CLIP's CLIP-feature pooling)
+    small = torch.randn(2, 16, 6, 8, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            mask_pooling(small, logits), fcclip_mask_pooling(small, logits), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_mask_pooling_gradient_is_fcclips():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 5, 12, 10, generator=generator)
+    grads = []
+    for pool in (mask_pooling, fcclip_mask_pooling):
+        features = torch.randn(1, 8, 12, 10, generator=torch.Generator().manual_seed(3))
+        features.requires_grad_(True)
+        (pool(features, logits) * torch.arange(8.0)).sum().backward()
+        grads.append(features.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
