@@ -90,3 +90,31 @@ def test_mask_pooling_gradient_is_fcclips():
         (pool(features, logits) * torch.arange(8.0)).sum().backward()
         grads.append(features.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def detr_sine_encoding(batch, height, width, num_pos_feats, temperature=10000.0):
+    """Mask2Former's PositionEmbeddingSine (normalize=True, no padding mask), the angles of
+    every pixel and channel made at once."""
+    import math
+
+    ones = torch.ones(batch, height, width)
+    y_embed, x_embed = ones.cumsum(1), ones.cumsum(2)
+    eps, scale = 1e-6, 2 * math.pi
+    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
+    pos_x, pos_y = x_embed[:, :, :, None] / dim_t, y_embed[:, :, :, None] / dim_t
+    pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(("shape", "feats"), [((2, 256, 20, 27), 128), ((1, 8, 1, 5), 4)])
+def test_sine_encoding_per_axis_is_bit_identical(shape, feats):
+    from ovseg.modeling.position_encoding import sine_position_encoding
+
+    found = sine_position_encoding(torch.zeros(shape), feats)
+    expected = detr_sine_encoding(shape[0], shape[2], shape[3], feats)
+    assert found.shape == expected.shape
+    assert torch.equal(found, expected)

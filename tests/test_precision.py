@@ -188,6 +188,36 @@ def test_flop_count_includes_cpu_attention():
     with torch.no_grad(), bench.count_flops() as counter:
         F.scaled_dot_product_attention(query, keys, keys, attn_mask=torch.zeros(2, 1, 25, 86))
     assert counter.get_total_flops() == 2 * (2 * 8 * 25 * 86 * 32) * 2
+    summed = torch.zeros(5, 3)
+    with torch.no_grad(), bench.count_flops() as counter:
+        summed.addmm_(torch.ones(5, 7), torch.ones(7, 3))  # mask pooling's bands
+    assert counter.get_total_flops() == 2 * 5 * 7 * 3
+
+
+def test_each_stage_is_held_to_the_peak_of_its_own_precision():
+    int8 = {"precision": "int8", "others": "bf16"}
+    assert bench.stage_precision(int8, "backbone") == "int8"
+    assert bench.stage_precision(int8, "pixel_decoder") == "int8"
+    assert bench.stage_precision(int8, "transformer_decoder") == "bf16"
+    assert bench.stage_precision({"precision": "int8"}, "transformer_decoder") == "fp32"
+    assert bench.stage_precision({"precision": "bf16"}, "pixel_decoder") == "fp32"
+    assert bench.stage_precision({"precision": "bf16"}, "backbone") == "bf16"
+    report = {
+        "stage_gflop": {"backbone": 10.0, "transformer_decoder": 2.0},
+        "matmul_peak": [
+            {"precision": "int8", "gflops": 100.0},
+            {"precision": "bf16", "gflops": 40.0},
+        ],
+        "runs": {
+            "auto": {
+                "precision": int8,
+                "seconds_median": {"backbone": 0.5, "transformer_decoder": 0.1},
+            }
+        },
+    }
+    rates = bench.stage_rates(report)["auto"]
+    assert rates["backbone"] == {"gflops": 20.0, "precision": "int8", "fraction_of_peak": 0.2}
+    assert rates["transformer_decoder"]["fraction_of_peak"] == 0.5  # 20 of bf16's 40
 
 
 def test_bench_reports_stages_per_precision(tmp_path, capsys):

@@ -305,14 +305,25 @@ def _attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * batch * heads * queries * keys * (dim + value_dim)
 
 
+def _accumulating_matmul_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
+    """``addmm_`` (in place, uncounted by torch): (m, k) x (k, n), 2 FLOP per multiply-add."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 def count_flops():
     """A ``FlopCounterMode`` that also counts the CPU attention kernel (torch registers
     formulas only for the GPU ones, so the decoder's attention counted as 0 FLOP on a CPU:
-    8.7 of its 40.7 GFLOP at 640 x 864)."""
+    8.7 of its 40.7 GFLOP at 640 x 864) and in-place ``addmm_``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    return FlopCounterMode(display=False, custom_mapping={cpu_attention: _attention_flop})
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _attention_flop,
+            aten.addmm_: _accumulating_matmul_flop,  # mask pooling's bands
+        },
+    )
 
 
 def _stage_gflop(predictor, height: int, width: int) -> dict[str, float]:
@@ -328,20 +339,32 @@ def _stage_gflop(predictor, height: int, width: int) -> dict[str, float]:
     return stages
 
 
+def stage_precision(record: dict, stage: str) -> str:
+    """The precision a stage's main work runs in, from a run's precision record: under bf16
+    / fp16 autocast the pixel decoder stays fp32; on the int8 path the backbone's and the
+    pixel decoder's main layers are int8 and the transformer decoder runs in the other
+    layers' precision (``others``: bf16 where native and faster, else fp32)."""
+    precision = record["precision"]
+    if precision in ("bf16", "fp16") and stage == "pixel_decoder":
+        return "fp32"
+    if precision == "int8" and stage == "transformer_decoder":
+        return record.get("others") or "fp32"
+    return precision
+
+
 def stage_rates(report: dict) -> dict[str, dict[str, dict[str, float]]]:
-    """Per run and stage: achieved GFLOP/s and, where the run's precision had its matmul peak
-    measured, the fraction of it (the int8 path against the int8 peak: its main layers)."""
+    """Per run and stage: achieved GFLOP/s and, where the matmul peak of the stage's
+    precision (:func:`stage_precision`) was measured, the fraction of it."""
     peaks = {peak["precision"]: peak["gflops"] for peak in report.get("matmul_peak", [])}
     rates = {}
     for label, run in report["runs"].items():
-        precision = run["precision"]["precision"]
         rates[label] = {}
         for stage, gflop in report.get("stage_gflop", {}).items():
             seconds = run["seconds_median"].get(stage, float("nan"))
             rate = gflop / seconds if seconds > 0 else float("nan")
-            entry = {"gflops": rate}
-            if precision in peaks:
-                entry["fraction_of_peak"] = rate / peaks[precision]
+            entry = {"gflops": rate, "precision": stage_precision(run["precision"], stage)}
+            if entry["precision"] in peaks:
+                entry["fraction_of_peak"] = rate / peaks[entry["precision"]]
             rates[label][stage] = entry
     return rates
 
@@ -418,8 +441,13 @@ def run(args) -> dict:
     if not args.no_peak:
         from ovseg.apps.bench_matmul import peak_matmul_gflops
 
+        in_use = {
+            stage_precision(run["precision"], stage)
+            for run in report["runs"].values()
+            for stage in STAGE_MODULES
+        }
         report["matmul_peak"] = [
-            peak_matmul_gflops(p, device=args.device) for p in ["fp32", *sorted(fast)]
+            peak_matmul_gflops(p, device=args.device) for p in ["fp32", *sorted(in_use - {"fp32"})]
         ]
     fp32_run = report["runs"].get("fp32")
     if fp32_run and "backbone_gflop" in report:
@@ -481,10 +509,14 @@ def format_table(report: dict) -> str:
         for label, stages in report.get("stage_rates", {}).items():
             parts = [
                 f"{stage} {entry['gflops']:.0f}"
-                + (f" ({entry['fraction_of_peak']:.0%})" if "fraction_of_peak" in entry else "")
+                + (
+                    f" ({entry['fraction_of_peak']:.0%} of {entry['precision']})"
+                    if "fraction_of_peak" in entry
+                    else ""
+                )
                 for stage, entry in stages.items()
             ]
-            lines.append(f"GFLOP/s {label} (of its precision's peak): " + ", ".join(parts))
+            lines.append(f"GFLOP/s {label} (of the stage's precision's peak): " + ", ".join(parts))
     for agreement in report.get("agreement", []):
         lines.append(format_agreement(agreement))
     for label in labels:
