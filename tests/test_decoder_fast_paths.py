@@ -118,3 +118,31 @@ def test_sine_encoding_per_axis_is_bit_identical(shape, feats):
     expected = detr_sine_encoding(shape[0], shape[2], shape[3], feats)
     assert found.shape == expected.shape
     assert torch.equal(found, expected)
+
+
+def test_pixel_decoder_feed_forward_in_blocks_equals_whole(monkeypatch):
+    from ovseg.config import load_config
+    from ovseg.modeling.fcclip import build_model
+    from ovseg.modeling.pixel_decoder import DeformableEncoderLayer
+
+    torch.manual_seed(0)
+    model = build_model(load_config("fcclip_tiny_test")).eval()
+    pixels = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(5))
+    calls = []
+    original = DeformableEncoderLayer._feed_forward
+    monkeypatch.setattr(
+        DeformableEncoderLayer,
+        "_feed_forward",
+        lambda self, src: calls.append(src.shape[1]) or original(self, src),
+    )
+    with torch.no_grad():
+        features = model.backbone(pixels)
+        whole_mask, whole_levels = model.pixel_decoder(features)
+        monkeypatch.setattr(DeformableEncoderLayer, "feed_forward_tokens", 37)
+        calls.clear()
+        mask, levels = model.pixel_decoder(features)
+    tokens = sum(level.shape[-2] * level.shape[-1] for level in levels)
+    assert calls and max(calls) == 37 and sum(calls) % tokens == 0  # blocks, a partial last
+    torch.testing.assert_close(mask, whole_mask, rtol=1e-6, atol=1e-6)
+    for found, expected in zip(levels, whole_levels, strict=True):
+        torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-6)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg.modeling.deformable_attention import MultiScaleDeformableAttention
+from ovseg.modeling.deformable_cpu import fused_sampling_applies
 from ovseg.modeling.position_encoding import sine_position_encoding
 
 
@@ -24,7 +25,17 @@ class ConvNorm(nn.Conv2d):
 
 
 class DeformableEncoderLayer(nn.Module):
-    """Post-norm layer: deformable self-attention, then a ReLU feed-forward network."""
+    """Post-norm layer: deformable self-attention, then a ReLU feed-forward network.
+
+    At CPU inference the feed-forward block (with its residual sum and norm) runs
+    ``feed_forward_tokens`` tokens at a time, so its (tokens, ffn_dim) hidden layer stays in
+    cache instead of going through memory (46 MB at 640 x 864). Per token the same sums (fp32:
+    bit-identical here); the int8 path's dynamic quantization then scales each block's
+    activations on their own range instead of the whole map's. The whole pixel decoder at
+    640 x 864, 2 threads, Zen 4: fp32 1.28 -> 1.18 s, int8 0.74 -> 0.64 s.
+    """
+
+    feed_forward_tokens = 1024
 
     def __init__(
         self, d_model: int, ffn_dim: int, num_levels: int, num_heads: int, num_points: int
@@ -44,6 +55,15 @@ class DeformableEncoderLayer(nn.Module):
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
+        tokens, block = src.shape[1], self.feed_forward_tokens
+        if tokens <= block or not fused_sampling_applies(src):
+            return self._feed_forward(src)
+        out = torch.empty_like(src)
+        for start in range(0, tokens, block):
+            out[:, start : start + block] = self._feed_forward(src[:, start : start + block])
+        return out
+
+    def _feed_forward(self, src: torch.Tensor) -> torch.Tensor:
         return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
