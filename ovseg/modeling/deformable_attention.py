@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg.modeling.deformable_cpu import fused_deformable_sampling, fused_sampling_applies
+from ovseg.modeling.cpu_inference import cpu_inference_applies
+from ovseg.modeling.deformable_cpu import fused_deformable_sampling
 
 
 def _is_exporting() -> bool:
@@ -152,7 +153,7 @@ class MultiScaleDeformableAttention(nn.Module):
                 batch, num_queries, heads, levels, points, 2
             )
             weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
-        if fused_sampling_applies(value, offsets, weights, reference_points):
+        if cpu_inference_applies(value, offsets, weights, reference_points):
             output = fused_deformable_sampling(
                 value, spatial_shapes, reference_points, offsets, weights
             )

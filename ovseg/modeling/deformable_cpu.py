@@ -12,11 +12,12 @@ builds a dozen (queries x heads x levels x points [x 4]) temporaries for the sam
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import numba
 import numpy as np
 import torch
+
+from ovseg.modeling.cpu_inference import numba_threads_as_torch
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=False)
@@ -70,32 +71,6 @@ def _sample(value, shapes, starts, reference, offsets, logits, output):
                         row = value[b, starts[level] + cy * width + cx, m]
                         for d in range(dim):
                             out[d] += w * row[d]
-
-
-@contextmanager
-def numba_threads_as_torch():
-    """Runs the block's numba kernels on torch's thread count. numba's OpenMP layer shares it
-    with torch: setting numba's sets torch's, so torch's is restored after (a restore to
-    numba's default made a --threads 1 run use 2 threads)."""
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def fused_sampling_applies(*tensors: torch.Tensor) -> bool:
-    """True where the fused pass may replace the PyTorch one: CPU tensors of at most float32
-    precision, no gradient wanted, not being traced, exported or compiled."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    if any(t.device.type != "cpu" or t.dtype == torch.float64 for t in tensors):
-        return False  # the compiled pass is float32 (bf16 / fp16 inputs are widened)
-    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return not (tracing or compiling or exporting)
 
 
 def fused_deformable_sampling(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovseg.modeling.deformable_cpu import fused_sampling_applies, numba_threads_as_torch
+from ovseg.modeling.cpu_inference import cpu_inference_applies, numba_threads_as_torch
 
 
 @lru_cache(maxsize=32)
@@ -69,7 +69,7 @@ def _step(length: int, output: int) -> torch.Tensor:
 def _compiled_taps(low: torch.Tensor, padded_hw, resized_hw, out_hw) -> tuple | None:
     """Both axes' :func:`composite_taps` (y_first, y_weights, x_first, x_weights) where the
     compiled pass applies to ``low`` (CPU float32 inference), else None."""
-    if not fused_sampling_applies(low) or low.dtype != torch.float32:
+    if not cpu_inference_applies(low) or low.dtype != torch.float32:
         return None
     return (
         *composite_taps(low.shape[1], padded_hw[0], resized_hw[0], out_hw[0]),
@@ -178,7 +178,7 @@ def semantic_scores(
     None where the compiled pass does not apply (see :func:`resize_masks`): the caller
     resizes the masks the usual way. The same sums to float rounding."""
     taps = _compiled_taps(low, padded_hw, resized_hw, out_hw)
-    if taps is None or not fused_sampling_applies(class_logits):
+    if taps is None or not cpu_inference_applies(class_logits):
         return None
     y_first, y_weights, x_first, x_weights = taps
     queries = low.shape[0]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg.modeling.cpu_inference import cpu_inference_applies
 from ovseg.modeling.deformable_attention import MultiScaleDeformableAttention
-from ovseg.modeling.deformable_cpu import fused_sampling_applies
 from ovseg.modeling.position_encoding import sine_position_encoding
 
 
@@ -56,7 +56,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
         tokens, block = src.shape[1], self.feed_forward_tokens
-        if tokens <= block or not fused_sampling_applies(src):
+        if tokens <= block or not cpu_inference_applies(src):
             return self._feed_forward(src)
         out = torch.empty_like(src)
         for start in range(0, tokens, block):

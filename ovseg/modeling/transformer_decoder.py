@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg.modeling.deformable_cpu import fused_sampling_applies, numba_threads_as_torch
+from ovseg.modeling.cpu_inference import cpu_inference_applies, numba_threads_as_torch
 from ovseg.modeling.mask_resize import resize_bilinear
 from ovseg.modeling.position_encoding import sine_position_encoding
 
@@ -50,7 +50,7 @@ def mask_pooling(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Ten
     """
     if mask_logits.shape[-2:] != features.shape[-2:]:
         mask_logits = resize_bilinear(mask_logits, tuple(features.shape[-2:]))
-    if fused_sampling_applies(features, mask_logits) and {features.dtype, mask_logits.dtype} == {
+    if cpu_inference_applies(features, mask_logits) and {features.dtype, mask_logits.dtype} == {
         torch.float32
     }:
         summed, area = _masked_sums_by_band(features, mask_logits)
@@ -115,7 +115,7 @@ def attention_bias(attn_logits: torch.Tensor) -> torch.Tensor | None:
     the boolean-to-float one inside the attention); CPU inference only: None elsewhere
     (float64, gradients, other devices, tracing). float32 ``attn_logits`` are overwritten with
     their sigmoid; bf16 / fp16 ones (autocast) are widened first."""
-    if not fused_sampling_applies(attn_logits):
+    if not cpu_inference_applies(attn_logits):
         return None
     probabilities = attn_logits.float().sigmoid_().flatten(2).contiguous()
     batch, queries, size = probabilities.shape
