@@ -136,6 +136,11 @@ def resize_masks(
                 cropped, size=tuple(out_hw), mode="bilinear", align_corners=False
             )[0]
         return out
+    return _compiled_resize(low, taps, out_hw)
+
+
+def _compiled_resize(low: torch.Tensor, taps: tuple, out_hw) -> torch.Tensor:
+    """(Q, h, w) -> (Q, *out_hw) in the compiled pass, with :func:`_compiled_taps`' taps."""
     out = np.empty((low.shape[0], *out_hw), np.float32)
     with numba_threads_as_torch():
         _resize(low.detach().contiguous().numpy(), *taps, out)
@@ -154,10 +159,7 @@ def resize_bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     taps = _compiled_taps(flat, size, size, size)
     if taps is None:
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    out = np.empty((batch * maps, *size), np.float32)
-    with numba_threads_as_torch():
-        _resize(flat.detach().contiguous().numpy(), *taps, out)
-    return torch.from_numpy(out).view(batch, maps, *size)
+    return _compiled_resize(flat, taps, size).view(batch, maps, *size)
 
 
 def semantic_scores(

@@ -54,12 +54,12 @@ def mask_pooling(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Ten
         torch.float32
     }:
         summed, area = _masked_sums_by_band(features, mask_logits)
-        return summed / (area.unsqueeze(-1) + 1e-8)
-    with torch.no_grad():
-        mask = (mask_logits > 0).to(features.dtype)
-        area = mask.sum(dim=(-1, -2), dtype=torch.float32).unsqueeze(-1) + 1e-8  # (B, Q, 1)
-    summed = torch.einsum("bchw,bqhw->bqc", features, mask)
-    return (summed / area).to(summed.dtype)
+    else:
+        with torch.no_grad():
+            mask = (mask_logits > 0).to(features.dtype)
+            area = mask.sum(dim=(-1, -2), dtype=torch.float32)  # (B, Q)
+        summed = torch.einsum("bchw,bqhw->bqc", features, mask)
+    return (summed / (area.unsqueeze(-1) + 1e-8)).to(summed.dtype)
 
 
 def _masked_sums_by_band(
@@ -312,18 +312,16 @@ class TransformerDecoder(nn.Module):
         layer's attention mask is computed at its level's size (:meth:`_attention_mask_only`),
         equal to float rounding (a logit within ~1e-6 of 0 may flip its attention bit).
         """
-        sources, positions, sizes = [], [], []
+        sources, keys, sizes = [], [], []  # keys: each level's memory + position, made once
         for level, feature in enumerate(multi_scale_features):
             sizes.append(feature.shape[-2:])
-            positions.append(
-                sine_position_encoding(feature, feature.shape[1] // 2).flatten(2).permute(2, 0, 1)
-            )
+            position = sine_position_encoding(feature, feature.shape[1] // 2)
             sources.append(
                 (feature.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(
                     2, 0, 1
                 )
             )
-        keys = [source + position for source, position in zip(sources, positions, strict=True)]
+            keys.append(sources[-1] + position.flatten(2).permute(2, 0, 1))
         batch = sources[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         queries = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
